@@ -150,13 +150,15 @@ def _check_thresholds(success: Thresholds, failure: Thresholds) -> None:
         )
 
 
+SwitchTrigger = Literal["health_check", "metrics", "smoke_test", "manual"]
+_DEFAULT_SWITCH_TRIGGERS: list[SwitchTrigger] = ["health_check", "smoke_test"]
+
+
 class BlueGreenConfig(Model):
     switch_traffic_percentage: Annotated[int, Field(ge=1, le=100)] = 100
     validation_duration: DurationMs = 60_000
     auto_switch: bool = True
-    switch_triggers: list[Literal["health_check", "metrics", "smoke_test", "manual"]] = Field(
-        default_factory=lambda: ["health_check", "smoke_test"]
-    )
+    switch_triggers: list[SwitchTrigger] = Field(default_factory=lambda: _DEFAULT_SWITCH_TRIGGERS.copy())
     scale_down_delay: DurationMs = 30_000
     switch_step_duration: DurationMs = 5_000
     smoke_requests: int = Field(default=20, ge=1, le=10_000)
@@ -172,7 +174,7 @@ class BlueGreenConfig(Model):
 
     def switch_weights(self) -> list[int]:
         step = self.switch_traffic_percentage
-        return list(range(step, 100, step)) + [100]
+        return [*range(step, 100, step), 100]
 
 
 class RollingConfig(Model):

@@ -1,0 +1,466 @@
+"""Replicas as plain processes on this machine: the embedded default platform ('local').
+
+Each replica runs ``artifact.command`` with ``PORT``, ``REVISION`` and ``REPLICA_INDEX`` in its environment.
+Processes are started through a short-lived launcher (a double fork, each in a new session) so that they
+outlive the process that asked for them: Ray kills the children of a dead actor's worker. What runs is
+recorded per target in a JSON state file (pid, start time from /proc, port), so that a new instance, after a
+crash or in another process, finds the replicas again and never confuses a reused pid with its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.models import Artifact, Target
+from engine.platform import PlatformError, Replica, RevisionSpec, TransientPlatformError
+
+PLATFORM = "local"
+DEFAULT_PORT_RANGE = (20000, 29999)
+LOCK_TIMEOUT_S = 10.0
+STOP_GRACE_S = 3.0
+LAUNCH_TIMEOUT_S = 10.0
+_RECENT_PORT_TTL_S = 120.0
+
+# Runs in a fresh, single-threaded interpreter (forking a multi-threaded Ray worker is unsafe). It starts
+# every replica in a new session and exits at once, which leaves the replicas to PID 1.
+_LAUNCHER = r"""
+import json, os, subprocess, sys
+results = []
+for spec in json.loads(sys.stdin.read()):
+    try:
+        with open(spec["log"], "ab", buffering=0) as log:
+            proc = subprocess.Popen(spec["command"], cwd=spec["cwd"], env=spec["env"],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, close_fds=True)
+        results.append({"pid": proc.pid})
+    except Exception as exc:
+        results.append({"error": f"{type(exc).__name__}: {exc}"})
+sys.stdout.write(json.dumps(results))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+class ReplicaRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    revision: str
+    index: int
+    port: int
+    pid: int
+    start_time: int = Field(description="Clock ticks after boot, /proc/<pid>/stat field 22")
+    health_path: str = "/health"
+    command: list[str] = Field(default_factory=list)
+    fingerprint: str = ""
+    log_file: str = ""
+
+
+class TargetState(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    replicas: list[ReplicaRecord] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Processes: identity by pid + start time, stop with a bounded grace period
+# --------------------------------------------------------------------------------------------
+def process_start_time(pid: int) -> int | None:
+    """Start time of a live process, or None when it is gone (a zombie counts as gone)."""
+    if pid <= 0:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: the fields that follow start after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def is_same_process(pid: int, start_time: int) -> bool:
+    return start_time > 0 and process_start_time(pid) == start_time
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the replica's whole session (it is the group leader), so a shell wrapper's children go too."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_processes(processes: list[tuple[int, int]], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM every (pid, start time) still ours, SIGKILL what is left after ``grace_s``."""
+    alive = [(pid, start) for pid, start in processes if is_same_process(pid, start)]
+    for pid, _ in alive:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [(pid, start) for pid, start in alive if is_same_process(pid, start)]
+    for pid, _ in alive:
+        _signal_group(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 1.0
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [(pid, start) for pid, start in alive if is_same_process(pid, start)]
+
+
+# --------------------------------------------------------------------------------------------
+# Files: atomic JSON writes, a lock per target (threads and processes), log tails
+# --------------------------------------------------------------------------------------------
+def write_json_atomic(path: Path, data: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Exclusive lock shared by threads (a lock per path) and processes (flock), with a deadline."""
+    with _THREAD_LOCKS_GUARD:
+        thread_lock = _THREAD_LOCKS.setdefault(str(path), threading.Lock())
+    if not thread_lock.acquire(timeout=timeout_s):
+        raise TransientPlatformError(PLATFORM, str(path), f"lock busy for more than {timeout_s:.0f}s")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TransientPlatformError(
+                            PLATFORM,
+                            str(path),
+                            f"locked by another process for over {timeout_s:.0f}s",
+                        ) from None
+                    time.sleep(0.02)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    finally:
+        thread_lock.release()
+
+
+def tail_file(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a file, reading at most 256 KiB of its end."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 256 * 1024))
+            data = handle.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+# Ports handed out recently by any instance in this process: the replica may not listen yet.
+_RECENT_PORTS: dict[int, float] = {}
+_RECENT_PORTS_GUARD = threading.Lock()
+
+
+def allocate_port(host: str, port_range: tuple[int, int], taken: set[int]) -> int:
+    """A free port of the range, not in ``taken``: random first, so that instances rarely race."""
+    low, high = port_range
+    candidates = list(range(low, high + 1))
+    random.shuffle(candidates)
+    now = time.monotonic()
+    with _RECENT_PORTS_GUARD:
+        for port, when in list(_RECENT_PORTS.items()):
+            if now - when > _RECENT_PORT_TTL_S:
+                del _RECENT_PORTS[port]
+        for port in candidates:
+            if port in taken or port in _RECENT_PORTS or not port_is_free(host, port):
+                continue
+            _RECENT_PORTS[port] = now
+            return port
+    raise PlatformError(PLATFORM, host, f"no free port left in the range {low}-{high}")
+
+
+def _artifact_fingerprint(artifact: Artifact) -> str:
+    """What a running replica was started from: a change means it must be restarted."""
+    payload = json.dumps([artifact.command, artifact.working_dir, sorted(artifact.env.items())])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# The backend
+# --------------------------------------------------------------------------------------------
+class LocalProcessBackend:
+    """``WorkloadBackend`` running each replica as a process on this machine."""
+
+    platform = PLATFORM
+
+    def __init__(self, state_dir: Path, settings: dict[str, Any]) -> None:
+        self.state_dir = Path(state_dir)
+        self.settings = dict(settings)
+        low, high = settings.get("replicaPortRange") or DEFAULT_PORT_RANGE
+        self.port_range = (int(low), int(high))
+        self.host = str(settings.get("replicaHost", "127.0.0.1"))
+        self.stop_grace_s = float(settings.get("stopGraceSeconds", STOP_GRACE_S))
+
+    # ---- public interface ---------------------------------------------------------------
+    def validate(self) -> None:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.state_dir, prefix=".probe-"):
+                pass
+        except OSError as exc:
+            raise self._error(f"state directory {self.state_dir} is not writable: {exc}") from exc
+        if not Path("/proc/self/stat").exists():
+            raise self._error("/proc is not mounted: process identity cannot be checked")
+        commands = [str(c) for c in self.settings.get("requiredCommands", [])]
+        for state_file in self.state_dir.glob("*.json"):
+            commands += [r.command[0] for r in self._read_file(state_file).replicas if r.command]
+        for command in dict.fromkeys(commands):
+            if shutil.which(command) is None:
+                raise self._error(f"command '{command}' not found (not executable or not on PATH)")
+
+    def ensure_replicas(self, spec: RevisionSpec) -> list[Replica]:
+        self._check_command(spec.artifact)
+        fingerprint = _artifact_fingerprint(spec.artifact)
+        with file_lock(self._lock_path(spec.target)):
+            state = self._read(spec.target)
+            mine = {r.index: r for r in state.replicas if r.revision == spec.revision}
+            keep = [r for r in state.replicas if r.revision != spec.revision]
+            to_stop: list[ReplicaRecord] = []
+            for index, record in mine.items():
+                healthy = is_same_process(record.pid, record.start_time) and record.fingerprint == fingerprint
+                if index < spec.replicas and healthy:
+                    keep.append(record)
+                else:
+                    to_stop.append(record)
+            running = {r.index for r in keep if r.revision == spec.revision}
+            to_start = [i for i in range(spec.replicas) if i not in running]
+            stop_processes([(r.pid, r.start_time) for r in to_stop], self.stop_grace_s)
+            previous_ports = {r.index: r.port for r in to_stop}
+            started = self._start(spec, to_start, previous_ports, keep, fingerprint)
+            state.replicas = sorted(keep + started, key=lambda r: (r.revision, r.index))
+            self._write(spec.target, state)
+        return [self._replica(r) for r in state.replicas if r.revision == spec.revision]
+
+    def list_replicas(self, target: Target, revision: str | None = None) -> list[Replica]:
+        state = self._read(target)
+        return [self._replica(r) for r in state.replicas if revision is None or r.revision == revision]
+
+    def remove_revision(self, target: Target, revision: str) -> None:
+        with file_lock(self._lock_path(target)):
+            state = self._read(target)
+            doomed = [r for r in state.replicas if r.revision == revision]
+            if not doomed:
+                return
+            stop_processes([(r.pid, r.start_time) for r in doomed], self.stop_grace_s)
+            state.replicas = [r for r in state.replicas if r.revision != revision]
+            self._write(target, state)
+
+    def logs(self, target: Target, revision: str, lines: int = 100) -> str:
+        """Tail of every replica's output; the files outlive a removed revision for post-mortems."""
+        records = {r.index: r for r in self._read(target).replicas if r.revision == revision}
+        parts: list[str] = []
+        for log_file in sorted(self._log_dir(target).glob(f"{revision}@*.log")):
+            index = int(log_file.stem.rsplit("@", 1)[1])
+            record = records.get(index)
+            if record is None:
+                header = f"== replica {index} (removed) =="
+            else:
+                alive = is_same_process(record.pid, record.start_time)
+                header = f"== replica {index} pid {record.pid} port {record.port} alive={alive} =="
+            parts.append(header + "\n" + tail_file(log_file, lines))
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        """Nothing to release: the processes are meant to outlive this instance."""
+
+    # ---- starting -----------------------------------------------------------------------
+    def _start(
+        self,
+        spec: RevisionSpec,
+        indexes: list[int],
+        previous_ports: dict[int, int],
+        others: list[ReplicaRecord],
+        fingerprint: str,
+    ) -> list[ReplicaRecord]:
+        """Start replicas ``indexes``; a restarted one keeps its port when that port is still free."""
+        if not indexes:
+            return []
+        taken = self._recorded_ports() | {r.port for r in others}
+        ports: dict[int, int] = {}
+        for index in indexes:
+            previous = previous_ports.get(index)
+            if previous is not None and previous not in taken and port_is_free(self.host, previous):
+                ports[index] = previous
+            else:
+                ports[index] = allocate_port(self.host, self.port_range, taken)
+            taken.add(ports[index])
+        log_dir = self._log_dir(spec.target)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        launches = [self._launch_spec(spec, index, ports[index], log_dir) for index in indexes]
+        results = self._run_launcher(launches)
+        records: list[ReplicaRecord] = []
+        errors: list[str] = []
+        for index, launch, result in zip(indexes, launches, results, strict=True):
+            if "pid" not in result:
+                errors.append(f"replica {index}: {result.get('error', 'no pid reported')}")
+                continue
+            pid = int(result["pid"])
+            record = ReplicaRecord(
+                revision=spec.revision,
+                index=index,
+                port=ports[index],
+                pid=pid,
+                # 0 when it already exited: recorded anyway, so that it is reported dead and restarted.
+                start_time=process_start_time(pid) or 0,
+                health_path=spec.artifact.health_path,
+                command=list(spec.artifact.command),
+                fingerprint=fingerprint,
+                log_file=str(launch["log"]),
+            )
+            records.append(record)
+        if errors:
+            # Record what did start (so it is found and stopped later), then fail the call.
+            self._write(spec.target, TargetState(replicas=others + records))
+            raise self._error(f"could not start {spec.revision}: {'; '.join(errors)}")
+        return records
+
+    def _launch_spec(self, spec: RevisionSpec, index: int, port: int, log_dir: Path) -> dict[str, Any]:
+        artifact = spec.artifact
+        env = {**os.environ, **artifact.env}
+        env.update(PORT=str(port), REVISION=spec.revision, REPLICA_INDEX=str(index))
+        log_file = log_dir / f"{spec.revision}@{index}.log"
+        banner = f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting replica {index} on port {port}\n"
+        with open(log_file, "a") as handle:
+            handle.write(banner)
+        return {"command": artifact.command, "cwd": artifact.working_dir, "env": env, "log": str(log_file)}
+
+    def _run_launcher(self, launches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            completed = subprocess.run(
+                [sys.executable, "-I", "-S", "-c", _LAUNCHER],
+                input=json.dumps(launches),
+                capture_output=True,
+                text=True,
+                timeout=LAUNCH_TIMEOUT_S,
+                start_new_session=True,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise TransientPlatformError(PLATFORM, self._endpoint(), "process launcher timed out") from exc
+        try:
+            results = json.loads(completed.stdout)
+        except json.JSONDecodeError as exc:
+            cause = f"process launcher failed (exit {completed.returncode}): {completed.stderr[-500:]}"
+            raise self._error(cause) from exc
+        if not isinstance(results, list) or len(results) != len(launches):
+            raise self._error("process launcher returned an unexpected answer")
+        return results
+
+    def _check_command(self, artifact: Artifact) -> None:
+        if not artifact.command:
+            raise self._error(f"artifact {artifact.name} {artifact.version} has no command to run")
+        program = artifact.command[0]
+        if os.sep in program and artifact.working_dir and not os.path.isabs(program):
+            program = os.path.join(artifact.working_dir, program)
+        if shutil.which(program) is None:
+            raise self._error(f"command '{artifact.command[0]}' not found (not executable or not on PATH)")
+
+    # ---- state --------------------------------------------------------------------------
+    def _state_path(self, target: Target) -> Path:
+        return self.state_dir / f"{target.key}.json"
+
+    def _lock_path(self, target: Target) -> Path:
+        return self.state_dir / f"{target.key}.lock"
+
+    def _log_dir(self, target: Target) -> Path:
+        return self.state_dir / "logs" / target.key
+
+    def _read(self, target: Target) -> TargetState:
+        return self._read_file(self._state_path(target))
+
+    def _read_file(self, path: Path) -> TargetState:
+        try:
+            return TargetState.model_validate_json(path.read_text())
+        except FileNotFoundError:
+            return TargetState()
+        except (OSError, ValueError) as exc:
+            raise self._error(f"state file {path} is unreadable: {exc}") from exc
+
+    def _write(self, target: Target, state: TargetState) -> None:
+        try:
+            write_json_atomic(self._state_path(target), state.model_dump_json(indent=1))
+        except OSError as exc:
+            raise self._error(f"cannot write state file: {exc}") from exc
+
+    def _recorded_ports(self) -> set[int]:
+        ports: set[int] = set()
+        for path in self.state_dir.glob("*.json"):
+            with contextlib.suppress(PlatformError):
+                ports |= {r.port for r in self._read_file(path).replicas}
+        return ports
+
+    def _replica(self, record: ReplicaRecord) -> Replica:
+        return Replica(
+            revision=record.revision,
+            index=record.index,
+            host=self.host,
+            port=record.port,
+            alive=is_same_process(record.pid, record.start_time),
+            ident=str(record.pid),
+            health_path=record.health_path,
+        )
+
+    def _endpoint(self) -> str:
+        return f"{socket.gethostname()}:{self.state_dir}"
+
+    def _error(self, cause: str) -> PlatformError:
+        return PlatformError(PLATFORM, self._endpoint(), cause)

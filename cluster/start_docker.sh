@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Start a Docker engine on this machine and build the local images the docker platform's tests use.
+#
+#   bash cluster/start_docker.sh
+#
+# Idempotent: installs docker.io and busybox-static with apt if missing (apt-get update only when needed),
+# starts dockerd in the background (logs in /tmp/dockerd.log) unless `docker info` already works, waits up
+# to 60 s for it, then builds what is missing:
+#   local/busybox:1          a base image made from /bin/busybox (no registry is reachable here)
+#   local/sample-service:1   a small HTTP service (cluster/docker/sample-service), rebuilt when its files change
+# The engine runs without iptables and without a bridge: containers use the host network.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+sample_dir="$here/docker/sample-service"
+base_image="local/busybox:1"
+sample_image="local/sample-service:1"
+hash_label="org.deploy-orchestrator.source-hash"
+dockerd_log="/tmp/dockerd.log"
+# The legacy builder works offline with the vfs storage driver; BuildKit may not be installed.
+export DOCKER_BUILDKIT=0
+
+die() { echo "start_docker: $*" >&2; exit 1; }
+
+apt_updated=0
+apt_install() {
+    [[ "$(id -u)" == 0 ]] || die "$1 is not installed and installing it needs root"
+    if ((apt_updated == 0)); then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null 2>&1 && return 0
+        apt-get update -q >/dev/null 2>&1 || die "apt-get update failed"
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null 2>&1 || die "could not install $1"
+}
+
+install_packages() {
+    command -v dockerd >/dev/null 2>&1 || apt_install docker.io
+    command -v docker >/dev/null 2>&1 || die "docker client missing after installing docker.io"
+    # A static busybox runs in an image that has nothing else in it.
+    if ! { [[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1; }; then
+        apt_install busybox-static
+    fi
+    [[ -x /bin/busybox ]] || die "/bin/busybox missing after installing busybox-static"
+}
+
+start_engine() {
+    if docker info >/dev/null 2>&1; then
+        echo "docker engine already running"
+        return 0
+    fi
+    [[ "$(id -u)" == 0 ]] || die "the docker engine is not running and starting it needs root"
+    echo "starting dockerd (log: $dockerd_log)"
+    setsid -f dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver=vfs \
+        </dev/null >>"$dockerd_log" 2>&1
+    local deadline=$((SECONDS + 60))
+    until docker info >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "dockerd did not answer within 60 s; last log lines:
+$(tail -n 20 "$dockerd_log" 2>/dev/null)"
+        sleep 0.5
+    done
+    echo "docker engine ready"
+}
+
+image_exists() {
+    docker image inspect "$1" >/dev/null 2>&1
+}
+
+build_base_image() {
+    image_exists "$base_image" && return 0
+    local root
+    root="$(mktemp -d)"
+    # shellcheck disable=SC2064
+    trap "rm -rf '$root'" RETURN
+    chmod 755 "$root"
+    mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/proc" "$root/sys" "$root/dev"
+    chmod 1777 "$root/tmp"
+    cp /bin/busybox "$root/bin/busybox"
+    local applet
+    for applet in $(/bin/busybox --list); do
+        [[ "$applet" == busybox ]] || ln -s busybox "$root/bin/$applet"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' \
+        >"$root/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+    tar -C "$root" -c . | docker import --change 'ENV PATH=/bin' --change 'CMD ["/bin/sh"]' - "$base_image" \
+        >/dev/null || die "could not import $base_image"
+    echo "built $base_image"
+}
+
+sample_source_hash() {
+    (cd "$sample_dir" && find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
+}
+
+build_sample_image() {
+    [[ -f "$sample_dir/Dockerfile" ]] || die "missing $sample_dir/Dockerfile"
+    local wanted current
+    wanted="$(sample_source_hash)"
+    current="$(docker image inspect -f "{{ index .Config.Labels \"$hash_label\" }}" "$sample_image" 2>/dev/null || true)"
+    [[ "$current" == "$wanted" ]] && return 0
+    local output
+    # Quiet on success (the legacy builder prints a deprecation notice); the whole output on failure.
+    output="$(docker build -q --label "$hash_label=$wanted" -t "$sample_image" "$sample_dir" 2>&1)" \
+        || die "could not build $sample_image from $sample_dir:
+$output"
+    echo "built $sample_image"
+}
+
+install_packages
+start_engine
+build_base_image
+build_sample_image
+echo "images ready: $base_image $sample_image"

@@ -1,0 +1,470 @@
+"""The enterprise configuration file (``enterprise_config.yaml``) and its loader.
+
+The file is written by people, so every problem is reported at once, each as
+``<file>: <yaml.path.to.key>: <plain explanation>``, with the key names as they appear in the YAML.
+Keys load in the seed's camelCase and in snake_case alike (``engine.models.Model``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
+from pydantic.alias_generators import to_snake
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from engine.models import (
+    SUPPORTED_PLATFORMS,
+    ApprovalWorkflow,
+    BlueGreenConfig,
+    CanaryConfig,
+    DurationMs,
+    Environment,
+    Model,
+    PlatformConfig,
+    RollingConfig,
+    Strategy,
+    StrategyType,
+)
+from engine.paths import orchestrator_home
+
+CONFIG_ENV_VAR = "ORCH_CONFIG"
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "enterprise_config.yaml"
+# The custom error type that carries its own YAML path (cross-field checks have no pydantic ``loc``).
+_LOCATED = "config_problems"
+
+PositiveDurationMs = Annotated[DurationMs, Field(gt=0)]
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# --------------------------------------------------------------------------------------------
+# Sections of the file
+# --------------------------------------------------------------------------------------------
+class StrategyDefaults(Model):
+    """Defaults for each strategy; a deployment's own settings are merged over them."""
+
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    blue_green: BlueGreenConfig = Field(default_factory=BlueGreenConfig)
+    rolling: RollingConfig = Field(default_factory=RollingConfig)
+
+    def for_type(self, kind: StrategyType) -> CanaryConfig | BlueGreenConfig | RollingConfig:
+        if kind is StrategyType.CANARY:
+            return self.canary
+        if kind is StrategyType.BLUE_GREEN:
+            return self.blue_green
+        return self.rolling
+
+
+class ConcurrencySettings(Model):
+    max_concurrent_deployments: int = Field(default=10, ge=1, le=100)
+    max_queued: int = Field(default=1000, ge=0)
+
+
+class JournalSettings(Model):
+    path: str | None = Field(default=None, description="None: $ORCH_HOME/journal.db")
+
+
+class HealthSettings(Model):
+    probe_timeout: PositiveDurationMs = 2_000
+    probe_interval: PositiveDurationMs = 5_000
+    unhealthy_threshold: int = Field(default=3, ge=1, le=100)
+
+
+class MetricsSettings(Model):
+    prometheus_port: int | None = Field(default=None, ge=1, le=65_535)
+
+
+class EnterpriseConfig(Model):
+    """The whole ``enterprise_config.yaml``."""
+
+    environments: dict[str, Environment] = Field(default_factory=dict)
+    platforms: dict[str, PlatformConfig] = Field(default_factory=dict)
+    strategy_defaults: StrategyDefaults = Field(default_factory=StrategyDefaults)
+    concurrency: ConcurrencySettings = Field(default_factory=ConcurrencySettings)
+    journal: JournalSettings = Field(default_factory=JournalSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    roles: dict[str, list[str]] = Field(default_factory=dict, description="approver group -> members")
+    namespace: str = Field(default="deploy-orchestrator", min_length=1, description="Ray namespace")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    _source: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_from_keys(cls, data: Any) -> Any:
+        """An environment takes its name from its key; a platform keyed by a type may omit ``type``."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        environments = data.get("environments")
+        if isinstance(environments, Mapping):
+            data["environments"] = {
+                key: {"name": key, **value} if isinstance(value, Mapping) and "name" not in value else value
+                for key, value in environments.items()
+            }
+        platforms = data.get("platforms")
+        if isinstance(platforms, Mapping):
+            data["platforms"] = {
+                key: {"type": key, **value} if isinstance(value, Mapping) and "type" not in value else value
+                for key, value in platforms.items()
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> EnterpriseConfig:
+        problems = [*self._name_mismatches(), *self._unknown_approver_groups()]
+        if problems:
+            summary = "; ".join(f"{path}: {message}" for path, message in problems)
+            raise PydanticCustomError(_LOCATED, "{summary}", {"summary": summary, "problems": problems})
+        return self
+
+    def _name_mismatches(self) -> Iterable[tuple[str, str]]:
+        for key, environment in self.environments.items():
+            if environment.name != key:
+                yield (
+                    f"environments.{key}.name",
+                    f"name '{environment.name}' differs from its key '{key}': drop it or make them equal",
+                )
+
+    def _unknown_approver_groups(self) -> Iterable[tuple[str, str]]:
+        known = f"defined: {', '.join(sorted(self.roles))}" if self.roles else "no groups are defined"
+        for key, environment in self.environments.items():
+            for index, group in enumerate(environment.approval_workflow.approver_groups):
+                if group not in self.roles:
+                    yield (
+                        f"environments.{key}.approvalWorkflow.approverGroups[{index}]",
+                        f"approver group '{group}' is not defined under 'roles' ({known})",
+                    )
+
+    # ---------------------------------------------------------------------------------------
+    # Look-ups
+    # ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, data: Any, source: str = "<config>") -> EnterpriseConfig:
+        """Validate an already parsed mapping; raises ConfigError listing every problem."""
+        if not isinstance(data, Mapping):
+            kind = "empty" if data is None else f"a {_yaml_type(data)}"
+            problem = f"the file is {kind}; expected a mapping of keys such as 'environments:'"
+            raise ConfigError(source, [f"{source}: (top level): {problem}"])
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise ConfigError(source, format_validation_errors(source, error.errors(), data)) from None
+
+    @property
+    def source(self) -> Path | None:
+        """The file this configuration was loaded from, if any."""
+        return self._source
+
+    @property
+    def approvals(self) -> dict[str, ApprovalWorkflow]:
+        """Environment name -> its approval workflow."""
+        return {name: env.approval_workflow for name, env in self.environments.items()}
+
+    def approvers(self, environment: str) -> dict[str, list[str]]:
+        """Approver group -> members, for the groups that must approve in ``environment``."""
+        workflow = self.environment(environment).approval_workflow
+        return {group: list(self.roles.get(group, [])) for group in workflow.approver_groups}
+
+    def environment(self, name: str) -> Environment:
+        if name not in self.environments:
+            known = ", ".join(sorted(self.environments)) or "none"
+            raise ValueError(f"unknown environment '{name}': configured environments are {known}")
+        return self.environments[name]
+
+    def platform(self, name: str) -> PlatformConfig:
+        """A named platform config, or a bare platform type (``'docker'``) with empty settings."""
+        if name in self.platforms:
+            return self.platforms[name]
+        if name in SUPPORTED_PLATFORMS:
+            return PlatformConfig(type=name)
+        configured = ", ".join(sorted(self.platforms)) or "none"
+        raise ValueError(
+            f"unknown platform '{name}': configured platforms are {configured}; "
+            f"bare types are {', '.join(SUPPORTED_PLATFORMS)}"
+        )
+
+    def journal_path(self) -> Path:
+        """The journal file: ``journal.path`` (relative to the config file) or $ORCH_HOME/journal.db."""
+        if self.journal.path is None:
+            return orchestrator_home() / "journal.db"
+        path = Path(self.journal.path).expanduser()
+        if not path.is_absolute() and self._source is not None:
+            path = self._source.parent / path
+        return path
+
+    def strategy_for(self, type_: str, overrides: Mapping[str, Any] | None = None) -> Strategy:
+        """The file's defaults for ``type_`` deep-merged with a deployment's flat overrides, validated.
+
+        ``overrides`` is the seed's flat shape (``{"stepPercentage": 25, "successThreshold": {...}}``);
+        the strategy's own keys (``replicas``, ``progressDeadline``, ``maxPauseDuration``) may be mixed in.
+        """
+        kind = Strategy(type=type_).type  # normalises 'blueGreen', refuses unknown
+        flat = _snake_keys(dict(overrides or {}))
+        top_level = {key: flat.pop(key) for key in list(flat) if key in _STRATEGY_TOP_LEVEL}
+        defaults = self.strategy_defaults.for_type(kind).model_dump()
+        return Strategy.from_seed(kind.value, _deep_merge(defaults, flat), **top_level)
+
+
+_STRATEGY_TOP_LEVEL = frozenset({"replicas", "progress_deadline", "max_pause_duration"})
+
+
+def _snake_keys(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {to_snake(str(key)): _snake_keys(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_snake_keys(item) for item in value]
+    return value
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, str) and key in seen:
+                problem = f"key '{key}' appears twice"
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, problem, key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def default_config_path() -> Path:
+    """``$ORCH_CONFIG`` or the ``enterprise_config.yaml`` at the repository root."""
+    return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_FILE).expanduser()
+
+
+def load_config(path: str | Path | None = None) -> EnterpriseConfig:
+    """Read and validate the configuration file; raises ConfigError listing every problem."""
+    file = Path(path).expanduser() if path is not None else default_config_path()
+    source = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, [f"{source}: configuration file not found"]) from None
+    except OSError as error:
+        problem = f"{source}: cannot read the configuration file: {error.strerror}"
+        raise ConfigError(source, [problem]) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as error:
+        raise ConfigError(source, [_yaml_problem(source, error)]) from None
+    config = EnterpriseConfig.from_mapping(data, source)
+    config._source = file.resolve()
+    return config
+
+
+def _yaml_problem(source: str, error: yaml.YAMLError) -> str:
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        context = f" ({error.context})" if error.context else ""
+        kind = "invalid YAML" if isinstance(error, yaml.constructor.ConstructorError) else "YAML syntax error"
+        return f"{source}: line {mark.line + 1}, column {mark.column + 1}: {kind}: {error.problem}{context}"
+    return f"{source}: YAML syntax error: {error}"
+
+
+# --------------------------------------------------------------------------------------------
+# Turning pydantic's errors into plain sentences at YAML paths
+# --------------------------------------------------------------------------------------------
+def format_validation_errors(source: str, errors: Sequence[ErrorDetails], data: Any) -> list[str]:
+    """One ``<file>: <yaml.path>: <explanation>`` line per problem (cross-checks may add several)."""
+    lines: list[str] = []
+    for error in errors:
+        ctx = error.get("ctx") or {}
+        if error["type"] == _LOCATED:
+            lines.extend(f"{source}: {path}: {message}" for path, message in ctx["problems"])
+            continue
+        keys = _yaml_keys(error["loc"], data)
+        path, message = _join_path(keys, _explain(error, keys), data)
+        lines.append(f"{source}: {path}: {message}")
+    return lines
+
+
+def _yaml_keys(loc: tuple[int | str, ...], data: Any) -> list[int | str]:
+    """pydantic's ``loc`` as the keys written in the file (skipping union tags, keeping missing keys)."""
+    keys: list[int | str] = []
+    node = data
+    for position, part in enumerate(loc):
+        if _has_key(node, part):
+            keys.append(part)
+            node = node[part]
+        elif position == len(loc) - 1:
+            keys.append(part)  # a missing key: pydantic names it by its camelCase alias
+    return keys
+
+
+def _has_key(node: Any, part: int | str) -> bool:
+    if isinstance(node, list):
+        return isinstance(part, int) and 0 <= part < len(node)
+    return isinstance(node, Mapping) and part in node
+
+
+_FIELD_FIRST = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?:: | \(([^)]*)\) )(.+)$", re.DOTALL)
+
+
+def _join_path(keys: list[int | str], message: str, data: Any) -> tuple[str, str]:
+    """Model-level checks name their field first ("initialTrafficPercentage: 0% ...",
+    "failureThreshold.errorRate (0.01) is looser ..."): fold that field into the path."""
+    match = _FIELD_FIRST.match(message)
+    if not match or not _is_field(keys, match.group(1).split(".")[0]):
+        return _dotted(keys), message
+    node = _node_at(data, keys)
+    for part in match.group(1).split("."):
+        written = part if _has_key(node, part) or not _has_key(node, to_snake(part)) else to_snake(part)
+        keys = [*keys, written]
+        node = node[written] if _has_key(node, written) else None
+    value, rest = match.group(2), match.group(3)
+    return _dotted(keys), f"{value} {rest}" if value else rest
+
+
+def _is_field(parent: list[int | str], key: str) -> bool:
+    return any(key in spellings for spellings in _allowed_keys(parent))
+
+
+def _node_at(data: Any, keys: Sequence[int | str]) -> Any:
+    for key in keys:
+        data = data[key] if _has_key(data, key) else None
+    return data
+
+
+def _dotted(keys: Sequence[int | str]) -> str:
+    path = ""
+    for key in keys:
+        path += f"[{key}]" if isinstance(key, int) else (f".{key}" if path else str(key))
+    return path or "(top level)"
+
+
+def _explain(error: ErrorDetails, keys: list[int | str]) -> str:
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind == "extra_forbidden":
+        return _unknown_key(keys)
+    if kind == "missing":
+        return "required key is missing"
+    if kind in _BOUNDS:
+        return f"{_BOUNDS[kind]} {next(iter(ctx.values()))}, got {_show(value)}"
+    if kind in _TYPES:
+        return f"must be {_TYPES[kind]}, got {_show(value)} ({_yaml_type(value)})"
+    message = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
+    if kind in ("value_error", "assertion_error"):
+        return message
+    return f"{message[:1].lower()}{message[1:]}, got {_show(value)}"
+
+
+_BOUNDS = {
+    "greater_than": "must be greater than",
+    "greater_than_equal": "must be at least",
+    "less_than": "must be less than",
+    "less_than_equal": "must be at most",
+}
+_TYPES = {
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string (put it in quotes)",
+    "dict_type": "a mapping (key: value lines)",
+    "model_type": "a mapping (key: value lines)",
+    "model_attributes_type": "a mapping (key: value lines)",
+    "list_type": "a list",
+}
+
+
+def _show(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _yaml_type(value: Any) -> str:
+    names = {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "mapping"}
+    return "empty value" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _unknown_key(keys: list[int | str]) -> str:
+    key = str(keys[-1]) if keys else ""
+    allowed = _allowed_keys(keys[:-1])
+    if not allowed:
+        return "unknown key"
+    by_spelling = {name: alias for alias, name in allowed} | {alias: alias for alias, _ in allowed}
+    close = difflib.get_close_matches(key, list(by_spelling), n=1, cutoff=0.6)
+    options = ", ".join(alias for alias, _ in allowed)
+    what = "unknown strategy" if keys[:-1] == ["strategyDefaults"] else "unknown key"
+    if close:
+        return f"{what}; did you mean '{by_spelling[close[0]]}'?"
+    return f"{what}; expected one of: {options}"
+
+
+def _allowed_keys(parent: Sequence[int | str]) -> list[tuple[str, str]]:
+    """(camelCase alias, snake_case name) of the keys allowed at ``parent``, walking the model types."""
+    annotation: Any = EnterpriseConfig
+    for part in parent:
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = _field_named(annotation, str(part))
+            if field is None:
+                return []
+            annotation = field
+        elif get_origin(annotation) in (dict, list):
+            annotation = get_args(annotation)[-1]
+        else:
+            return []
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [(info.alias or name, name) for name, info in annotation.model_fields.items()]
+    return []
+
+
+def _field_named(model: type[BaseModel], key: str) -> Any:
+    for name, info in model.model_fields.items():
+        if key in (name, info.alias):
+            return info.annotation
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` and ``Annotated[X, ...]`` -> ``X``."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            members = [arg for arg in get_args(annotation) if arg is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation

@@ -1,0 +1,227 @@
+"""The journal: an append-only, hash-chained event log per deployment plus a snapshot of its folded state.
+
+SQLite in WAL mode, one file. It is the source of truth: write the intent before acting and the outcome after.
+Several processes (queen, runners, drivers reading history) share the file; each append folds the event into
+the snapshot inside one ``BEGIN IMMEDIATE`` transaction, so readers never see one without the other. Every
+event carries the SHA-256 of the previous event and its own content, so editing or deleting a row is detected
+by ``verify_chain``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from engine.models import DeploymentRequest, Phase
+from engine.state import DeploymentState, Event, EventKind, fold
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_deployment ON events (deployment_id, seq);
+CREATE TABLE IF NOT EXISTS deployments (
+    deployment_id TEXT PRIMARY KEY,
+    target_key TEXT NOT NULL,
+    submitted_seq INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    snapshot TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deployments_active ON deployments (active, submitted_seq);
+"""
+_GENESIS = "0" * 64
+
+
+class UnknownDeploymentError(KeyError):
+    def __init__(self, deployment_id: str) -> None:
+        super().__init__(f"no deployment '{deployment_id}' in the journal")
+        self.deployment_id = deployment_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _event_hash(prev: str, deployment_id: str, at: float, kind: str, actor: str, data: str) -> str:
+    payload = json.dumps([prev, deployment_id, repr(at), kind, actor, data], separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class Journal:
+    def __init__(
+        self, path: str | Path, busy_timeout_s: float = 30.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.path = Path(path).expanduser()
+        self._now = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # ---------------------------------------------------------------------------------- writing
+    def submit(self, deployment_id: str, request: DeploymentRequest, actor: str) -> DeploymentState:
+        """Record a new deployment; submitting the same id twice returns the first one (idempotent)."""
+        now = self._now()
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT snapshot FROM deployments WHERE deployment_id = ?", (deployment_id,)
+            ).fetchone()
+            if row is not None:
+                return DeploymentState.model_validate_json(row[0])
+            data = {"request": request.model_dump(mode="json", by_alias=True)}
+            seq = self._insert(db, deployment_id, now, EventKind.SUBMITTED, actor, data)
+            state = DeploymentState(
+                deployment_id=deployment_id, request=request, submitted_at=now, updated_at=now, last_seq=seq
+            )
+            db.execute(
+                "INSERT INTO deployments VALUES (?, ?, ?, ?, 1, ?)",
+                (deployment_id, request.target.key, seq, state.phase().value, state.model_dump_json()),
+            )
+            return state
+
+    def append(
+        self, deployment_id: str, kind: EventKind, data: dict[str, Any] | None = None, actor: str = "system"
+    ) -> DeploymentState:
+        """Append one event and fold it into the snapshot, atomically. Returns the new state."""
+        with self._transaction() as db:
+            state = self._snapshot(db, deployment_id)
+            now = max(self._now(), state.updated_at)
+            seq = self._insert(db, deployment_id, now, kind, actor, data or {})
+            event = Event(
+                seq=seq, deployment_id=deployment_id, kind=kind, at=now, actor=actor, data=data or {}
+            )
+            new = fold(state, event)
+            db.execute(
+                "UPDATE deployments SET phase = ?, active = ?, snapshot = ? WHERE deployment_id = ?",
+                (new.phase().value, int(new.active), new.model_dump_json(), deployment_id),
+            )
+            return new
+
+    def _insert(
+        self,
+        db: sqlite3.Connection,
+        deployment_id: str,
+        at: float,
+        kind: EventKind,
+        actor: str,
+        data: dict[str, Any],
+    ) -> int:
+        last = db.execute("SELECT hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        prev = last[0] if last else _GENESIS
+        body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+        digest = _event_hash(prev, deployment_id, at, kind.value, actor, body)
+        cursor = db.execute(
+            "INSERT INTO events (deployment_id, at, kind, actor, data, prev_hash, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (deployment_id, at, kind.value, actor, body, prev, digest),
+        )
+        if cursor.lastrowid is None:
+            raise RuntimeError("the journal did not return the new event's sequence number")
+        return cursor.lastrowid
+
+    # ---------------------------------------------------------------------------------- reading
+    def _snapshot(self, db: sqlite3.Connection, deployment_id: str) -> DeploymentState:
+        row = db.execute(
+            "SELECT snapshot FROM deployments WHERE deployment_id = ?", (deployment_id,)
+        ).fetchone()
+        if row is None:
+            raise UnknownDeploymentError(deployment_id)
+        return DeploymentState.model_validate_json(row[0])
+
+    def state(self, deployment_id: str) -> DeploymentState:
+        with self._lock:
+            return self._snapshot(self._db, deployment_id)
+
+    def find(self, prefix: str) -> DeploymentState:
+        """A deployment by id or unique id prefix (as the CLI accepts)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT snapshot FROM deployments WHERE deployment_id LIKE ? LIMIT 2", (prefix + "%",)
+            ).fetchall()
+        if len(rows) != 1:
+            raise UnknownDeploymentError(prefix) if not rows else KeyError(f"'{prefix}' is ambiguous")
+        return DeploymentState.model_validate_json(rows[0][0])
+
+    def deployments(
+        self, active_only: bool = False, limit: int = 1000, target_key: str | None = None
+    ) -> list[DeploymentState]:
+        """Deployments in submission order (oldest first); the newest ``limit`` of them."""
+        query = (
+            "SELECT snapshot FROM deployments WHERE (? = 0 OR active = 1) AND (? IS NULL OR target_key = ?)"
+        )
+        query += " ORDER BY submitted_seq DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(query, (int(active_only), target_key, target_key, limit)).fetchall()
+        return [DeploymentState.model_validate_json(r[0]) for r in reversed(rows)]
+
+    def events(self, deployment_id: str | None = None, after_seq: int = 0) -> list[Event]:
+        query = "SELECT seq, deployment_id, at, kind, actor, data, hash FROM events WHERE seq > ?"
+        params: tuple[Any, ...] = (after_seq,)
+        if deployment_id is not None:
+            query += " AND deployment_id = ?"
+            params += (deployment_id,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
+        return [
+            Event(
+                seq=r[0],
+                deployment_id=r[1],
+                at=r[2],
+                kind=EventKind(r[3]),
+                actor=r[4],
+                data=json.loads(r[5]),
+                hash=r[6],
+            )
+            for r in rows
+        ]
+
+    def phase_counts(self) -> dict[Phase, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT phase, COUNT(*) FROM deployments GROUP BY phase").fetchall()
+        return {Phase(r[0]): int(r[1]) for r in rows}
+
+    def verify_chain(self) -> tuple[bool, int | None]:
+        """Recompute every hash; returns (True, None) or (False, first bad seq)."""
+        prev = _GENESIS
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, deployment_id, at, kind, actor, data, prev_hash, hash FROM events ORDER BY seq"
+            ).fetchall()
+        for seq, deployment_id, at, kind, actor, data, prev_hash, digest in rows:
+            if prev_hash != prev or _event_hash(prev, deployment_id, at, kind, actor, data) != digest:
+                return False, int(seq)
+            prev = digest
+        return True, None

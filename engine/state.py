@@ -1,0 +1,292 @@
+"""A deployment's durable facts, folded from its journal events; the phase is computed from them.
+
+Nothing here is stored that can be derived: the phase users see comes from ``phase()``, the way Argo Rollouts
+computes a rollout's phase from its status rather than storing it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import Field
+
+from engine.models import (
+    DeploymentRequest,
+    DeploymentStatus,
+    Model,
+    Phase,
+    RollbackTrigger,
+)
+
+
+class StepKind(str, Enum):
+    DEPLOY = "deploy"  # ensure the revision runs with N replicas and wait until ready
+    SET_WEIGHT = "set_weight"  # candidate gets ``weight`` percent, stable the rest
+    ANALYZE = "analyze"  # judge the candidate on live metrics for ``duration_ms``
+    VALIDATE = "validate"  # blue-green: health (and smoke checks) of the idle candidate
+    AWAIT_PROMOTION = "await_promotion"  # wait for a person's promote (bounded by maxPauseDuration)
+    HOLD = "hold"  # keep the old revision for a while (instant switch-back), still watching metrics
+    REMOVE_STABLE = "remove_stable"  # the candidate becomes stable; the old one is removed
+
+
+class Role(str, Enum):
+    CANDIDATE = "candidate"
+    STABLE = "stable"
+
+
+class Step(Model):
+    kind: StepKind
+    role: Role = Role.CANDIDATE
+    replicas: int = 0
+    weight: int = 0
+    duration_ms: int = 0
+    smoke: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.kind is StepKind.DEPLOY:
+            return f"deploy {self.role.value} x{self.replicas}"
+        if self.kind is StepKind.SET_WEIGHT:
+            return f"set weight {self.weight}%"
+        if self.kind in (StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE):
+            return f"{self.kind.value} {self.duration_ms / 1000:g}s"
+        return self.kind.value.replace("_", " ")
+
+
+class RollbackRequest(Model):
+    trigger: RollbackTrigger
+    reason: str
+    by: str = "system"
+    at: float = 0.0
+
+
+class DeploymentState(Model):
+    deployment_id: str
+    request: DeploymentRequest
+    submitted_at: float
+    updated_at: float
+    last_seq: int = 0
+    admitted_at: float | None = None
+    planned: bool = False
+    plan: list[Step] = Field(default_factory=list)
+    step_index: int = 0
+    step_started_at: float | None = None
+    step_baseline: dict[str, Any] = Field(default_factory=dict)
+    stable_revision: str | None = None
+    candidate_revision: str | None = None
+    weights: dict[str, int] = Field(default_factory=dict)
+    address: str | None = None
+    paused: bool = False
+    paused_at: float | None = None
+    promote_requested: bool = False
+    rollback: RollbackRequest | None = None
+    rollback_started: bool = False
+    consecutive_failures: int = 0
+    outcome: Phase | None = None
+    message: str = ""
+    finished_at: float | None = None
+
+    def phase(self) -> Phase:
+        if self.outcome is not None:
+            return self.outcome
+        if self.rollback_started:
+            return Phase.ROLLING_BACK
+        if self.admitted_at is None:
+            return Phase.QUEUED
+        if self.paused or self._awaiting_promotion():
+            return Phase.PAUSED
+        return Phase.PROGRESSING
+
+    def _awaiting_promotion(self) -> bool:
+        step = self.current_step()
+        return step is not None and step.kind is StepKind.AWAIT_PROMOTION and not self.promote_requested
+
+    def current_step(self) -> Step | None:
+        return self.plan[self.step_index] if self.planned and self.step_index < len(self.plan) else None
+
+    @property
+    def active(self) -> bool:
+        return self.outcome is None
+
+    def status(self) -> DeploymentStatus:
+        step = self.current_step()
+        return DeploymentStatus(
+            deployment_id=self.deployment_id,
+            target=self.request.target,
+            phase=self.phase(),
+            strategy=self.request.strategy.type,
+            step_index=self.step_index,
+            step_count=len(self.plan),
+            step_name=step.label if step else None,
+            stable_revision=self.stable_revision,
+            candidate_revision=self.candidate_revision,
+            weights=self.weights,
+            address=self.address,
+            message=self.message,
+            rollback_trigger=self.rollback.trigger if self.rollback else None,
+            rollback_reason=self.rollback.reason if self.rollback else None,
+            submitted_at=self.submitted_at,
+            updated_at=self.updated_at,
+            finished_at=self.finished_at,
+        )
+
+
+class EventKind(str, Enum):
+    SUBMITTED = "submitted"
+    ADMITTED = "admitted"
+    PLANNED = "planned"
+    STEP_STARTED = "step_started"
+    STEP_COMPLETED = "step_completed"
+    WINDOW_RESTARTED = "window_restarted"
+    WEIGHTS_SET = "weights_set"
+    MEASUREMENT = "measurement"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    PROMOTE_REQUESTED = "promote_requested"
+    ROLLBACK_REQUESTED = "rollback_requested"
+    ROLLBACK_STARTED = "rollback_started"
+    FINISHED = "finished"
+    NOTE = "note"
+
+
+class Event(Model):
+    seq: int = 0
+    deployment_id: str
+    kind: EventKind
+    at: float
+    actor: str = "system"
+    data: dict[str, Any] = Field(default_factory=dict)
+    hash: str = ""
+
+
+def fold(state: DeploymentState, event: Event) -> DeploymentState:
+    """Apply one event to the facts; events after a terminal one change nothing."""
+    if state.outcome is not None and event.kind is not EventKind.NOTE:
+        return state
+    new = state.model_copy(deep=True)
+    new.updated_at = event.at
+    new.last_seq = max(new.last_seq, event.seq)
+    _APPLY[event.kind](new, event)
+    return new
+
+
+def _admitted(s: DeploymentState, e: Event) -> None:
+    s.admitted_at = e.at
+
+
+def _planned(s: DeploymentState, e: Event) -> None:
+    s.planned = True
+    s.plan = [Step.model_validate(step) for step in e.data["plan"]]
+    s.stable_revision = e.data.get("stable_revision")
+    s.candidate_revision = e.data["candidate_revision"]
+    s.weights = dict(e.data.get("weights", {}))
+    s.address = e.data.get("address")
+    s.step_index = 0
+
+
+def _step_started(s: DeploymentState, e: Event) -> None:
+    s.step_started_at = e.at
+    s.step_baseline = dict(e.data.get("baseline", {}))
+
+
+def _step_completed(s: DeploymentState, e: Event) -> None:
+    s.step_index = int(e.data["index"]) + 1
+    s.step_started_at = None
+    s.step_baseline = {}
+    s.consecutive_failures = 0
+    step = s.plan[int(e.data["index"])]
+    if step.kind is StepKind.REMOVE_STABLE:
+        s.stable_revision, s.candidate_revision = s.candidate_revision, None
+    if step.kind is StepKind.AWAIT_PROMOTION:
+        s.promote_requested = False
+
+
+def _window_restarted(s: DeploymentState, e: Event) -> None:
+    s.consecutive_failures = int(e.data["consecutive_failures"])
+    s.step_started_at = e.at
+    s.step_baseline = dict(e.data.get("baseline", {}))
+
+
+def _weights_set(s: DeploymentState, e: Event) -> None:
+    s.weights = dict(e.data["weights"])
+    if e.data.get("address"):
+        s.address = e.data["address"]
+
+
+def _paused(s: DeploymentState, e: Event) -> None:
+    s.paused, s.paused_at = True, e.at
+
+
+def _resumed(s: DeploymentState, e: Event) -> None:
+    s.paused, s.paused_at = False, None
+
+
+def _promote_requested(s: DeploymentState, e: Event) -> None:
+    s.promote_requested = True
+    s.paused = False
+    if e.data.get("full") and s.planned:
+        # Skip what is left of the analysis: jump to the promotion tail (scale up, 100%, remove stable).
+        s.step_index = max(s.step_index, _promotion_tail_start(s.plan))
+        s.step_started_at = None
+
+
+def _promotion_tail_start(plan: list[Step]) -> int:
+    index = len(plan)
+    while index > 0 and plan[index - 1].kind in (
+        StepKind.DEPLOY,
+        StepKind.SET_WEIGHT,
+        StepKind.REMOVE_STABLE,
+        StepKind.HOLD,
+    ):
+        if plan[index - 1].kind is StepKind.SET_WEIGHT and plan[index - 1].weight < 100:
+            break
+        index -= 1
+    return index
+
+
+def _rollback_requested(s: DeploymentState, e: Event) -> None:
+    if s.rollback is None:
+        s.rollback = RollbackRequest.model_validate({**e.data, "at": e.at})
+
+
+def _rollback_started(s: DeploymentState, e: Event) -> None:
+    s.rollback_started = True
+    if s.rollback is None:
+        s.rollback = RollbackRequest.model_validate({**e.data, "at": e.at})
+
+
+def _finished(s: DeploymentState, e: Event) -> None:
+    s.outcome = Phase(e.data["outcome"])
+    s.message = str(e.data.get("message", ""))
+    s.finished_at = e.at
+    if "weights" in e.data:
+        s.weights = dict(e.data["weights"])
+
+
+def _note(s: DeploymentState, e: Event) -> None:
+    if "message" in e.data:
+        s.message = str(e.data["message"])
+
+
+def _nothing(s: DeploymentState, e: Event) -> None:
+    return None
+
+
+_APPLY = {
+    EventKind.SUBMITTED: _nothing,
+    EventKind.ADMITTED: _admitted,
+    EventKind.PLANNED: _planned,
+    EventKind.STEP_STARTED: _step_started,
+    EventKind.STEP_COMPLETED: _step_completed,
+    EventKind.WINDOW_RESTARTED: _window_restarted,
+    EventKind.WEIGHTS_SET: _weights_set,
+    EventKind.MEASUREMENT: _nothing,
+    EventKind.PAUSED: _paused,
+    EventKind.RESUMED: _resumed,
+    EventKind.PROMOTE_REQUESTED: _promote_requested,
+    EventKind.ROLLBACK_REQUESTED: _rollback_requested,
+    EventKind.ROLLBACK_STARTED: _rollback_started,
+    EventKind.FINISHED: _finished,
+    EventKind.NOTE: _note,
+}

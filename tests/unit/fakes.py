@@ -1,0 +1,134 @@
+"""Fakes at our own seams (the PlatformAdapter interface, the clock) for millisecond unit tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.models import Target
+from engine.platform import (
+    MetricSnapshot,
+    PlatformError,
+    RevisionSpec,
+    RevisionStatus,
+    TrafficState,
+)
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(seconds, 0.001)
+
+
+@dataclass
+class FakeRevision:
+    replicas: int
+    ready: bool = True
+    requests: int = 0
+    errors: int = 0
+
+
+@dataclass
+class FakePlatform:
+    """In-memory platform whose revisions serve a share of ``rps`` requests per clock second."""
+
+    clock: FakeClock
+    rps: int = 100
+    error_rates: dict[str, float] = field(default_factory=dict)
+    never_ready: set[str] = field(default_factory=set)
+    fail_validate: str | None = None
+    revisions: dict[str, FakeRevision] = field(default_factory=dict)
+    weights: dict[str, int] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    platform: str = "fake"
+    _last: float = 0.0
+
+    def _advance(self) -> None:
+        elapsed = self.clock.now() - (self._last or self.clock.now())
+        self._last = self.clock.now()
+        for name, weight in self.weights.items():
+            revision = self.revisions.get(name)
+            if revision is None:
+                continue
+            served = int(self.rps * elapsed * weight / 100)
+            revision.requests += served
+            revision.errors += int(served * self.error_rates.get(name, 0.0))
+
+    def validate(self) -> None:
+        if self.fail_validate:
+            raise PlatformError("fake", "fake://endpoint", self.fail_validate)
+
+    def ensure_revision(self, spec: RevisionSpec) -> RevisionStatus:
+        self.calls.append(f"ensure {spec.revision} x{spec.replicas}")
+        current = self.revisions.setdefault(spec.revision, FakeRevision(replicas=spec.replicas))
+        current.replicas = spec.replicas
+        current.ready = spec.revision not in self.never_ready
+        status = self.revision_status(spec.target, spec.revision)
+        assert status is not None
+        return status
+
+    def revision_status(self, target: Target, revision: str) -> RevisionStatus | None:
+        current = self.revisions.get(revision)
+        if current is None:
+            return None
+        ready = current.replicas if current.ready else 0
+        return RevisionStatus(
+            revision=revision,
+            desired_replicas=current.replicas,
+            ready_replicas=ready,
+            running_replicas=current.replicas,
+            endpoints=[f"127.0.0.1:{9000 + i}" for i in range(ready)],
+        )
+
+    def list_revisions(self, target: Target) -> list[RevisionStatus]:
+        return [s for name in self.revisions if (s := self.revision_status(target, name)) is not None]
+
+    def set_traffic(self, target: Target, weights: dict[str, int]) -> TrafficState:
+        if sum(weights.values()) != 100:
+            raise ValueError("weights must sum to 100")
+        self._advance()
+        self.calls.append(f"traffic {sorted(weights.items())}")
+        self.weights = {k: v for k, v in weights.items()}
+        return self.traffic(target)
+
+    def traffic(self, target: Target) -> TrafficState:
+        return TrafficState(weights=dict(self.weights), address="http://127.0.0.1:18000")
+
+    def remove_revision(self, target: Target, revision: str) -> None:
+        self.calls.append(f"remove {revision}")
+        self.revisions.pop(revision, None)
+        self.weights.pop(revision, None)
+
+    def metrics(self, target: Target) -> dict[str, MetricSnapshot]:
+        self._advance()
+        return {
+            name: MetricSnapshot(
+                at=self.clock.now(),
+                requests=r.requests,
+                errors=r.errors,
+                servers_up=r.replicas,
+                servers_total=r.replicas,
+            )
+            for name, r in self.revisions.items()
+        }
+
+    def logs(self, target: Target, revision: str, lines: int = 100) -> str:
+        return ""
+
+    def close(self) -> None:
+        return None
+
+
+class FakeSmoke:
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def smoke(self, endpoints: list[str], path: str, count: int) -> tuple[int, int]:
+        self.calls += 1
+        return count - min(count, self.failures), min(count, self.failures)
