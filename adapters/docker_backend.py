@@ -48,7 +48,7 @@ LABEL_DEPLOYMENT_ID = f"{LABEL_PREFIX}/deployment-id"
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # Failures of the engine that say "this will not work however often you try".
-_PERMANENT_MARKERS = ("OCI runtime", "executable file not found", "no such file or directory", "invalid")
+_PERMANENT_MARKERS = ("oci runtime", "executable file not found", "no such file or directory", "invalid")
 _ERRNO = re.compile(r"\[Errno -?\d+\][^'\")]*")
 
 T = TypeVar("T")
@@ -121,7 +121,7 @@ def _is_transient(exc: APIError) -> bool:
     status = exc.status_code or 0
     if status == 429:
         return True
-    explanation = str(exc.explanation or exc)
+    explanation = str(exc.explanation or exc).lower()
     return status >= 500 and not any(marker in explanation for marker in _PERMANENT_MARKERS)
 
 
@@ -138,23 +138,27 @@ class DockerBackend:
         self._docker: Any = None
         # Two ensure calls of one process must not hand out the same port before either container binds it.
         self._port_lock = threading.Lock()
+        # Removals run in threads, and any of them may drop a broken client.
+        self._client_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------
     # Client and error handling
     # ----------------------------------------------------------------------------------------
     def _client(self) -> Any:
         """The SDK client, created on first use (it asks the daemon for its API version when created)."""
-        if self._docker is None:
-            try:
-                self._docker = docker.DockerClient(
-                    base_url=self.base_url, version="auto", timeout=int(self.settings.timeout)
-                )
-            except DockerException as exc:
-                cause = exc.__cause__
-                if isinstance(cause, RequestsConnectionError | RequestsTimeout):
-                    raise cause from exc
-                raise self._error(f"cannot create a client: {exc}") from exc
-        return self._docker
+        with self._client_lock:
+            if self._docker is None:
+                try:
+                    self._docker = docker.DockerClient(
+                        base_url=self.base_url, version="auto", timeout=self.settings.timeout
+                    )
+                except DockerException as exc:
+                    # Asking for the API version failed: let the caller judge the real cause.
+                    cause = exc.__cause__
+                    if isinstance(cause, APIError | RequestsConnectionError | RequestsTimeout):
+                        raise cause from exc
+                    raise self._error(f"cannot create a client: {exc}") from exc
+            return self._docker
 
     def _call(self, action: str, operation: Callable[[Any], T]) -> T:
         """Run ``operation(client)``; retry timeouts, lost connections and 5xx with bounded backoff."""
@@ -182,9 +186,10 @@ class DockerBackend:
         return PlatformError(PLATFORM, self.base_url, cause)
 
     def _drop_client(self) -> None:
-        if self._docker is not None:
-            self._docker.close()
-            self._docker = None
+        with self._client_lock:
+            if self._docker is not None:
+                self._docker.close()
+                self._docker = None
 
     # ----------------------------------------------------------------------------------------
     # WorkloadBackend
@@ -194,7 +199,7 @@ class DockerBackend:
         try:
             version = self._call("ping the daemon", lambda client: (client.ping(), client.version())[1])
         except TransientPlatformError as exc:
-            raise self._error(f"daemon unreachable: {exc.cause}") from exc
+            raise self._error(f"daemon unavailable: {exc.cause}") from exc
         if self.settings.network == "host" and str(version.get("Os", "linux")).lower() != "linux":
             raise self._error(f"host networking needs a Linux engine, this one is {version.get('Os')}")
         if self.settings.network != "host":

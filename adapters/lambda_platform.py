@@ -100,7 +100,7 @@ class LambdaSettings(Model):
     timeout: int | None = Field(default=None, ge=1, le=900, description="Seconds")
     memory_size: int | None = Field(default=None, ge=128, le=10_240, description="MB")
     profile: str | None = None
-    max_attempts: int = Field(default=4, ge=1, le=10, description="botocore standard-mode attempts per call")
+    max_attempts: int = Field(default=4, ge=1, le=10, description="Attempts per call, the first included")
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=30.0, gt=0)
     update_timeout: DurationMs = 120_000
@@ -183,7 +183,8 @@ class LambdaPlatform:
         self._session = boto3.Session(profile_name=self.settings.profile, region_name=self.settings.region)
         self._config = Config(
             region_name=self.settings.region,
-            retries={"max_attempts": self.settings.max_attempts, "mode": "standard"},
+            # total_max_attempts counts the first try; botocore's max_attempts would count retries only.
+            retries={"total_max_attempts": self.settings.max_attempts, "mode": "standard"},
             connect_timeout=self.settings.connect_timeout,
             read_timeout=self.settings.read_timeout,
         )
@@ -281,7 +282,7 @@ class LambdaPlatform:
 
     def _versions(self, function: str) -> list[_Version] | None:
         """Published versions, oldest first; None when the function does not exist."""
-        versions: list[_Version] = []
+        items: list[dict[str, Any]] = []
         marker: str | None = None
         for _ in range(200):  # 200 pages of 50: far above Lambda's own version quota
             kwargs: dict[str, Any] = {"FunctionName": function, "MaxItems": 50}
@@ -290,12 +291,15 @@ class LambdaPlatform:
             page = self._find("lambda", "list_versions_by_function", **kwargs)
             if page is None:
                 return None
-            versions.extend(
-                self._version(item) for item in page.get("Versions", []) if item["Version"] != LATEST
-            )
+            items.extend(page.get("Versions", []))
             marker = page.get("NextMarker")
             if not marker:
                 break
+        if not items:
+            # AWS answers 404 for a missing function; some emulators answer an empty list (an existing
+            # function always lists $LATEST).
+            return None
+        versions = [self._version(item) for item in items if item["Version"] != LATEST]
         return sorted(versions, key=lambda version: _version_number(version.number))
 
     @staticmethod

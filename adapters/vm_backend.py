@@ -192,7 +192,12 @@ do_install() {  # tdir rev staging wait_s: move the upload into place (once), ma
     if [ ! -d "$tdir/releases/$rev" ]; then mv -T "$staging" "$tdir/releases/$rev" 2>/dev/null; fi
     rm -rf "$staging"
     do_activate "$tdir" "$rev"
-    do_start "$tdir/releases/$rev" "$4"
+    do_start "$tdir/releases/$rev" "$4" >/dev/null
+    do_list "$tdir"
+}
+do_ensure() {  # tdir rev wait_s: start the release unless it runs (exit 4: no such release); list
+    do_start "$1/releases/$2" "$3" >/dev/null
+    do_list "$1"
 }
 do_start() {  # rel wait_s: start the release's process unless it runs; print its pid
     local rel="$1" pid i
@@ -217,7 +222,7 @@ do_stop() {  # rel timeout_s: TERM the process group, KILL after the timeout
     alive_pid "$rel" >/dev/null && die "process $pid of $rel survived SIGKILL"
     rm -f "$rel/replica.pid"
 }
-do_remove() {  # root tdir rev timeout_s owner
+do_remove() {  # root tdir rev timeout_s owner; then list
     local root="$1" tdir="$2" rev="$3" rel="$2/releases/$3" cur prev f
     if [ -d "$rel" ]; then
         do_stop "$rel" "$4"
@@ -238,7 +243,7 @@ do_remove() {  # root tdir rev timeout_s owner
     for f in "$root"/ports/*/owner; do
         [ -f "$f" ] && [ "$(cat "$f")" = "$5" ] && rm -rf "$(dirname "$f")"
     done
-    return 0
+    do_list "$tdir"
 }
 do_switch_back() {  # tdir: swap current and previous; print the revision now current
     local tdir="$1" cur prev
@@ -259,7 +264,7 @@ shift
 "do_$action" "$@"
 """
 
-_NO_RELEASE = 4  # exit status of the remote "start" when the release folder does not exist
+_NO_RELEASE = 4  # exit status of the remote "start"/"ensure" when the release folder does not exist
 
 
 def _launcher(release_dir: str, workdir: str, command: list[str], env: dict[str, str]) -> str:
@@ -494,17 +499,17 @@ class VmBackend:
                 "the vm platform runs one replica of a revision per host"
             )
 
-        def ensure(index: int) -> None:
+        def ensure(index: int) -> HostState:
             if index < spec.replicas:
-                self._ensure_on_host(index, spec)
-            else:
-                self._remove_from_host(self._sessions[index], spec.target, spec.revision)
+                return self._ensure_on_host(index, spec)
+            return self._remove_from_host(self._sessions[index], spec.target, spec.revision)
 
-        self._on_every_host(ensure)
-        return self.list_replicas(spec.target, spec.revision)
+        return self._replicas(self._on_every_host(ensure), spec.revision)
 
     def list_replicas(self, target: Target, revision: str | None = None) -> list[Replica]:
-        states = self._host_states(target)
+        return self._replicas(self._host_states(target), revision)
+
+    def _replicas(self, states: list[HostState], revision: str | None) -> list[Replica]:
         replicas: list[Replica] = []
         for index, (session, state) in enumerate(zip(self._sessions, states, strict=True)):
             for release in state.releases.values():
@@ -513,8 +518,7 @@ class VmBackend:
         return sorted(replicas, key=lambda r: (r.revision, r.index))
 
     def remove_revision(self, target: Target, revision: str) -> None:
-        for session in self._sessions:
-            self._remove_from_host(session, target, revision)
+        self._on_every_host(lambda index: self._remove_from_host(self._sessions[index], target, revision))
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         parts: list[str] = []
@@ -587,15 +591,18 @@ class VmBackend:
             health_path=str(manifest.get("healthPath", "/health")),
         )
 
-    def _ensure_on_host(self, index: int, spec: RevisionSpec) -> None:
+    def _ensure_on_host(self, index: int, spec: RevisionSpec) -> HostState:
         """Start the release's process unless it runs; create the release first when it is missing."""
         session = self._sessions[index]
-        release_dir = self.release_dir(session.host, spec.target, spec.revision)
-        status, _ = session.run_status("start", release_dir, self._start_wait_s, accept=_NO_RELEASE)
+        target_dir = self.target_dir(session.host, spec.target)
+        status, listing = session.run_status(
+            "ensure", target_dir, spec.revision, self._start_wait_s, accept=_NO_RELEASE
+        )
         if status == _NO_RELEASE:
-            self._create_release(index, spec)
+            listing = self._create_release(index, spec)
+        return _parse_listing(listing, session.host)
 
-    def _create_release(self, index: int, spec: RevisionSpec) -> None:
+    def _create_release(self, index: int, spec: RevisionSpec) -> str:
         """Upload into a staging folder, then move it into place and switch ``current`` to it."""
         session = self._sessions[index]
         host = session.host
@@ -632,10 +639,10 @@ class VmBackend:
             _write_text(sftp, f"{staging}/release.json", json.dumps(manifest, sort_keys=True))
         finally:
             sftp.close()
-        session.run("install", target_dir, spec.revision, staging, self._start_wait_s)
+        return session.run("install", target_dir, spec.revision, staging, self._start_wait_s)
 
-    def _remove_from_host(self, session: _HostSession, target: Target, revision: str) -> None:
-        session.run(
+    def _remove_from_host(self, session: _HostSession, target: Target, revision: str) -> HostState:
+        listing = session.run(
             "remove",
             session.host.root,
             self.target_dir(session.host, target),
@@ -643,6 +650,7 @@ class VmBackend:
             max(1, int(self._settings.stop_timeout)),
             self._owner(target, revision),
         )
+        return _parse_listing(listing, session.host)
 
 
 # --------------------------------------------------------------------------------------------

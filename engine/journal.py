@@ -43,6 +43,12 @@ CREATE TABLE IF NOT EXISTS deployments (
     snapshot TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deployments_active ON deployments (active, submitted_seq);
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
 """
 _GENESIS = "0" * 64
 
@@ -212,6 +218,17 @@ class Journal:
         with self._lock:
             rows = self._db.execute("SELECT phase, COUNT(*) FROM deployments GROUP BY phase").fetchall()
         return {Phase(r[0]): int(r[1]) for r in rows}
+
+    def put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
+        """Small durable registries (registered environments, health monitors), keyed by (kind, key)."""
+        body = json.dumps(data, sort_keys=True, default=str)
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", (kind, key, body))
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT data FROM records WHERE kind = ? ORDER BY key", (kind,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def verify_chain(self) -> tuple[bool, int | None]:
         """Recompute every hash; returns (True, None) or (False, first bad seq)."""

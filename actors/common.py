@@ -1,0 +1,54 @@
+"""Names and small helpers shared by the actors. Every Ray call of the project lives in actors/ or the facade."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAMESPACE = "deploy-orchestrator"
+QUEEN_NAME = "queen"
+DOMAIN_WORKERS = {
+    "DO-001": "environments",
+    "DO-002": "blue-green",
+    "DO-003": "canary",
+    "DO-004": "rollback",
+    "DO-005": "platforms",
+    "DO-006": "pipelines",
+}
+
+
+def runner_name(deployment_id: str) -> str:
+    return f"runner:{deployment_id}"
+
+
+def worker_name(code: str) -> str:
+    return f"{code}:{DOMAIN_WORKERS[code]}"
+
+
+def find_actor(name: str, namespace: str) -> Any | None:
+    """The handle of a live named actor, or None."""
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return None
+
+
+async def call(ref: Any, timeout_s: float) -> Any:
+    """Await an ObjectRef with a deadline; raises TimeoutError naming the wait."""
+    try:
+        return await asyncio.wait_for(ref, timeout=timeout_s)
+    except (TimeoutError, GetTimeoutError) as error:
+        raise TimeoutError(f"no answer within {timeout_s:g}s") from error
+
+
+def kill_quietly(handle: Any) -> None:
+    try:
+        ray.kill(handle, no_restart=True)
+    except (RayActorError, ValueError) as error:
+        log.debug("actor already gone: %s", error)

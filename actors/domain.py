@@ -1,0 +1,324 @@
+"""The six long-lived domain workers (DO-001..DO-006), named and detached; the queen recreates a dead one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from actors.common import QUEEN_NAME, call, find_actor, kill_quietly
+from actors.health import HealthMonitor, HealthReport
+from adapters import create_platform
+from engine.analysis import Measurement, judge
+from engine.config import load_config
+from engine.journal import Journal
+from engine.models import (
+    SUPPORTED_PLATFORMS,
+    Artifact,
+    DeploymentRequest,
+    Environment,
+    Model,
+    PlatformConfig,
+    Strategy,
+    StrategyType,
+    Thresholds,
+)
+from engine.platform import MetricSnapshot, PlatformError
+from engine.plans import build_plan
+from engine.state import Step
+
+log = logging.getLogger(__name__)
+MONITOR_CALL_TIMEOUT_S = 10.0
+
+
+class EnvironmentHealth(Model):
+    environment: str
+    healthy: bool
+    monitors: list[HealthReport]
+    checked_at: float
+
+
+class PlatformCheck(Model):
+    platform: str
+    ok: bool
+    error: str | None = None
+
+
+class _Worker:
+    def __init__(self, config_path: str | None, journal_path: str) -> None:
+        self.config = load_config(config_path)
+        self.journal = Journal(journal_path)
+        self.namespace = ray.get_runtime_context().namespace
+
+    async def ping(self) -> str:
+        return type(self).__name__
+
+    async def _queen_control(self, deployment_id: str, action: str, by: str, reason: str) -> Any:
+        queen = find_actor(QUEEN_NAME, self.namespace)
+        if queen is None:
+            raise RuntimeError("the queen is not running")
+        return await call(queen.control.remote(deployment_id, action, by, reason), 30)
+
+
+def _spread_over_nodes(count: int) -> list[Any]:
+    """One scheduling strategy per monitor, round-robin over the alive nodes (SPREAD without guessing)."""
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    return [NodeAffinitySchedulingStrategy(node_id=nodes[i % len(nodes)], soft=True) for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------- DO-001
+class EnvironmentCoordinatorImpl(_Worker):
+    """DO-001: the environment registry, readiness and parallel health monitoring."""
+
+    def __init__(self, config_path: str | None, journal_path: str) -> None:
+        super().__init__(config_path, journal_path)
+        self.monitors: dict[str, list[Any]] = {}
+
+    async def environments(self) -> list[Environment]:
+        registered = [Environment.model_validate(r) for r in self.journal.records("environment")]
+        known = dict(self.config.environments)
+        known.update({e.name: e for e in registered})
+        return list(known.values())
+
+    async def register_environment(self, environment: Environment) -> Environment:
+        self.journal.put_record("environment", environment.name, environment.model_dump(mode="json"))
+        return environment
+
+    async def _environment(self, name: str) -> Environment:
+        for environment in await self.environments():
+            if environment.name == name:
+                return environment
+        known = ", ".join(sorted(e.name for e in await self.environments()))
+        raise ValueError(f"environment: unknown environment '{name}'; known: {known}")
+
+    def _service_urls(self, name: str) -> list[str]:
+        """The live services of an environment: the newest successful deployment of each target."""
+        latest: dict[str, str] = {}
+        for state in self.journal.deployments(limit=100_000):
+            if state.request.environment == name and state.address and state.outcome is not None:
+                if state.phase().value == "succeeded":
+                    latest[state.request.target.key] = state.address.rstrip("/") + state.request.artifact.health_path
+        return list(latest.values())
+
+    async def monitor_environment_health(
+        self, name: str, urls: list[str] | None = None, per_monitor: int = 8
+    ) -> list[str]:
+        environment = await self._environment(name)
+        targets = list(urls or [*environment.endpoints, *self._service_urls(name)])
+        if not targets:
+            raise ValueError(f"environment '{name}' has no endpoints and no live services to monitor")
+        await self.stop_monitoring(name)
+        chunks = [targets[i : i + per_monitor] for i in range(0, len(targets), per_monitor)]
+        monitors = []
+        for index, (chunk, strategy) in enumerate(zip(chunks, _spread_over_nodes(len(chunks)), strict=True)):
+            monitors.append(
+                HealthMonitor.options(
+                    name=f"health:{name}:{index}", namespace=self.namespace, scheduling_strategy=strategy
+                ).remote(
+                    f"{name}:{index}", chunk, environment.health_check_interval / 1000,
+                    environment.health_check_timeout / 1000, environment.unhealthy_threshold,
+                )
+            )
+        self.monitors[name] = monitors
+        return [f"health:{name}:{i}" for i in range(len(monitors))]
+
+    async def get_environment_health(self, name: str) -> EnvironmentHealth:
+        monitors = self.monitors.get(name)
+        if not monitors:
+            raise ValueError(f"environment '{name}' is not monitored: call monitor_environment_health first")
+        reports = await asyncio.gather(*(call(m.report.remote(), MONITOR_CALL_TIMEOUT_S) for m in monitors))
+        checked = all(r.checked_at is not None for r in reports)
+        return EnvironmentHealth(environment=name, healthy=checked and all(r.healthy for r in reports),
+                                 monitors=list(reports), checked_at=time.time())
+
+    async def stop_monitoring(self, name: str) -> None:
+        for monitor in self.monitors.pop(name, []):
+            kill_quietly(monitor)
+
+
+# ---------------------------------------------------------------------------------------- DO-002
+class BlueGreenEngineImpl(_Worker):
+    """DO-002: blue-green plans and the instant switch back to blue while it is kept."""
+
+    async def plan(self, strategy: Strategy, has_stable: bool = True) -> list[Step]:
+        if strategy.type is not StrategyType.BLUE_GREEN:
+            raise ValueError(f"strategy.type: blue-green engine got '{strategy.type.value}'")
+        return build_plan(strategy, has_stable)
+
+    async def switch_back(self, deployment_id: str, by: str, reason: str = "switch back to blue") -> Any:
+        state = self.journal.find(deployment_id)
+        if state.request.strategy.type is not StrategyType.BLUE_GREEN:
+            raise ValueError(f"deployment {deployment_id} is not blue-green")
+        return await self._queen_control(state.deployment_id, "rollback", by, reason)
+
+
+# ---------------------------------------------------------------------------------------- DO-003
+class CanaryControllerImpl(_Worker):
+    """DO-003: canary plans, analysis on live metrics, pause/resume/promote."""
+
+    async def plan(self, strategy: Strategy, has_stable: bool = True) -> list[Step]:
+        if strategy.type is not StrategyType.CANARY:
+            raise ValueError(f"strategy.type: canary controller got '{strategy.type.value}'")
+        return build_plan(strategy, has_stable)
+
+    async def judge(
+        self, snapshot: MetricSnapshot, baseline: dict[str, float], success: Thresholds,
+        failure: Thresholds, min_requests: int,
+    ) -> Measurement:
+        return judge(snapshot, baseline, success, failure, min_requests)
+
+    async def control(self, deployment_id: str, action: str, by: str, reason: str = "") -> Any:
+        if action not in ("pause", "resume", "promote", "promote_full", "abort"):
+            raise ValueError(f"unknown canary action '{action}'")
+        return await self._queen_control(deployment_id, action, by, reason)
+
+
+# ---------------------------------------------------------------------------------------- DO-004
+class RollbackSystemImpl(_Worker):
+    """DO-004: manual rollback, health watching of deployments, rollback history."""
+
+    def __init__(self, config_path: str | None, journal_path: str) -> None:
+        super().__init__(config_path, journal_path)
+        self.monitors: dict[str, Any] = {}
+
+    async def trigger_rollback(self, deployment_id: str, reason: str, by: str = "unknown") -> Any:
+        return await self._queen_control(deployment_id, "rollback", by, reason)
+
+    async def monitor_deployment(
+        self, deployment_id: str, interval_s: float = 1.0, timeout_s: float = 1.0, unhealthy_threshold: int = 3
+    ) -> str:
+        """Watch the candidate's replicas directly; N failed probes in a row roll the deployment back."""
+        state = self.journal.find(deployment_id)
+        revision = state.candidate_revision or state.request.artifact.revision
+        adapter = await asyncio.to_thread(create_platform, state.request.platform)
+        try:
+            status = await asyncio.to_thread(adapter.revision_status, state.request.target, revision)
+        finally:
+            await asyncio.to_thread(adapter.close)
+        if status is None or not status.endpoints:
+            raise ValueError(f"deployment {deployment_id}: revision {revision} has no endpoints to probe yet")
+        urls = [f"http://{e}{state.request.artifact.health_path}" for e in status.endpoints]
+        me = find_actor(self._own_name(), self.namespace)
+        monitor = HealthMonitor.options(namespace=self.namespace).remote(
+            f"deployment:{deployment_id}", urls, interval_s, timeout_s, unhealthy_threshold, me, deployment_id
+        )
+        self.monitors[state.deployment_id] = monitor
+        return state.deployment_id
+
+    def _own_name(self) -> str:
+        return ray.get_runtime_context().get_actor_name() or ""
+
+    async def on_unhealthy(self, deployment_id: str, reason: str) -> None:
+        monitor = self.monitors.pop(deployment_id, None)
+        if monitor is not None:
+            kill_quietly(monitor)
+        state = self.journal.state(deployment_id)
+        if state.active:
+            await self._queen_control(deployment_id, "rollback_health", "health-monitor", reason)
+
+    async def rollbacks(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [
+            {"deployment_id": s.deployment_id, "target": s.request.target.key, "phase": s.phase().value,
+             **(s.rollback.model_dump(mode="json") if s.rollback else {})}
+            for s in self.journal.deployments(limit=100_000) if s.rollback is not None
+        ][-limit:]
+
+
+# ---------------------------------------------------------------------------------------- DO-005
+class PlatformRegistryImpl(_Worker):
+    """DO-005: the adapter registry; connectivity, credentials and features checked before any change."""
+
+    async def supported(self) -> list[str]:
+        return list(SUPPORTED_PLATFORMS)
+
+    async def validate_platform(self, config: PlatformConfig) -> PlatformCheck:
+        try:
+            adapter = await asyncio.to_thread(create_platform, config)
+            try:
+                await asyncio.to_thread(adapter.validate)
+            finally:
+                await asyncio.to_thread(adapter.close)
+        except (PlatformError, ValueError, OSError) as error:
+            return PlatformCheck(platform=config.type, ok=False, error=str(error))
+        return PlatformCheck(platform=config.type, ok=True)
+
+
+# ---------------------------------------------------------------------------------------- DO-006
+class PipelineStage(Model):
+    environment: str
+    strategy: Strategy
+    platform: PlatformConfig
+
+
+class PipelineStatus(Model):
+    pipeline_id: str
+    stages: list[str]
+    current: int
+    deployments: list[str]
+    state: str
+    message: str = ""
+
+
+class PipelineOrchestratorImpl(_Worker):
+    """DO-006: stages in order (e.g. development -> staging -> production); a stage that fails stops it."""
+
+    def __init__(self, config_path: str | None, journal_path: str) -> None:
+        super().__init__(config_path, journal_path)
+        self.pipelines: dict[str, PipelineStatus] = {}
+
+    async def start_pipeline(self, artifact: Artifact, stages: list[PipelineStage], by: str) -> str:
+        pipeline_id = f"pipeline-{uuid.uuid4().hex[:10]}"
+        self.pipelines[pipeline_id] = PipelineStatus(
+            pipeline_id=pipeline_id, stages=[s.environment for s in stages], current=0, deployments=[],
+            state="running",
+        )
+        asyncio.get_running_loop().create_task(self._run(pipeline_id, artifact, stages, by))
+        return pipeline_id
+
+    async def _run(self, pipeline_id: str, artifact: Artifact, stages: list[PipelineStage], by: str) -> None:
+        status = self.pipelines[pipeline_id]
+        queen = find_actor(QUEEN_NAME, self.namespace)
+        for index, stage in enumerate(stages):
+            status.current = index
+            request = DeploymentRequest(artifact=artifact, strategy=stage.strategy, environment=stage.environment,
+                                        platform=stage.platform, requested_by=by)
+            deployment_id = await call(queen.submit.remote(request), 60)
+            status.deployments.append(deployment_id)
+            deadline = time.monotonic() + stage.strategy.progress_deadline / 1000 * 10
+            result = await call(queen.wait.remote(deployment_id, 3600.0), 3700.0)
+            while result.phase.value not in ("succeeded", "rolled_back", "failed", "aborted"):
+                if time.monotonic() > deadline:
+                    break
+                result = await call(queen.wait.remote(deployment_id, 3600.0), 3700.0)
+            if result.phase.value != "succeeded":
+                status.state, status.message = "failed", f"stage {stage.environment}: {result.phase.value}"
+                return
+        status.state = "succeeded"
+
+    async def pipeline_status(self, pipeline_id: str) -> PipelineStatus:
+        if pipeline_id not in self.pipelines:
+            raise ValueError(f"unknown pipeline '{pipeline_id}'")
+        return self.pipelines[pipeline_id]
+
+
+_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1}
+EnvironmentCoordinator = ray.remote(**_OPTIONS)(EnvironmentCoordinatorImpl)
+BlueGreenEngine = ray.remote(**_OPTIONS)(BlueGreenEngineImpl)
+CanaryController = ray.remote(**_OPTIONS)(CanaryControllerImpl)
+RollbackSystem = ray.remote(**_OPTIONS)(RollbackSystemImpl)
+PlatformRegistry = ray.remote(**_OPTIONS)(PlatformRegistryImpl)
+PipelineOrchestrator = ray.remote(**_OPTIONS)(PipelineOrchestratorImpl)
+
+WORKER_CLASSES: dict[str, Any] = {
+    "DO-001": EnvironmentCoordinator,
+    "DO-002": BlueGreenEngine,
+    "DO-003": CanaryController,
+    "DO-004": RollbackSystem,
+    "DO-005": PlatformRegistry,
+    "DO-006": PipelineOrchestrator,
+}

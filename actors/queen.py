@@ -1,0 +1,238 @@
+"""The queen: admits deployments, runs one runner per deployment, supervises the domain workers.
+
+Everything it knows is rebuilt from the journal and from the named actors still alive, so Ray may restart it at
+any moment (the pattern of Ray Serve's controller). Admission: at most ``limit`` deployments run at once, the
+rest wait in FIFO order, and at most one deployment per target (service x environment) is active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from actors.common import DOMAIN_WORKERS, find_actor, kill_quietly, runner_name, worker_name
+from actors.domain import WORKER_CLASSES
+from actors.runner import DeploymentRunner
+from actors.telemetry import Telemetry
+from engine.config import load_config
+from engine.journal import Journal
+from engine.models import DeploymentRequest, DeploymentStatus, Phase, RollbackTrigger
+from engine.state import DeploymentState, EventKind
+
+log = logging.getLogger(__name__)
+
+SUPERVISION_INTERVAL_S = 5.0
+RUNNER_RESTARTS = 5
+
+
+class DeploymentRefused(ValueError):
+    """The request cannot be accepted as it is; the message says why."""
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class Queen:
+    def __init__(self, config_path: str | None, journal_path: str | None, max_concurrent: int | None) -> None:
+        self.config = load_config(config_path)
+        self.config_path = config_path
+        self.namespace = ray.get_runtime_context().namespace
+        self.journal_path = str(journal_path or self.config.journal_path())
+        self.journal = Journal(self.journal_path)
+        self.limit = max_concurrent or self.config.concurrency.max_concurrent_deployments
+        self.runs: dict[str, asyncio.Task[None]] = {}
+        self.finished: dict[str, asyncio.Event] = {}
+        self.workers: dict[str, Any] = {}
+        self.telemetry = Telemetry(self.config.metrics.prometheus_port)
+        self.started = asyncio.Event()
+        asyncio.get_running_loop().create_task(self._start())
+
+    # ------------------------------------------------------------------------------ start-up
+    async def _start(self) -> None:
+        self._ensure_workers()
+        for state in self.journal.deployments(active_only=True, limit=100_000):
+            if state.admitted_at is not None:
+                self._launch(state.deployment_id)
+        self._admit()
+        self.started.set()
+        asyncio.get_running_loop().create_task(self._supervise())
+
+    async def ready(self) -> dict[str, Any]:
+        await asyncio.wait_for(self.started.wait(), timeout=60)
+        return {"journal": self.journal_path, "limit": self.limit, "namespace": self.namespace,
+                "workers": sorted(self.workers)}
+
+    def _ensure_workers(self) -> None:
+        for code in DOMAIN_WORKERS:
+            name = worker_name(code)
+            handle = find_actor(name, self.namespace)
+            if handle is None:
+                log.warning("creating domain worker %s", name)
+                handle = WORKER_CLASSES[code].options(
+                    name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True
+                ).remote(self.config_path, self.journal_path)
+            self.workers[code] = handle
+
+    async def _supervise(self) -> None:
+        """A dead domain worker is recreated; a finished deployment's runner is not left behind."""
+        while True:
+            await asyncio.sleep(SUPERVISION_INTERVAL_S)
+            try:
+                self._ensure_workers()
+                self._admit()
+            except Exception:  # supervision must go on whatever one round meets
+                log.exception("supervision round failed")
+
+    # ------------------------------------------------------------------------------ admission
+    def _admit(self) -> None:
+        active = self.journal.deployments(active_only=True, limit=100_000)
+        running = [s for s in active if s.admitted_at is not None]
+        busy = {s.request.target.key for s in running}
+        for state in active:
+            if len(running) >= self.limit:
+                break
+            if state.admitted_at is not None or state.request.target.key in busy:
+                continue
+            self.journal.append(state.deployment_id, EventKind.ADMITTED, {"limit": self.limit}, actor="queen")
+            busy.add(state.request.target.key)
+            running.append(state)
+            self._launch(state.deployment_id)
+        self.telemetry.set_load(running=len(running), queued=len(active) - len(running))
+
+    def _launch(self, deployment_id: str) -> None:
+        if deployment_id in self.runs:
+            return
+        self.finished.setdefault(deployment_id, asyncio.Event())
+        self.runs[deployment_id] = asyncio.get_running_loop().create_task(self._drive(deployment_id))
+
+    def _runner(self, deployment_id: str) -> Any:
+        return DeploymentRunner.options(
+            name=runner_name(deployment_id), namespace=self.namespace, lifetime="detached", get_if_exists=True
+        ).remote(deployment_id, self.journal_path)
+
+    async def _drive(self, deployment_id: str) -> None:
+        """Await the runner; a runner lost for good is recreated (it resumes from the journal)."""
+        runner = None
+        try:
+            for attempt in range(RUNNER_RESTARTS + 1):
+                runner = self._runner(deployment_id)
+                try:
+                    await runner.run.remote()
+                    break
+                except RayActorError as error:
+                    log.warning("runner of %s lost (attempt %d): %s", deployment_id, attempt + 1, error)
+                    await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
+            else:
+                self._fail(deployment_id, f"its runner was lost {RUNNER_RESTARTS + 1} times")
+        finally:
+            if runner is not None:
+                kill_quietly(runner)
+            self.runs.pop(deployment_id, None)
+            self._on_finished(deployment_id)
+
+    def _fail(self, deployment_id: str, message: str) -> None:
+        if self.journal.state(deployment_id).active:
+            self.journal.append(deployment_id, EventKind.FINISHED, {"outcome": "failed", "message": message},
+                                actor="queen")
+
+    def _on_finished(self, deployment_id: str) -> None:
+        state = self.journal.state(deployment_id)
+        self.telemetry.finished(state)
+        event = self.finished.pop(deployment_id, None)
+        if event is not None:
+            event.set()
+        self._admit()
+
+    # ------------------------------------------------------------------------------ public API
+    async def submit(self, request: DeploymentRequest, deployment_id: str | None = None) -> str:
+        await asyncio.wait_for(self.started.wait(), timeout=60)
+        self._check_environment(request.environment)
+        active = self.journal.deployments(active_only=True, limit=100_000)
+        if len(active) >= self.limit + self.config.concurrency.max_queued:
+            raise DeploymentRefused(f"the queue is full ({len(active)} deployments waiting or running)")
+        deployment_id = deployment_id or f"{request.artifact.name}-{uuid.uuid4().hex[:10]}"
+        self.journal.submit(deployment_id, request, actor=request.requested_by)
+        self.telemetry.submitted(request)
+        self.finished.setdefault(deployment_id, asyncio.Event())
+        self._admit()
+        return deployment_id
+
+    def _check_environment(self, name: str) -> None:
+        known = set(self.config.environments) | {
+            record["name"] for record in self.journal.records("environment")
+        }
+        if name not in known:
+            raise DeploymentRefused(
+                f"environment: unknown environment '{name}'; known: {', '.join(sorted(known))}"
+            )
+
+    async def status(self, deployment_id: str) -> DeploymentStatus:
+        return self.journal.find(deployment_id).status()
+
+    async def wait(self, deployment_id: str, timeout_s: float) -> DeploymentStatus:
+        """Returns once the deployment is terminal or ``timeout_s`` has passed, whichever is first."""
+        state = self.journal.find(deployment_id)
+        event = self.finished.get(state.deployment_id)
+        if state.active and event is not None:
+            try:
+                await asyncio.wait_for(event.wait(), timeout=timeout_s)
+            except TimeoutError:
+                pass
+        return self.journal.state(state.deployment_id).status()
+
+    async def history(self, limit: int = 50, service: str | None = None) -> list[DeploymentStatus]:
+        states = self.journal.deployments(limit=limit if service is None else 100_000)
+        chosen = [s for s in states if service is None or s.request.artifact.name == service]
+        return [s.status() for s in chosen[-limit:]]
+
+    async def control(self, deployment_id: str, action: str, by: str, reason: str = "") -> DeploymentStatus:
+        """pause | resume | promote | promote_full | abort | rollback, journaled, then the runner woken."""
+        state = self.journal.find(deployment_id)
+        if not state.active:
+            raise DeploymentRefused(
+                f"deployment {state.deployment_id} already ended: {state.phase().value}"
+            )
+        if state.admitted_at is None and action in ("abort", "rollback", "rollback_health"):
+            self.journal.append(state.deployment_id, EventKind.FINISHED,
+                                {"outcome": Phase.ABORTED.value, "message": f"{action} while queued: {reason}"},
+                                actor=by)
+            self._on_finished(state.deployment_id)
+            return self.journal.state(state.deployment_id).status()
+        kind, data = _control_event(action, reason, by)
+        self.journal.append(state.deployment_id, kind, data, actor=by)
+        runner = find_actor(runner_name(state.deployment_id), self.namespace)
+        if runner is not None:
+            runner.wake.remote()
+        return self.journal.state(state.deployment_id).status()
+
+    async def worker(self, code: str) -> Any:
+        if code not in DOMAIN_WORKERS:
+            raise ValueError(f"unknown domain worker {code}: known are {', '.join(DOMAIN_WORKERS)}")
+        self._ensure_workers()
+        return self.workers[code]
+
+    async def overview(self) -> dict[str, Any]:
+        counts = self.journal.phase_counts()
+        return {"limit": self.limit, "running": len(self.runs), "phases": {p.value: n for p, n in counts.items()},
+                "time": time.time()}
+
+
+def _control_event(action: str, reason: str, by: str) -> tuple[EventKind, dict[str, Any]]:
+    if action == "pause":
+        return EventKind.PAUSED, {"reason": reason}
+    if action == "resume":
+        return EventKind.RESUMED, {}
+    if action in ("promote", "promote_full"):
+        return EventKind.PROMOTE_REQUESTED, {"full": action == "promote_full"}
+    if action in ("abort", "rollback", "rollback_health"):
+        trigger = {"abort": RollbackTrigger.ABORT, "rollback": RollbackTrigger.MANUAL}.get(action, RollbackTrigger.HEALTH)
+        return EventKind.ROLLBACK_REQUESTED, {"trigger": trigger.value, "reason": reason or action, "by": by}
+    raise DeploymentRefused(f"unknown action '{action}': use pause, resume, promote, promote_full, abort, rollback")
+
+
+def state_summary(state: DeploymentState) -> str:
+    return f"{state.deployment_id} {state.phase().value} step {state.step_index}/{len(state.plan)}"

@@ -1,0 +1,198 @@
+"""A ``PlatformAdapter`` made of a workload backend (runs replicas) and a traffic router (splits traffic).
+
+Local processes, Docker containers and VM hosts all run their replicas behind the same kind of router; this
+module is the glue, so each backend only has to start and stop replicas. Readiness is checked for real: an
+HTTP GET of each replica's health path, 2xx meaning ready.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from engine.models import Target
+from engine.platform import (
+    MetricSnapshot,
+    Replica,
+    RevisionSpec,
+    RevisionStatus,
+    TrafficRouter,
+    TrafficState,
+    WorkloadBackend,
+)
+
+READINESS_TIMEOUT_S = 1.0
+_MAX_PROBE_THREADS = 16
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None  # a 3xx is not ready; do not follow it somewhere else
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({}))
+
+
+def is_ready(replica: Replica, timeout_s: float = READINESS_TIMEOUT_S) -> bool:
+    """GET http://host:port<health_path>: ready when it answers 2xx within the timeout."""
+    if not replica.alive:
+        return False
+    url = f"http://{replica.host}:{replica.port}{replica.health_path}"
+    try:
+        with _OPENER.open(url, timeout=timeout_s) as response:
+            return 200 <= int(response.status) < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def ready_flags(replicas: list[Replica]) -> list[bool]:
+    """Readiness of every replica, probed in parallel so that a call stays within about one timeout."""
+    if not replicas:
+        return []
+    with ThreadPoolExecutor(max_workers=min(_MAX_PROBE_THREADS, len(replicas))) as pool:
+        return list(pool.map(is_ready, replicas))
+
+
+def _group(replicas: Iterable[Replica]) -> dict[str, list[Replica]]:
+    grouped: dict[str, list[Replica]] = {}
+    for replica in sorted(replicas, key=lambda r: (r.revision, r.index)):
+        grouped.setdefault(replica.revision, []).append(replica)
+    return grouped
+
+
+class RoutedPlatform:
+    """``PlatformAdapter`` from a ``WorkloadBackend`` and a ``TrafficRouter``."""
+
+    def __init__(self, backend: WorkloadBackend, router: TrafficRouter) -> None:
+        self.backend = backend
+        self.router = router
+        self.platform = backend.platform
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
+
+    # ---- PlatformAdapter ------------------------------------------------------------------
+    def validate(self) -> None:
+        self.backend.validate()
+        router_validate = getattr(self.router, "validate", None)
+        if callable(router_validate):
+            router_validate()
+
+    def ensure_revision(self, spec: RevisionSpec) -> RevisionStatus:
+        with self._lock(spec.target):
+            self.backend.ensure_replicas(spec)
+            self._ensure_frontend(spec.target, spec.artifact.health_path)
+            # Re-register every replica with the weights in force: a restarted replica may have a new port.
+            weights = self.router.traffic(spec.target).weights
+            self._register(spec.target, weights, self.backend.list_replicas(spec.target))
+        status = self.revision_status(spec.target, spec.revision)
+        if status is None:  # only when replicas were asked for 0
+            return RevisionStatus(
+                revision=spec.revision, desired_replicas=0, ready_replicas=0, running_replicas=0
+            )
+        return status
+
+    def revision_status(self, target: Target, revision: str) -> RevisionStatus | None:
+        replicas = self.backend.list_replicas(target, revision)
+        if not replicas:
+            return None
+        return self._status(revision, replicas, ready_flags(replicas))
+
+    def list_revisions(self, target: Target) -> list[RevisionStatus]:
+        replicas = self.backend.list_replicas(target)
+        flags = dict(zip(((r.revision, r.index) for r in replicas), ready_flags(replicas), strict=True))
+        return [
+            self._status(revision, group, [flags[(r.revision, r.index)] for r in group])
+            for revision, group in _group(replicas).items()
+        ]
+
+    def set_traffic(self, target: Target, weights: dict[str, int]) -> TrafficState:
+        total = sum(weights.values())
+        if any(not isinstance(w, int) or w < 0 or w > 100 for w in weights.values()) or total != 100:
+            raise ValueError(f"traffic weights must be integers from 0 to 100 summing to 100, got {weights}")
+        with self._lock(target):
+            grouped = _group(self.backend.list_replicas(target))
+            for revision, percent in weights.items():
+                alive = [r for r in grouped.get(revision, []) if r.alive]
+                if percent > 0 and not alive:
+                    raise ValueError(f"revision '{revision}' has no running replica on {self.platform}")
+            # A 0% entry for a revision that is gone changes nothing (a rollback may name a dead canary).
+            in_force = {rev: pct for rev, pct in weights.items() if rev in grouped}
+            self._ensure_frontend(target, None)
+            return self._register(target, in_force, [r for g in grouped.values() for r in g], ready_only=True)
+
+    def traffic(self, target: Target) -> TrafficState:
+        return self.router.traffic(target)
+
+    def remove_revision(self, target: Target, revision: str) -> None:
+        """Traffic leaves the revision first (the others keep their weights), then its replicas stop."""
+        with self._lock(target):
+            replicas = [r for r in self.backend.list_replicas(target) if r.revision != revision]
+            in_force = self.router.traffic(target)
+            if in_force.address:  # a router runs for the target
+                weights = {rev: pct for rev, pct in in_force.weights.items() if rev != revision}
+                self._register(target, weights, replicas)
+            self.backend.remove_revision(target, revision)
+
+    def metrics(self, target: Target) -> dict[str, MetricSnapshot]:
+        snapshots = self.router.metrics(target)
+        for revision, group in _group(self.backend.list_replicas(target)).items():
+            if revision not in snapshots:
+                snapshots[revision] = MetricSnapshot(at=_now(snapshots), servers_total=len(group))
+        return snapshots
+
+    def logs(self, target: Target, revision: str, lines: int = 100) -> str:
+        return self.backend.logs(target, revision, lines)
+
+    def close(self) -> None:
+        self.backend.close()
+        router_close = getattr(self.router, "close", None)
+        if callable(router_close):
+            router_close()
+
+    # ---- internals ------------------------------------------------------------------------
+    def _register(
+        self, target: Target, weights: dict[str, int], replicas: list[Replica], ready_only: bool = False
+    ) -> TrafficState:
+        """Give the router every alive replica; with ``ready_only``, only the ready ones of a revision
+        when it has any (HAProxy's own health checks keep gating the others)."""
+        servers: dict[str, list[str]] = {}
+        for revision, group in _group(r for r in replicas if r.alive).items():
+            addresses = [r.address for r in group]
+            if ready_only:
+                ready = [r.address for r, ok in zip(group, ready_flags(group), strict=True) if ok]
+                addresses = ready or addresses
+            servers[revision] = addresses
+        return self.router.set_backends(target, servers, weights)
+
+    def _ensure_frontend(self, target: Target, health_path: str | None) -> str:
+        """The router's frontend; routers that take a health path (HAProxy) get the revision's one."""
+        accepts_path = "health_path" in inspect.signature(self.router.ensure_frontend).parameters
+        if health_path is not None and accepts_path:
+            return self.router.ensure_frontend(target, health_path=health_path)  # type: ignore[call-arg]
+        return self.router.ensure_frontend(target)
+
+    def _status(self, revision: str, replicas: list[Replica], ready: list[bool]) -> RevisionStatus:
+        alive = [r for r in replicas if r.alive]
+        dead = len(replicas) - len(alive)
+        return RevisionStatus(
+            revision=revision,
+            desired_replicas=len(replicas),
+            running_replicas=len(alive),
+            ready_replicas=sum(ready),
+            endpoints=[r.address for r in alive],
+            message=f"{dead} replica(s) exited" if dead else "",
+        )
+
+    def _lock(self, target: Target) -> threading.RLock:
+        """One composite operation per target at a time in this process (the parts lock across processes)."""
+        with self._locks_guard:
+            return self._locks.setdefault(target.key, threading.RLock())
+
+
+def _now(snapshots: dict[str, MetricSnapshot]) -> float:
+    return next(iter(snapshots.values())).at if snapshots else time.time()

@@ -1,0 +1,77 @@
+"""A bounded load generator for the quickstart, tests and benchmarks: real HTTP requests at a steady rate."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+
+class TrafficGenerator:
+    """Sends GET requests to ``url`` at about ``rps`` per second until stopped or ``max_seconds`` pass.
+
+    Counts answers by (version, status); connection failures count as status 0.
+    """
+
+    def __init__(self, url: str, rps: float = 50.0, threads: int = 2, max_seconds: float = 3600.0) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.path = parts.path or "/"
+        self.interval = threads / rps
+        self.threads = threads
+        self.max_seconds = max_seconds
+        self.counts: Counter[tuple[str, int]] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []
+
+    def start(self) -> TrafficGenerator:
+        for _ in range(self.threads):
+            worker = threading.Thread(target=self._run, daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def stop(self) -> Counter[tuple[str, int]]:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=10)
+        return self.snapshot()
+
+    def snapshot(self) -> Counter[tuple[str, int]]:
+        with self._lock:
+            return Counter(self.counts)
+
+    def _run(self) -> None:
+        end = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and time.monotonic() < end:
+            started = time.monotonic()
+            self._record(*self._request())
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def _request(self) -> tuple[str, int]:
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=5)
+        try:
+            connection.request("GET", self.path)
+            response = connection.getresponse()
+            response.read()
+            return response.getheader("X-Version", "?"), response.status
+        except (OSError, http.client.HTTPException):
+            return "?", 0
+        finally:
+            connection.close()
+
+    def _record(self, version: str, status: int) -> None:
+        with self._lock:
+            self.counts[(version, status)] += 1
+
+    @staticmethod
+    def failed(counts: Counter[tuple[str, int]], version: str | None = None) -> int:
+        return sum(n for (v, s), n in counts.items() if (s == 0 or s >= 500) and (version is None or v == version))
+
+    @staticmethod
+    def total(counts: Counter[tuple[str, int]], version: str | None = None) -> int:
+        return sum(n for (v, _), n in counts.items() if version is None or v == version)
