@@ -30,6 +30,7 @@ import csv
 import fcntl
 import hashlib
 import io
+import ipaddress
 import os
 import random
 import re
@@ -235,19 +236,42 @@ def port_is_free(host: str, port: int) -> bool:
 # --------------------------------------------------------------------------------------------
 # Runtime API
 # --------------------------------------------------------------------------------------------
-def run_cli(socket_path: str, command: str, timeout_s: float = CLI_TIMEOUT_S) -> str:
-    """One command (or several separated by ';') on the runtime API; the whole answer."""
-    chunks: list[bytes] = []
+def run_cli(socket_path: str, command: str, timeout_s: float = CLI_TIMEOUT_S, attempts: int = 3) -> str:
+    """One command (or several separated by ';', all idempotent) on the runtime API; the whole answer.
+
+    Retried a few times on a refused or reset connection (HAProxy restarting, a full accept queue)."""
+    for attempt in range(attempts):
+        chunks: list[bytes] = []
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout_s)
+                sock.connect(socket_path)
+                sock.sendall(command.encode() + b"\n")
+                while data := sock.recv(65536):
+                    chunks.append(data)
+            return b"".join(chunks).decode(errors="replace")
+        except (ConnectionRefusedError, ConnectionResetError, FileNotFoundError) as exc:
+            if attempt + 1 == attempts:
+                raise TransientPlatformError("haproxy", socket_path, f"runtime API: {exc}") from exc
+            time.sleep(0.05 * (attempt + 1))
+        except OSError as exc:
+            raise TransientPlatformError("haproxy", socket_path, f"runtime API: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
+def resolve_address(address: str) -> str:
+    """``host:port`` with an IPv4 address: the runtime API's ``set server addr`` takes no host names."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"server address '{address}' is not host:port")
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return address
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout_s)
-            sock.connect(socket_path)
-            sock.sendall(command.encode() + b"\n")
-            while data := sock.recv(65536):
-                chunks.append(data)
+        infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
     except OSError as exc:
-        raise TransientPlatformError("haproxy", socket_path, f"runtime API: {exc}") from exc
-    return b"".join(chunks).decode(errors="replace")
+        raise PlatformError("haproxy", address, f"cannot resolve {host}: {exc}") from exc
+    return f"{infos[0][4][0]}:{port}"
 
 
 def parse_show_stat(text: str) -> list[dict[str, str]]:
@@ -364,6 +388,9 @@ class HAProxyRouter:
         for revision, percent in weights.items():
             if not isinstance(percent, int) or not 0 <= percent <= 100:
                 raise ValueError(f"weight of {revision} is {percent!r}: it must be an integer from 0 to 100")
+        servers = {
+            revision: [resolve_address(a) for a in addresses] for revision, addresses in servers.items()
+        }
         self.ensure_frontend(target)
         with file_lock(self._path(target, "lock")):
             state = self._read(target)
@@ -375,22 +402,30 @@ class HAProxyRouter:
             return self._traffic(state)
 
     def traffic(self, target: Target) -> TrafficState:
-        state = self._read(target)
-        if state is None:
-            return TrafficState()
-        if not is_same_process(state.pid, state.start_time):
-            return TrafficState(address=self._address(state))
-        return self._traffic(state)
+        # Under the lock: a half-applied change would otherwise read as drifted weights.
+        with file_lock(self._path(target, "lock")):
+            state = self._read(target)
+            if state is None:
+                return TrafficState()
+            try:
+                return self._traffic(state)
+            except TransientPlatformError:
+                if is_same_process(state.pid, state.start_time):
+                    raise
+                return TrafficState(address=self._address(state))  # no router: no traffic is in force
 
     def metrics(self, target: Target) -> dict[str, MetricSnapshot]:
-        state = self._read(target)
-        if state is None:
-            return {}
-        rows: dict[str, dict[str, str]] = {}
-        if is_same_process(state.pid, state.start_time):
-            text = run_cli(state.socket, "show stat")
-            rows = {r["svname"]: r for r in parse_show_stat(text) if r.get("pxname") == BACKEND}
-        return self._snapshots(target, state, rows)
+        with file_lock(self._path(target, "lock")):
+            state = self._read(target)
+            if state is None:
+                return {}
+            rows: dict[str, dict[str, str]] = {}
+            try:
+                rows = self._backend_rows(state)
+            except TransientPlatformError:
+                if is_same_process(state.pid, state.start_time):
+                    raise
+            return self._snapshots(target, state, rows)
 
     def remove_frontend(self, target: Target) -> None:
         with file_lock(self._path(target, "lock")):
@@ -427,8 +462,7 @@ class HAProxyRouter:
 
     def _reload(self, target: Target, state: RouterState) -> None:
         """A new process takes over the listening socket (-x) and the old one finishes its requests (-sf)."""
-        text = run_cli(state.socket, "show stat")
-        rows = {r["svname"]: r for r in parse_show_stat(text) if r.get("pxname") == BACKEND}
+        rows = self._backend_rows(state)
         for number, slot in state.slots.items():
             if f"s{number}" in rows:
                 counted = self._counted(target, state, number, rows[f"s{number}"])
@@ -527,7 +561,7 @@ class HAProxyRouter:
         if len(new_pairs) > len(free_numbers):
             cause = f"{len(wanted)} servers do not fit in {state.slot_count} slots (setting routerSlots)"
             raise self._error(self._endpoint(target, state), cause)
-        rows = {r["svname"]: r for r in parse_show_stat(run_cli(state.socket, "show stat"))}
+        rows = self._backend_rows(state)
         adds: list[str] = []
         removes: list[str] = []
         slots: dict[int, Slot] = {}
@@ -563,6 +597,11 @@ class HAProxyRouter:
         state.slots = dict(sorted(slots.items()))
         state.percents = {rev: pct for rev, pct in weights.items()}
         self._verify_slots(target, state)
+
+    def _backend_rows(self, state: RouterState) -> dict[str, dict[str, str]]:
+        """``show stat`` rows of the backend's servers, by server name."""
+        rows = parse_show_stat(run_cli(state.socket, f"show stat {BACKEND} 4 -1"))
+        return {row["svname"]: row for row in rows if row.get("pxname") == BACKEND}
 
     def _run_batches(self, state: RouterState, commands: list[str], batch: int = 40) -> None:
         for start in range(0, len(commands), batch):
@@ -642,7 +681,9 @@ class HAProxyRouter:
             if row.get("status", "").startswith("UP"):
                 up[revision] = up.get(revision, 0) + 1
             rtime = row.get("rtime") or ""
-            if rtime.isdigit() and counted.requests > 0:
+            # rtime averages the last 1024 answers: meaningless (0) for a server that never answered.
+            answered = (row.get("hrsp_2xx") or "0") != "0" or (row.get("hrsp_5xx") or "0") != "0"
+            if rtime.isdigit() and counted.requests > 0 and answered:
                 rtime_weighted[revision] = rtime_weighted.get(revision, 0.0) + int(rtime) * counted.requests
                 rtime_requests[revision] = rtime_requests.get(revision, 0) + counted.requests
         return {
@@ -666,8 +707,8 @@ class HAProxyRouter:
         lines = [
             "global",
             "    daemon",
-            f"    pidfile {self._path(target, 'pid')}",
-            f"    stats socket {state.socket} mode 600 level admin expose-fd listeners",
+            f'    pidfile "{self._path(target, "pid")}"',
+            f'    stats socket "{state.socket}" mode 600 level admin expose-fd listeners',
             "    stats timeout 10s",
             "    nbthread 1",
             "    maxconn 4096",

@@ -17,11 +17,16 @@ Without a gateway a Service selector can only pick pods, not weigh them, so:
   ``splitReadyTimeout`` seconds for them to be ready, then switches the selector. The requested weights
   are recorded in an annotation on the Service, but ``traffic()`` reports the weights actually in force:
   the shares of *ready* replicas of the selected revisions. Going back to one revision restores every
-  revision's own replica count (kept in the ``base-replicas`` annotation).
+  revision's own replica count (kept in the ``base-replicas`` annotation). ``ensure_revision`` sets the
+  count it is given, so a step that re-ensures a revision during a split must call ``set_traffic`` again.
 
 Kubernetes has no request metrics of its own: ``metrics()`` reports ready/desired replicas, and request and
 5xx counts only when ``metricsUrl`` names a Prometheus whose ``http_requests_total`` counters carry the
-labels of ``metricsSelector``.
+labels of ``metricsSelector`` (no response time: a cumulative mean cannot be turned into deltas).
+
+Nothing is kept in ``state_dir``: the cluster is the record, and a new instance reads everything back from it.
+Transient API failures (5xx, 429, timeouts) are retried ``retries`` times with backoff, then raise
+TransientPlatformError; other 4xx and refused connections raise PlatformError at once.
 
 Native rolling updates (``rolling_update``, ``rollout_status``, ``rollout_undo``) drive one Deployment
 ``{service}-{environment}`` per target with the RollingUpdate strategy; the previous pod template is kept in
@@ -43,7 +48,7 @@ from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client, config
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from engine.models import Model, Target
 from engine.platform import (
@@ -91,7 +96,7 @@ class GatewaySettings(Model):
 
 
 class KubernetesSettings(Model):
-    model_config = ConfigDict(extra="forbid")
+    """The platform's ``settings`` (camelCase keys); unknown keys are refused, so typos surface."""
 
     host: str | None = None
     kubeconfig: str | None = None
@@ -161,13 +166,16 @@ def percentages(counts: dict[str, int]) -> dict[str, int]:
 
 
 def replica_counts(weights: dict[str, int], min_total: int, max_total: int) -> dict[str, int]:
-    """The smallest replica counts (each >= 1) whose ratio comes closest to the weights."""
+    """The smallest replica counts (each >= 1, at most ``max_total`` in all) closest to the weights' ratio."""
     best: tuple[float, dict[str, int]] | None = None
-    for total in range(max(len(weights), min_total), max(max_total, len(weights)) + 1):
-        counts = {rev: max(1, round(weight * total / 100)) for rev, weight in weights.items()}
+    for total in range(max(len(weights), min(min_total, max_total)), max(max_total, len(weights)) + 1):
+        counts = {rev: max(1, int(weight * total / 100)) for rev, weight in weights.items()}
+        by_remainder = sorted(weights, key=lambda rev: weights[rev] * total / 100 - counts[rev], reverse=True)
+        for rev in by_remainder[: max(0, total - sum(counts.values()))]:
+            counts[rev] += 1
         real = sum(counts.values())
         error = max(abs(100 * count / real - weights[rev]) for rev, count in counts.items())
-        if best is None or error < best[0] - 1e-9:
+        if real <= max(max_total, len(weights)) and (best is None or error < best[0] - 1e-9):
             best = (error, counts)
         if error < 1e-9:
             break
@@ -187,6 +195,15 @@ def _matches(labels: dict[str, str] | None, selector: dict[str, str]) -> bool:
 def _map_patch(old: dict[str, str] | None, new: dict[str, str]) -> dict[str, str | None]:
     """A merge patch that turns map ``old`` into exactly ``new``."""
     return {**dict.fromkeys(set(old or {}) - set(new)), **new}
+
+
+def _describe(fn: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    """'patch namespaced deployment web-test-1-0-0/default': what a failed call was about."""
+    path = [arg for arg in args if isinstance(arg, str)]
+    path += [
+        arg["metadata"]["name"] for arg in args if isinstance(arg, dict) and "name" in arg.get("metadata", {})
+    ]
+    return f"{fn.__name__.replace('_', ' ')} {'/'.join(path)}".strip()
 
 
 def _api_message(exc: client.ApiException) -> str:
@@ -244,8 +261,9 @@ class KubernetesPlatform:
         self._host = cfg.host
         return cfg
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call the API; retry transient failures with bounded backoff; map errors to PlatformError."""
+        what = _describe(fn, args)
         kwargs.setdefault("_request_timeout", self._settings.request_timeout)
         attempts = self._settings.retries
         for attempt in range(1, attempts + 1):
@@ -284,10 +302,10 @@ class KubernetesPlatform:
             return TransientPlatformError(PLATFORM, endpoint, f"{what}: HTTP {status}: {message}")
         return _ApiStatusError(endpoint, f"{what}: HTTP {status}: {message}", status)
 
-    def _call_or_none(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    def _call_or_none(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """Like _call, but None when the object does not exist (404)."""
         try:
-            return self._call(what, fn, *args, **kwargs)
+            return self._call(fn, *args, **kwargs)
         except _ApiStatusError as exc:
             if exc.status == 404:
                 return None
@@ -295,7 +313,6 @@ class KubernetesPlatform:
 
     def _get_json(self, path: str) -> dict[str, Any]:
         response = self._call(
-            f"GET {path}",
             self._client().call_api,
             path,
             "GET",
@@ -329,9 +346,9 @@ class KubernetesPlatform:
     def validate(self) -> None:
         """Connectivity, credentials, the namespace and (with a gateway) the Gateway API; changes nothing."""
         self._get_json("/version")
-        self._call("list Deployments", self._apps.list_namespaced_deployment, self._namespace, limit=1)
+        self._call(self._apps.list_namespaced_deployment, self._namespace, limit=1)
         try:
-            namespace = self._call_or_none("read Namespace", self._core.read_namespace, self._namespace)
+            namespace = self._call_or_none(self._core.read_namespace, self._namespace)
         except _ApiStatusError as exc:
             # Credentials limited to one namespace may not read Namespace objects; the listing above
             # already proved they work there.
@@ -457,9 +474,7 @@ class KubernetesPlatform:
     # Reading Deployments
     # ----------------------------------------------------------------------------------------
     def _read_deployment(self, target: Target, name: str) -> Any | None:
-        deployment = self._call_or_none(
-            f"read Deployment {name}", self._apps.read_namespaced_deployment, name, self._namespace
-        )
+        deployment = self._call_or_none(self._apps.read_namespaced_deployment, name, self._namespace)
         owner = {LABEL_NAME: target.service, LABEL_ENVIRONMENT: target.environment}
         if deployment is not None and not _matches(deployment.metadata.labels, owner):
             # Names are joined with '-', so service 'a-b' in 'c' and 'a' in 'b-c' could meet.
@@ -471,10 +486,7 @@ class KubernetesPlatform:
     def _revision_deployments(self, target: Target) -> list[Any]:
         selector = self._target_labels(target, "revision")
         listing = self._call(
-            "list Deployments",
-            self._apps.list_namespaced_deployment,
-            self._namespace,
-            label_selector=_selector_string(selector),
+            self._apps.list_namespaced_deployment, self._namespace, label_selector=_selector_string(selector)
         )
         found = [d for d in listing.items if _matches(d.metadata.labels, selector)]
         return sorted(found, key=lambda d: d.metadata.name)
@@ -482,10 +494,7 @@ class KubernetesPlatform:
     def _pod_endpoints(self, target: Target) -> dict[str, list[str]]:
         selector = self._target_labels(target, "revision")
         pods = self._call(
-            "list Pods",
-            self._core.list_namespaced_pod,
-            self._namespace,
-            label_selector=_selector_string(selector),
+            self._core.list_namespaced_pod, self._namespace, label_selector=_selector_string(selector)
         )
         endpoints: dict[str, list[str]] = {}
         for pod in pods.items:
@@ -525,12 +534,7 @@ class KubernetesPlatform:
         current = self._read_deployment(spec.target, name)
         if current is None:
             try:
-                current = self._call(
-                    f"create Deployment {name}",
-                    self._apps.create_namespaced_deployment,
-                    self._namespace,
-                    body,
-                )
+                current = self._call(self._apps.create_namespaced_deployment, self._namespace, body)
             except _ApiStatusError as exc:
                 if exc.status != 409:  # created meanwhile by a concurrent attempt: converge below
                     raise
@@ -561,12 +565,7 @@ class KubernetesPlatform:
 
     def _patch_deployment(self, name: str, patch: dict[str, Any]) -> Any:
         return self._call(
-            f"patch Deployment {name}",
-            self._apps.patch_namespaced_deployment,
-            name,
-            self._namespace,
-            patch,
-            _content_type=MERGE_PATCH,
+            self._apps.patch_namespaced_deployment, name, self._namespace, patch, _content_type=MERGE_PATCH
         )
 
     def _scale(self, deployment: Any, replicas: int) -> None:
@@ -589,7 +588,6 @@ class KubernetesPlatform:
     def remove_revision(self, target: Target, revision: str) -> None:
         name = self._revision_name(target, revision)
         self._call_or_none(
-            f"delete Deployment {name}",
             self._apps.delete_namespaced_deployment,
             name,
             self._namespace,
@@ -598,11 +596,7 @@ class KubernetesPlatform:
         )
         if self._gateway is not None:
             self._call_or_none(
-                f"delete Service {name}",
-                self._core.delete_namespaced_service,
-                name,
-                self._namespace,
-                _preload_content=False,
+                self._core.delete_namespaced_service, name, self._namespace, _preload_content=False
             )
 
     # ----------------------------------------------------------------------------------------
@@ -632,13 +626,9 @@ class KubernetesPlatform:
 
     def _ensure_service(self, body: dict[str, Any]) -> Any:
         name = body["metadata"]["name"]
-        current = self._call_or_none(
-            f"read Service {name}", self._core.read_namespaced_service, name, self._namespace
-        )
+        current = self._call_or_none(self._core.read_namespaced_service, name, self._namespace)
         if current is None:
-            return self._call(
-                f"create Service {name}", self._core.create_namespaced_service, self._namespace, body
-            )
+            return self._call(self._core.create_namespaced_service, self._namespace, body)
         selector, annotations = body["spec"]["selector"], body["metadata"]["annotations"]
         stale_annotations = any(
             (current.metadata.annotations or {}).get(k) != v for k, v in annotations.items()
@@ -650,12 +640,7 @@ class KubernetesPlatform:
             "spec": {"selector": _map_patch(current.spec.selector, selector)},
         }
         return self._call(
-            f"patch Service {name}",
-            self._core.patch_namespaced_service,
-            name,
-            self._namespace,
-            patch,
-            _content_type=MERGE_PATCH,
+            self._core.patch_namespaced_service, name, self._namespace, patch, _content_type=MERGE_PATCH
         )
 
     def _target_service(self, target: Target, selector: dict[str, str], weights: dict[str, int]) -> None:
@@ -696,7 +681,8 @@ class KubernetesPlatform:
     def _wait_for_counts(self, target: Target, counts: dict[str, int]) -> bool:
         deadline = time.monotonic() + self._settings.split_ready_timeout
         while True:
-            ready = {status.revision: status.ready_replicas for status in self.list_revisions(target)}
+            statuses = [self._status_of(deployment) for deployment in self._revision_deployments(target)]
+            ready = {status.revision: status.ready_replicas for status in statuses}
             if all(ready.get(revision, 0) == counts.get(revision, 0) for revision in {*ready, *counts}):
                 return True
             if time.monotonic() >= deadline:
@@ -707,20 +693,18 @@ class KubernetesPlatform:
         if self._gateway is not None:
             return self._gateway_traffic(target)
         name = self._target_name(target)
-        service = self._call_or_none(
-            f"read Service {name}", self._core.read_namespaced_service, name, self._namespace
-        )
+        service = self._call_or_none(self._core.read_namespaced_service, name, self._namespace)
         if service is None:
             return TrafficState()
         address = f"http://{name}.{self._namespace}.svc.cluster.local:{SERVICE_PORT}"
         selector = service.spec.selector or {}
         if LABEL_REVISION in selector:
             return TrafficState(weights={selector[LABEL_REVISION]: 100}, address=address)
-        if selector.get(LABEL_WORKLOAD) == "rolling":
-            rollout = self.rollout_status(target)
-            return TrafficState(
-                weights={rollout["revision"]: 100} if rollout["revision"] else {}, address=address
-            )
+        if selector.get(LABEL_WORKLOAD) == "rolling":  # all pods of the rolling Deployment, of its revision
+            rolling = self._read_deployment(target, name)
+            labels = (rolling.spec.template.metadata.labels or {}) if rolling is not None else {}
+            weights = {labels[LABEL_REVISION]: 100} if LABEL_REVISION in labels else {}
+            return TrafficState(weights=weights, address=address)
         return TrafficState(weights=self._weights_from_ready(target, service, selector), address=address)
 
     def _weights_from_ready(self, target: Target, service: Any, selector: dict[str, str]) -> dict[str, int]:
@@ -764,7 +748,6 @@ class KubernetesPlatform:
     def _read_route(self, target: Target) -> dict[str, Any] | None:
         name, namespace = self._route_name(target)
         return self._call_or_none(
-            f"read HTTPRoute {name}",
             self._custom.get_namespaced_custom_object,
             GATEWAY_GROUP,
             GATEWAY_VERSION,
@@ -781,10 +764,9 @@ class KubernetesPlatform:
         name, namespace = self._route_name(target)
         args = (GATEWAY_GROUP, GATEWAY_VERSION, namespace, "httproutes")
         if self._read_route(target) is None:
-            self._call(f"create HTTPRoute {name}", self._custom.create_namespaced_custom_object, *args, body)
+            self._call(self._custom.create_namespaced_custom_object, *args, body)
         else:
             self._call(
-                f"patch HTTPRoute {name}",
                 self._custom.patch_namespaced_custom_object,
                 *args,
                 name,
@@ -860,10 +842,7 @@ class KubernetesPlatform:
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         selector = self._revision_labels(target, revision)
         pods = self._call(
-            "list Pods",
-            self._core.list_namespaced_pod,
-            self._namespace,
-            label_selector=_selector_string(selector),
+            self._core.list_namespaced_pod, self._namespace, label_selector=_selector_string(selector)
         )
         chunks = []
         for pod in sorted(pods.items, key=lambda p: p.metadata.name):
@@ -871,11 +850,7 @@ class KubernetesPlatform:
                 continue
             try:
                 text = self._call(
-                    f"read log of Pod {pod.metadata.name}",
-                    self._core.read_namespaced_pod_log,
-                    pod.metadata.name,
-                    self._namespace,
-                    tail_lines=lines,
+                    self._core.read_namespaced_pod_log, pod.metadata.name, self._namespace, tail_lines=lines
                 )
             except _ApiStatusError as exc:  # a pod not started yet has no log: say so, go on
                 text = f"(no log: {exc.cause})"
@@ -915,9 +890,7 @@ class KubernetesPlatform:
                 "spec": {"selector": {"matchLabels": selector}, **settings},
             }
             body = self._with_template(body, wanted, None)
-            self._call(
-                f"create Deployment {name}", self._apps.create_namespaced_deployment, self._namespace, body
-            )
+            self._call(self._apps.create_namespaced_deployment, self._namespace, body)
         else:
             self._apply_template(current, wanted, settings)
         self._ensure_service(self._service_body(name, self._target_labels(target, "service"), selector))
@@ -968,25 +941,16 @@ class KubernetesPlatform:
 
     @staticmethod
     def _judge_rollout(rollout: RolloutStatus) -> RolloutStatus:
-        stuck = next(
-            (
-                c
-                for c in rollout.conditions
-                if c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded"
-            ),
-            None,
-        )
-        observed = rollout.generation is None or (rollout.observed_generation or 0) >= rollout.generation
-        desired = rollout.desired_replicas
-        if stuck is not None:
+        desired, conditions = rollout.desired_replicas, rollout.conditions
+        stuck = [c for c in conditions if c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded"]
+        if rollout.generation is not None and (rollout.observed_generation or 0) < rollout.generation:
+            # Conditions still describe the previous spec (after an undo, the old deadline failure).
+            message = "waiting for the controller to observe the new spec"
+        elif stuck:
             return rollout.model_copy(
-                update={"failed": True, "message": stuck.message or "progress deadline exceeded"}
+                update={"failed": True, "message": stuck[0].message or "deadline exceeded"}
             )
-        if not observed:
-            return rollout.model_copy(
-                update={"message": "waiting for the controller to observe the new spec"}
-            )
-        if rollout.updated_replicas < desired:
+        elif rollout.updated_replicas < desired:
             message = f"{rollout.updated_replicas} of {desired} replicas updated"
         elif rollout.replicas > rollout.updated_replicas:
             message = f"{rollout.replicas - rollout.updated_replicas} old replicas pending termination"

@@ -38,6 +38,7 @@ LOCK_TIMEOUT_S = 10.0
 STOP_GRACE_S = 3.0
 LAUNCH_TIMEOUT_S = 10.0
 _RECENT_PORT_TTL_S = 120.0
+MAX_LOG_BYTES = 5 * 1024 * 1024
 
 # Runs in a fresh, single-threaded interpreter (forking a multi-threaded Ray worker is unsafe). It starts
 # every replica in a new session and exits at once, which leaves the replicas to PID 1.
@@ -378,6 +379,9 @@ class LocalProcessBackend:
         env = {**os.environ, **artifact.env}
         env.update(PORT=str(port), REVISION=spec.revision, REPLICA_INDEX=str(index))
         log_file = log_dir / f"{spec.revision}@{index}.log"
+        with contextlib.suppress(OSError):
+            if log_file.stat().st_size > MAX_LOG_BYTES:  # keep one previous file, never grow without bound
+                os.replace(log_file, log_file.with_name(log_file.name + ".1"))
         banner = f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting replica {index} on port {port}\n"
         with open(log_file, "a") as handle:
             handle.write(banner)

@@ -58,6 +58,13 @@ def ready_flags(replicas: list[Replica]) -> list[bool]:
         return list(pool.map(is_ready, replicas))
 
 
+def _common_health_path(replicas: list[Replica]) -> str | None:
+    """The router checks one health path for all servers: the revisions' common one. When they differ, None
+    keeps the one in force (the first revision's) rather than flipping the others' checks back and forth."""
+    paths = {r.health_path for r in replicas}
+    return paths.pop() if len(paths) == 1 else None
+
+
 def _group(replicas: Iterable[Replica]) -> dict[str, list[Replica]]:
     grouped: dict[str, list[Replica]] = {}
     for replica in sorted(replicas, key=lambda r: (r.revision, r.index)):
@@ -85,10 +92,12 @@ class RoutedPlatform:
     def ensure_revision(self, spec: RevisionSpec) -> RevisionStatus:
         with self._lock(spec.target):
             self.backend.ensure_replicas(spec)
-            self._ensure_frontend(spec.target, spec.artifact.health_path)
-            # Re-register every replica with the weights in force: a restarted replica may have a new port.
+            replicas = self.backend.list_replicas(spec.target)
+            # First the router (a crashed one comes back with its recorded weights), then re-register every
+            # replica with the weights in force: a restarted replica may have a new port.
+            self._ensure_frontend(spec.target, _common_health_path(replicas))
             weights = self.router.traffic(spec.target).weights
-            self._register(spec.target, weights, self.backend.list_replicas(spec.target))
+            self._register(spec.target, weights, replicas)
         status = self.revision_status(spec.target, spec.revision)
         if status is None:  # only when replicas were asked for 0
             return RevisionStatus(
@@ -122,7 +131,6 @@ class RoutedPlatform:
                     raise ValueError(f"revision '{revision}' has no running replica on {self.platform}")
             # A 0% entry for a revision that is gone changes nothing (a rollback may name a dead canary).
             in_force = {rev: pct for rev, pct in weights.items() if rev in grouped}
-            self._ensure_frontend(target, None)
             return self._register(target, in_force, [r for g in grouped.values() for r in g], ready_only=True)
 
     def traffic(self, target: Target) -> TrafficState:
@@ -160,6 +168,7 @@ class RoutedPlatform:
     ) -> TrafficState:
         """Give the router every alive replica; with ``ready_only``, only the ready ones of a revision
         when it has any (HAProxy's own health checks keep gating the others)."""
+        self._ensure_frontend(target, _common_health_path(replicas))
         servers: dict[str, list[str]] = {}
         for revision, group in _group(r for r in replicas if r.alive).items():
             addresses = [r.address for r in group]

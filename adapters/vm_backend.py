@@ -2,15 +2,17 @@
 
 Model, per host and per target (service x environment), under the host's ``root``::
 
-    {root}/{service}-{environment}/releases/{revision}/   one release folder per revision
+    {root}/{service}.{environment}/releases/{revision}/   one release folder per revision
         release.json   manifest: command, env, port, health path, deployment id, sha256 ...
         run.sh         the launcher; records "pid starttime" in replica.pid, then execs the command
         app/           the artifact's working_dir, uploaded over SFTP (when the artifact has one)
         replica.pid    "pid starttime" of the running process (start time from /proc/<pid>/stat)
         replica.log    the process's stdout and stderr
-    {root}/{service}-{environment}/current -> releases/{revision}    the newest deployed release
-    {root}/{service}-{environment}/previous -> releases/{revision}   the one before (for switch_back)
-    {root}/ports/{port}/owner   port claims ("{service}-{environment}/{revision}"), made with an atomic mkdir
+    {root}/{service}.{environment}/current -> releases/{revision}    the newest deployed release
+    {root}/{service}.{environment}/previous -> releases/{revision}   the one before (for switch_back)
+    {root}/ports/{port}/owner   port claims ("{service}.{environment}/{revision}"), made with an atomic mkdir
+
+(``service.environment``, not ``service-environment``: names may hold '-', so that could be two targets.)
 
 Scheme: a host runs ONE replica of a revision; replica index = host index, so a revision with ``replicas=N``
 runs on the first N hosts (more replicas than hosts is refused). Host ``i`` takes its replica ports from
@@ -35,6 +37,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shlex
 import socket
 import stat
@@ -54,6 +57,8 @@ from engine.models import Target
 from engine.platform import PlatformError, Replica, RevisionSpec, TransientPlatformError
 
 PLATFORM = "vm"
+# Revision ids become folder names on the hosts (and arguments of rm -rf): only the Artifact.revision form.
+_REVISION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _T = TypeVar("_T")
 
 # --------------------------------------------------------------------------------------------
@@ -144,6 +149,7 @@ alive_pid() {  # print the release's pid when that very process (same start time
 }
 do_probe() {  # root
     command -v setsid >/dev/null || die "setsid is missing on the host"
+    setsid -f true </dev/null >/dev/null 2>&1 || die "setsid -f does not work (util-linux too old?)"
     [ -r /proc/self/stat ] || die "/proc is not readable on the host"
     mkdir -p "$1" 2>/dev/null && [ -w "$1" ] || die "root folder $1 is not writable"
     echo ok
@@ -320,7 +326,7 @@ def _cause(error: BaseException) -> tuple[str, bool]:
     if isinstance(error, ConnectionRefusedError):
         return "connection refused", False
     if isinstance(error, _TRANSIENT_ERRORS):
-        return f"{type(error).__name__}: {error or 'timed out'}", True
+        return f"{type(error).__name__}: {str(error) or 'timed out'}", True
     if isinstance(error, paramiko.SSHException | OSError):
         # Banner/protocol errors and dropped sessions: a new connection usually works.
         return f"{type(error).__name__}: {error}", True
@@ -364,6 +370,9 @@ class _HostConnection:
         except BaseException:
             client.close()
             raise
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(30)  # pooled connections sit idle between steps; keep NAT/firewalls open
         return client
 
     def client(self) -> paramiko.SSHClient:
@@ -400,7 +409,7 @@ class _HostSession:
         self._settings = settings
         self._connection = _HostConnection(host, settings)
 
-    def _retrying(self, attempt: Any) -> Any:
+    def _retrying(self, attempt: Callable[[], _T]) -> _T:
         last_cause = "unknown error"
         for number in range(self._settings.retries):
             try:
@@ -434,10 +443,10 @@ class _HostSession:
         return status, str(out)
 
     def sftp(self) -> paramiko.SFTPClient:
-        return self._retrying(lambda: self._connection.client().open_sftp())  # type: ignore[no-any-return]
+        return self._retrying(lambda: self._connection.client().open_sftp())
 
     def connect(self) -> None:
-        self._retrying(self._connection.client)
+        self._retrying(self._connection.client)  # connects (and authenticates) unless already connected
 
     def close(self) -> None:
         self._connection.discard()
@@ -464,14 +473,15 @@ class VmBackend:
 
     @staticmethod
     def target_dir(host: HostSettings, target: Target) -> str:
-        return str(PurePosixPath(host.root) / f"{target.service}-{target.environment}")
+        # "service.environment" (Target.key): '.' is not allowed in names, so two targets never share it.
+        return str(PurePosixPath(host.root) / target.key)
 
     def release_dir(self, host: HostSettings, target: Target, revision: str) -> str:
         return f"{self.target_dir(host, target)}/releases/{revision}"
 
     @staticmethod
     def _owner(target: Target, revision: str) -> str:
-        return f"{target.service}-{target.environment}/{revision}"
+        return f"{target.key}/{revision}"
 
     def _session(self, host: str | int) -> _HostSession:
         if isinstance(host, int):
@@ -518,9 +528,11 @@ class VmBackend:
         return sorted(replicas, key=lambda r: (r.revision, r.index))
 
     def remove_revision(self, target: Target, revision: str) -> None:
+        _check_revision(revision)
         self._on_every_host(lambda index: self._remove_from_host(self._sessions[index], target, revision))
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
+        _check_revision(revision)
         parts: list[str] = []
         for session in self._sessions:
             text = session.run("logs", self.release_dir(session.host, target, revision), max(1, lines))
@@ -656,6 +668,13 @@ class VmBackend:
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+def _check_revision(revision: str) -> None:
+    if not _REVISION.match(revision):
+        raise ValueError(
+            f"'{revision}' is not a revision id: use lower-case letters, digits and '-' (Artifact.revision)"
+        )
+
+
 def _manifest(spec: RevisionSpec, host: HostSettings, port: int) -> dict[str, Any]:
     artifact = spec.artifact
     return {

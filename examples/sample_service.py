@@ -8,8 +8,10 @@ Environment:
 - ``ERROR_RATE``: fraction 0..1 of requests (other than /health) answered 500. Deterministic: an error
   accumulator adds the rate on each request and answers 500 whenever it crosses 1, so 0.2 fails exactly
   every fifth request.
-- ``LATENCY_MS``: delay added to every answer, /health included.
+- ``LATENCY_MS``: delay added to every answer but /health's (a slow revision is still a live one).
 - ``HEALTH_FAIL``: "1" makes /health answer 503.
+- ``HEALTH_FAIL_FILE`` / ``ERROR_FILE``: while the named file exists, /health answers 503 / every other
+  request answers 500. A test turns a running revision bad (and good again) by creating (removing) the file.
 - ``STARTUP_DELAY_MS``: sleep before listening (a slow start for readiness tests).
 """
 
@@ -39,10 +41,17 @@ class _Behaviour:
         self.error_rate = min(1.0, max(0.0, _float_env("ERROR_RATE", 0.0)))
         self.latency_s = max(0.0, _float_env("LATENCY_MS", 0.0)) / 1000.0
         self.health_fail = os.environ.get("HEALTH_FAIL", "") == "1"
+        self.health_fail_file = os.environ.get("HEALTH_FAIL_FILE", "")
+        self.error_file = os.environ.get("ERROR_FILE", "")
         self._error_budget = 0.0
         self._lock = threading.Lock()
 
+    def healthy(self) -> bool:
+        return not self.health_fail and not (self.health_fail_file and os.path.exists(self.health_fail_file))
+
     def next_is_error(self) -> bool:
+        if self.error_file and os.path.exists(self.error_file):
+            return True
         with self._lock:
             self._error_budget += self.error_rate
             if self._error_budget >= 1.0 - 1e-9:
@@ -58,12 +67,12 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "sample-service/1"
 
     def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] == "/health":
+            healthy = BEHAVIOUR.healthy()
+            self._answer(200 if healthy else 503, b"ok" if healthy else b"unhealthy", "text/plain")
+            return
         if BEHAVIOUR.latency_s:
             time.sleep(BEHAVIOUR.latency_s)
-        if self.path.split("?", 1)[0] == "/health":
-            status = 503 if BEHAVIOUR.health_fail else 200
-            self._answer(status, b"ok" if status == 200 else b"unhealthy", "text/plain")
-            return
         if BEHAVIOUR.next_is_error():
             body = {"version": BEHAVIOUR.version, "error": "injected failure"}
             self._answer(500, json.dumps(body).encode(), "application/json")

@@ -4,8 +4,8 @@
 the official ``kubernetes`` client talks to ``emulator.url``. kmock stores objects and merges patches but has
 no API-server logic beyond that, so ``ApiServerEmulator`` adds the little our tests rely on:
 
-- ``metadata.generation`` is set on create and bumped when a Deployment's spec changes (as the API server does);
-- ``GET /api/v1/namespaces/<name>`` answers for namespaces made with ``add_namespace`` (kmock cannot parse it);
+- ``metadata.generation`` is set on create and bumped when a Deployment's spec changes (API server duty);
+- ``GET /api/v1/namespaces/<name>`` answers for namespaces made by ``add_namespace`` (kmock cannot parse it);
 - faults: the next N requests matching a method and path regex fail with a given HTTP status;
 - the request history is kept short: kmock matches every request against its whole history.
 
@@ -48,7 +48,11 @@ _RESOURCES: dict[str, dict[str, Any]] = {
     "v1/pods": {"kind": "Pod", "namespaced": True, "subresources": {"log", "status"}},
 }
 _GATEWAY_RESOURCES: dict[str, dict[str, Any]] = {
-    "gateway.networking.k8s.io/v1/httproutes": {"kind": "HTTPRoute", "namespaced": True, "singular": "httproute"},
+    "gateway.networking.k8s.io/v1/httproutes": {
+        "kind": "HTTPRoute",
+        "namespaced": True,
+        "singular": "httproute",
+    },
     "gateway.networking.k8s.io/v1/gateways": {"kind": "Gateway", "namespaced": True, "singular": "gateway"},
 }
 T = TypeVar("T")
@@ -89,7 +93,9 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         del self._requests[:-HISTORY_KEPT]
         self._raise_fault(request)
-        namespace_read = _NAMESPACE_PATH.match(request.url.path) if request.method == kmock.method.GET else None
+        namespace_read = (
+            _NAMESPACE_PATH.match(request.url.path) if request.method == kmock.method.GET else None
+        )
         if namespace_read:
             return self._namespace(namespace_read.group(1))
         self._set_generation(request)
@@ -108,13 +114,23 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     def _namespace(self, name: str) -> aiohttp.web.StreamResponse:
         if name not in self.namespaces:
             raise kmock.KubernetesObjectNotFoundError(message=f'namespaces "{name}" not found')
-        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}, "status": {"phase": "Active"}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name},
+            "status": {"phase": "Active"},
+        }
         return aiohttp.web.json_response(body)
 
     def _set_generation(self, request: kmock.Request) -> None:
         """The API server's duty: generation 1 on create, +1 on each change of a Deployment's spec."""
         resource, data = request.resource, request.data
-        if resource is None or resource.plural != "deployments" or request.subresource or not isinstance(data, dict):
+        if (
+            resource is None
+            or resource.plural != "deployments"
+            or request.subresource
+            or not isinstance(data, dict)
+        ):
             return
         if request.action == kmock.action.CREATE:
             data.setdefault("metadata", {})["generation"] = 1
@@ -178,7 +194,7 @@ class KubeEmulator:
         async with ApiServerEmulator(strict=False) as emulator, kmock.Server(emulator) as server:
             resources = {**_RESOURCES, **(_GATEWAY_RESOURCES if self.gateway_api else {})}
             for key, info in resources.items():
-                emulator.resources[key] = info
+                emulator.resources[key] = kmock.ResourceInfo(**info)
             self._emulator, self.url = emulator, str(server.url).rstrip("/")
             self._ready.set()
             await self._stop.wait()
@@ -218,12 +234,25 @@ class KubeEmulator:
         with self.emulator.faults_lock:
             self.emulator.faults.clear()
 
+    def serve_pod_log(self, namespace: str, pod: str, text: str) -> None:
+        """kmock answers a pod's log subresource with the pod itself; a reaction gives it a real log."""
+        path = re.compile(rf"^/api/v1/namespaces/{namespace}/pods/{pod}/log$")
+
+        def add() -> None:
+            self.emulator["get", path] << text.encode()
+
+        self.in_loop(add)
+
     def objects_in(self, namespace: str) -> list[tuple[str, str]]:
         """(plural, name) of every stored object of a namespace, for 'nothing was created' checks."""
 
         def collect() -> list[tuple[str, str]]:
             items = self.emulator.objects.items()
-            return sorted((str(res.plural), name) for (res, ns, name), obj in items if ns == namespace and not obj.deleted)
+            return sorted(
+                (str(res.plural), name)
+                for (res, ns, name), obj in items
+                if ns == namespace and not obj.deleted
+            )
 
         return self.in_loop(collect)
 
@@ -234,7 +263,7 @@ class KubeEmulator:
 
 
 class FakeController:
-    """Plays the Deployment controller for one namespace: ``settle()`` once, or ``start()`` in the background."""
+    """Plays the Deployment controller of a namespace: ``settle()`` once, or ``start()`` in the background."""
 
     def __init__(self, emulator: KubeEmulator, namespace: str, never_ready: set[str] | None = None) -> None:
         self.namespace = namespace
@@ -282,8 +311,18 @@ class FakeController:
                 "readyReplicas": desired,
                 "availableReplicas": desired,
                 "conditions": [
-                    _condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability."),
-                    _condition("Progressing", "True", "NewReplicaSetAvailable", "ReplicaSet has successfully progressed."),
+                    _condition(
+                        "Available",
+                        "True",
+                        "MinimumReplicasAvailable",
+                        "Deployment has minimum availability.",
+                    ),
+                    _condition(
+                        "Progressing",
+                        "True",
+                        "NewReplicaSetAvailable",
+                        "ReplicaSet has successfully progressed.",
+                    ),
                 ],
             }
         # New pods never get ready; pods of the previous template (a rolling update's old ones) keep serving.
@@ -307,7 +346,9 @@ class FakeController:
 
     def start(self, interval_s: float = 0.1) -> FakeController:
         """Settle continuously, as a real controller would, until ``stop()``."""
-        self._thread = threading.Thread(target=self._loop, args=(interval_s,), name="fake-controller", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, args=(interval_s,), name="fake-controller", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -1,11 +1,13 @@
 """The docker platform against a real Docker engine on this machine (started by cluster/start_docker.sh).
 
-Replicas are containers of ``local/sample-service:1`` on the host network; each test uses its own service
-name, and its teardown removes every container it made and checks that none is left.
+Replicas are containers of ``local/sample-service:1`` on the host network, behind a real HAProxy for the
+platform-level tests; each test uses its own service name, and its teardown removes every container and
+router it made and checks that none is left.
 """
 
 from __future__ import annotations
 
+import http.client
 import socket
 import subprocess
 import threading
@@ -13,29 +15,41 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import pytest
 
 from adapters.docker_backend import LABEL_SERVICE, DockerBackend
+from adapters.haproxy import HAProxyRouter
+from adapters.routed import RoutedPlatform
 from engine.models import Artifact, Target
 from engine.platform import (
+    PlatformAdapter,
     PlatformError,
     Replica,
     RevisionSpec,
     TransientPlatformError,
     WorkloadBackend,
 )
+from tests.integration.contract import ContractEnv, PlatformContract, deploy, wait_ready
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_IMAGE = "local/sample-service:1"
 DEADLINE_S = 30.0
+# Frontend ports of their own: the local platform's tests use 18000-18899, the orchestrator's 19000-19499.
+ROUTER_SETTINGS: dict[str, Any] = {
+    "frontendPortRange": [18900, 18999],
+    "routerSlots": 16,
+    "stopGraceSeconds": 3,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,3 +331,168 @@ class TestDockerErrors:
         assert caught.value.endpoint == failing_daemon
         with pytest.raises(PlatformError, match="unavailable"):
             backend.validate()
+
+
+# --------------------------------------------------------------------------------------------
+# The docker platform: DockerBackend behind a real HAProxy
+# --------------------------------------------------------------------------------------------
+def make_platform(state_dir: Path) -> RoutedPlatform:
+    return RoutedPlatform(
+        DockerBackend(state_dir / "containers", ROUTER_SETTINGS),
+        HAProxyRouter(state_dir / "haproxy", ROUTER_SETTINGS),
+    )
+
+
+def port_accepts(address: str) -> bool:
+    parts = urlsplit(address)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def tear_down(platform: RoutedPlatform, target: Target, client: Any) -> None:
+    """Remove through the adapter, then insist that no container and no router of the target is left."""
+    address = platform.traffic(target).address
+    try:
+        for status in platform.list_revisions(target):
+            platform.remove_revision(target, status.revision)
+        platform.router.remove_frontend(target)  # type: ignore[attr-defined]
+    finally:
+        platform.close()
+        remove_and_check(client, target.service)
+    assert not (address and port_accepts(address)), f"the router of {target.key} still answers on {address}"
+
+
+@pytest.fixture
+def docker_platform(tmp_path: Path, target: Target, docker_engine: Any) -> Iterator[RoutedPlatform]:
+    platform = make_platform(tmp_path / "state")
+    yield platform
+    tear_down(platform, target, docker_engine)
+
+
+class TestDockerContract(PlatformContract):
+    @pytest.fixture
+    def contract_env(self, tmp_path: Path, docker_engine: Any) -> Iterator[ContractEnv]:
+        state_dir = tmp_path / "state"
+        platform = make_platform(state_dir)
+        target = Target(service=f"dc-{uuid.uuid4().hex[:8]}", environment="contract")
+
+        def reopen() -> PlatformAdapter:
+            return make_platform(state_dir)
+
+        yield ContractEnv(
+            adapter=platform,
+            target=target,
+            make_artifact=lambda version: sample_artifact(target.service, version),
+            reopen=reopen,
+            ready_timeout_s=DEADLINE_S,
+        )
+        tear_down(platform, target, docker_engine)
+
+
+def answer(address: str, path: str = "/") -> tuple[int, str]:
+    """Status and X-Version of one request through the router."""
+    parts = urlsplit(address)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.getheader("X-Version") or ""
+    finally:
+        connection.close()
+
+
+def deploy_pair(platform: RoutedPlatform, target: Target, canary_env: dict[str, str]) -> tuple[str, str]:
+    env = ContractEnv(
+        adapter=platform,
+        target=target,
+        make_artifact=lambda version: sample_artifact(target.service, version),
+        ready_timeout_s=DEADLINE_S,
+    )
+    for artifact in (
+        sample_artifact(target.service, "1.0.0"),
+        sample_artifact(target.service, "2.0.0", **canary_env),
+    ):
+        platform.ensure_revision(RevisionSpec(target=target, artifact=artifact, replicas=1))
+        wait_ready(env, artifact.revision, 1)
+    return "1-0-0", "2-0-0"
+
+
+class TestDockerTraffic:
+    def test_traffic_follows_the_weights(self, docker_platform: RoutedPlatform, target: Target) -> None:
+        stable, canary = deploy_pair(docker_platform, target, {})
+        state = docker_platform.set_traffic(target, {stable: 80, canary: 20})
+        answers = [answer(state.address, f"/item/{i}") for i in range(200)]
+        versions = Counter(version for _, version in answers)
+        assert {status for status, _ in answers} == {200}
+        # 20% of 200 is 40; HAProxy's weighted round robin is close to exact.
+        assert 25 <= versions["2.0.0"] <= 55, versions
+        assert versions["1.0.0"] + versions["2.0.0"] == 200
+
+    def test_errors_of_a_bad_revision_show_in_its_metrics(
+        self, docker_platform: RoutedPlatform, target: Target
+    ) -> None:
+        stable, canary = deploy_pair(docker_platform, target, {"ERROR_RATE": "1"})
+        state = docker_platform.set_traffic(target, {stable: 50, canary: 50})
+        answers = [answer(state.address, f"/item/{i}") for i in range(100)]
+        failed = [version for status, version in answers if status == 500]
+        assert failed and set(failed) == {"2.0.0"}
+        snapshots = docker_platform.metrics(target)
+        assert snapshots[canary].errors == snapshots[canary].requests == len(failed)
+        assert snapshots[stable].errors == 0
+        assert snapshots[stable].requests == 100 - len(failed)
+
+    def test_killed_container_is_seen_and_recreated(
+        self, docker_platform: RoutedPlatform, target: Target
+    ) -> None:
+        env = ContractEnv(
+            adapter=docker_platform,
+            target=target,
+            make_artifact=lambda version: sample_artifact(target.service, version),
+            ready_timeout_s=DEADLINE_S,
+        )
+        deploy(env, "1.0.0", replicas=2)
+        address = docker_platform.set_traffic(target, {"1-0-0": 100}).address
+        victim = docker_platform.backend.list_replicas(target, "1-0-0")[0]
+        subprocess.run(["docker", "kill", victim.ident], check=True, capture_output=True, timeout=30)
+        wait_for(
+            "the killed container to show",
+            lambda: not docker_platform.backend.list_replicas(target, "1-0-0")[0].alive,
+        )
+        status = docker_platform.revision_status(target, "1-0-0")
+        assert status is not None and status.running_replicas == 1 and not status.ready
+        docker_platform.ensure_revision(
+            RevisionSpec(target=target, artifact=sample_artifact(target.service, "1.0.0"), replicas=2)
+        )
+        wait_ready(env, "1-0-0", 2)
+        assert docker_platform.backend.list_replicas(target, "1-0-0")[0].ident != victim.ident
+        assert docker_platform.traffic(target).weights == {"1-0-0": 100}
+        assert {answer(address)[0] for _ in range(20)} == {200}
+
+    def test_logs_of_a_revision_are_reachable(self, docker_platform: RoutedPlatform, target: Target) -> None:
+        stable, _ = deploy_pair(docker_platform, target, {})
+        address = docker_platform.set_traffic(target, {stable: 100}).address
+        assert answer(address, "/through-the-router")[0] == 200
+        wait_for(
+            "the routed request in the logs",
+            lambda: "GET /through-the-router" in docker_platform.logs(target, stable),
+        )
+        assert "version=2.0.0" in docker_platform.logs(target, "2-0-0")
+
+    def test_validate_names_an_unreachable_daemon(self, tmp_path: Path) -> None:
+        endpoint = f"tcp://127.0.0.1:{closed_port()}"
+        settings = {**ROUTER_SETTINGS, "baseUrl": endpoint, "retries": 1}
+        platform = RoutedPlatform(
+            DockerBackend(tmp_path / "containers", settings), HAProxyRouter(tmp_path / "haproxy", settings)
+        )
+        try:
+            with pytest.raises(PlatformError) as caught:
+                platform.validate()
+        finally:
+            platform.close()
+        assert caught.value.platform == "docker"
+        assert caught.value.endpoint == endpoint
+        assert "refused" in caught.value.cause.lower()

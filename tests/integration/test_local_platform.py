@@ -63,12 +63,13 @@ def sample_artifact(version: str, **env: str) -> Artifact:
     )
 
 
-def recorded_processes(state_dir: Path) -> list[tuple[int, int]]:
-    """(pid, start time) of every replica and router recorded under the state directory."""
+def recorded_processes(state_dir: Path, target: Target | None = None) -> list[tuple[int, int]]:
+    """(pid, start time) of every replica and router recorded under the state directory (of one target)."""
+    name = f"{target.key}.json" if target else "*.json"
     found: list[tuple[int, int]] = []
-    for path in (state_dir / "processes").glob("*.json"):
+    for path in (state_dir / "processes").glob(name):
         found += [(r["pid"], r["start_time"]) for r in json.loads(path.read_text())["replicas"]]
-    for path in (state_dir / "haproxy").glob("*.json"):
+    for path in (state_dir / "haproxy").glob(name):
         data = json.loads(path.read_text())
         found.append((data["pid"], data["start_time"]))
     return found
@@ -82,13 +83,13 @@ def alive(processes: list[tuple[int, int]]) -> list[int]:
 
 def tear_down(platform: RoutedPlatform, target: Target, state_dir: Path) -> None:
     """Remove everything through the adapter, then make sure (and force) that nothing is left running."""
-    seen = recorded_processes(state_dir)
+    seen = recorded_processes(state_dir, target)
     try:
         for status in platform.list_revisions(target):
             platform.remove_revision(target, status.revision)
         platform.router.remove_frontend(target)
     finally:
-        leftovers = alive(seen + recorded_processes(state_dir))
+        leftovers = sorted(set(alive(seen + recorded_processes(state_dir, target))))
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -251,7 +252,9 @@ def test_killed_replica_is_reported_and_restarted(local_env: tuple[RoutedPlatfor
     victim = platform.backend.list_replicas(target, "1-0-0")[0]
     os.kill(int(victim.ident), signal.SIGKILL)
     wait_until(
-        lambda: not platform.backend.list_replicas(target, "1-0-0")[0].alive, 5, "the killed replica to be seen"
+        lambda: not platform.backend.list_replicas(target, "1-0-0")[0].alive,
+        5,
+        "the killed replica to be seen",
     )
     status = platform.revision_status(target, "1-0-0")
     assert status is not None and status.running_replicas == 1 and not status.ready
@@ -319,3 +322,76 @@ def test_logs_hold_the_replica_output(local_env: tuple[RoutedPlatform, Target, P
     env = ContractEnv(adapter=platform, target=target, make_artifact=sample_artifact, ready_timeout_s=20.0)
     deploy(env, "1.0.0")
     assert "sample-service 1.0.0 listening" in platform.logs(target, "1-0-0")
+
+
+def test_a_crashed_router_comes_back_with_its_port_and_weights(
+    local_env: tuple[RoutedPlatform, Target, Path],
+) -> None:
+    platform, target, state_dir = local_env
+    stable, canary = deploy_pair(platform, target, {}, {})
+    before = platform.set_traffic(target, {stable: 70, canary: 30})
+    router = json.loads(next((state_dir / "haproxy").glob("*.json")).read_text())
+    os.kill(router["pid"], signal.SIGKILL)
+    wait_until(lambda: platform.traffic(target).weights == {}, 5, "the router to be seen dead")
+    platform.ensure_revision(RevisionSpec(target=target, artifact=sample_artifact("2.0.0"), replicas=1))
+    after = platform.traffic(target)
+    assert after == before
+    assert {a.version for a in send(after.address, 20)} == {"1.0.0", "2.0.0"}
+
+
+def test_a_new_health_path_reloads_the_router_without_failing_requests(
+    local_env: tuple[RoutedPlatform, Target, Path],
+) -> None:
+    platform, target, state_dir = local_env
+    env = ContractEnv(adapter=platform, target=target, make_artifact=sample_artifact, ready_timeout_s=20.0)
+    deploy(env, "1.0.0")
+    address = platform.set_traffic(target, {"1-0-0": 100}).address
+    router_file = next((state_dir / "haproxy").glob("*.json"))
+    first_pid = json.loads(router_file.read_text())["pid"]
+    moved = sample_artifact("2.0.0").model_copy(update={"health_path": "/ready"})
+    platform.ensure_revision(RevisionSpec(target=target, artifact=moved, replicas=1))
+    wait_ready(env, "2-0-0", 1)
+    assert json.loads(router_file.read_text())["pid"] == first_pid  # mixed paths: the first one stays
+    platform.set_traffic(target, {"1-0-0": 50, "2-0-0": 50})
+    answers: list[Answer] = []
+    sender = threading.Thread(target=lambda: answers.extend(send(address, 300)))
+    sender.start()
+    platform.set_traffic(target, {"2-0-0": 100})
+    platform.remove_revision(target, "1-0-0")  # now every revision checks /ready: a seamless reload
+    sender.join(timeout=60)
+    state = json.loads(router_file.read_text())
+    assert state["pid"] != first_pid and state["health_path"] == "/ready"
+    assert len(answers) == 300 and {a.status for a in answers} == {200}
+    assert platform.traffic(target).weights == {"2-0-0": 100}
+    assert platform.metrics(target)["2-0-0"].requests > 0
+
+
+def test_targets_are_handled_in_parallel(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    platform = make_platform(state_dir, port_settings())
+    targets = [Target(service="shop", environment=f"env{i}") for i in range(3)]
+    errors: list[BaseException] = []
+
+    def roll_out(target: Target) -> None:
+        try:
+            env = ContractEnv(adapter=platform, target=target, make_artifact=sample_artifact)
+            deploy(env, "1.0.0", replicas=2)
+            platform.set_traffic(target, {"1-0-0": 100})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=roll_out, args=(t,)) for t in targets]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+        addresses = {platform.traffic(t).address for t in targets}
+        ports = {r.port for t in targets for r in platform.backend.list_replicas(t)}
+        assert len(addresses) == 3 and len(ports) == 6
+        for address in addresses:
+            assert [a.status for a in send(address, 5)] == [200] * 5
+    finally:
+        for target in targets:
+            tear_down(platform, target, state_dir)

@@ -7,6 +7,7 @@ own roots and its own service; its teardown removes what it made and checks that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,11 +25,18 @@ from typing import Any
 
 import pytest
 
+from adapters import create_platform
 from adapters.haproxy import HAProxyRouter, is_same_process
 from adapters.routed import RoutedPlatform
 from adapters.vm_backend import VmBackend
-from engine.models import Artifact, Target
-from engine.platform import PlatformError, Replica, RevisionSpec, WorkloadBackend
+from engine.models import Artifact, PlatformConfig, Target
+from engine.platform import (
+    PlatformError,
+    Replica,
+    RevisionSpec,
+    TransientPlatformError,
+    WorkloadBackend,
+)
 from tests.integration.contract import ContractEnv, PlatformContract, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -157,16 +165,11 @@ class SshHosts:
 
 
 def stop_daemons(hosts: SshHosts) -> None:
-    pids = []
     for port in hosts.ports:
         pid_file = hosts.folder / f"sshd-{port}.pid"
         if pid_file.exists():
-            pid = int(pid_file.read_text().split()[0])
-            pids.append(pid)
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
     wait_for("the SSH daemons to stop", lambda: all(port_is_free(port) for port in hosts.ports), timeout=10)
 
 
@@ -223,7 +226,7 @@ def backend(tmp_path: Path, settings: dict[str, Any], target: Target) -> Iterato
 
 
 def target_dir(roots: Path, host: str, target: Target) -> Path:
-    return roots / host / f"{target.service}-{target.environment}"
+    return roots / host / target.key
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,6 +392,23 @@ class TestVmBackend:
         assert "==> host-a" in text and "==> host-b" in text
         assert backend.logs(target, "9-9-9") == ""
 
+    def test_a_command_that_fails_is_not_alive_and_says_why(self, backend: VmBackend, target: Target) -> None:
+        artifact = sample_artifact(target.service, "1.0.0").model_copy(
+            update={"command": ["/nonexistent/bin/service", "--port", "1"]}
+        )
+        ensure(backend, target, artifact, 1)
+        wait_for("the failed replica to be not alive", lambda: not backend.list_replicas(target)[0].alive)
+        assert "/nonexistent/bin/service" in backend.logs(target, "1-0-0")
+
+    def test_revision_ids_that_are_not_folder_names_are_refused(
+        self, backend: VmBackend, target: Target, roots: Path
+    ) -> None:
+        ensure(backend, target, sample_artifact(target.service, "1.0.0"), 1)
+        for bad in ("..", "../..", "a/b", "", "UPPER"):
+            with pytest.raises(ValueError, match="not a revision id"):
+                backend.remove_revision(target, bad)
+        assert (target_dir(roots, "host-a", target) / "releases" / "1-0-0").is_dir()
+
     def test_remove_is_a_no_op_when_gone(self, backend: VmBackend, target: Target, roots: Path) -> None:
         ensure(backend, target, sample_artifact(target.service, "1.0.0"), 2)
         backend.remove_revision(target, "1-0-0")
@@ -465,6 +485,25 @@ class TestVmValidate:
             relaxed.close()
         assert empty.read_text() == ""  # accepted in memory, never written
 
+    def test_a_host_that_never_answers_is_retried_then_transient(
+        self, ssh_hosts: SshHosts, roots: Path, tmp_path: Path
+    ) -> None:
+        """A listener that accepts TCP but never sends the SSH banner: timeouts, retried, then given up."""
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            port = int(silent.getsockname()[1])
+            settings = ssh_hosts.settings(roots, 21000, connectTimeout=0.3, retries=2)
+            settings["hosts"][0]["port"] = port
+            backend = VmBackend(tmp_path / "state", settings)
+            try:
+                with pytest.raises(TransientPlatformError) as caught:
+                    backend.validate()
+            finally:
+                backend.close()
+        assert caught.value.endpoint == f"root@127.0.0.1:{port}"
+        assert "after 2 attempts" in caught.value.cause
+
     def test_missing_key_file_and_unwritable_root(
         self, ssh_hosts: SshHosts, roots: Path, tmp_path: Path
     ) -> None:
@@ -524,6 +563,19 @@ def tear_down(platform: RoutedPlatform, target: Target, state_dir: Path) -> None
 def platform_settings(settings: dict[str, Any]) -> dict[str, Any]:
     first = free_port_block(10)
     return {**settings, "frontendPortRange": [first, first + 9], "routerSlots": 16, "stopGraceSeconds": 3}
+
+
+def test_the_registry_builds_the_vm_platform(platform_settings: dict[str, Any], tmp_path: Path) -> None:
+    platform = create_platform(
+        PlatformConfig(type="vm", settings={**platform_settings, "stateDir": str(tmp_path / "reg")})
+    )
+    try:
+        assert isinstance(platform, RoutedPlatform)
+        assert isinstance(platform.backend, VmBackend)
+        assert platform.platform == "vm"
+        platform.validate()
+    finally:
+        platform.close()
 
 
 class TestVmContract(PlatformContract):

@@ -1,0 +1,92 @@
+"""One real local Ray and one orchestrator (queen + domain workers) for the whole session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "examples" / "sample_service.py"
+
+
+def write_test_config(folder: Path, **overrides: Any) -> Path:
+    """The shipped enterprise_config.yaml with state, journal and ports moved into ``folder``."""
+    data = yaml.safe_load((REPO / "enterprise_config.yaml").read_text())
+    data["journal"] = {"path": str(folder / "journal.db")}
+    data["platforms"]["local"]["settings"] = {
+        "stateDir": str(folder / "platforms"),
+        "frontendPortRange": [19000, 19499],
+        "replicaPortRange": [41000, 44999],
+    }
+    data["namespace"] = f"orch-test-{os.getpid()}"
+    data.update(overrides)
+    path = folder / "enterprise_config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def orch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("orch-home")
+
+
+@pytest.fixture(scope="session")
+def orchestrator(orch_home: Path) -> Iterator[Any]:
+    import ray
+
+    from orchestrator import DeploymentOrchestrator
+
+    os.environ["ORCH_HOME"] = str(orch_home)
+    config = write_test_config(orch_home)
+    orch = DeploymentOrchestrator(config_path=config, num_cpus=2)
+    yield orch
+    _remove_everything(orch)
+    orch.shutdown(stop_ray=False)
+    ray.shutdown()
+
+
+def _remove_everything(orch: Any) -> None:
+    """No process or HAProxy of the session is left behind."""
+    from adapters import create_platform
+
+    platform = create_platform(orch.config.platform("local"))
+    for state in orch_journal(orch).deployments(limit=100_000):
+        target = state.request.target
+        for revision in platform.list_revisions(target):
+            platform.remove_revision(target, revision.revision)
+        platform.router.remove_frontend(target)  # type: ignore[attr-defined]
+    platform.close()
+
+
+def orch_journal(orch: Any) -> Any:
+    from engine.journal import Journal
+
+    return Journal(orch.journal_path)
+
+
+def sample_artifact(service: str, version: str, error_rate: float = 0.0, **env: str) -> dict[str, Any]:
+    return {
+        "name": service,
+        "version": version,
+        "command": [sys.executable, str(SAMPLE)],
+        "env": {"VERSION": version, "ERROR_RATE": str(error_rate), **env},
+    }
+
+
+def canary(step_ms: int = 3000, steps: int = 3, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "canary",
+        "replicas": 2,
+        "canary": {
+            "initialTrafficPercentage": 20, "stepPercentage": 30, "stepDuration": step_ms, "maxSteps": steps,
+            "analysisInterval": 500, "minRequestCount": 10,
+            "successThreshold": {"errorRate": 0.01}, "failureThreshold": {"errorRate": 0.05},
+            **extra,
+        },
+    }

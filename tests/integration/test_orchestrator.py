@@ -1,0 +1,287 @@
+"""End to end on the embedded default: a real local Ray, real processes behind a real HAProxy, real traffic."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import ray
+
+from adapters import create_platform
+from engine.models import Phase, RollbackTrigger, Target
+from engine.state import EventKind
+from examples.traffic import TrafficGenerator
+from tests.integration.conftest import canary, orch_journal, sample_artifact
+
+pytestmark = pytest.mark.integration
+ENV = "development"
+
+
+def first_revision(orch: Any, service: str, replicas: int = 2) -> Any:
+    result = orch.deploy(sample_artifact(service, "1.0.0"), {"type": "rolling", "replicas": replicas}, ENV,
+                         timeout_s=120)
+    assert result.success, result.status
+    assert result.status.address and result.status.address.startswith("http://127.0.0.1:")
+    return result
+
+
+@contextmanager
+def live_traffic(address: str, rps: float = 40) -> Iterator[TrafficGenerator]:
+    traffic = TrafficGenerator(address + "/", rps=rps, threads=4, max_seconds=300).start()
+    try:
+        yield traffic
+    finally:
+        traffic.stop()
+
+
+def platform_revisions(orch: Any, service: str) -> dict[str, int]:
+    platform = create_platform(orch.config.platform("local"))
+    try:
+        return {r.revision: r.running_replicas for r in platform.list_revisions(Target(service=service,
+                                                                                      environment=ENV))}
+    finally:
+        platform.close()
+
+
+def wait_for(orch: Any, deployment_id: str, predicate: Any, timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = orch.status(deployment_id)
+        if predicate(status):
+            return status
+        assert not status.phase.terminal, f"ended early: {status}"
+        time.sleep(0.2)
+    raise AssertionError(f"condition not reached in {timeout_s}s: {orch.status(deployment_id)}")
+
+
+def test_good_canary_is_promoted_under_live_traffic(orchestrator: Any) -> None:
+    first = first_revision(orchestrator, "canary-good")
+    with live_traffic(first.status.address) as traffic:
+        result = orchestrator.deploy(sample_artifact("canary-good", "2.0.0"), canary(), ENV, timeout_s=120)
+        time.sleep(1)
+    counts = traffic.snapshot()
+    assert result.success, result.status
+    assert result.status.weights == {"2-0-0": 100}
+    assert platform_revisions(orchestrator, "canary-good") == {"2-0-0": 2}
+    assert TrafficGenerator.total(counts, "2.0.0") > 50
+    assert TrafficGenerator.failed(counts) == 0
+    weights = [e.data["weights"] for e in orch_journal(orchestrator).events(result.deployment_id)
+               if e.kind is EventKind.WEIGHTS_SET]
+    assert [w.get("2-0-0") for w in weights] == [20, 50, 80, 100]
+
+
+def test_bad_canary_is_rolled_back_automatically(orchestrator: Any) -> None:
+    first = first_revision(orchestrator, "canary-bad")
+    with live_traffic(first.status.address) as traffic:
+        result = orchestrator.deploy(sample_artifact("canary-bad", "2.0.0", error_rate=0.5), canary(), ENV,
+                                     timeout_s=120)
+        time.sleep(1.5)
+        before = traffic.snapshot()
+        time.sleep(1.5)
+    after = traffic.snapshot()
+    assert result.status.phase is Phase.ROLLED_BACK, result.status
+    assert result.status.rollback_trigger is RollbackTrigger.METRICS
+    assert "error rate" in (result.status.rollback_reason or "")
+    assert result.status.weights == {"1-0-0": 100}
+    assert platform_revisions(orchestrator, "canary-bad") == {"1-0-0": 2}
+    # After the rollback every request goes to the stable revision and none fails.
+    assert TrafficGenerator.total(after, "2.0.0") == TrafficGenerator.total(before, "2.0.0")
+    assert TrafficGenerator.failed(after, "1.0.0") == 0
+
+
+def test_blue_green_switches_without_failed_requests(orchestrator: Any) -> None:
+    first = first_revision(orchestrator, "bg-switch")
+    strategy = {"type": "blue_green", "replicas": 2, "blueGreen": {
+        "validationDuration": 1000, "switchTrafficPercentage": 50, "switchStepDuration": 1000,
+        "scaleDownDelay": 1000, "smokeRequests": 10}}
+    with live_traffic(first.status.address) as traffic:
+        result = orchestrator.deploy(sample_artifact("bg-switch", "2.0.0"), strategy, ENV, timeout_s=120)
+        time.sleep(1)
+    counts = traffic.snapshot()
+    assert result.success, result.status
+    assert TrafficGenerator.failed(counts) == 0
+    assert TrafficGenerator.total(counts, "2.0.0") > 0
+    assert platform_revisions(orchestrator, "bg-switch") == {"2-0-0": 2}
+
+
+def test_blue_green_switch_back_is_instant_while_blue_is_kept(orchestrator: Any) -> None:
+    first = first_revision(orchestrator, "bg-back")
+    strategy = {"type": "blue_green", "replicas": 2, "blueGreen": {
+        "validationDuration": 500, "scaleDownDelay": 60_000, "smokeRequests": 5}}
+    with live_traffic(first.status.address) as traffic:
+        deployment_id = orchestrator.submit(sample_artifact("bg-back", "2.0.0"), strategy, ENV)
+        wait_for(orchestrator, deployment_id, lambda s: s.weights.get("2-0-0") == 100)
+        started = time.monotonic()
+        orchestrator.worker("DO-002")  # the blue-green engine is alive and reachable
+        status = orchestrator.rollback(deployment_id, reason="switch back")
+        result = orchestrator.wait(deployment_id, 60)
+        took = time.monotonic() - started
+    assert status.rollback_trigger is RollbackTrigger.MANUAL
+    assert result.status.phase is Phase.ROLLED_BACK
+    assert result.status.weights == {"1-0-0": 100}
+    assert took < 30, "switch back waits for nothing but the traffic change"
+    assert TrafficGenerator.failed(traffic.snapshot()) == 0
+    assert platform_revisions(orchestrator, "bg-back") == {"1-0-0": 2}
+
+
+def test_rolling_update_without_failed_requests(orchestrator: Any) -> None:
+    first = first_revision(orchestrator, "rolling", replicas=3)
+    with live_traffic(first.status.address) as traffic:
+        result = orchestrator.deploy(sample_artifact("rolling", "2.0.0"), {"type": "rolling", "replicas": 3},
+                                     ENV, timeout_s=120)
+        time.sleep(1)
+    assert result.success, result.status
+    assert TrafficGenerator.failed(traffic.snapshot()) == 0
+    assert platform_revisions(orchestrator, "rolling") == {"2-0-0": 3}
+    deploys = [e.data["step"] for e in orch_journal(orchestrator).events(result.deployment_id)
+               if e.kind is EventKind.STEP_COMPLETED and e.data["step"].startswith("deploy")]
+    assert deploys == ["deploy candidate x1", "deploy stable x2", "deploy candidate x2", "deploy stable x1",
+                       "deploy candidate x3"]
+
+
+def test_pause_resume_promote_and_abort(orchestrator: Any) -> None:
+    first = first_revision(orchestrator, "controls")
+    with live_traffic(first.status.address):
+        slow = canary(step_ms=60_000, steps=4)
+        deployment_id = orchestrator.submit(sample_artifact("controls", "2.0.0"), slow, ENV)
+        wait_for(orchestrator, deployment_id, lambda s: s.weights.get("2-0-0") == 20)
+        assert orchestrator.pause(deployment_id).phase is Phase.PAUSED
+        time.sleep(1)
+        assert orchestrator.status(deployment_id).phase is Phase.PAUSED
+        assert orchestrator.resume(deployment_id).phase is Phase.PROGRESSING
+        orchestrator.promote(deployment_id, full=True)
+        promoted = orchestrator.wait(deployment_id, 60)
+        assert promoted.success, promoted.status
+        assert promoted.status.weights == {"2-0-0": 100}
+        aborted_id = orchestrator.submit(sample_artifact("controls", "3.0.0"), slow, ENV)
+        wait_for(orchestrator, aborted_id, lambda s: s.weights.get("3-0-0") == 20)
+        orchestrator.abort(aborted_id, reason="wrong build")
+        aborted = orchestrator.wait(aborted_id, 60)
+    assert aborted.status.phase is Phase.ABORTED
+    assert aborted.status.weights == {"2-0-0": 100}
+    assert platform_revisions(orchestrator, "controls") == {"2-0-0": 2}
+    with pytest.raises(ray.exceptions.RayTaskError, match="already ended"):
+        orchestrator.resume(aborted_id)
+
+
+def test_health_failure_of_the_canary_rolls_back(orchestrator: Any) -> None:
+    first = first_revision(orchestrator, "health")
+    with live_traffic(first.status.address):
+        deployment_id = orchestrator.submit(sample_artifact("health", "2.0.0"), canary(step_ms=60_000), ENV)
+        status = wait_for(orchestrator, deployment_id, lambda s: s.weights.get("2-0-0") == 20)
+        platform = create_platform(orchestrator.config.platform("local"))
+        replicas = platform.backend.list_replicas(Target(service="health", environment=ENV), "2-0-0")  # type: ignore[attr-defined]
+        platform.close()
+        for replica in replicas:
+            os.kill(int(replica.ident), signal.SIGKILL)
+        result = orchestrator.wait(deployment_id, 60)
+    assert status.candidate_revision == "2-0-0"
+    assert result.status.phase is Phase.ROLLED_BACK
+    assert result.status.rollback_trigger in (RollbackTrigger.HEALTH, RollbackTrigger.METRICS)
+    assert result.status.weights == {"1-0-0": 100}
+
+
+def _exactly_one_run(orch: Any, deployment_id: str) -> None:
+    events = orch_journal(orch).events(deployment_id)
+    kinds = [e.kind for e in events]
+    assert kinds.count(EventKind.PLANNED) == 1
+    assert kinds.count(EventKind.FINISHED) == 1
+    assert kinds.count(EventKind.ADMITTED) == 1
+    completed = [e.data["index"] for e in events if e.kind is EventKind.STEP_COMPLETED]
+    assert completed == list(range(len(completed)))
+
+
+def test_queen_killed_mid_canary_still_ends_once(orchestrator: Any) -> None:
+    first = first_revision(orchestrator, "queen-kill")
+    with live_traffic(first.status.address):
+        deployment_id = orchestrator.submit(sample_artifact("queen-kill", "2.0.0"), canary(step_ms=2000), ENV)
+        wait_for(orchestrator, deployment_id, lambda s: s.weights.get("2-0-0") == 20)
+        ray.kill(orchestrator.queen, no_restart=False)
+        result = orchestrator.wait(deployment_id, 120)
+    assert result.success, result.status
+    _exactly_one_run(orchestrator, deployment_id)
+    assert platform_revisions(orchestrator, "queen-kill") == {"2-0-0": 2}
+
+
+def test_runner_killed_mid_canary_resumes_and_ends_once(orchestrator: Any) -> None:
+    first = first_revision(orchestrator, "runner-kill")
+    with live_traffic(first.status.address):
+        deployment_id = orchestrator.submit(sample_artifact("runner-kill", "2.0.0", error_rate=0.5),
+                                            canary(step_ms=4000), ENV)
+        wait_for(orchestrator, deployment_id, lambda s: s.step_index >= 1)
+        runner = ray.get_actor(f"runner:{deployment_id}", namespace=orchestrator.namespace)
+        pid = ray.get(runner.pid.remote(), timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        result = orchestrator.wait(deployment_id, 120)
+    assert result.status.phase is Phase.ROLLED_BACK, result.status
+    assert result.status.weights == {"1-0-0": 100}
+    events = orch_journal(orchestrator).events(deployment_id)
+    assert [e.kind for e in events].count(EventKind.FINISHED) == 1
+    assert [e.kind for e in events].count(EventKind.PLANNED) == 1
+    assert platform_revisions(orchestrator, "runner-kill") == {"1-0-0": 2}
+
+
+def test_fifteen_deployments_at_most_ten_at_once(orchestrator: Any) -> None:
+    ids = [orchestrator.submit(sample_artifact(f"fleet-{i:02d}", "1.0.0"), {"type": "rolling", "replicas": 1}, ENV)
+           for i in range(15)]
+    results = [orchestrator.wait(i, 300) for i in ids]
+    assert all(r.success for r in results), [r.status for r in results if not r.success]
+    journal = orch_journal(orchestrator)
+    running, peak = set(), 0
+    for event in journal.events():
+        if event.deployment_id not in ids:
+            continue
+        if event.kind is EventKind.ADMITTED:
+            running.add(event.deployment_id)
+            peak = max(peak, len(running))
+        if event.kind is EventKind.FINISHED:
+            running.discard(event.deployment_id)
+    assert peak <= 10
+    assert len({r.deployment_id for r in results}) == 15
+    assert all(journal.state(i).phase() is Phase.SUCCEEDED for i in ids)
+
+
+def test_one_active_deployment_per_target(orchestrator: Any) -> None:
+    first = first_revision(orchestrator, "one-target")
+    with live_traffic(first.status.address):
+        a = orchestrator.submit(sample_artifact("one-target", "2.0.0"), canary(step_ms=1500, steps=2), ENV)
+        b = orchestrator.submit(sample_artifact("one-target", "3.0.0"), canary(step_ms=1500, steps=2), ENV)
+        assert orchestrator.status(b).phase is Phase.QUEUED
+        results = [orchestrator.wait(a, 120), orchestrator.wait(b, 120)]
+    assert [r.success for r in results] == [True, True]
+    journal = orch_journal(orchestrator)
+    admitted_b = next(e.seq for e in journal.events(b) if e.kind is EventKind.ADMITTED)
+    finished_a = next(e.seq for e in journal.events(a) if e.kind is EventKind.FINISHED)
+    assert admitted_b > finished_a
+
+
+def test_unknown_environment_and_platform_are_refused(orchestrator: Any) -> None:
+    with pytest.raises(ray.exceptions.RayTaskError, match="unknown environment 'moon'"):
+        orchestrator.submit(sample_artifact("refused", "1.0.0"), "canary", "moon")
+    with pytest.raises(ValueError, match="unknown platform 'azure_functions'"):
+        orchestrator.submit(sample_artifact("refused", "1.0.0"), "canary", ENV, {"type": "azure_functions"})
+    with pytest.raises(ValueError, match="stepPercentage|step_percentage"):
+        orchestrator.submit(sample_artifact("refused", "1.0.0"), "canary", ENV, stepPercentage=0)
+
+
+def test_environment_health_is_monitored_in_parallel(orchestrator: Any) -> None:
+    first = first_revision(orchestrator, "env-health")
+    orchestrator.register_environment({"name": "qa", "healthCheckInterval": 300, "healthCheckTimeout": 200,
+                                       "unhealthyThreshold": 2})
+    dead = "http://127.0.0.1:9/health"
+    monitors = orchestrator.monitor_environment_health("qa", [first.status.address + "/health", dead])
+    assert monitors
+    deadline = time.monotonic() + 30
+    health = orchestrator.get_environment_health("qa")
+    while time.monotonic() < deadline and all(e.healthy for m in health.monitors for e in m.endpoints):
+        time.sleep(0.3)
+        health = orchestrator.get_environment_health("qa")
+    endpoints = {e.url: e for m in health.monitors for e in m.endpoints}
+    assert endpoints[first.status.address + "/health"].healthy
+    assert not endpoints[dead].healthy
+    assert not health.healthy
