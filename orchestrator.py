@@ -1,12 +1,12 @@
 """Deployment orchestrator on Ray: the driver API (``DeploymentOrchestrator``) and the command line.
 
-    orch = DeploymentOrchestrator()            # RAY_ADDRESS's cluster, or an embedded local Ray
-    result = orch.deploy(artifact, "canary", "staging", "local")
-    print(result.success, result.deployment_id, result.status.phase)
+orch = DeploymentOrchestrator()            # RAY_ADDRESS's cluster, or an embedded local Ray
+result = orch.deploy(artifact, "canary", "staging", "local")
+print(result.success, result.deployment_id, result.status.phase)
 
-    python orchestrator.py quickstart
-    python orchestrator.py deploy --service web --version 2.0.0 --command "python app.py" --strategy canary
-    python orchestrator.py status|history|rollback|promote|pause|resume|abort ...
+python orchestrator.py quickstart
+python orchestrator.py deploy --service web --version 2.0.0 --command "python app.py" --strategy canary
+python orchestrator.py status|history|rollback|promote|pause|resume|abort ...
 """
 
 from __future__ import annotations
@@ -90,11 +90,17 @@ class DeploymentOrchestrator:
         if ray.is_initialized():
             return
         address = address or os.environ.get("RAY_ADDRESS") or None
-        options: dict[str, Any] = {"namespace": self.namespace, "logging_level": logging.WARNING,
-                                   "log_to_driver": False}
+        options: dict[str, Any] = {
+            "namespace": self.namespace,
+            "logging_level": logging.WARNING,
+            "log_to_driver": False,
+        }
         if address is None:  # embedded: this process starts a local Ray that ends with it
-            options |= {"include_dashboard": False, "num_cpus": num_cpus or os.cpu_count() or 2,
-                        "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO)}}}
+            options |= {
+                "include_dashboard": False,
+                "num_cpus": num_cpus or os.cpu_count() or 2,
+                "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO)}},
+            }
         ray.init(address=address, **options)
 
     def _queen(self, max_concurrent: int | None) -> Any:
@@ -140,15 +146,29 @@ class DeploymentOrchestrator:
             requested_by=requested_by or os.environ.get("USER", "unknown"),
         )
 
-    def submit(self, artifact: Any, strategy: Any, environment: str, platform: Any = "local",
-               deployment_id: str | None = None, **kwargs: Any) -> str:
+    def submit(
+        self,
+        artifact: Any,
+        strategy: Any,
+        environment: str,
+        platform: Any = "local",
+        deployment_id: str | None = None,
+        **kwargs: Any,
+    ) -> str:
         """Start a deployment and return its id at once (it may wait in the queue)."""
         request = self.request(artifact, strategy, environment, platform, **kwargs)
         return str(self._get(self.queen.submit.remote(request, deployment_id)))
 
-    def deploy(self, artifact: Any, strategy: Any, environment: str, platform: Any = "local",
-               timeout_s: float = 3600.0, on_progress: ProgressCallback | None = None,
-               **kwargs: Any) -> DeploymentResult:
+    def deploy(
+        self,
+        artifact: Any,
+        strategy: Any,
+        environment: str,
+        platform: Any = "local",
+        timeout_s: float = 3600.0,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> DeploymentResult:
         """Deploy and block until the deployment ends (or ``timeout_s`` passes)."""
         deployment_id = self.submit(artifact, strategy, environment, platform, **kwargs)
         return self.wait(deployment_id, timeout_s, on_progress)
@@ -156,8 +176,9 @@ class DeploymentOrchestrator:
     def status(self, deployment_id: str) -> DeploymentStatus:
         return self._get(self.queen.status.remote(deployment_id))  # type: ignore[no-any-return]
 
-    def wait(self, deployment_id: str, timeout_s: float = 3600.0,
-             on_progress: ProgressCallback | None = None) -> DeploymentResult:
+    def wait(
+        self, deployment_id: str, timeout_s: float = 3600.0, on_progress: ProgressCallback | None = None
+    ) -> DeploymentResult:
         deadline = time.monotonic() + timeout_s
         status = self.status(deployment_id)
         poll = 1.0 if on_progress else 30.0
@@ -168,17 +189,22 @@ class DeploymentOrchestrator:
             status = self._get(self.queen.wait.remote(deployment_id, wait_s), wait_s + CALL_TIMEOUT_S)
         if on_progress:
             on_progress(status)
-        return DeploymentResult(deployment_id=status.deployment_id, success=status.phase is Phase.SUCCEEDED,
-                                status=status)
+        return DeploymentResult(
+            deployment_id=status.deployment_id, success=status.phase is Phase.SUCCEEDED, status=status
+        )
 
     def history(self, limit: int = 50, service: str | None = None) -> list[DeploymentStatus]:
         return self._get(self.queen.history.remote(limit, service))  # type: ignore[no-any-return]
 
-    def _control(self, deployment_id: str, action: str, reason: str = "", by: str | None = None) -> DeploymentStatus:
+    def _control(
+        self, deployment_id: str, action: str, reason: str = "", by: str | None = None
+    ) -> DeploymentStatus:
         who = by or os.environ.get("USER", "unknown")
         return self._get(self.queen.control.remote(deployment_id, action, who, reason))  # type: ignore[no-any-return]
 
-    def rollback(self, deployment_id: str, reason: str = "manual rollback", by: str | None = None) -> DeploymentStatus:
+    def rollback(
+        self, deployment_id: str, reason: str = "manual rollback", by: str | None = None
+    ) -> DeploymentStatus:
         return self._control(deployment_id, "rollback", reason, by)
 
     def pause(self, deployment_id: str, reason: str = "", by: str | None = None) -> DeploymentStatus:
@@ -204,10 +230,18 @@ class DeploymentOrchestrator:
     def get_environment_health(self, environment: str) -> Any:
         return self._get(self.worker("DO-001").get_environment_health.remote(environment))
 
-    def monitor_deployment(self, deployment_id: str, interval_s: float = 1.0, timeout_s: float = 1.0,
-                           unhealthy_threshold: int = 3) -> str:
-        return self._get(self.worker("DO-004").monitor_deployment.remote(  # type: ignore[no-any-return]
-            deployment_id, interval_s, timeout_s, unhealthy_threshold))
+    def monitor_deployment(
+        self,
+        deployment_id: str,
+        interval_s: float = 1.0,
+        timeout_s: float = 1.0,
+        unhealthy_threshold: int = 3,
+    ) -> str:
+        return self._get(
+            self.worker("DO-004").monitor_deployment.remote(  # type: ignore[no-any-return]
+                deployment_id, interval_s, timeout_s, unhealthy_threshold
+            )
+        )
 
     def trigger_rollback(self, deployment_id: str, reason: str, by: str | None = None) -> DeploymentStatus:
         who = by or os.environ.get("USER", "unknown")
@@ -218,8 +252,9 @@ class DeploymentOrchestrator:
         return self._get(self.worker("DO-005").validate_platform.remote(config))
 
     # ------------------------------------------------------------------------------ async variants
-    async def submit_async(self, artifact: Any, strategy: Any, environment: str, platform: Any = "local",
-                           **kwargs: Any) -> str:
+    async def submit_async(
+        self, artifact: Any, strategy: Any, environment: str, platform: Any = "local", **kwargs: Any
+    ) -> str:
         request = self.request(artifact, strategy, environment, platform, **kwargs)
         return str(await asyncio.wait_for(self.queen.submit.remote(request, None), CALL_TIMEOUT_S))
 
@@ -228,12 +263,22 @@ class DeploymentOrchestrator:
         status: DeploymentStatus = await self.queen.status.remote(deployment_id)
         while not status.phase.terminal and time.monotonic() < deadline:
             wait_s = max(0.0, min(30.0, deadline - time.monotonic()))
-            status = await asyncio.wait_for(self.queen.wait.remote(deployment_id, wait_s), wait_s + CALL_TIMEOUT_S)
-        return DeploymentResult(deployment_id=status.deployment_id, success=status.phase is Phase.SUCCEEDED,
-                                status=status)
+            status = await asyncio.wait_for(
+                self.queen.wait.remote(deployment_id, wait_s), wait_s + CALL_TIMEOUT_S
+            )
+        return DeploymentResult(
+            deployment_id=status.deployment_id, success=status.phase is Phase.SUCCEEDED, status=status
+        )
 
-    async def deploy_async(self, artifact: Any, strategy: Any, environment: str, platform: Any = "local",
-                           timeout_s: float = 3600.0, **kwargs: Any) -> DeploymentResult:
+    async def deploy_async(
+        self,
+        artifact: Any,
+        strategy: Any,
+        environment: str,
+        platform: Any = "local",
+        timeout_s: float = 3600.0,
+        **kwargs: Any,
+    ) -> DeploymentResult:
         deployment_id = await self.submit_async(artifact, strategy, environment, platform, **kwargs)
         return await self.wait_async(deployment_id, timeout_s)
 
@@ -302,8 +347,12 @@ def _artifact_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def _show(status: DeploymentStatus) -> str:
     weights = " ".join(f"{rev}={pct}%" for rev, pct in sorted(status.weights.items())) or "-"
-    step = f"step {min(status.step_index + 1, status.step_count)}/{status.step_count} {status.step_name or ''}"
-    text = f"{status.deployment_id} {status.target.key} {status.phase.value:<12} {step.strip():<28} [{weights}]"
+    step = (
+        f"step {min(status.step_index + 1, status.step_count)}/{status.step_count} {status.step_name or ''}"
+    )
+    text = (
+        f"{status.deployment_id} {status.target.key} {status.phase.value:<12} {step.strip():<28} [{weights}]"
+    )
     if status.address:
         text += f" at {status.address}"
     if status.rollback_reason:
@@ -332,8 +381,11 @@ def progress_printer(stream: Any = None) -> ProgressCallback:
 def _finish(status: DeploymentStatus, as_json: bool) -> int:
     if as_json:
         print(status.model_dump_json(indent=2))
-    return EXIT_OK if status.phase in (Phase.SUCCEEDED, Phase.PROGRESSING, Phase.PAUSED, Phase.QUEUED) \
+    return (
+        EXIT_OK
+        if status.phase in (Phase.SUCCEEDED, Phase.PROGRESSING, Phase.PAUSED, Phase.QUEUED)
         else EXIT_DEPLOYMENT_FAILED
+    )
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
@@ -341,8 +393,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     overrides = _pairs(args.set or [], "--set")
     if args.replicas:
         overrides["replicas"] = args.replicas
-    deployment_id = orch.submit(_artifact_from_args(args), args.strategy, args.environment, args.platform,
-                                **overrides)
+    deployment_id = orch.submit(
+        _artifact_from_args(args), args.strategy, args.environment, args.platform, **overrides
+    )
     if args.no_wait:
         print(json.dumps({"deployment_id": deployment_id}) if args.json else deployment_id)
         return EXIT_OK
@@ -357,7 +410,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(state.status().model_dump_json(indent=2))
     else:
         print(_show(state.status()))
-        for event in journal.events(state.deployment_id)[-args.events:]:
+        for event in journal.events(state.deployment_id)[-args.events :]:
             stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
             print(f"  {stamp} {event.actor:<16} {event.kind.value:<18} {_brief(event.data)}")
     return _finish(state.status(), False)
@@ -370,18 +423,25 @@ def _brief(data: dict[str, Any]) -> str:
 
 def _cmd_history(args: argparse.Namespace) -> int:
     journal = read_journal(args.config)
-    states = [s for s in journal.deployments(limit=100_000) if not args.service
-              or s.request.artifact.name == args.service][-args.limit:]
+    states = [
+        s
+        for s in journal.deployments(limit=100_000)
+        if not args.service or s.request.artifact.name == args.service
+    ][-args.limit :]
     if args.json:
         print(json.dumps([s.status().model_dump(mode="json") for s in states], indent=2))
         return EXIT_OK
     for state in states:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.submitted_at))
         took = f"{(state.finished_at or time.time()) - state.submitted_at:7.1f}s"
-        print(f"{started} {took} {state.request.artifact.version:<10} {state.request.strategy.type.value:<10} "
-              f"{_show(state.status())}")
+        print(
+            f"{started} {took} {state.request.artifact.version:<10} {state.request.strategy.type.value:<10} "
+            f"{_show(state.status())}"
+        )
     ok, bad = journal.verify_chain()
-    print(f"journal {journal.path}: {len(states)} shown, hash chain " + ("intact" if ok else f"BROKEN at {bad}"))
+    print(
+        f"journal {journal.path}: {len(states)} shown, hash chain " + ("intact" if ok else f"BROKEN at {bad}")
+    )
     return EXIT_OK
 
 
@@ -390,7 +450,9 @@ def _cmd_control(args: argparse.Namespace) -> int:
     reason = getattr(args, "reason", "") or ""
     by = os.environ.get("USER", "cli")
     if os.environ.get("RAY_ADDRESS"):
-        status = DeploymentOrchestrator(config_path=args.config)._control(args.deployment_id, action, reason, by)
+        status = DeploymentOrchestrator(config_path=args.config)._control(
+            args.deployment_id, action, reason, by
+        )
     else:  # no cluster named: journal it; the running deployment's runner reads it at its next step
         from actors.queen import _control_event
 
@@ -412,9 +474,12 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orchestrator.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="enterprise_config.yaml to use ($ORCH_CONFIG, else the repository's)")
+    parser = argparse.ArgumentParser(
+        prog="orchestrator.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", help="enterprise_config.yaml to use ($ORCH_CONFIG, else the repository's)"
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     deploy = sub.add_parser("deploy", help="deploy a revision and follow it to the end")
     deploy.add_argument("--artifact", help="YAML/JSON file with the artifact (name, version, command, ...)")
@@ -425,8 +490,12 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--source", help="where the artifact comes from (image, zip, URL)")
     deploy.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment of the service")
     deploy.add_argument("--strategy", default="canary", help="canary | blue_green | rolling")
-    deploy.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="strategy setting, e.g. --set stepDuration=30s --set initialTrafficPercentage=20")
+    deploy.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="strategy setting, e.g. --set stepDuration=30s --set initialTrafficPercentage=20",
+    )
     deploy.add_argument("--replicas", type=int)
     deploy.add_argument("--environment", default="development")
     deploy.add_argument("--platform", default="local")

@@ -1,4 +1,4 @@
-"""Names and small helpers shared by the actors. Every Ray call of the project lives in actors/ or the facade."""
+"""Names and small helpers shared by the actors. Every Ray call lives in actors/ or the facade."""
 
 from __future__ import annotations
 

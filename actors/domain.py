@@ -23,13 +23,14 @@ from engine.models import (
     DeploymentRequest,
     Environment,
     Model,
+    Phase,
     PlatformConfig,
     Strategy,
     StrategyType,
     Thresholds,
 )
-from engine.platform import MetricSnapshot, PlatformError
 from engine.plans import build_plan
+from engine.platform import MetricSnapshot, PlatformError
 from engine.state import Step
 
 log = logging.getLogger(__name__)
@@ -100,9 +101,10 @@ class EnvironmentCoordinatorImpl(_Worker):
         """The live services of an environment: the newest successful deployment of each target."""
         latest: dict[str, str] = {}
         for state in self.journal.deployments(limit=100_000):
-            if state.request.environment == name and state.address and state.outcome is not None:
-                if state.phase().value == "succeeded":
-                    latest[state.request.target.key] = state.address.rstrip("/") + state.request.artifact.health_path
+            if state.request.environment == name and state.address and state.outcome is Phase.SUCCEEDED:
+                latest[state.request.target.key] = (
+                    state.address.rstrip("/") + state.request.artifact.health_path
+                )
         return list(latest.values())
 
     async def monitor_environment_health(
@@ -120,8 +122,11 @@ class EnvironmentCoordinatorImpl(_Worker):
                 HealthMonitor.options(
                     name=f"health:{name}:{index}", namespace=self.namespace, scheduling_strategy=strategy
                 ).remote(
-                    f"{name}:{index}", chunk, environment.health_check_interval / 1000,
-                    environment.health_check_timeout / 1000, environment.unhealthy_threshold,
+                    f"{name}:{index}",
+                    chunk,
+                    environment.health_check_interval / 1000,
+                    environment.health_check_timeout / 1000,
+                    environment.unhealthy_threshold,
                 )
             )
         self.monitors[name] = monitors
@@ -133,8 +138,12 @@ class EnvironmentCoordinatorImpl(_Worker):
             raise ValueError(f"environment '{name}' is not monitored: call monitor_environment_health first")
         reports = await asyncio.gather(*(call(m.report.remote(), MONITOR_CALL_TIMEOUT_S) for m in monitors))
         checked = all(r.checked_at is not None for r in reports)
-        return EnvironmentHealth(environment=name, healthy=checked and all(r.healthy for r in reports),
-                                 monitors=list(reports), checked_at=time.time())
+        return EnvironmentHealth(
+            environment=name,
+            healthy=checked and all(r.healthy for r in reports),
+            monitors=list(reports),
+            checked_at=time.time(),
+        )
 
     async def stop_monitoring(self, name: str) -> None:
         for monitor in self.monitors.pop(name, []):
@@ -167,8 +176,12 @@ class CanaryControllerImpl(_Worker):
         return build_plan(strategy, has_stable)
 
     async def judge(
-        self, snapshot: MetricSnapshot, baseline: dict[str, float], success: Thresholds,
-        failure: Thresholds, min_requests: int,
+        self,
+        snapshot: MetricSnapshot,
+        baseline: dict[str, float],
+        success: Thresholds,
+        failure: Thresholds,
+        min_requests: int,
     ) -> Measurement:
         return judge(snapshot, baseline, success, failure, min_requests)
 
@@ -190,7 +203,11 @@ class RollbackSystemImpl(_Worker):
         return await self._queen_control(deployment_id, "rollback", by, reason)
 
     async def monitor_deployment(
-        self, deployment_id: str, interval_s: float = 1.0, timeout_s: float = 1.0, unhealthy_threshold: int = 3
+        self,
+        deployment_id: str,
+        interval_s: float = 1.0,
+        timeout_s: float = 1.0,
+        unhealthy_threshold: int = 3,
     ) -> str:
         """Watch the candidate's replicas directly; N failed probes in a row roll the deployment back."""
         state = self.journal.find(deployment_id)
@@ -223,9 +240,14 @@ class RollbackSystemImpl(_Worker):
 
     async def rollbacks(self, limit: int = 100) -> list[dict[str, Any]]:
         return [
-            {"deployment_id": s.deployment_id, "target": s.request.target.key, "phase": s.phase().value,
-             **(s.rollback.model_dump(mode="json") if s.rollback else {})}
-            for s in self.journal.deployments(limit=100_000) if s.rollback is not None
+            {
+                "deployment_id": s.deployment_id,
+                "target": s.request.target.key,
+                "phase": s.phase().value,
+                **(s.rollback.model_dump(mode="json") if s.rollback else {}),
+            }
+            for s in self.journal.deployments(limit=100_000)
+            if s.rollback is not None
         ][-limit:]
 
 
@@ -274,7 +296,10 @@ class PipelineOrchestratorImpl(_Worker):
     async def start_pipeline(self, artifact: Artifact, stages: list[PipelineStage], by: str) -> str:
         pipeline_id = f"pipeline-{uuid.uuid4().hex[:10]}"
         self.pipelines[pipeline_id] = PipelineStatus(
-            pipeline_id=pipeline_id, stages=[s.environment for s in stages], current=0, deployments=[],
+            pipeline_id=pipeline_id,
+            stages=[s.environment for s in stages],
+            current=0,
+            deployments=[],
             state="running",
         )
         asyncio.get_running_loop().create_task(self._run(pipeline_id, artifact, stages, by))
@@ -283,10 +308,18 @@ class PipelineOrchestratorImpl(_Worker):
     async def _run(self, pipeline_id: str, artifact: Artifact, stages: list[PipelineStage], by: str) -> None:
         status = self.pipelines[pipeline_id]
         queen = find_actor(QUEEN_NAME, self.namespace)
+        if queen is None:
+            status.state, status.message = "failed", "the queen is not running"
+            return
         for index, stage in enumerate(stages):
             status.current = index
-            request = DeploymentRequest(artifact=artifact, strategy=stage.strategy, environment=stage.environment,
-                                        platform=stage.platform, requested_by=by)
+            request = DeploymentRequest(
+                artifact=artifact,
+                strategy=stage.strategy,
+                environment=stage.environment,
+                platform=stage.platform,
+                requested_by=by,
+            )
             deployment_id = await call(queen.submit.remote(request), 60)
             status.deployments.append(deployment_id)
             deadline = time.monotonic() + stage.strategy.progress_deadline / 1000 * 10

@@ -47,8 +47,7 @@ def apply_probe(state: EndpointHealth, result: ProbeResult, threshold: int) -> E
     )
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
-class HealthMonitor:
+class HealthMonitorImpl:
     def __init__(
         self,
         name: str,
@@ -95,3 +94,6 @@ class HealthMonitor:
             endpoints=list(self.endpoints.values()),
             node_id=ray.get_runtime_context().get_node_id(),
         )
+
+
+HealthMonitor: Any = ray.remote(num_cpus=0, max_restarts=-1)(HealthMonitorImpl)

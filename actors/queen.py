@@ -1,13 +1,14 @@
 """The queen: admits deployments, runs one runner per deployment, supervises the domain workers.
 
-Everything it knows is rebuilt from the journal and from the named actors still alive, so Ray may restart it at
-any moment (the pattern of Ray Serve's controller). Admission: at most ``limit`` deployments run at once, the
-rest wait in FIFO order, and at most one deployment per target (service x environment) is active.
+Everything it knows is rebuilt from the journal and from the named actors still alive, so Ray may restart
+it at any moment (the pattern of Ray Serve's controller). Admission: at most ``limit`` deployments run at
+once, the rest wait in FIFO order, and at most one deployment per target (service x environment) is active.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -35,8 +36,7 @@ class DeploymentRefused(ValueError):
     """The request cannot be accepted as it is; the message says why."""
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
-class Queen:
+class QueenImpl:
     def __init__(self, config_path: str | None, journal_path: str | None, max_concurrent: int | None) -> None:
         self.config = load_config(config_path)
         self.config_path = config_path
@@ -63,8 +63,12 @@ class Queen:
 
     async def ready(self) -> dict[str, Any]:
         await asyncio.wait_for(self.started.wait(), timeout=60)
-        return {"journal": self.journal_path, "limit": self.limit, "namespace": self.namespace,
-                "workers": sorted(self.workers)}
+        return {
+            "journal": self.journal_path,
+            "limit": self.limit,
+            "namespace": self.namespace,
+            "workers": sorted(self.workers),
+        }
 
     def _ensure_workers(self) -> None:
         for code in DOMAIN_WORKERS:
@@ -72,9 +76,11 @@ class Queen:
             handle = find_actor(name, self.namespace)
             if handle is None:
                 log.warning("creating domain worker %s", name)
-                handle = WORKER_CLASSES[code].options(
-                    name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True
-                ).remote(self.config_path, self.journal_path)
+                handle = (
+                    WORKER_CLASSES[code]
+                    .options(name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True)
+                    .remote(self.config_path, self.journal_path)
+                )
             self.workers[code] = handle
 
     async def _supervise(self) -> None:
@@ -136,8 +142,9 @@ class Queen:
 
     def _fail(self, deployment_id: str, message: str) -> None:
         if self.journal.state(deployment_id).active:
-            self.journal.append(deployment_id, EventKind.FINISHED, {"outcome": "failed", "message": message},
-                                actor="queen")
+            self.journal.append(
+                deployment_id, EventKind.FINISHED, {"outcome": "failed", "message": message}, actor="queen"
+            )
 
     def _on_finished(self, deployment_id: str) -> None:
         state = self.journal.state(deployment_id)
@@ -178,10 +185,8 @@ class Queen:
         state = self.journal.find(deployment_id)
         event = self.finished.get(state.deployment_id)
         if state.active and event is not None:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=timeout_s)
-            except TimeoutError:
-                pass
         return self.journal.state(state.deployment_id).status()
 
     async def history(self, limit: int = 50, service: str | None = None) -> list[DeploymentStatus]:
@@ -193,13 +198,14 @@ class Queen:
         """pause | resume | promote | promote_full | abort | rollback, journaled, then the runner woken."""
         state = self.journal.find(deployment_id)
         if not state.active:
-            raise DeploymentRefused(
-                f"deployment {state.deployment_id} already ended: {state.phase().value}"
-            )
+            raise DeploymentRefused(f"deployment {state.deployment_id} already ended: {state.phase().value}")
         if state.admitted_at is None and action in ("abort", "rollback", "rollback_health"):
-            self.journal.append(state.deployment_id, EventKind.FINISHED,
-                                {"outcome": Phase.ABORTED.value, "message": f"{action} while queued: {reason}"},
-                                actor=by)
+            self.journal.append(
+                state.deployment_id,
+                EventKind.FINISHED,
+                {"outcome": Phase.ABORTED.value, "message": f"{action} while queued: {reason}"},
+                actor=by,
+            )
             self._on_finished(state.deployment_id)
             return self.journal.state(state.deployment_id).status()
         kind, data = _control_event(action, reason, by)
@@ -217,8 +223,15 @@ class Queen:
 
     async def overview(self) -> dict[str, Any]:
         counts = self.journal.phase_counts()
-        return {"limit": self.limit, "running": len(self.runs), "phases": {p.value: n for p, n in counts.items()},
-                "time": time.time()}
+        return {
+            "limit": self.limit,
+            "running": len(self.runs),
+            "phases": {p.value: n for p, n in counts.items()},
+            "time": time.time(),
+        }
+
+
+Queen: Any = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(QueenImpl)
 
 
 def _control_event(action: str, reason: str, by: str) -> tuple[EventKind, dict[str, Any]]:
@@ -229,9 +242,13 @@ def _control_event(action: str, reason: str, by: str) -> tuple[EventKind, dict[s
     if action in ("promote", "promote_full"):
         return EventKind.PROMOTE_REQUESTED, {"full": action == "promote_full"}
     if action in ("abort", "rollback", "rollback_health"):
-        trigger = {"abort": RollbackTrigger.ABORT, "rollback": RollbackTrigger.MANUAL}.get(action, RollbackTrigger.HEALTH)
+        trigger = {"abort": RollbackTrigger.ABORT, "rollback": RollbackTrigger.MANUAL}.get(
+            action, RollbackTrigger.HEALTH
+        )
         return EventKind.ROLLBACK_REQUESTED, {"trigger": trigger.value, "reason": reason or action, "by": by}
-    raise DeploymentRefused(f"unknown action '{action}': use pause, resume, promote, promote_full, abort, rollback")
+    raise DeploymentRefused(
+        f"unknown action '{action}': use pause, resume, promote, promote_full, abort, rollback"
+    )
 
 
 def state_summary(state: DeploymentState) -> str:

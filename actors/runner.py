@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+from typing import Any
 
 import ray
 
@@ -17,15 +19,18 @@ from engine.reconciler import DeploymentReconciler
 log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
-class DeploymentRunner:
+class DeploymentRunnerImpl:
     """Re-reads the journal and the platform after every (re)start: nothing it needs lives only in memory."""
 
     def __init__(self, deployment_id: str, journal_path: str) -> None:
         self.deployment_id = deployment_id
         self.journal = Journal(journal_path)
         self.reconciler = DeploymentReconciler(
-            self.journal, deployment_id, create_platform, smoke=HttpSmokeTester(), actor=f"runner@{os.getpid()}"
+            self.journal,
+            deployment_id,
+            create_platform,
+            smoke=HttpSmokeTester(),
+            actor=f"runner@{os.getpid()}",
         )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[str] | None = None
@@ -44,10 +49,8 @@ class DeploymentRunner:
                     return self.journal.state(self.deployment_id).phase().value
                 self._wake.clear()
                 if delay > 0:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=delay)
-                    except TimeoutError:
-                        pass
         finally:
             await asyncio.to_thread(self.reconciler.close)
 
@@ -60,3 +63,6 @@ class DeploymentRunner:
 
     async def pid(self) -> int:
         return os.getpid()
+
+
+DeploymentRunner: Any = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(DeploymentRunnerImpl)

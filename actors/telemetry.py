@@ -1,4 +1,4 @@
-"""Metrics for dashboards: Ray's metrics (shown with the Ray dashboard) and an optional Prometheus exporter."""
+"""Metrics for dashboards: Ray's metrics (in the Ray dashboard) and an optional Prometheus exporter."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ class Telemetry:
         self._running = ray_metrics.Gauge("orchestrator_deployments_running", "Deployments running")
         self._queued = ray_metrics.Gauge("orchestrator_deployments_queued", "Deployments waiting")
         self._duration = ray_metrics.Histogram(
-            "orchestrator_deployment_seconds", "Deployment duration", boundaries=[10, 30, 60, 120, 300, 600, 1800]
+            "orchestrator_deployment_seconds",
+            "Deployment duration",
+            boundaries=[10, 30, 60, 120, 300, 600, 1800],
         )
         self.p_finished = prometheus_client.Counter(
             "orchestrator_deployments_finished", "Deployments ended", ["outcome"], registry=self.registry

@@ -276,7 +276,7 @@ class DockerBackend:
             index=int(labels.get(LABEL_INDEX, "0")),
             host=self.settings.replica_host,
             port=int(labels.get(LABEL_PORT, "0")),
-            alive=container_state(container) == "running",
+            alive=True,
             ident=str(container.id)[:12],
             health_path=labels.get(LABEL_HEALTH_PATH, "/health"),
         )

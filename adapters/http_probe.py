@@ -49,7 +49,7 @@ async def probe_all(urls: list[str], timeout_s: float) -> list[ProbeResult]:
 
 def _get(url: str, timeout_s: float) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (our own services)
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             response.read()
             return 200 <= response.status < 400
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError):

@@ -140,9 +140,11 @@ class RoutedPlatform:
         """Traffic leaves the revision first (the others keep their weights), then its replicas stop."""
         with self._lock(target):
             replicas = [r for r in self.backend.list_replicas(target) if r.revision != revision]
-            in_force = self.router.traffic(target)
-            if in_force.address:  # a router runs for the target
-                weights = {rev: pct for rev, pct in in_force.weights.items() if rev != revision}
+            if self.router.traffic(target).address:  # the target has a router
+                # A crashed router comes back with its recorded weights before they are read and kept.
+                self._ensure_frontend(target, None)
+                in_force = self.router.traffic(target).weights
+                weights = {rev: pct for rev, pct in in_force.items() if rev != revision}
                 self._register(target, weights, replicas)
             self.backend.remove_revision(target, revision)
 

@@ -105,6 +105,9 @@ $output"
     echo "built $sample_image"
 }
 
+# Two test runs starting at once must not both start an engine or build the same image.
+exec 9>/tmp/start_docker.lock
+flock -w 600 9 || die "another start_docker.sh held the lock for 10 minutes"
 install_packages
 start_engine
 build_base_image

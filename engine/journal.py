@@ -227,7 +227,9 @@ class Journal:
 
     def records(self, kind: str) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._db.execute("SELECT data FROM records WHERE kind = ? ORDER BY key", (kind,)).fetchall()
+            rows = self._db.execute(
+                "SELECT data FROM records WHERE kind = ? ORDER BY key", (kind,)
+            ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def verify_chain(self) -> tuple[bool, int | None]:

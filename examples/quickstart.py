@@ -20,7 +20,9 @@ SERVICE, ENVIRONMENT = "sample", "development"
 
 def sample_artifact(version: str, error_rate: float = 0.0, latency_ms: int = 0) -> Artifact:
     return Artifact(
-        name=SERVICE, version=version, source=f"file://{SAMPLE}",
+        name=SERVICE,
+        version=version,
+        source=f"file://{SAMPLE}",
         command=[sys.executable, str(SAMPLE)],
         env={"VERSION": version, "ERROR_RATE": str(error_rate), "LATENCY_MS": str(latency_ms)},
         metadata={"description": f"sample service {version}, error rate {error_rate}"},
@@ -29,10 +31,18 @@ def sample_artifact(version: str, error_rate: float = 0.0, latency_ms: int = 0) 
 
 def _canary(step_seconds: float) -> dict[str, object]:
     return {
-        "type": "canary", "replicas": 2,
-        "canary": {"initialTrafficPercentage": 20, "stepPercentage": 30, "stepDuration": int(step_seconds * 1000),
-                   "maxSteps": 3, "analysisInterval": 1000, "minRequestCount": 10,
-                   "successThreshold": {"errorRate": 0.01}, "failureThreshold": {"errorRate": 0.05}},
+        "type": "canary",
+        "replicas": 2,
+        "canary": {
+            "initialTrafficPercentage": 20,
+            "stepPercentage": 30,
+            "stepDuration": int(step_seconds * 1000),
+            "maxSteps": 3,
+            "analysisInterval": 1000,
+            "minRequestCount": 10,
+            "successThreshold": {"errorRate": 0.01},
+            "failureThreshold": {"errorRate": 0.05},
+        },
     }
 
 
@@ -45,13 +55,16 @@ def _summary(results: list[tuple[str, DeploymentResult]], traffic: TrafficGenera
     for label, result in results:
         status = result.status
         took = (status.finished_at or time.time()) - status.submitted_at
-        reason = f" ({status.rollback_trigger.value}: {status.rollback_reason})" if status.rollback_reason else ""
+        trigger = status.rollback_trigger.value if status.rollback_trigger else "?"
+        reason = f" ({trigger}: {status.rollback_reason})" if status.rollback_reason else ""
         print(f"  {label:<34} {status.phase.value:<12} {took:6.1f}s  {result.deployment_id}{reason}")
     counts = traffic.snapshot()
     print(f"  live traffic: {traffic.total(counts)} requests, {traffic.failed(counts)} failed")
     for version in sorted({v for v, _ in counts}):
-        print(f"    version {version:<8} {traffic.total(counts, version):6} requests, "
-              f"{traffic.failed(counts, version):5} failed")
+        print(
+            f"    version {version:<8} {traffic.total(counts, version):6} requests, "
+            f"{traffic.failed(counts, version):5} failed"
+        )
 
 
 def _cleanup(orch: DeploymentOrchestrator) -> None:
@@ -72,28 +85,51 @@ def run_quickstart(config_path: str | None = None, keep: bool = False, step_seco
     traffic: TrafficGenerator | None = None
     try:
         _banner("1/3 first revision 1.0.0 (nothing to compare against: straight to 100%)")
-        first = orch.deploy(sample_artifact("1.0.0"), {"type": "rolling", "replicas": 2}, ENVIRONMENT,
-                            on_progress=progress_printer(), timeout_s=300)
+        first = orch.deploy(
+            sample_artifact("1.0.0"),
+            {"type": "rolling", "replicas": 2},
+            ENVIRONMENT,
+            on_progress=progress_printer(),
+            timeout_s=300,
+        )
         results.append(("1.0.0 first revision", first))
         if not first.success or not first.status.address:
-            print("the first revision did not come up; see `python orchestrator.py status "
-                  f"{first.deployment_id}`")
+            print(
+                "the first revision did not come up; see `python orchestrator.py status "
+                f"{first.deployment_id}`"
+            )
             return 1
         traffic = TrafficGenerator(first.status.address + "/", rps=40, threads=4, max_seconds=600).start()
         print(f"live traffic: 40 requests/s to {first.status.address}")
         _banner("2/3 good revision 2.0.0 through a canary under live traffic")
-        good = orch.deploy(sample_artifact("2.0.0"), _canary(step_seconds), ENVIRONMENT,
-                           on_progress=progress_printer(), timeout_s=300)
+        good = orch.deploy(
+            sample_artifact("2.0.0"),
+            _canary(step_seconds),
+            ENVIRONMENT,
+            on_progress=progress_printer(),
+            timeout_s=300,
+        )
         results.append(("2.0.0 canary (good)", good))
         _banner("3/3 faulty revision 3.0.0 (30% of its requests fail) through a canary")
-        bad = orch.deploy(sample_artifact("3.0.0", error_rate=0.3), _canary(step_seconds), ENVIRONMENT,
-                          on_progress=progress_printer(), timeout_s=300)
+        bad = orch.deploy(
+            sample_artifact("3.0.0", error_rate=0.3),
+            _canary(step_seconds),
+            ENVIRONMENT,
+            on_progress=progress_printer(),
+            timeout_s=300,
+        )
         results.append(("3.0.0 canary (faulty)", bad))
         time.sleep(2)
         _summary(results, traffic)
         expected = first.success and good.success and bad.status.phase.value == "rolled_back"
-        print("\nquickstart " + ("passed: promoted the good canary, rolled back the faulty one" if expected
-                                  else "did NOT go as expected"))
+        print(
+            "\nquickstart "
+            + (
+                "passed: promoted the good canary, rolled back the faulty one"
+                if expected
+                else "did NOT go as expected"
+            )
+        )
         return 0 if expected else 1
     finally:
         if traffic is not None:

@@ -70,7 +70,9 @@ class TrafficGenerator:
 
     @staticmethod
     def failed(counts: Counter[tuple[str, int]], version: str | None = None) -> int:
-        return sum(n for (v, s), n in counts.items() if (s == 0 or s >= 500) and (version is None or v == version))
+        return sum(
+            n for (v, s), n in counts.items() if (s == 0 or s >= 500) and (version is None or v == version)
+        )
 
     @staticmethod
     def total(counts: Counter[tuple[str, int]], version: str | None = None) -> int:

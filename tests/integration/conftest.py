@@ -84,9 +84,14 @@ def canary(step_ms: int = 3000, steps: int = 3, **extra: Any) -> dict[str, Any]:
         "type": "canary",
         "replicas": 2,
         "canary": {
-            "initialTrafficPercentage": 20, "stepPercentage": 30, "stepDuration": step_ms, "maxSteps": steps,
-            "analysisInterval": 500, "minRequestCount": 10,
-            "successThreshold": {"errorRate": 0.01}, "failureThreshold": {"errorRate": 0.05},
+            "initialTrafficPercentage": 20,
+            "stepPercentage": 30,
+            "stepDuration": step_ms,
+            "maxSteps": steps,
+            "analysisInterval": 500,
+            "minRequestCount": 10,
+            "successThreshold": {"errorRate": 0.01},
+            "failureThreshold": {"errorRate": 0.05},
             **extra,
         },
     }

@@ -124,7 +124,10 @@ class PlatformContract:
         env.adapter.set_traffic(env.target, {stable.revision: 90, canary.revision: 10})
         fresh = env.reopen()
         try:
-            assert {r.revision for r in fresh.list_revisions(env.target)} == {stable.revision, canary.revision}
+            assert {r.revision for r in fresh.list_revisions(env.target)} == {
+                stable.revision,
+                canary.revision,
+            }
             assert fresh.traffic(env.target).weights == {stable.revision: 90, canary.revision: 10}
             fresh.ensure_revision(
                 RevisionSpec(target=env.target, artifact=env.make_artifact("2.0.0"), replicas=1)

@@ -25,10 +25,11 @@ from urllib.parse import urlsplit
 import docker
 import pytest
 
+from adapters import create_platform
 from adapters.docker_backend import LABEL_SERVICE, DockerBackend
 from adapters.haproxy import HAProxyRouter
 from adapters.routed import RoutedPlatform
-from engine.models import Artifact, Target
+from engine.models import Artifact, PlatformConfig, Target
 from engine.platform import (
     PlatformAdapter,
     PlatformError,
@@ -370,6 +371,17 @@ def docker_platform(tmp_path: Path, target: Target, docker_engine: Any) -> Itera
     platform = make_platform(tmp_path / "state")
     yield platform
     tear_down(platform, target, docker_engine)
+
+
+def test_the_registry_builds_the_docker_platform(tmp_path: Path, docker_engine: Any) -> None:
+    platform = create_platform(PlatformConfig(type="docker", settings=ROUTER_SETTINGS), state_dir=tmp_path)
+    try:
+        assert isinstance(platform, RoutedPlatform)
+        assert isinstance(platform.backend, DockerBackend)
+        assert platform.platform == "docker"
+        platform.validate()
+    finally:
+        platform.close()
 
 
 class TestDockerContract(PlatformContract):

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from adapters.haproxy import HAProxyRouter
-from adapters.local_process import LocalProcessBackend
+from adapters.local_process import LocalProcessBackend, is_same_process
 from adapters.routed import RoutedPlatform
 from engine.models import Artifact, Target
 from engine.platform import PlatformError, RevisionSpec
@@ -76,8 +76,6 @@ def recorded_processes(state_dir: Path, target: Target | None = None) -> list[tu
 
 
 def alive(processes: list[tuple[int, int]]) -> list[int]:
-    from adapters.local_process import is_same_process
-
     return [pid for pid, start in processes if is_same_process(pid, start)]
 
 
@@ -176,6 +174,9 @@ def test_traffic_follows_the_weights(local_env: tuple[RoutedPlatform, Target, Pa
     assert all(a.status == 200 for a in answers)
     assert 60 <= versions["2.0.0"] <= 100, versions  # 20% of 400 is 80; weighted round robin is exact-ish
     assert versions["1.0.0"] + versions["2.0.0"] == 400
+    # The operator views are served by HAProxy itself and never reach a replica.
+    assert request(state.address, "/_router/stats").status == 200
+    assert request(state.address, "/_router/metrics").status == 200
 
 
 def test_shifting_weights_fails_no_request(local_env: tuple[RoutedPlatform, Target, Path]) -> None:

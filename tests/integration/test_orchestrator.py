@@ -1,4 +1,4 @@
-"""End to end on the embedded default: a real local Ray, real processes behind a real HAProxy, real traffic."""
+"""End to end on the embedded default: a local Ray, real processes behind a real HAProxy, real traffic."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ ENV = "development"
 
 
 def first_revision(orch: Any, service: str, replicas: int = 2) -> Any:
-    result = orch.deploy(sample_artifact(service, "1.0.0"), {"type": "rolling", "replicas": replicas}, ENV,
-                         timeout_s=120)
+    result = orch.deploy(
+        sample_artifact(service, "1.0.0"), {"type": "rolling", "replicas": replicas}, ENV, timeout_s=120
+    )
     assert result.success, result.status
     assert result.status.address and result.status.address.startswith("http://127.0.0.1:")
     return result
@@ -42,8 +43,10 @@ def live_traffic(address: str, rps: float = 40) -> Iterator[TrafficGenerator]:
 def platform_revisions(orch: Any, service: str) -> dict[str, int]:
     platform = create_platform(orch.config.platform("local"))
     try:
-        return {r.revision: r.running_replicas for r in platform.list_revisions(Target(service=service,
-                                                                                      environment=ENV))}
+        return {
+            r.revision: r.running_replicas
+            for r in platform.list_revisions(Target(service=service, environment=ENV))
+        }
     finally:
         platform.close()
 
@@ -70,16 +73,20 @@ def test_good_canary_is_promoted_under_live_traffic(orchestrator: Any) -> None:
     assert platform_revisions(orchestrator, "canary-good") == {"2-0-0": 2}
     assert TrafficGenerator.total(counts, "2.0.0") > 50
     assert TrafficGenerator.failed(counts) == 0
-    weights = [e.data["weights"] for e in orch_journal(orchestrator).events(result.deployment_id)
-               if e.kind is EventKind.WEIGHTS_SET]
+    weights = [
+        e.data["weights"]
+        for e in orch_journal(orchestrator).events(result.deployment_id)
+        if e.kind is EventKind.WEIGHTS_SET
+    ]
     assert [w.get("2-0-0") for w in weights] == [20, 50, 80, 100]
 
 
 def test_bad_canary_is_rolled_back_automatically(orchestrator: Any) -> None:
     first = first_revision(orchestrator, "canary-bad")
     with live_traffic(first.status.address) as traffic:
-        result = orchestrator.deploy(sample_artifact("canary-bad", "2.0.0", error_rate=0.5), canary(), ENV,
-                                     timeout_s=120)
+        result = orchestrator.deploy(
+            sample_artifact("canary-bad", "2.0.0", error_rate=0.5), canary(), ENV, timeout_s=120
+        )
         time.sleep(1.5)
         before = traffic.snapshot()
         time.sleep(1.5)
@@ -96,9 +103,17 @@ def test_bad_canary_is_rolled_back_automatically(orchestrator: Any) -> None:
 
 def test_blue_green_switches_without_failed_requests(orchestrator: Any) -> None:
     first = first_revision(orchestrator, "bg-switch")
-    strategy = {"type": "blue_green", "replicas": 2, "blueGreen": {
-        "validationDuration": 1000, "switchTrafficPercentage": 50, "switchStepDuration": 1000,
-        "scaleDownDelay": 1000, "smokeRequests": 10}}
+    strategy = {
+        "type": "blue_green",
+        "replicas": 2,
+        "blueGreen": {
+            "validationDuration": 1000,
+            "switchTrafficPercentage": 50,
+            "switchStepDuration": 1000,
+            "scaleDownDelay": 1000,
+            "smokeRequests": 10,
+        },
+    }
     with live_traffic(first.status.address) as traffic:
         result = orchestrator.deploy(sample_artifact("bg-switch", "2.0.0"), strategy, ENV, timeout_s=120)
         time.sleep(1)
@@ -111,8 +126,11 @@ def test_blue_green_switches_without_failed_requests(orchestrator: Any) -> None:
 
 def test_blue_green_switch_back_is_instant_while_blue_is_kept(orchestrator: Any) -> None:
     first = first_revision(orchestrator, "bg-back")
-    strategy = {"type": "blue_green", "replicas": 2, "blueGreen": {
-        "validationDuration": 500, "scaleDownDelay": 60_000, "smokeRequests": 5}}
+    strategy = {
+        "type": "blue_green",
+        "replicas": 2,
+        "blueGreen": {"validationDuration": 500, "scaleDownDelay": 60_000, "smokeRequests": 5},
+    }
     with live_traffic(first.status.address) as traffic:
         deployment_id = orchestrator.submit(sample_artifact("bg-back", "2.0.0"), strategy, ENV)
         wait_for(orchestrator, deployment_id, lambda s: s.weights.get("2-0-0") == 100)
@@ -132,16 +150,25 @@ def test_blue_green_switch_back_is_instant_while_blue_is_kept(orchestrator: Any)
 def test_rolling_update_without_failed_requests(orchestrator: Any) -> None:
     first = first_revision(orchestrator, "rolling", replicas=3)
     with live_traffic(first.status.address) as traffic:
-        result = orchestrator.deploy(sample_artifact("rolling", "2.0.0"), {"type": "rolling", "replicas": 3},
-                                     ENV, timeout_s=120)
+        result = orchestrator.deploy(
+            sample_artifact("rolling", "2.0.0"), {"type": "rolling", "replicas": 3}, ENV, timeout_s=120
+        )
         time.sleep(1)
     assert result.success, result.status
     assert TrafficGenerator.failed(traffic.snapshot()) == 0
     assert platform_revisions(orchestrator, "rolling") == {"2-0-0": 3}
-    deploys = [e.data["step"] for e in orch_journal(orchestrator).events(result.deployment_id)
-               if e.kind is EventKind.STEP_COMPLETED and e.data["step"].startswith("deploy")]
-    assert deploys == ["deploy candidate x1", "deploy stable x2", "deploy candidate x2", "deploy stable x1",
-                       "deploy candidate x3"]
+    deploys = [
+        e.data["step"]
+        for e in orch_journal(orchestrator).events(result.deployment_id)
+        if e.kind is EventKind.STEP_COMPLETED and e.data["step"].startswith("deploy")
+    ]
+    assert deploys == [
+        "deploy candidate x1",
+        "deploy stable x2",
+        "deploy candidate x2",
+        "deploy stable x1",
+        "deploy candidate x3",
+    ]
 
 
 def test_pause_resume_promote_and_abort(orchestrator: Any) -> None:
@@ -211,8 +238,9 @@ def test_queen_killed_mid_canary_still_ends_once(orchestrator: Any) -> None:
 def test_runner_killed_mid_canary_resumes_and_ends_once(orchestrator: Any) -> None:
     first = first_revision(orchestrator, "runner-kill")
     with live_traffic(first.status.address):
-        deployment_id = orchestrator.submit(sample_artifact("runner-kill", "2.0.0", error_rate=0.5),
-                                            canary(step_ms=4000), ENV)
+        deployment_id = orchestrator.submit(
+            sample_artifact("runner-kill", "2.0.0", error_rate=0.5), canary(step_ms=4000), ENV
+        )
         wait_for(orchestrator, deployment_id, lambda s: s.step_index >= 1)
         runner = ray.get_actor(f"runner:{deployment_id}", namespace=orchestrator.namespace)
         pid = ray.get(runner.pid.remote(), timeout=30)
@@ -227,8 +255,12 @@ def test_runner_killed_mid_canary_resumes_and_ends_once(orchestrator: Any) -> No
 
 
 def test_fifteen_deployments_at_most_ten_at_once(orchestrator: Any) -> None:
-    ids = [orchestrator.submit(sample_artifact(f"fleet-{i:02d}", "1.0.0"), {"type": "rolling", "replicas": 1}, ENV)
-           for i in range(15)]
+    ids = [
+        orchestrator.submit(
+            sample_artifact(f"fleet-{i:02d}", "1.0.0"), {"type": "rolling", "replicas": 1}, ENV
+        )
+        for i in range(15)
+    ]
     results = [orchestrator.wait(i, 300) for i in ids]
     assert all(r.success for r in results), [r.status for r in results if not r.success]
     journal = orch_journal(orchestrator)
@@ -265,14 +297,15 @@ def test_unknown_environment_and_platform_are_refused(orchestrator: Any) -> None
         orchestrator.submit(sample_artifact("refused", "1.0.0"), "canary", "moon")
     with pytest.raises(ValueError, match="unknown platform 'azure_functions'"):
         orchestrator.submit(sample_artifact("refused", "1.0.0"), "canary", ENV, {"type": "azure_functions"})
-    with pytest.raises(ValueError, match="stepPercentage|step_percentage"):
+    with pytest.raises(ValueError, match=r"stepPercentage|step_percentage"):
         orchestrator.submit(sample_artifact("refused", "1.0.0"), "canary", ENV, stepPercentage=0)
 
 
 def test_environment_health_is_monitored_in_parallel(orchestrator: Any) -> None:
     first = first_revision(orchestrator, "env-health")
-    orchestrator.register_environment({"name": "qa", "healthCheckInterval": 300, "healthCheckTimeout": 200,
-                                       "unhealthyThreshold": 2})
+    orchestrator.register_environment(
+        {"name": "qa", "healthCheckInterval": 300, "healthCheckTimeout": 200, "unhealthyThreshold": 2}
+    )
     dead = "http://127.0.0.1:9/health"
     monitors = orchestrator.monitor_environment_health("qa", [first.status.address + "/health", dead])
     assert monitors
