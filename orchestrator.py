@@ -101,7 +101,7 @@ class DeploymentOrchestrator:
                 "num_cpus": num_cpus or os.cpu_count() or 2,
                 "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO)}},
             }
-        ray.init(address=address, **options)
+        ray.init(address=address or "local", **options)
 
     def _queen(self, max_concurrent: int | None) -> Any:
         from actors.queen import Queen
@@ -132,18 +132,8 @@ class DeploymentOrchestrator:
         **strategy_overrides: Any,
     ) -> DeploymentRequest:
         """Validate the pieces of a deployment; strategy names take the config file's defaults."""
-        if isinstance(strategy, str):
-            strategy = self.config.strategy_for(strategy, strategy_overrides or None)
-        elif isinstance(strategy, dict):
-            strategy = Strategy.model_validate(strategy)
-        if isinstance(platform, str):
-            platform = self.config.platform(platform)
-        return DeploymentRequest(
-            artifact=Artifact.model_validate(artifact) if isinstance(artifact, dict) else artifact,
-            strategy=strategy,
-            environment=environment,
-            platform=PlatformConfig.model_validate(platform) if isinstance(platform, dict) else platform,
-            requested_by=requested_by or os.environ.get("USER", "unknown"),
+        return build_request(
+            self.config, artifact, strategy, environment, platform, requested_by, **strategy_overrides
         )
 
     def submit(
@@ -297,6 +287,31 @@ class DeploymentOrchestrator:
             ray.shutdown()
 
 
+def build_request(
+    config: EnterpriseConfig,
+    artifact: Artifact | dict[str, Any],
+    strategy: Strategy | dict[str, Any] | str,
+    environment: str,
+    platform: PlatformConfig | dict[str, Any] | str = "local",
+    requested_by: str | None = None,
+    **strategy_overrides: Any,
+) -> DeploymentRequest:
+    """A validated request, without any cluster: bad input fails here, before anything starts."""
+    if isinstance(strategy, str):
+        strategy = config.strategy_for(strategy, strategy_overrides or None)
+    elif isinstance(strategy, dict):
+        strategy = Strategy.model_validate(strategy)
+    if isinstance(platform, str):
+        platform = config.platform(platform)
+    return DeploymentRequest(
+        artifact=Artifact.model_validate(artifact) if isinstance(artifact, dict) else artifact,
+        strategy=strategy,
+        environment=environment,
+        platform=PlatformConfig.model_validate(platform) if isinstance(platform, dict) else platform,
+        requested_by=requested_by or os.environ.get("USER", "unknown"),
+    )
+
+
 def read_journal(config_path: str | None = None, journal_path: str | None = None) -> Journal:
     """The journal, read straight from its file: history and status need no Ray cluster."""
     config = load_config(config_path)
@@ -314,12 +329,20 @@ def _scalar(text: str) -> Any:
 
 
 def _pairs(items: list[str], what: str) -> dict[str, Any]:
+    """KEY=VALUE pairs; with --set, values are YAML scalars and dotted keys nest (a.b=1)."""
     result: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"{what}: '{item}' is not KEY=VALUE")
-        result[key] = _scalar(value) if what == "--set" else value
+        if what != "--set":
+            result[key] = value
+            continue
+        *parents, leaf = key.split(".")
+        node = result
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = _scalar(value)
     return result
 
 
@@ -389,13 +412,15 @@ def _finish(status: DeploymentStatus, as_json: bool) -> int:
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    orch = DeploymentOrchestrator(config_path=args.config)
     overrides = _pairs(args.set or [], "--set")
     if args.replicas:
         overrides["replicas"] = args.replicas
-    deployment_id = orch.submit(
-        _artifact_from_args(args), args.strategy, args.environment, args.platform, **overrides
+    config = load_config(args.config)
+    request = build_request(
+        config, _artifact_from_args(args), args.strategy, args.environment, args.platform, **overrides
     )
+    orch = DeploymentOrchestrator(config_path=args.config)
+    deployment_id = str(orch._get(orch.queen.submit.remote(request, None)))
     if args.no_wait:
         print(json.dumps({"deployment_id": deployment_id}) if args.json else deployment_id)
         return EXIT_OK

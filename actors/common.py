@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import Any
 
 import ray
@@ -23,8 +24,11 @@ DOMAIN_WORKERS = {
 }
 
 
-def runner_name(deployment_id: str) -> str:
-    return f"runner:{deployment_id}"
+RUNNER_PREFIX = "runner-"
+
+
+def new_runner_name() -> str:
+    return f"{RUNNER_PREFIX}{uuid.uuid4().hex[:12]}"
 
 
 def worker_name(code: str) -> str:

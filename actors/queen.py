@@ -17,9 +17,16 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from actors.common import DOMAIN_WORKERS, find_actor, kill_quietly, runner_name, worker_name
+from actors.common import (
+    DOMAIN_WORKERS,
+    RUNNER_PREFIX,
+    find_actor,
+    kill_quietly,
+    new_runner_name,
+    worker_name,
+)
 from actors.domain import WORKER_CLASSES
-from actors.runner import DeploymentRunner
+from actors.runner import ASSIGNMENT, DeploymentRunner
 from actors.telemetry import Telemetry
 from engine.config import load_config
 from engine.journal import Journal
@@ -47,6 +54,8 @@ class QueenImpl:
         self.runs: dict[str, asyncio.Task[None]] = {}
         self.finished: dict[str, asyncio.Event] = {}
         self.workers: dict[str, Any] = {}
+        self.standby: list[tuple[str, Any]] = []
+        self.warm_runners = self.config.concurrency.warm_runners
         self.telemetry = Telemetry(self.config.metrics.prometheus_port)
         self.started = asyncio.Event()
         asyncio.get_running_loop().create_task(self._start())
@@ -56,8 +65,10 @@ class QueenImpl:
         self._ensure_workers()
         for state in self.journal.deployments(active_only=True, limit=100_000):
             if state.admitted_at is not None:
-                self._launch(state.deployment_id)
+                self._launch(state.deployment_id, state.runner or new_runner_name())
+        self._adopt_standby_runners()
         self._admit()
+        self._refill()
         self.started.set()
         asyncio.get_running_loop().create_task(self._supervise())
 
@@ -103,30 +114,62 @@ class QueenImpl:
                 break
             if state.admitted_at is not None or state.request.target.key in busy:
                 continue
-            self.journal.append(state.deployment_id, EventKind.ADMITTED, {"limit": self.limit}, actor="queen")
+            runner = self._take_runner()
+            self.journal.append(
+                state.deployment_id,
+                EventKind.ADMITTED,
+                {"limit": self.limit, "runner": runner},
+                actor="queen",
+            )
             busy.add(state.request.target.key)
             running.append(state)
-            self._launch(state.deployment_id)
+            self._launch(state.deployment_id, runner)
+        self._refill()
         self.telemetry.set_load(running=len(running), queued=len(active) - len(running))
 
-    def _launch(self, deployment_id: str) -> None:
+    # ------------------------------------------------------------------------------ runners
+    def _start_runner(self, name: str) -> Any:
+        return DeploymentRunner.options(
+            name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True
+        ).remote(self.journal_path)
+
+    def _refill(self) -> None:
+        """Keep ``warm_runners`` started and unassigned, so that admission never waits for a process."""
+        while len(self.standby) < self.warm_runners:
+            name = new_runner_name()
+            self.standby.append((name, self._start_runner(name)))
+
+    def _take_runner(self) -> str:
+        if self.standby:
+            return self.standby.pop(0)[0]
+        return new_runner_name()  # started by _drive: a cold start
+
+    def _adopt_standby_runners(self) -> None:
+        """Standby runners started by a previous queen (before it restarted) are used, not leaked."""
+        assigned = {record["runner"] for record in self.journal.records(ASSIGNMENT)}
+        for name in ray.util.list_named_actors():
+            if isinstance(name, str) and name.startswith(RUNNER_PREFIX) and name not in assigned:
+                handle = find_actor(name, self.namespace)
+                if handle is not None and len(self.standby) < self.warm_runners:
+                    self.standby.append((name, handle))
+                elif handle is not None:
+                    kill_quietly(handle)
+
+    def _launch(self, deployment_id: str, runner: str) -> None:
         if deployment_id in self.runs:
             return
         self.finished.setdefault(deployment_id, asyncio.Event())
-        self.runs[deployment_id] = asyncio.get_running_loop().create_task(self._drive(deployment_id))
+        self.runs[deployment_id] = asyncio.get_running_loop().create_task(self._drive(deployment_id, runner))
 
-    def _runner(self, deployment_id: str) -> Any:
-        return DeploymentRunner.options(
-            name=runner_name(deployment_id), namespace=self.namespace, lifetime="detached", get_if_exists=True
-        ).remote(deployment_id, self.journal_path)
-
-    async def _drive(self, deployment_id: str) -> None:
-        """Await the runner; a runner lost for good is recreated (it resumes from the journal)."""
+    async def _drive(self, deployment_id: str, name: str) -> None:
+        """Assign the runner and await it; a runner lost for good is started again under the same name, finds
+        its assignment in the journal and resumes the deployment from there."""
         runner = None
         try:
             for attempt in range(RUNNER_RESTARTS + 1):
-                runner = self._runner(deployment_id)
+                runner = find_actor(name, self.namespace) or self._start_runner(name)
                 try:
+                    await runner.assign.remote(deployment_id)
                     await runner.run.remote()
                     break
                 except RayActorError as error:
@@ -210,7 +253,7 @@ class QueenImpl:
             return self.journal.state(state.deployment_id).status()
         kind, data = _control_event(action, reason, by)
         self.journal.append(state.deployment_id, kind, data, actor=by)
-        runner = find_actor(runner_name(state.deployment_id), self.namespace)
+        runner = find_actor(state.runner, self.namespace) if state.runner else None
         if runner is not None:
             runner.wake.remote()
         return self.journal.state(state.deployment_id).status()

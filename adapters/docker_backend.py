@@ -212,6 +212,8 @@ class DockerBackend:
             raise self._error(f"network '{self.settings.network}' not found") from exc
 
     def ensure_replicas(self, spec: RevisionSpec) -> list[Replica]:
+        # A missing or wrong image fails before anything is touched.
+        image = self._resolve_image(spec.artifact) if spec.replicas > 0 else ""
         existing = self._containers(spec.target, spec.revision)
         by_index: dict[int, Any] = {}
         surplus: list[Any] = []
@@ -222,9 +224,6 @@ class DockerBackend:
             else:
                 surplus.append(container)
         self._remove_containers(surplus)
-        if spec.replicas == 0:
-            return []
-        image = self._resolve_image(spec.artifact)
         replicas: list[Replica] = []
         for index in range(spec.replicas):
             container = by_index.get(index)
@@ -276,7 +275,7 @@ class DockerBackend:
             index=int(labels.get(LABEL_INDEX, "0")),
             host=self.settings.replica_host,
             port=int(labels.get(LABEL_PORT, "0")),
-            alive=True,
+            alive=container_state(container) == "running",
             ident=str(container.id)[:12],
             health_path=labels.get(LABEL_HEALTH_PATH, "/health"),
         )

@@ -140,7 +140,7 @@ swap_link() {  # atomically point $1/$2 at releases/$3 (rename(2) over the old l
 alive_pid() {  # print the release's pid when that very process (same start time, not a zombie) runs
     local rec="$1/replica.pid" pid="" start="" st rest
     [ -f "$rec" ] || return 1
-    read -r pid start <"$rec" || true
+    read -r pid start 2>/dev/null <"$rec" || true
     [ -n "$pid" ] || return 1
     st=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
     rest=${st##*) }
@@ -155,18 +155,18 @@ do_probe() {  # root
     echo ok
 }
 do_list() {  # tdir
-    local tdir="$1" rel pid rec_pid
+    local tdir="$1" rel pid rec_pid manifest
     [ -d "$tdir/releases" ] || return 0
     printf 'link\tcurrent\t%s\n' "$(link_target "$tdir" current)"
     printf 'link\tprevious\t%s\n' "$(link_target "$tdir" previous)"
     for rel in "$tdir"/releases/*/; do
         rel=${rel%/}
-        [ -f "$rel/release.json" ] || continue
+        # A release being removed meanwhile is skipped (remove renames it away before deleting it).
+        manifest=$(tr -d '\n' <"$rel/release.json" 2>/dev/null) && [ -n "$manifest" ] || continue
         pid=$(alive_pid "$rel") || pid=""
         rec_pid=""
-        [ -f "$rel/replica.pid" ] && read -r rec_pid _ <"$rel/replica.pid"
-        printf 'release\t%s\t%s\t%s\t%s\n' "$(basename "$rel")" "${pid:+1}" "$rec_pid" \
-            "$(tr -d '\n' <"$rel/release.json")"
+        [ -f "$rel/replica.pid" ] && read -r rec_pid _ 2>/dev/null <"$rel/replica.pid"
+        printf 'release\t%s\t%s\t%s\t%s\n' "$(basename "$rel")" "${pid:+1}" "$rec_pid" "$manifest"
     done
 }
 do_prepare() {  # root tdir rev base span owner: make the folders, claim a port, print it
@@ -244,7 +244,8 @@ do_remove() {  # root tdir rev timeout_s owner; then list
         elif [ "$prev" = "$rev" ]; then
             rm -f "$tdir/previous"
         fi
-        rm -rf "$rel"
+        # Renamed first (atomic, and hidden from listings as a dot folder), then deleted.
+        mv -T "$rel" "$tdir/releases/.$rev.removing-$$" && rm -rf "$tdir/releases/.$rev.removing-$$"
     fi
     for f in "$root"/ports/*/owner; do
         [ -f "$f" ] && [ "$(cat "$f")" = "$5" ] && rm -rf "$(dirname "$f")"
@@ -325,6 +326,8 @@ def _cause(error: BaseException) -> tuple[str, bool]:
         return f"cannot connect: {error.strerror}", True
     if isinstance(error, ConnectionRefusedError):
         return "connection refused", False
+    if isinstance(error, PermissionError | FileNotFoundError | FileExistsError | IsADirectoryError):
+        return f"{type(error).__name__}: {error}", False  # from SFTP: the host refuses, retrying won't help
     if isinstance(error, _TRANSIENT_ERRORS):
         return f"{type(error).__name__}: {str(error) or 'timed out'}", True
     if isinstance(error, paramiko.SSHException | OSError):
@@ -414,7 +417,7 @@ class _HostSession:
         for number in range(self._settings.retries):
             try:
                 return attempt()
-            except PlatformError:
+            except (PlatformError, ValueError):
                 raise
             except Exception as error:
                 cause, transient = _cause(error)
@@ -442,8 +445,17 @@ class _HostSession:
             raise PlatformError(PLATFORM, self.host.endpoint, f"{action}: {message}")
         return status, str(out)
 
-    def sftp(self) -> paramiko.SFTPClient:
-        return self._retrying(lambda: self._connection.client().open_sftp())
+    def with_sftp(self, work: Callable[[paramiko.SFTPClient], _T]) -> _T:
+        """``work(sftp)`` with retries; ``work`` must be safe to run again from the start."""
+
+        def attempt() -> _T:
+            sftp = self._connection.client().open_sftp()
+            try:
+                return work(sftp)
+            finally:
+                sftp.close()
+
+        return self._retrying(attempt)
 
     def connect(self) -> None:
         self._retrying(self._connection.client)  # connects (and authenticates) unless already connected
@@ -533,12 +545,13 @@ class VmBackend:
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         _check_revision(revision)
-        parts: list[str] = []
-        for session in self._sessions:
-            text = session.run("logs", self.release_dir(session.host, target, revision), max(1, lines))
-            if text:
-                parts.append(f"==> {session.host.name} ({session.host.address}) <==\n{text.rstrip()}")
-        return "\n".join(parts)
+
+        def tail(index: int) -> str:
+            host = self._sessions[index].host
+            text = self._sessions[index].run("logs", self.release_dir(host, target, revision), max(1, lines))
+            return f"==> {host.name} ({host.address}) <==\n{text.rstrip()}" if text else ""
+
+        return "\n".join(part for part in self._on_every_host(tail) if part)
 
     def close(self) -> None:
         for session in self._sessions:
@@ -632,26 +645,27 @@ class VmBackend:
                 owner,
             ).strip()
         )
+        staging = session.with_sftp(lambda sftp: self._upload_release(sftp, index, spec, port))
+        return session.run("install", target_dir, spec.revision, staging, self._start_wait_s)
+
+    def _upload_release(self, sftp: paramiko.SFTPClient, index: int, spec: RevisionSpec, port: int) -> str:
+        """Write the release into a fresh staging folder (a retry starts a new one); returns its path."""
+        host = self._sessions[index].host
+        target_dir = self.target_dir(host, spec.target)
         staging = f"{target_dir}/releases/.{spec.revision}.staging-{uuid.uuid4().hex[:8]}"
         release_dir = self.release_dir(host, spec.target, spec.revision)
-        manifest = _manifest(spec, host, port)
-        sftp = session.sftp()
-        try:
-            sftp.mkdir(staging)
-            workdir = release_dir
-            if spec.artifact.working_dir:
-                _upload_tree(sftp, Path(spec.artifact.working_dir), f"{staging}/app")
-                workdir = f"{release_dir}/app"
-            env = {"HOST": host.address, "VERSION": spec.artifact.version, **spec.artifact.env}
-            env.update(PORT=str(port), REVISION=spec.revision, REPLICA_INDEX=str(index))
-            _write_text(
-                sftp, f"{staging}/run.sh", _launcher(release_dir, workdir, spec.artifact.command, env)
-            )
-            # The manifest goes last: a folder with release.json is a complete release.
-            _write_text(sftp, f"{staging}/release.json", json.dumps(manifest, sort_keys=True))
-        finally:
-            sftp.close()
-        return session.run("install", target_dir, spec.revision, staging, self._start_wait_s)
+        sftp.mkdir(staging)
+        workdir = release_dir
+        if spec.artifact.working_dir:
+            _upload_tree(sftp, Path(spec.artifact.working_dir), f"{staging}/app")
+            workdir = f"{release_dir}/app"
+        env = {"HOST": host.address, "VERSION": spec.artifact.version, **spec.artifact.env}
+        env.update(PORT=str(port), REVISION=spec.revision, REPLICA_INDEX=str(index))
+        _write_text(sftp, f"{staging}/run.sh", _launcher(release_dir, workdir, spec.artifact.command, env))
+        # The manifest goes last: a folder with release.json is a complete release.
+        manifest = json.dumps(_manifest(spec, host, port), sort_keys=True)
+        _write_text(sftp, f"{staging}/release.json", manifest)
+        return staging
 
     def _remove_from_host(self, session: _HostSession, target: Target, revision: str) -> HostState:
         listing = session.run(

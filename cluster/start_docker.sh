@@ -50,8 +50,9 @@ start_engine() {
     fi
     [[ "$(id -u)" == 0 ]] || die "the docker engine is not running and starting it needs root"
     echo "starting dockerd (log: $dockerd_log)"
+    # 9>&-: the engine must not inherit (and hold forever) the lock of this script.
     setsid -f dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver=vfs \
-        </dev/null >>"$dockerd_log" 2>&1
+        </dev/null >>"$dockerd_log" 2>&1 9>&-
     local deadline=$((SECONDS + 60))
     until docker info >/dev/null 2>&1; do
         ((SECONDS < deadline)) || die "dockerd did not answer within 60 s; last log lines:
@@ -107,7 +108,7 @@ $output"
 
 # Two test runs starting at once must not both start an engine or build the same image.
 exec 9>/tmp/start_docker.lock
-flock -w 600 9 || die "another start_docker.sh held the lock for 10 minutes"
+flock -w 300 9 || die "another start_docker.sh held the lock for 5 minutes"
 install_packages
 start_engine
 build_base_image

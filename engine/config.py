@@ -73,6 +73,9 @@ class StrategyDefaults(Model):
 class ConcurrencySettings(Model):
     max_concurrent_deployments: int = Field(default=10, ge=1, le=100)
     max_queued: int = Field(default=1000, ge=0)
+    warm_runners: int = Field(
+        default=2, ge=0, le=100, description="Runner actors started ahead of need: admission waits for none"
+    )
 
 
 class JournalSettings(Model):
@@ -468,3 +471,25 @@ def _unwrap(annotation: Any) -> Any:
             annotation = members[0]
         else:
             return annotation
+
+
+def write_isolated_config(
+    folder: Path,
+    frontend_ports: tuple[int, int] = (19000, 19499),
+    replica_ports: tuple[int, int] = (41000, 44999),
+    namespace: str | None = None,
+    source: Path | None = None,
+) -> Path:
+    """A copy of a configuration whose journal, platform state and ports are its own (tests, benchmarks)."""
+    data = yaml.safe_load((source or default_config_path()).read_text())
+    data["journal"] = {"path": str(folder / "journal.db")}
+    data["platforms"]["local"]["settings"] = {
+        "stateDir": str(folder / "platforms"),
+        "frontendPortRange": list(frontend_ports),
+        "replicaPortRange": list(replica_ports),
+    }
+    if namespace:
+        data["namespace"] = namespace
+    path = folder / "enterprise_config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -367,6 +367,7 @@ class DeploymentStatus(Model):
     submitted_at: float
     updated_at: float
     finished_at: float | None = None
+    runner: str | None = Field(default=None, description="Name of the runner actor driving it")
 
 
 class DeploymentResult(Model):

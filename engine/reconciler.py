@@ -27,6 +27,7 @@ from engine.models import (
 )
 from engine.plans import build_plan
 from engine.platform import (
+    MetricSnapshot,
     PlatformAdapter,
     PlatformError,
     RevisionSpec,
@@ -34,6 +35,7 @@ from engine.platform import (
     TransientPlatformError,
 )
 from engine.state import DeploymentState, EventKind, Role, Step, StepKind
+from engine.timing import TimedAdapter
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,9 @@ class DeploymentReconciler:
         self.tick_s = tick_s
         self._adapter_factory = adapter_factory
         self._adapter: PlatformAdapter | None = None
+        self._timed: TimedAdapter | None = None
+        self._step_platform_start = 0.0
+        self._polls = 0
         self._transient_failures = 0
         self._unhealthy_checks = 0
         self._smoked_at: float | None = None
@@ -102,7 +107,8 @@ class DeploymentReconciler:
     @property
     def adapter(self) -> PlatformAdapter:
         if self._adapter is None:
-            self._adapter = self._adapter_factory(self.state().request.platform)
+            self._timed = TimedAdapter(self._adapter_factory(self.state().request.platform))
+            self._adapter = self._timed  # type: ignore[assignment]
         return self._adapter
 
     def close(self) -> None:
@@ -177,7 +183,9 @@ class DeploymentReconciler:
             return 0.0
         outcome = self._run_step(state, step)
         if isinstance(outcome, Done):
-            self._append(EventKind.STEP_COMPLETED, index=state.step_index, step=step.label)
+            self._append(
+                EventKind.STEP_COMPLETED, index=state.step_index, step=step.label, **self._step_timing(state)
+            )
             return 0.0
         if isinstance(outcome, RollBack):
             self._request_rollback(outcome.trigger, outcome.reason)
@@ -185,7 +193,18 @@ class DeploymentReconciler:
         return outcome.delay
 
     # ------------------------------------------------------------------------------- planning
+    def _platform_seconds(self) -> float:
+        return self._timed.seconds if self._timed is not None else 0.0
+
+    def _step_timing(self, state: DeploymentState) -> dict[str, float]:
+        """Wall time of the step and the part of it spent inside platform calls (read by benchmarks)."""
+        return {
+            "elapsed_s": round(self.clock.now() - (state.step_started_at or self.clock.now()), 6),
+            "platform_s": round(self._platform_seconds() - self._step_platform_start, 6),
+        }
+
     def _plan(self, state: DeploymentState) -> float:
+        started = self._platform_seconds()
         adapter = self.adapter
         adapter.validate()
         request = state.request
@@ -208,6 +227,7 @@ class DeploymentReconciler:
             weights=traffic.weights,
             address=traffic.address,
             stable_artifact=self._artifact_of(request.target.key, stable),
+            platform_s=round(self._platform_seconds() - started, 6),
         )
         return 0.0
 
@@ -229,11 +249,13 @@ class DeploymentReconciler:
 
     # ------------------------------------------------------------------------------- steps
     def _start_step(self, state: DeploymentState, step: Step) -> None:
+        self._step_platform_start = self._platform_seconds()
         baseline: dict[str, float] = {}
         if step.kind in (StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE) and state.candidate_revision:
             baseline = baseline_of(self.adapter.metrics(state.request.target).get(state.candidate_revision))
         self._unhealthy_checks = 0
         self._smoked_at = None
+        self._polls = 0
         self._append(EventKind.STEP_STARTED, index=state.step_index, step=step.label, baseline=baseline)
 
     def _run_step(self, state: DeploymentState, step: Step) -> StepOutcome:
@@ -286,7 +308,9 @@ class DeploymentReconciler:
                 RollbackTrigger.DEADLINE,
                 f"{revision} not ready within the progress deadline of {deadline_s:g}s ({ready} ready)",
             )
-        return Wait(self.tick_s)
+        # Readiness is the platform's work: poll soon at first (a process is up in tens of ms), then back off.
+        self._polls += 1
+        return Wait(min(self.tick_s, 0.02 * 1.5**self._polls))
 
     def _scale_unknown(self, state: DeploymentState, status: RevisionStatus, step: Step) -> StepOutcome:
         """The stable revision was not deployed by us, so we cannot recreate it; we only never scale it up."""
@@ -318,16 +342,23 @@ class DeploymentReconciler:
         interval = getattr(config, "analysis_interval", 1000) / 1000
         return config.success_threshold, config.failure_threshold, config.min_request_count, interval
 
-    def _measure(self, state: DeploymentState) -> Measurement:
+    def _candidate_metrics(self, state: DeploymentState) -> MetricSnapshot | None:
+        return self.adapter.metrics(state.request.target).get(state.candidate_revision or "")
+
+    def _measure(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> Measurement:
         success, failure, min_requests, _ = self._thresholds(state)
-        assert state.candidate_revision is not None
-        snapshot = self.adapter.metrics(state.request.target).get(state.candidate_revision)
         return judge(snapshot, state.step_baseline, success, failure, min_requests)
 
-    def _health(self, state: DeploymentState) -> RollBack | None:
-        """N consecutive checks with no ready replica of the candidate mean unhealthy."""
+    def _healthy_now(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> bool:
+        """The router's own health checks when it reports them (no extra probes), else a readiness check."""
+        if snapshot is not None and snapshot.servers_total > 0:
+            return snapshot.servers_up > 0
         status = self.adapter.revision_status(state.request.target, state.candidate_revision or "")
-        if status is not None and status.ready_replicas > 0:
+        return status is not None and status.ready_replicas > 0
+
+    def _health(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> RollBack | None:
+        """N consecutive checks with no healthy replica of the candidate mean unhealthy."""
+        if self._healthy_now(state, snapshot):
             self._unhealthy_checks = 0
             return None
         self._unhealthy_checks += 1
@@ -340,10 +371,11 @@ class DeploymentReconciler:
 
     def _step_analyze(self, state: DeploymentState, step: Step) -> StepOutcome:
         _, failure, _, interval = self._thresholds(state)
-        unhealthy = self._health(state)
+        snapshot = self._candidate_metrics(state)
+        unhealthy = self._health(state, snapshot)
         if unhealthy is not None:
             return unhealthy
-        measurement = self._measure(state)
+        measurement = self._measure(state, snapshot)
         if measurement.verdict is Verdict.FAILURE:
             self._append(EventKind.MEASUREMENT, **measurement.model_dump(mode="json"))
             return RollBack(RollbackTrigger.METRICS, measurement.reason)
@@ -360,14 +392,13 @@ class DeploymentReconciler:
                 f"{failures} analysis windows in a row without success ({measurement.verdict.value}): "
                 f"{measurement.reason}",
             )
-        snapshot = self.adapter.metrics(state.request.target).get(state.candidate_revision or "")
         self._append(
             EventKind.WINDOW_RESTARTED, consecutive_failures=failures, baseline=baseline_of(snapshot)
         )
         return Wait(interval)
 
     def _step_validate(self, state: DeploymentState, step: Step) -> StepOutcome:
-        unhealthy = self._health(state)
+        unhealthy = self._health(state, self._candidate_metrics(state))
         if unhealthy is not None:
             return unhealthy
         if step.smoke and self._smoked_at is None and self.smoke is not None:

@@ -68,6 +68,7 @@ class DeploymentState(Model):
     updated_at: float
     last_seq: int = 0
     admitted_at: float | None = None
+    runner: str | None = None
     planned: bool = False
     plan: list[Step] = Field(default_factory=list)
     step_index: int = 0
@@ -129,6 +130,7 @@ class DeploymentState(Model):
             submitted_at=self.submitted_at,
             updated_at=self.updated_at,
             finished_at=self.finished_at,
+            runner=self.runner,
         )
 
 
@@ -173,6 +175,7 @@ def fold(state: DeploymentState, event: Event) -> DeploymentState:
 
 def _admitted(s: DeploymentState, e: Event) -> None:
     s.admitted_at = e.at
+    s.runner = e.data.get("runner")
 
 
 def _planned(s: DeploymentState, e: Event) -> None:

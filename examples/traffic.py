@@ -77,3 +77,35 @@ class TrafficGenerator:
     @staticmethod
     def total(counts: Counter[tuple[str, int]], version: str | None = None) -> int:
         return sum(n for (v, _), n in counts.items() if version is None or v == version)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m examples.traffic URL [URL ...] --rps N --seconds S``: one generator per URL, counts as JSON
+    on stdout at the end (SIGTERM or the time limit ends it)."""
+    import argparse
+    import json
+    import signal
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("urls", nargs="+")
+    parser.add_argument("--rps", type=float, default=10.0, help="per URL")
+    parser.add_argument("--seconds", type=float, default=600.0)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    generators = [
+        TrafficGenerator(url, rps=args.rps, threads=2, max_seconds=args.seconds).start() for url in args.urls
+    ]
+    stop.wait(args.seconds)
+    result = {
+        url: {f"{v}:{s}": n for (v, s), n in g.stop().items()}
+        for url, g in zip(args.urls, generators, strict=True)
+    }
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

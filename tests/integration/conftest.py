@@ -9,26 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "sample_service.py"
-
-
-def write_test_config(folder: Path, **overrides: Any) -> Path:
-    """The shipped enterprise_config.yaml with state, journal and ports moved into ``folder``."""
-    data = yaml.safe_load((REPO / "enterprise_config.yaml").read_text())
-    data["journal"] = {"path": str(folder / "journal.db")}
-    data["platforms"]["local"]["settings"] = {
-        "stateDir": str(folder / "platforms"),
-        "frontendPortRange": [19000, 19499],
-        "replicaPortRange": [41000, 44999],
-    }
-    data["namespace"] = f"orch-test-{os.getpid()}"
-    data.update(overrides)
-    path = folder / "enterprise_config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +23,11 @@ def orch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def orchestrator(orch_home: Path) -> Iterator[Any]:
     import ray
 
+    from engine.config import write_isolated_config
     from orchestrator import DeploymentOrchestrator
 
     os.environ["ORCH_HOME"] = str(orch_home)
-    config = write_test_config(orch_home)
+    config = write_isolated_config(orch_home, namespace=f"orch-test-{os.getpid()}")
     orch = DeploymentOrchestrator(config_path=config, num_cpus=2)
     yield orch
     _remove_everything(orch)

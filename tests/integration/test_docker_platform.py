@@ -104,13 +104,18 @@ def sample_artifact(service: str, version: str, **env: str) -> Artifact:
 @pytest.fixture(scope="module")
 def docker_engine() -> Iterator[Any]:
     """Start the engine and build the images, from a fresh machine if need be; fail loudly if impossible."""
-    result = subprocess.run(
-        ["bash", str(REPO / "cluster" / "start_docker.sh")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    try:
+        result = subprocess.run(
+            ["bash", str(REPO / "cluster" / "start_docker.sh")],
+            capture_output=True,
+            text=True,
+            # Below pytest's per-test timeout, so that a stuck script fails with its own message.
+            timeout=480,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as expired:
+        output = f"{expired.stdout!r}\n{expired.stderr!r}"
+        pytest.fail(f"cluster/start_docker.sh did not finish in 480 s:\n{output}")
     if result.returncode != 0:
         output = f"{result.stdout}\n{result.stderr}"
         pytest.fail(f"cluster/start_docker.sh failed ({result.returncode}):\n{output}")

@@ -242,7 +242,7 @@ def test_runner_killed_mid_canary_resumes_and_ends_once(orchestrator: Any) -> No
             sample_artifact("runner-kill", "2.0.0", error_rate=0.5), canary(step_ms=4000), ENV
         )
         wait_for(orchestrator, deployment_id, lambda s: s.step_index >= 1)
-        runner = ray.get_actor(f"runner:{deployment_id}", namespace=orchestrator.namespace)
+        runner = ray.get_actor(orchestrator.status(deployment_id).runner, namespace=orchestrator.namespace)
         pid = ray.get(runner.pid.remote(), timeout=30)
         os.kill(pid, signal.SIGKILL)
         result = orchestrator.wait(deployment_id, 120)

@@ -1,0 +1,290 @@
+"""Orchestrator overhead under 10 concurrent canary deployments with live traffic.
+
+Measured inside one run (the machine is shared and noisy), all as ratios:
+
+(a) cpu_overhead_fraction: CPU seconds used by the Ray session's processes (GCS, raylet, the queen, domain
+    workers, runners, monitors: every descendant of this driver except the traffic generator) during the run,
+    minus Ray's idle rate measured in the same run before the orchestrator started, divided by the managed
+    deployment time (the sum of every deployment's duration). Starting actors counts.
+(b) wall_overhead_fraction: for each canary, its wall time minus its configured waits (analysis windows)
+    minus the platform's own work (time inside platform calls, and process start-up until ready), divided by
+    its wall time; summed over the canaries. Queueing, actor start-up, journaling and the loop all count.
+(c) rollback_latency_s: a running canary starts failing (its error file appears); time until 100% of
+    traffic is on the stable revision, read back from HAProxy. Split into detection and switch.
+
+Budget: (a) and (b) at most 0.002 each. Writes benchmarks/results/overhead.json; exits 1 over budget.
+    python3 benchmarks/overhead.py            # 10 services, 4 steps of 30 s (about 3 minutes)
+    python3 benchmarks/overhead.py --quick    # 3 services, 2 steps of 5 s (a smoke run; not the budget)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from adapters import create_platform  # noqa: E402
+from engine.config import write_isolated_config  # noqa: E402
+from engine.journal import Journal  # noqa: E402
+from engine.models import Artifact, Phase, Target  # noqa: E402
+from engine.state import EventKind, StepKind  # noqa: E402
+
+SAMPLE = REPO / "examples" / "sample_service.py"
+WINDOW_STEPS = {StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE}
+ENV = "development"
+
+
+def tree_cpu(root: int, exclude: set[int]) -> float:
+    """CPU seconds of every live descendant of ``root`` (and their reaped children), minus ``exclude``."""
+    total = 0.0
+    for process in psutil.Process(root).children(recursive=True):
+        if process.pid in exclude:
+            continue
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def artifact(service: str, version: str, error_file: str | None = None) -> Artifact:
+    env = {"VERSION": version}
+    if error_file:
+        env["ERROR_FILE"] = error_file
+    return Artifact(name=service, version=version, command=[sys.executable, str(SAMPLE)], env=env)
+
+
+def canary(steps: int, step_s: float, interval_ms: int = 1000) -> dict[str, Any]:
+    return {
+        "type": "canary",
+        "replicas": 2,
+        "canary": {
+            "initialTrafficPercentage": 10,
+            "stepPercentage": 20,
+            "maxSteps": steps,
+            "stepDuration": int(step_s * 1000),
+            "analysisInterval": interval_ms,
+            "minRequestCount": 5,
+            "successThreshold": {"errorRate": 0.01},
+            "failureThreshold": {"errorRate": 0.05, "consecutiveFailures": 3},
+        },
+    }
+
+
+def wall_breakdown(journal: Journal, deployment_id: str) -> dict[str, float]:
+    state = journal.state(deployment_id)
+    waits = platform = 0.0
+    for event in journal.events(deployment_id):
+        if event.kind is EventKind.PLANNED:
+            platform += float(event.data.get("platform_s", 0.0))
+        if event.kind is not EventKind.STEP_COMPLETED:
+            continue
+        step = state.plan[int(event.data["index"])]
+        if step.kind in WINDOW_STEPS:
+            waits += step.duration_ms / 1000
+        elif step.kind is StepKind.DEPLOY:
+            platform += float(event.data["elapsed_s"])  # start-up until ready is the platform's own work
+        else:
+            platform += float(event.data["platform_s"])
+    wall = (state.finished_at or time.time()) - state.submitted_at
+    return {
+        "wall_s": wall,
+        "configured_waits_s": waits,
+        "platform_s": platform,
+        "overhead_s": wall - waits - platform,
+    }
+
+
+def duration(journal: Journal, deployment_id: str) -> float:
+    state = journal.state(deployment_id)
+    return (state.finished_at or time.time()) - state.submitted_at
+
+
+def idle_rate(seconds: float) -> float:
+    before = tree_cpu(os.getpid(), set())
+    time.sleep(seconds)
+    return (tree_cpu(os.getpid(), set()) - before) / seconds
+
+
+def start_traffic(urls: list[str], rps: float, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "examples.traffic", *urls, "--rps", str(rps), "--seconds", str(seconds)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_traffic(process: subprocess.Popen[str]) -> dict[str, Any]:
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    return json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+
+
+def rollback_latency(orch: Any, journal: Journal, folder: Path, step_s: float) -> dict[str, Any]:
+    """A canary that goes bad while serving: from the first failing answer to 100% on stable."""
+    service = "rollback-probe"
+    first = orch.deploy(artifact(service, "1.0.0"), {"type": "rolling", "replicas": 2}, ENV, timeout_s=120)
+    error_file = folder / "rollback-probe.fail"
+    traffic = start_traffic([first.status.address + "/"], rps=40, seconds=300)
+    deployment_id = orch.submit(artifact(service, "2.0.0", str(error_file)), canary(4, step_s * 4, 250), ENV)
+    platform = create_platform(orch.config.platform("local"))
+    target = Target(service=service, environment=ENV)
+    deadline = time.monotonic() + 120
+    while platform.traffic(target).weights.get("2-0-0", 0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(step_s)  # the canary serves well for a while first
+    error_file.write_text("fail")
+    broke_at = time.time()
+    while platform.traffic(target).weights.get("1-0-0") != 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    switched_at = time.time()
+    platform.close()
+    orch.wait(deployment_id, 60)
+    stop_traffic(traffic)
+    state = journal.state(deployment_id)
+    requested = next(e.at for e in journal.events(deployment_id) if e.kind is EventKind.ROLLBACK_REQUESTED)
+    return {
+        "rollback_latency_s": switched_at - broke_at,
+        "detection_s": requested - broke_at,
+        "switch_s": switched_at - requested,
+        "phase": state.phase().value,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+
+    from orchestrator import DeploymentOrchestrator
+
+    folder = Path(tempfile.mkdtemp(prefix="orch-bench-"))
+    os.environ["ORCH_HOME"] = str(folder)
+    config = write_isolated_config(folder, (19600, 19799), (48000, 49999), namespace="orch-bench")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+        namespace="orch-bench",
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+    )
+    time.sleep(5)  # Ray's own start-up settles
+    baseline = idle_rate(args.idle_seconds)
+    t0, cpu0 = time.time(), tree_cpu(os.getpid(), set())
+    orch = DeploymentOrchestrator(config_path=config)
+    journal = Journal(orch.journal_path)
+    services = [f"svc-{i:02d}" for i in range(args.services)]
+    firsts = [orch.submit(artifact(s, "1.0.0"), {"type": "rolling", "replicas": 2}, ENV) for s in services]
+    addresses = [orch.wait(d, 300).status.address for d in firsts]
+    traffic = start_traffic(
+        [f"{a}/" for a in addresses if a], args.rps, args.step_seconds * args.steps * 3 + 120
+    )
+    canaries = [
+        orch.submit(artifact(s, "2.0.0"), canary(args.steps, args.step_seconds), ENV) for s in services
+    ]
+    results = [orch.wait(d, args.step_seconds * args.steps * 3 + 300) for d in canaries]
+    t1 = time.time()
+    cpu1 = tree_cpu(os.getpid(), {traffic.pid})
+    counts = stop_traffic(traffic)
+    managed = sum(duration(journal, d) for d in [*firsts, *canaries])
+    cpu_used = cpu1 - cpu0 - baseline * (t1 - t0)
+    walls = [wall_breakdown(journal, d) for d in canaries]
+    latency = rollback_latency(orch, journal, folder, min(args.step_seconds, 5.0))
+    cleanup(orch, [*services, "rollback-probe"])
+    orch.shutdown()
+    return {
+        "services": args.services,
+        "steps": args.steps,
+        "step_seconds": args.step_seconds,
+        "succeeded": sum(r.status.phase is Phase.SUCCEEDED for r in results),
+        "cpu_overhead_fraction": cpu_used / managed,
+        "wall_overhead_fraction": sum(w["overhead_s"] for w in walls) / sum(w["wall_s"] for w in walls),
+        "rollback_latency_s": latency["rollback_latency_s"],
+        "rollback": latency,
+        "cpu": {
+            "window_s": t1 - t0,
+            "orchestrator_and_ray_cpu_s": cpu1 - cpu0,
+            "ray_idle_rate_cores": baseline,
+            "above_idle_cpu_s": cpu_used,
+            "managed_deployment_s": managed,
+        },
+        "wall": {"per_canary": walls, "mean_overhead_s": sum(w["overhead_s"] for w in walls) / len(walls)},
+        "failed_requests": sum(
+            n for per_url in counts.values() for key, n in per_url.items() if _failed(key)
+        ),
+    }
+
+
+def _failed(key: str) -> bool:
+    code = int(key.rsplit(":", 1)[1])
+    return code == 0 or code >= 500
+
+
+def cleanup(orch: Any, services: list[str]) -> None:
+    platform: Any = create_platform(orch.config.platform("local"))
+    for service in services:
+        target = Target(service=service, environment=ENV)
+        for revision in platform.list_revisions(target):
+            platform.remove_revision(target, revision.revision)
+        platform.router.remove_frontend(target)
+    platform.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--services", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--step-seconds", type=float, default=30.0)
+    parser.add_argument("--rps", type=float, default=8.0, help="requests per second per service")
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--budget", type=float, default=0.002)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.services, args.steps, args.step_seconds, args.idle_seconds, args.rps = 3, 2, 5.0, 5.0, 30.0
+    result = run(args)
+    result["budget"] = args.budget
+    result["within_budget"] = (
+        result["cpu_overhead_fraction"] <= args.budget and result["wall_overhead_fraction"] <= args.budget
+    )
+    out = REPO / "benchmarks" / "results" / ("overhead-quick.json" if args.quick else "overhead.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "cpu_overhead_fraction",
+                    "wall_overhead_fraction",
+                    "rollback_latency_s",
+                    "succeeded",
+                    "within_budget",
+                )
+            },
+            indent=2,
+        )
+    )
+    print(f"written to {out}")
+    return 0 if result["within_budget"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
