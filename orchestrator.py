@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -98,6 +99,7 @@ class DeploymentOrchestrator:
         if address is None:  # embedded: this process starts a local Ray that ends with it
             options |= {
                 "include_dashboard": False,
+                "_node_ip_address": "127.0.0.1",  # embedded: everything stays on loopback
                 "num_cpus": num_cpus or os.cpu_count() or 2,
                 "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO)}},
             }
@@ -111,11 +113,18 @@ class DeploymentOrchestrator:
             queen = Queen.options(
                 name=QUEEN_NAME, namespace=self.namespace, lifetime="detached", get_if_exists=True
             ).remote(self.config_path, self.journal_path, max_concurrent)
-        ray.get(queen.ready.remote(), timeout=CALL_TIMEOUT_S * 2)
+        try:
+            ray.get(queen.ready.remote(), timeout=CALL_TIMEOUT_S * 2)
+        except ray.exceptions.RayActorError as error:
+            raise RuntimeError(f"the orchestrator could not start: {error}") from error
         return queen
 
     def _get(self, ref: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
         return ray.get(ref, timeout=timeout_s)
+
+    def warm_up(self, timeout_s: float = 120.0) -> int:
+        """Block until the standby runners have started (e.g. before a burst of deployments)."""
+        return int(self._get(self.queen.warm.remote(timeout_s), timeout_s + CALL_TIMEOUT_S))
 
     def worker(self, code: str) -> Any:
         """A domain worker's handle: DO-001 environments ... DO-006 pipelines."""
@@ -282,6 +291,8 @@ class DeploymentOrchestrator:
             handle = find_actor(worker_name(code), self.namespace)
             if handle is not None:
                 kill_quietly(handle)
+        with contextlib.suppress(ray.exceptions.RayError):
+            ray.get(self.queen.release.remote(), timeout=CALL_TIMEOUT_S)
         kill_quietly(self.queen)
         if stop_ray:
             ray.shutdown()
@@ -561,7 +572,7 @@ def main(argv: list[str]) -> int:
         return int(args.func(args))
     except ConfigError as error:
         print(f"configuration error:\n{error}", file=sys.stderr)
-    except (ValueError, KeyError) as error:
+    except (ValueError, KeyError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
     except ray.exceptions.RayTaskError as error:
         print(f"error: {error.cause if hasattr(error, 'cause') else error}", file=sys.stderr)

@@ -36,11 +36,19 @@ from engine.state import DeploymentState, EventKind
 log = logging.getLogger(__name__)
 
 SUPERVISION_INTERVAL_S = 5.0
+LEASE_TTL_S = 30.0
 RUNNER_RESTARTS = 5
 
 
 class DeploymentRefused(ValueError):
     """The request cannot be accepted as it is; the message says why."""
+
+
+class JournalInUse(RuntimeError):
+    """Another orchestrator drives this journal's deployments."""
+
+
+QUEEN_LEASE = "queen"
 
 
 class QueenImpl:
@@ -50,6 +58,8 @@ class QueenImpl:
         self.namespace = ray.get_runtime_context().namespace
         self.journal_path = str(journal_path or self.config.journal_path())
         self.journal = Journal(self.journal_path)
+        self.owner = f"ray cluster {ray.get_runtime_context().gcs_address} ({self.namespace})"
+        self._take_lease()
         self.limit = max_concurrent or self.config.concurrency.max_concurrent_deployments
         self.runs: dict[str, asyncio.Task[None]] = {}
         self.finished: dict[str, asyncio.Event] = {}
@@ -59,6 +69,19 @@ class QueenImpl:
         self.telemetry = Telemetry(self.config.metrics.prometheus_port)
         self.started = asyncio.Event()
         asyncio.get_running_loop().create_task(self._start())
+
+    def _take_lease(self) -> None:
+        holder = self.journal.acquire_lease(QUEEN_LEASE, self.owner, LEASE_TTL_S)
+        if holder is not None:
+            raise JournalInUse(
+                f"the journal {self.journal_path} is driven by another orchestrator ({holder}); connect to "
+                f"it with RAY_ADDRESS, give this one its own journal (journal.path or ORCH_HOME), or wait "
+                f"{LEASE_TTL_S:g}s after the other one stops"
+            )
+
+    async def release(self) -> None:
+        """Let another orchestrator take this journal over (called on a clean shutdown)."""
+        self.journal.release_lease(QUEEN_LEASE, self.owner)
 
     # ------------------------------------------------------------------------------ start-up
     async def _start(self) -> None:
@@ -71,6 +94,12 @@ class QueenImpl:
         self._refill()
         self.started.set()
         asyncio.get_running_loop().create_task(self._supervise())
+
+    async def warm(self, timeout_s: float) -> int:
+        """Wait until every standby runner has started (bounded); returns how many are ready."""
+        refs = [handle.ready.remote() for _, handle in self.standby]
+        done, _ = await asyncio.wait([asyncio.ensure_future(r) for r in refs], timeout=timeout_s)
+        return len(done)
 
     async def ready(self) -> dict[str, Any]:
         await asyncio.wait_for(self.started.wait(), timeout=60)
@@ -99,6 +128,7 @@ class QueenImpl:
         while True:
             await asyncio.sleep(SUPERVISION_INTERVAL_S)
             try:
+                self._take_lease()
                 self._ensure_workers()
                 self._admit()
             except Exception:  # supervision must go on whatever one round meets

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import hashlib
 import io
 import ipaddress
@@ -40,12 +39,18 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.localhost import (
+    file_lock,
+    is_same_process,
+    port_is_free,
+    process_start_time,
+    write_json_atomic,
+)
 from engine.models import Target
 from engine.platform import MetricSnapshot, PlatformError, TrafficState, TransientPlatformError
 
@@ -158,79 +163,6 @@ class RouterState(BaseModel):
 # --------------------------------------------------------------------------------------------
 # Processes and files (kept here: adapters do not import each other)
 # --------------------------------------------------------------------------------------------
-def process_start_time(pid: int) -> int | None:
-    """Start time of a live process from /proc (clock ticks after boot), None when gone or a zombie."""
-    if pid <= 0:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def is_same_process(pid: int, start_time: int) -> bool:
-    return start_time > 0 and process_start_time(pid) == start_time
-
-
-def write_json_atomic(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-_THREAD_LOCKS: dict[str, threading.Lock] = {}
-_THREAD_LOCKS_GUARD = threading.Lock()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Exclusive lock across threads (a lock per path) and processes (flock), with a deadline."""
-    with _THREAD_LOCKS_GUARD:
-        thread_lock = _THREAD_LOCKS.setdefault(str(path), threading.Lock())
-    if not thread_lock.acquire(timeout=timeout_s):
-        raise TransientPlatformError("haproxy", str(path), f"lock busy for over {timeout_s:.0f}s")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as handle:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        cause = f"locked by another process for over {timeout_s:.0f}s"
-                        raise TransientPlatformError("haproxy", str(path), cause) from None
-                    time.sleep(0.02)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-    finally:
-        thread_lock.release()
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,7 +298,7 @@ class HAProxyRouter:
         """Start HAProxy for the target, or find it again; a new health path reloads it seamlessly."""
         if health_path is not None and not _HEALTH_PATH.match(health_path):
             raise ValueError(f"health path '{health_path}' must start with '/' and hold no spaces or quotes")
-        with file_lock(self._path(target, "lock")):
+        with file_lock(self._path(target, "lock"), "haproxy"):
             state = self._read(target)
             if state is None:
                 state = self._new_state(target, health_path or self.default_health_path)
@@ -392,7 +324,7 @@ class HAProxyRouter:
             revision: [resolve_address(a) for a in addresses] for revision, addresses in servers.items()
         }
         self.ensure_frontend(target)
-        with file_lock(self._path(target, "lock")):
+        with file_lock(self._path(target, "lock"), "haproxy"):
             state = self._read(target)
             if state is None or not is_same_process(state.pid, state.start_time):
                 raise TransientPlatformError("haproxy", self._endpoint(target), "HAProxy stopped meanwhile")
@@ -403,7 +335,7 @@ class HAProxyRouter:
 
     def traffic(self, target: Target) -> TrafficState:
         # Under the lock: a half-applied change would otherwise read as drifted weights.
-        with file_lock(self._path(target, "lock")):
+        with file_lock(self._path(target, "lock"), "haproxy"):
             state = self._read(target)
             if state is None:
                 return TrafficState()
@@ -415,7 +347,7 @@ class HAProxyRouter:
                 return TrafficState(address=self._address(state))  # no router: no traffic is in force
 
     def metrics(self, target: Target) -> dict[str, MetricSnapshot]:
-        with file_lock(self._path(target, "lock")):
+        with file_lock(self._path(target, "lock"), "haproxy"):
             state = self._read(target)
             if state is None:
                 return {}
@@ -428,7 +360,7 @@ class HAProxyRouter:
             return self._snapshots(target, state, rows)
 
     def remove_frontend(self, target: Target) -> None:
-        with file_lock(self._path(target, "lock")):
+        with file_lock(self._path(target, "lock"), "haproxy"):
             state = self._read(target)
             if state is not None:
                 self._stop(state.pid, state.start_time)
@@ -454,7 +386,7 @@ class HAProxyRouter:
 
     def _start(self, target: Target, state: RouterState) -> None:
         """Start a fresh HAProxy from the recorded slots; counters start again from zero."""
-        if not port_is_free(state.bind_host, state.port):
+        if not port_is_free(state.bind_host, state.port, reuse_address=True):
             raise self._error(self._endpoint(target, state), f"port {state.port} is already in use")
         for slot in state.slots.values():
             slot.baseline = Counters()
@@ -539,7 +471,7 @@ class HAProxyRouter:
                 if (
                     port in taken
                     or now - _RECENT_PORTS.get(port, -1e9) < 120
-                    or not port_is_free(self.bind_host, port)
+                    or not port_is_free(self.bind_host, port, reuse_address=True)
                 ):
                     continue
                 _RECENT_PORTS[port] = now

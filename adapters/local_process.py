@@ -10,7 +10,6 @@ crash or in another process, finds the replicas again and never confuses a reuse
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -23,12 +22,19 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.localhost import (
+    file_lock,
+    is_same_process,
+    port_is_free,
+    process_start_time,
+    tail_file,
+    write_json_atomic,
+)
 from engine.models import Artifact, Target
 from engine.platform import PlatformError, Replica, RevisionSpec, TransientPlatformError
 
@@ -83,23 +89,6 @@ class TargetState(BaseModel):
 # --------------------------------------------------------------------------------------------
 # Processes: identity by pid + start time, stop with a bounded grace period
 # --------------------------------------------------------------------------------------------
-def process_start_time(pid: int) -> int | None:
-    """Start time of a live process, or None when it is gone (a zombie counts as gone)."""
-    if pid <= 0:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may contain spaces and parentheses: the fields that follow start after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def is_same_process(pid: int, start_time: int) -> bool:
-    return start_time > 0 and process_start_time(pid) == start_time
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -133,77 +122,6 @@ def stop_processes(processes: list[tuple[int, int]], grace_s: float = STOP_GRACE
 # --------------------------------------------------------------------------------------------
 # Files: atomic JSON writes, a lock per target (threads and processes), log tails
 # --------------------------------------------------------------------------------------------
-def write_json_atomic(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-_THREAD_LOCKS: dict[str, threading.Lock] = {}
-_THREAD_LOCKS_GUARD = threading.Lock()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Exclusive lock shared by threads (a lock per path) and processes (flock), with a deadline."""
-    with _THREAD_LOCKS_GUARD:
-        thread_lock = _THREAD_LOCKS.setdefault(str(path), threading.Lock())
-    if not thread_lock.acquire(timeout=timeout_s):
-        raise TransientPlatformError(PLATFORM, str(path), f"lock busy for more than {timeout_s:.0f}s")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as handle:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise TransientPlatformError(
-                            PLATFORM,
-                            str(path),
-                            f"locked by another process for over {timeout_s:.0f}s",
-                        ) from None
-                    time.sleep(0.02)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-    finally:
-        thread_lock.release()
-
-
-def tail_file(path: Path, lines: int) -> str:
-    """The last ``lines`` lines of a file, reading at most 256 KiB of its end."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 256 * 1024))
-            data = handle.read()
-    except OSError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 # Ports handed out recently by any instance in this process: the replica may not listen yet.
@@ -271,7 +189,7 @@ class LocalProcessBackend:
     def ensure_replicas(self, spec: RevisionSpec) -> list[Replica]:
         self._check_command(spec.artifact)
         fingerprint = _artifact_fingerprint(spec.artifact)
-        with file_lock(self._lock_path(spec.target)):
+        with file_lock(self._lock_path(spec.target), PLATFORM):
             state = self._read(spec.target)
             mine = {r.index: r for r in state.replicas if r.revision == spec.revision}
             keep = [r for r in state.replicas if r.revision != spec.revision]
@@ -296,7 +214,7 @@ class LocalProcessBackend:
         return [self._replica(r) for r in state.replicas if revision is None or r.revision == revision]
 
     def remove_revision(self, target: Target, revision: str) -> None:
-        with file_lock(self._lock_path(target)):
+        with file_lock(self._lock_path(target), PLATFORM):
             state = self._read(target)
             doomed = [r for r in state.replicas if r.revision == revision]
             if not doomed:

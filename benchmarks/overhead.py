@@ -114,6 +114,14 @@ def duration(journal: Journal, deployment_id: str) -> float:
     return (state.finished_at or time.time()) - state.submitted_at
 
 
+def steady_rate(total_s: float, exclude: set[int]) -> float:
+    """Cores used while the canaries sit in their analysis windows (after start-up, before the end)."""
+    time.sleep(total_s * 0.25)
+    before, started = tree_cpu(os.getpid(), exclude), time.time()
+    time.sleep(total_s * 0.5)
+    return (tree_cpu(os.getpid(), exclude) - before) / (time.time() - started)
+
+
 def idle_rate(seconds: float) -> float:
     before = tree_cpu(os.getpid(), set())
     time.sleep(seconds)
@@ -140,6 +148,7 @@ def rollback_latency(orch: Any, journal: Journal, folder: Path, step_s: float) -
     service = "rollback-probe"
     first = orch.deploy(artifact(service, "1.0.0"), {"type": "rolling", "replicas": 2}, ENV, timeout_s=120)
     error_file = folder / "rollback-probe.fail"
+    orch.warm_up()  # the standby runners replacing the ones the first revisions used (their CPU counts)
     traffic = start_traffic([first.status.address + "/"], rps=40, seconds=300)
     deployment_id = orch.submit(artifact(service, "2.0.0", str(error_file)), canary(4, step_s * 4, 250), ENV)
     platform = create_platform(orch.config.platform("local"))
@@ -173,9 +182,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     folder = Path(tempfile.mkdtemp(prefix="orch-bench-"))
     os.environ["ORCH_HOME"] = str(folder)
-    config = write_isolated_config(folder, (19600, 19799), (48000, 49999), namespace="orch-bench")
+    config = write_isolated_config(
+        folder,
+        (19600, 19799),
+        (48000, 49999),
+        namespace="orch-bench",
+        concurrency={"warmRunners": args.services},  # sized to the burst it serves; their start-up is counted
+    )
     ray.init(
         address="local",
+        _node_ip_address="127.0.0.1",
         num_cpus=2,
         include_dashboard=False,
         logging_level=logging.ERROR,
@@ -197,6 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     canaries = [
         orch.submit(artifact(s, "2.0.0"), canary(args.steps, args.step_seconds), ENV) for s in services
     ]
+    steady = steady_rate(args.step_seconds * args.steps, {traffic.pid})
     results = [orch.wait(d, args.step_seconds * args.steps * 3 + 300) for d in canaries]
     t1 = time.time()
     cpu1 = tree_cpu(os.getpid(), {traffic.pid})
@@ -216,6 +233,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "wall_overhead_fraction": sum(w["overhead_s"] for w in walls) / sum(w["wall_s"] for w in walls),
         "rollback_latency_s": latency["rollback_latency_s"],
         "rollback": latency,
+        "steady_state": {
+            "cores_while_analysing": steady,
+            "above_idle_per_deployment_second": (steady - baseline) / args.services,
+        },
         "cpu": {
             "window_s": t1 - t0,
             "orchestrator_and_ray_cpu_s": cpu1 - cpu0,

@@ -479,6 +479,7 @@ def write_isolated_config(
     replica_ports: tuple[int, int] = (41000, 44999),
     namespace: str | None = None,
     source: Path | None = None,
+    concurrency: dict[str, Any] | None = None,
 ) -> Path:
     """A copy of a configuration whose journal, platform state and ports are its own (tests, benchmarks)."""
     data = yaml.safe_load((source or default_config_path()).read_text())
@@ -490,6 +491,8 @@ def write_isolated_config(
     }
     if namespace:
         data["namespace"] = namespace
+    if concurrency:
+        data.setdefault("concurrency", {}).update(concurrency)
     path = folder / "enterprise_config.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -232,6 +232,28 @@ class Journal:
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> str | None:
+        """Take or renew lease ``name`` for ``owner``; returns the other holder when it is still fresh.
+
+        One orchestrator (one Ray cluster) drives the deployments of a journal: a second one started on the
+        same file would run them twice."""
+        now = self._now()
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM records WHERE kind = 'lease' AND key = ?", (name,)).fetchone()
+            if row is not None:
+                held = json.loads(row[0])
+                if held["owner"] != owner and now - float(held["renewed_at"]) < ttl_s:
+                    return str(held["owner"])
+            body = json.dumps({"owner": owner, "renewed_at": now})
+            db.execute("INSERT OR REPLACE INTO records VALUES ('lease', ?, ?)", (name, body))
+        return None
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM records WHERE kind = 'lease' AND key = ?", (name,)).fetchone()
+            if row is not None and json.loads(row[0])["owner"] == owner:
+                db.execute("DELETE FROM records WHERE kind = 'lease' AND key = ?", (name,))
+
     def verify_chain(self) -> tuple[bool, int | None]:
         """Recompute every hash; returns (True, None) or (False, first bad seq)."""
         prev = _GENESIS

@@ -62,6 +62,7 @@ def ray_head(tmp_path: Path, home: dict[str, str]) -> Iterator[dict[str, str]]:
             f"--port={free_port()}",
             f"--dashboard-port={dashboard}",
             "--dashboard-host=127.0.0.1",
+            "--node-ip-address=127.0.0.1",
             "--num-cpus=2",
             f"--temp-dir={temp_dir}",
             "--disable-usage-stats",

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from adapters.haproxy import HAProxyRouter
-from adapters.local_process import LocalProcessBackend, is_same_process
+from adapters.local_process import LocalProcessBackend
+from adapters.localhost import is_same_process
 from adapters.routed import RoutedPlatform
 from engine.models import Artifact, Target
 from engine.platform import PlatformError, RevisionSpec

@@ -318,3 +318,37 @@ def test_environment_health_is_monitored_in_parallel(orchestrator: Any) -> None:
     assert endpoints[first.status.address + "/health"].healthy
     assert not endpoints[dead].healthy
     assert not health.healthy
+
+
+def test_a_second_orchestrator_on_the_same_journal_is_refused(orchestrator: Any) -> None:
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    second = subprocess.run(
+        [
+            sys.executable,
+            "orchestrator.py",
+            "--config",
+            str(orchestrator.config_path),
+            "deploy",
+            "--service",
+            "intruder",
+            "--version",
+            "1.0.0",
+            "--command",
+            "true",
+            "--strategy",
+            "rolling",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "driven by another orchestrator" in second.stderr
+    assert all(s.request.artifact.name != "intruder" for s in orch_journal(orchestrator).deployments())

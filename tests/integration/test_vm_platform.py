@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 from adapters import create_platform
-from adapters.haproxy import HAProxyRouter, is_same_process
+from adapters.haproxy import HAProxyRouter
+from adapters.localhost import is_same_process
 from adapters.routed import RoutedPlatform
 from adapters.vm_backend import VmBackend
 from engine.models import Artifact, PlatformConfig, Target

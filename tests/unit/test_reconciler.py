@@ -237,3 +237,14 @@ def test_rollback_of_a_first_deployment_fails_it(tmp_path: Path, trigger: str) -
     world.journal.append(deployment_id, EventKind.ROLLBACK_REQUESTED, {"trigger": trigger, "reason": "x"})
     assert world.run(deployment_id) is Phase.FAILED
     assert world.platform.revisions == {}
+
+
+def test_one_orchestrator_per_journal(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    assert world.journal.acquire_lease("queen", "cluster-a", ttl_s=30) is None
+    assert world.journal.acquire_lease("queen", "cluster-a", ttl_s=30) is None  # renewal
+    assert world.journal.acquire_lease("queen", "cluster-b", ttl_s=30) == "cluster-a"
+    world.clock.sleep(31)
+    assert world.journal.acquire_lease("queen", "cluster-b", ttl_s=30) is None  # a stale lease is taken over
+    world.journal.release_lease("queen", "cluster-b")
+    assert world.journal.acquire_lease("queen", "cluster-c", ttl_s=30) is None

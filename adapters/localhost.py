@@ -1,0 +1,118 @@
+"""State kept on this machine by the adapters that run things here (processes, HAProxy): process identity,
+atomic files, locks shared by threads and processes, ports. Not an adapter: a toolbox they share."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from engine.platform import TransientPlatformError
+
+LOCK_TIMEOUT_S = 10.0
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of a live process, or None when it is gone (a zombie counts as gone)."""
+    if pid <= 0:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: the fields that follow start after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def is_same_process(pid: int, start_time: int) -> bool:
+    """True when ``pid`` still is the process that started at ``start_time`` (not a reused pid)."""
+    return start_time > 0 and process_start_time(pid) == start_time
+
+
+def write_json_atomic(path: Path, data: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, owner: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Exclusive lock shared by threads (a lock per path) and processes (flock), with a deadline.
+
+    ``owner`` names the platform in the TransientPlatformError raised when the deadline passes."""
+    with _THREAD_LOCKS_GUARD:
+        thread_lock = _THREAD_LOCKS.setdefault(str(path), threading.Lock())
+    if not thread_lock.acquire(timeout=timeout_s):
+        raise TransientPlatformError(owner, str(path), f"lock busy for more than {timeout_s:.0f}s")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            _flock(handle.fileno(), path, owner, timeout_s)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    finally:
+        thread_lock.release()
+
+
+def _flock(fd: int, path: Path, owner: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TransientPlatformError(
+                    owner, str(path), f"locked by another process for over {timeout_s:.0f}s"
+                ) from None
+            time.sleep(0.02)
+
+
+def port_is_free(host: str, port: int, reuse_address: bool = False) -> bool:
+    """Whether ``port`` can be bound now; ``reuse_address`` ignores sockets lingering in TIME_WAIT."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def tail_file(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a file, reading at most 256 KiB of its end."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 256 * 1024))
+            data = handle.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""

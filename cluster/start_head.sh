@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Start a Ray head on this machine for `ray job submit` (see the README). Ray 2.60 needs the same
+# RAY_AUTH_MODE on the cluster and on every client.
+#   RAY_AUTH_MODE=token bash cluster/start_head.sh [dashboard port, default 8265]
+set -euo pipefail
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+port=${1:-8265}
+ray start --head --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1 --dashboard-port "$port" \
+  --disable-usage-stats
+echo "submit with: RAY_AUTH_MODE=$RAY_AUTH_MODE ray job submit --address http://127.0.0.1:$port --working-dir . -- python orchestrator.py ..."
