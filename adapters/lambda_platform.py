@@ -174,6 +174,7 @@ class LambdaPlatform:
     """PlatformAdapter for AWS Lambda (and anything that speaks its API, such as moto)."""
 
     platform = PLATFORM
+    scales_itself = True  # one published version serves any load: replica counts do not apply
 
     def __init__(self, state_dir: Path, settings: dict[str, Any]) -> None:
         # Nothing is kept locally: the API is the state. The folder exists for the registry's sake only.

@@ -270,6 +270,10 @@ class DeploymentReconciler:
         }
         return handlers[step.kind](state, step)
 
+    def _wanted(self, replicas: int) -> int:
+        """Platforms that scale by themselves (Lambda) run one revision object whatever count is asked."""
+        return min(replicas, 1) if getattr(self.adapter, "scales_itself", False) else replicas
+
     def _elapsed(self, state: DeploymentState) -> float:
         return self.clock.now() - (state.step_started_at or self.clock.now())
 
@@ -282,12 +286,9 @@ class DeploymentReconciler:
                 return Done()
         else:
             artifact, revision = state.request.artifact, state.candidate_revision
+        wanted = self._wanted(step.replicas)
         status = self.adapter.revision_status(target, revision or "")
-        if (
-            status is None
-            or status.desired_replicas != step.replicas
-            or status.running_replicas < step.replicas
-        ):
+        if status is None or status.desired_replicas != wanted or status.running_replicas < wanted:
             if artifact is None:
                 return Done() if status is None else self._scale_unknown(state, status, step)
             self.adapter.ensure_revision(
@@ -299,7 +300,7 @@ class DeploymentReconciler:
                 )
             )
             status = self.adapter.revision_status(target, revision or "")
-        if status is not None and status.ready and status.desired_replicas == step.replicas:
+        if status is not None and status.ready and status.desired_replicas == wanted:
             return Done()
         deadline_s = state.request.strategy.progress_deadline / 1000
         if self._elapsed(state) > deadline_s:
@@ -479,7 +480,7 @@ class DeploymentReconciler:
         if ready and self.adapter.traffic(target).weights.get(stable) != 100:
             applied = self.adapter.set_traffic(target, {stable: 100})
             self._append(EventKind.WEIGHTS_SET, weights=applied.weights, address=applied.address)
-        replicas = state.request.strategy.replicas
+        replicas = self._wanted(state.request.strategy.replicas)
         artifact = self._stable_artifact()
         if artifact is not None and (status is None or status.desired_replicas < replicas):
             self.adapter.ensure_revision(

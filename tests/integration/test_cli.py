@@ -121,12 +121,12 @@ def test_ray_job_submit_deploys_and_history_reads_without_a_cluster(ray_head: di
         "orchestrator.py",
         *_sample_args("jobsvc", "1.0.0", "--strategy", "rolling", "--replicas", "1", "--json"),
     ]
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180
     while True:  # the head's job agent answers a few seconds after `ray start` returns
         submitted = subprocess.run(
             command, cwd=REPO, env=ray_head, capture_output=True, text=True, timeout=300
         )
-        if "No available agent" not in submitted.stderr or time.monotonic() > deadline:
+        if "No available agent" not in submitted.stdout + submitted.stderr or time.monotonic() > deadline:
             break
         time.sleep(2)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
