@@ -42,6 +42,7 @@ from engine.models import (
     Strategy,
     StrategyType,
 )
+from engine.schedules import strategy_for_schedule
 
 __all__ = [
     "Artifact",
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parent
+SCHEDULE_PREFIXES = ("Canary", "Linear", "AllAtOnce", "CodeDeployDefault.")
 CALL_TIMEOUT_S = 60.0
 log = logging.getLogger("orchestrator")
 ProgressCallback = Callable[[DeploymentStatus], None]
@@ -246,6 +248,37 @@ class DeploymentOrchestrator:
         who = by or os.environ.get("USER", "unknown")
         return self._get(self.worker("DO-004").trigger_rollback.remote(deployment_id, reason, who))  # type: ignore[no-any-return]
 
+    def run_pipeline(
+        self, artifact: Artifact | dict[str, Any], stages: list[dict[str, Any]], timeout_s: float = 3600.0
+    ) -> Any:
+        """Deploy through environments in order (DO-006); a stage that does not succeed stops the rest.
+
+        Each stage: {"environment": ..., "strategy": name or dict, "platform": name or dict}."""
+        from actors.domain import PipelineStage
+
+        built = [
+            PipelineStage.model_validate(
+                build_request(
+                    self.config,
+                    artifact,
+                    s.get("strategy", "rolling"),
+                    s["environment"],
+                    s.get("platform", "local"),
+                ).model_dump(include={"environment", "strategy", "platform"})
+            )
+            for s in stages
+        ]
+        request = Artifact.model_validate(artifact) if isinstance(artifact, dict) else artifact
+        who = os.environ.get("USER", "unknown")
+        pipelines = self.worker("DO-006")
+        pipeline_id = self._get(pipelines.start_pipeline.remote(request, built, who))
+        deadline = time.monotonic() + timeout_s
+        status = self._get(pipelines.pipeline_status.remote(pipeline_id))
+        while status.state == "running" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = self._get(pipelines.pipeline_status.remote(pipeline_id))
+        return status
+
     def validate_platform(self, platform: PlatformConfig | str) -> Any:
         config = self.config.platform(platform) if isinstance(platform, str) else platform
         return self._get(self.worker("DO-005").validate_platform.remote(config))
@@ -307,8 +340,13 @@ def build_request(
     requested_by: str | None = None,
     **strategy_overrides: Any,
 ) -> DeploymentRequest:
-    """A validated request, without any cluster: bad input fails here, before anything starts."""
-    if isinstance(strategy, str):
+    """A validated request, without any cluster: bad input fails here, before anything starts.
+
+    A strategy name is canary, blue_green or rolling (with the config file's defaults) or a CodeDeploy
+    schedule name such as Canary10Percent5Minutes or Linear10PercentEvery1Minute."""
+    if isinstance(strategy, str) and strategy.startswith(SCHEDULE_PREFIXES):
+        strategy = Strategy.model_validate({**strategy_for_schedule(strategy), **strategy_overrides})
+    elif isinstance(strategy, str):
         strategy = config.strategy_for(strategy, strategy_overrides or None)
     elif isinstance(strategy, dict):
         strategy = Strategy.model_validate(strategy)

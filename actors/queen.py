@@ -31,7 +31,7 @@ from actors.telemetry import Telemetry
 from engine.config import load_config
 from engine.journal import Journal
 from engine.models import DeploymentRequest, DeploymentStatus, Phase, RollbackTrigger
-from engine.state import DeploymentState, EventKind
+from engine.state import EventKind
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,8 @@ class QueenImpl:
     def _adopt_standby_runners(self) -> None:
         """Standby runners started by a previous queen (before it restarted) are used, not leaked."""
         assigned = {record["runner"] for record in self.journal.records(ASSIGNMENT)}
+        # An admission journaled just before a crash names its runner before the runner records it.
+        assigned |= {s.runner for s in self.journal.deployments(active_only=True, limit=100_000) if s.runner}
         for name in ray.util.list_named_actors():
             if isinstance(name, str) and name.startswith(RUNNER_PREFIX) and name not in assigned:
                 handle = find_actor(name, self.namespace)
@@ -322,7 +324,3 @@ def _control_event(action: str, reason: str, by: str) -> tuple[EventKind, dict[s
     raise DeploymentRefused(
         f"unknown action '{action}': use pause, resume, promote, promote_full, abort, rollback"
     )
-
-
-def state_summary(state: DeploymentState) -> str:
-    return f"{state.deployment_id} {state.phase().value} step {state.step_index}/{len(state.plan)}"

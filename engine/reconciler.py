@@ -22,7 +22,6 @@ from engine.models import (
     Phase,
     PlatformConfig,
     RollbackTrigger,
-    StrategyType,
     Thresholds,
 )
 from engine.plans import build_plan
@@ -519,7 +518,3 @@ def _rollback_outcome(state: DeploymentState) -> Phase:
     if state.stable_revision is None:
         return Phase.FAILED
     return Phase.ROLLED_BACK
-
-
-def strategy_label(kind: StrategyType) -> str:
-    return kind.value.replace("_", "-")

@@ -352,3 +352,37 @@ def test_a_second_orchestrator_on_the_same_journal_is_refused(orchestrator: Any)
     assert second.returncode == 2, second.stdout + second.stderr
     assert "driven by another orchestrator" in second.stderr
     assert all(s.request.artifact.name != "intruder" for s in orch_journal(orchestrator).deployments())
+
+
+def test_pipeline_runs_its_stages_in_order(orchestrator: Any) -> None:
+    stage = {"strategy": {"type": "rolling", "replicas": 1}}
+    status = orchestrator.run_pipeline(
+        sample_artifact("pipe", "1.0.0"),
+        [{**stage, "environment": "development"}, {**stage, "environment": "staging"}],
+        timeout_s=180,
+    )
+    assert status.state == "succeeded", status
+    journal = orch_journal(orchestrator)
+    first, second = (journal.state(d) for d in status.deployments)
+    assert [first.request.environment, second.request.environment] == ["development", "staging"]
+    assert first.phase() is Phase.SUCCEEDED and second.phase() is Phase.SUCCEEDED
+    assert second.submitted_at >= (first.finished_at or 0)
+
+
+def test_a_dead_domain_worker_is_recreated(orchestrator: Any) -> None:
+    from actors.common import find_actor, worker_name
+
+    canary_worker = orchestrator.worker("DO-003")
+    ray.kill(canary_worker, no_restart=True)
+    deadline = time.monotonic() + 30
+    revived = None
+    while time.monotonic() < deadline:
+        handle = find_actor(worker_name("DO-003"), orchestrator.namespace)
+        if handle is not None:
+            try:
+                revived = ray.get(handle.ping.remote(), timeout=10)
+                break
+            except ray.exceptions.RayActorError:
+                pass
+        time.sleep(0.5)
+    assert revived == "CanaryControllerImpl"

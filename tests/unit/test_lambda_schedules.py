@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.lambda_schedules import parse_schedule, strategy_for_schedule, strategy_from_steps
 from engine.models import Strategy, StrategyType
+from engine.schedules import parse_schedule, strategy_for_schedule, strategy_from_steps
 
 
 def test_canary_is_one_hold_then_everything() -> None:

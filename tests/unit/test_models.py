@@ -226,3 +226,16 @@ def test_a_bad_artifact_is_refused_naming_the_field(data: dict[str, Any], field:
     with pytest.raises(ValidationError) as caught:
         Artifact.model_validate(data)
     assert [error["loc"] for error in caught.value.errors()] == [(field,)]
+
+
+def test_a_codedeploy_schedule_name_is_a_strategy() -> None:
+    from engine.config import load_config
+    from orchestrator import build_request
+
+    artifact = {"name": "fn", "version": "2", "source": "fn.zip"}
+    linear = build_request(load_config(), artifact, "Linear10PercentEvery1Minute", "development", "lambda")
+    assert linear.strategy.canary is not None
+    assert linear.strategy.canary.weights()[:3] == [10, 20, 30]
+    assert linear.strategy.canary.step_duration == 60_000
+    at_once = build_request(load_config(), artifact, "AllAtOnce", "development", "lambda")
+    assert at_once.strategy.type.value == "blue_green"
