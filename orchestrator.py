@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import json
 import logging
@@ -85,13 +86,16 @@ class DeploymentOrchestrator:
         self.config_path = str(self.config.source) if self.config.source else None
         self.journal_path = str(journal_path or self.config.journal_path())
         self.namespace = self.config.namespace
-        self._connect(address, num_cpus)
+        embedded = self._connect(address, num_cpus)
         self.queen = self._queen(max_concurrent)
+        if embedded:  # the local Ray ends with this process: hand the journal over at once, not after a TTL
+            atexit.register(self._release)
 
     # ------------------------------------------------------------------------------ connection
-    def _connect(self, address: str | None, num_cpus: int | None) -> None:
+    def _connect(self, address: str | None, num_cpus: int | None) -> bool:
+        """Connect to the cluster, or start an embedded one; returns True when embedded."""
         if ray.is_initialized():
-            return
+            return False
         address = address or os.environ.get("RAY_ADDRESS") or None
         options: dict[str, Any] = {
             "namespace": self.namespace,
@@ -106,6 +110,7 @@ class DeploymentOrchestrator:
                 "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO)}},
             }
         ray.init(address=address or "local", **options)
+        return address is None
 
     def _queen(self, max_concurrent: int | None) -> Any:
         from actors.queen import Queen
@@ -318,14 +323,18 @@ class DeploymentOrchestrator:
         return await asyncio.wait_for(self.queen.status.remote(deployment_id), CALL_TIMEOUT_S)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------------------ lifecycle
+    def _release(self) -> None:
+        with contextlib.suppress(ray.exceptions.RayError, RuntimeError):
+            if ray.is_initialized():
+                ray.get(self.queen.release.remote(), timeout=10)
+
     def shutdown(self, stop_ray: bool = True) -> None:
         """Stop the queen and the domain workers (deployments in flight resume when a queen starts again)."""
         for code in DOMAIN_WORKERS:
             handle = find_actor(worker_name(code), self.namespace)
             if handle is not None:
                 kill_quietly(handle)
-        with contextlib.suppress(ray.exceptions.RayError):
-            ray.get(self.queen.release.remote(), timeout=CALL_TIMEOUT_S)
+        self._release()
         kill_quietly(self.queen)
         if stop_ray:
             ray.shutdown()

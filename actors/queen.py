@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 import uuid
 from typing import Any
@@ -58,7 +59,7 @@ class QueenImpl:
         self.namespace = ray.get_runtime_context().namespace
         self.journal_path = str(journal_path or self.config.journal_path())
         self.journal = Journal(self.journal_path)
-        self.owner = f"ray cluster {ray.get_runtime_context().gcs_address} ({self.namespace})"
+        self.owner = f"{ray.get_runtime_context().gcs_address} {self.namespace}"
         self._take_lease()
         self.limit = max_concurrent or self.config.concurrency.max_concurrent_deployments
         self.runs: dict[str, asyncio.Task[None]] = {}
@@ -71,10 +72,11 @@ class QueenImpl:
         asyncio.get_running_loop().create_task(self._start())
 
     def _take_lease(self) -> None:
-        holder = self.journal.acquire_lease(QUEEN_LEASE, self.owner, LEASE_TTL_S)
+        holder = self.journal.acquire_lease(QUEEN_LEASE, self.owner, LEASE_TTL_S, alive=_cluster_answers)
         if holder is not None:
             raise JournalInUse(
-                f"the journal {self.journal_path} is driven by another orchestrator ({holder}); connect to "
+                f"the journal {self.journal_path} is driven by another orchestrator (Ray cluster at "
+                f"{holder}); connect to "
                 f"it with RAY_ADDRESS, give this one its own journal (journal.path or ORCH_HOME), or wait "
                 f"{LEASE_TTL_S:g}s after the other one stops"
             )
@@ -304,6 +306,17 @@ class QueenImpl:
             "phases": {p.value: n for p, n in counts.items()},
             "time": time.time(),
         }
+
+
+def _cluster_answers(owner: str) -> bool:
+    """Whether the Ray cluster holding a lease still runs: its GCS accepts a connection (an embedded
+    cluster ends with its driver, and its lease must not block the next one for the whole TTL)."""
+    host, _, port = owner.split(" ")[0].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 Queen: Any = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(QueenImpl)

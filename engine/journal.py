@@ -232,8 +232,11 @@ class Journal:
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
-    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> str | None:
-        """Take or renew lease ``name`` for ``owner``; returns the other holder when it is still fresh.
+    def acquire_lease(
+        self, name: str, owner: str, ttl_s: float, alive: Callable[[str], bool] = lambda _: True
+    ) -> str | None:
+        """Take or renew lease ``name`` for ``owner``; returns the other holder when it is still fresh and
+        ``alive(holder)`` says it still runs.
 
         One orchestrator (one Ray cluster) drives the deployments of a journal: a second one started on the
         same file would run them twice."""
@@ -242,7 +245,8 @@ class Journal:
             row = db.execute("SELECT data FROM records WHERE kind = 'lease' AND key = ?", (name,)).fetchone()
             if row is not None:
                 held = json.loads(row[0])
-                if held["owner"] != owner and now - float(held["renewed_at"]) < ttl_s:
+                fresh = now - float(held["renewed_at"]) < ttl_s
+                if held["owner"] != owner and fresh and alive(str(held["owner"])):
                     return str(held["owner"])
             body = json.dumps({"owner": owner, "renewed_at": now})
             db.execute("INSERT OR REPLACE INTO records VALUES ('lease', ?, ?)", (name, body))
