@@ -31,8 +31,16 @@ from actors.runner import ASSIGNMENT, DeploymentRunner
 from actors.telemetry import Telemetry
 from engine.config import load_config
 from engine.journal import Journal
-from engine.models import DeploymentRequest, DeploymentStatus, Phase, RollbackTrigger
-from engine.state import EventKind
+from engine.models import (
+    BlueGreenConfig,
+    DeploymentRequest,
+    DeploymentStatus,
+    Phase,
+    RollbackTrigger,
+    Strategy,
+    StrategyType,
+)
+from engine.state import DeploymentState, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +282,8 @@ class QueenImpl:
     async def control(self, deployment_id: str, action: str, by: str, reason: str = "") -> DeploymentStatus:
         """pause | resume | promote | promote_full | abort | rollback, journaled, then the runner woken."""
         state = self.journal.find(deployment_id)
+        if not state.active and action == "rollback" and state.phase() is Phase.SUCCEEDED:
+            return await self._redeploy_previous(state, by, reason)
         if not state.active:
             raise DeploymentRefused(f"deployment {state.deployment_id} already ended: {state.phase().value}")
         if state.admitted_at is None and action in ("abort", "rollback", "rollback_health"):
@@ -291,6 +301,38 @@ class QueenImpl:
         if runner is not None:
             runner.wake.remote()
         return self.journal.state(state.deployment_id).status()
+
+    async def _redeploy_previous(self, state: DeploymentState, by: str, reason: str) -> DeploymentStatus:
+        """Rolling back a deployment that already succeeded: the revision it replaced comes back, switched in
+        blue-green style as soon as it is ready (no analysis: the on-call engineer has decided)."""
+        newer = [
+            s
+            for s in self.journal.deployments(target_key=state.request.target.key, limit=100_000)
+            if s.submitted_at > state.submitted_at and s.phase() is not Phase.ABORTED
+        ]
+        if newer:
+            raise DeploymentRefused(
+                f"deployment {state.deployment_id} was already replaced by {newer[-1].deployment_id}: "
+                "roll that one back instead"
+            )
+        previous = self.journal.planned_stable_artifact(state.deployment_id)
+        if previous is None:
+            raise DeploymentRefused(f"deployment {state.deployment_id} replaced nothing that can be restored")
+        strategy = Strategy(
+            type=StrategyType.BLUE_GREEN,
+            replicas=state.request.strategy.replicas,
+            blue_green=BlueGreenConfig(
+                validation_duration=0, scale_down_delay=0, switch_triggers=["health_check"]
+            ),
+        )
+        request = state.request.model_copy(
+            update={"artifact": previous, "strategy": strategy, "requested_by": by}
+        )
+        new_id = await self.submit(request, f"{state.deployment_id}-rollback")
+        self.journal.append(
+            new_id, EventKind.NOTE, {"message": f"rollback of {state.deployment_id}: {reason}"}, actor=by
+        )
+        return self.journal.state(new_id).status()
 
     async def worker(self, code: str) -> Any:
         if code not in DOMAIN_WORKERS:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.models import DeploymentRequest, Phase
+from engine.models import Artifact, DeploymentRequest, Phase
 from engine.state import DeploymentState, Event, EventKind, fold
 
 _SCHEMA = """
@@ -174,6 +174,11 @@ class Journal:
     def find(self, prefix: str) -> DeploymentState:
         """A deployment by id or unique id prefix (as the CLI accepts)."""
         with self._lock:
+            exact = self._db.execute(
+                "SELECT snapshot FROM deployments WHERE deployment_id = ?", (prefix,)
+            ).fetchone()
+            if exact is not None:
+                return DeploymentState.model_validate_json(exact[0])
             rows = self._db.execute(
                 "SELECT snapshot FROM deployments WHERE deployment_id LIKE ? LIMIT 2", (prefix + "%",)
             ).fetchall()
@@ -218,6 +223,13 @@ class Journal:
         with self._lock:
             rows = self._db.execute("SELECT phase, COUNT(*) FROM deployments GROUP BY phase").fetchall()
         return {Phase(r[0]): int(r[1]) for r in rows}
+
+    def planned_stable_artifact(self, deployment_id: str) -> Artifact | None:
+        """The artifact of the revision a deployment found serving (recorded when it was planned)."""
+        for event in self.events(deployment_id):
+            if event.kind is EventKind.PLANNED and event.data.get("stable_artifact"):
+                return Artifact.model_validate(event.data["stable_artifact"])
+        return None
 
     def put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
         """Small durable registries (registered environments, health monitors), keyed by (kind, key)."""

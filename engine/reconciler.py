@@ -241,10 +241,7 @@ class DeploymentReconciler:
         return None
 
     def _stable_artifact(self) -> Artifact | None:
-        for event in self.journal.events(self.deployment_id):
-            if event.kind is EventKind.PLANNED and event.data.get("stable_artifact"):
-                return Artifact.model_validate(event.data["stable_artifact"])
-        return None
+        return self.journal.planned_stable_artifact(self.deployment_id)
 
     # ------------------------------------------------------------------------------- steps
     def _start_step(self, state: DeploymentState, step: Step) -> None:

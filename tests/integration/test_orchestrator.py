@@ -386,3 +386,21 @@ def test_a_dead_domain_worker_is_recreated(orchestrator: Any) -> None:
                 pass
         time.sleep(0.5)
     assert revived == "CanaryControllerImpl"
+
+
+def test_rolling_back_a_finished_deployment_restores_the_previous_revision(orchestrator: Any) -> None:
+    first = first_revision(orchestrator, "undo")
+    with live_traffic(first.status.address) as traffic:
+        second = orchestrator.deploy(
+            sample_artifact("undo", "2.0.0"), canary(step_ms=1500, steps=2), ENV, timeout_s=120
+        )
+        assert second.success, second.status
+        restoring = orchestrator.rollback(second.deployment_id, reason="customers report a bug")
+        restored = orchestrator.wait(restoring.deployment_id, 120)
+        time.sleep(1)
+    assert restored.success, restored.status
+    assert restored.status.weights == {"1-0-0": 100}
+    assert platform_revisions(orchestrator, "undo") == {"1-0-0": 2}
+    assert TrafficGenerator.failed(traffic.snapshot()) == 0
+    with pytest.raises(ray.exceptions.RayTaskError, match="already replaced"):
+        orchestrator.rollback(second.deployment_id)
