@@ -431,6 +431,8 @@ def _show(status: DeploymentStatus) -> str:
     step = (
         f"step {min(status.step_index + 1, status.step_count)}/{status.step_count} {status.step_name or ''}"
     )
+    if status.step_count == 0 and not status.phase.terminal:
+        step = "planning" if status.phase is Phase.PROGRESSING else ""
     text = (
         f"{status.deployment_id} {status.target.key} {status.phase.value:<12} {step.strip():<28} [{weights}]"
     )
