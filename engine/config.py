@@ -480,6 +480,7 @@ def write_isolated_config(
     namespace: str | None = None,
     source: Path | None = None,
     concurrency: dict[str, Any] | None = None,
+    prometheus_port: int | None = None,
 ) -> Path:
     """A copy of a configuration whose journal, platform state and ports are its own (tests, benchmarks)."""
     data = yaml.safe_load((source or default_config_path()).read_text())
@@ -493,6 +494,8 @@ def write_isolated_config(
         data["namespace"] = namespace
     if concurrency:
         data.setdefault("concurrency", {}).update(concurrency)
+    if prometheus_port:
+        data["metrics"] = {"prometheusPort": prometheus_port}
     path = folder / "enterprise_config.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,9 @@ def orchestrator(orch_home: Path) -> Iterator[Any]:
     from orchestrator import DeploymentOrchestrator
 
     os.environ["ORCH_HOME"] = str(orch_home)
-    config = write_isolated_config(orch_home, namespace=f"orch-test-{os.getpid()}")
+    config = write_isolated_config(
+        orch_home, namespace=f"orch-test-{os.getpid()}", prometheus_port=free_port()
+    )
     orch = DeploymentOrchestrator(config_path=config, num_cpus=2)
     yield orch
     _remove_everything(orch)
@@ -46,6 +49,12 @@ def _remove_everything(orch: Any) -> None:
             platform.remove_revision(target, revision.revision)
         platform.router.remove_frontend(target)  # type: ignore[attr-defined]
     platform.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def orch_journal(orch: Any) -> Any:

@@ -404,3 +404,44 @@ def test_rolling_back_a_finished_deployment_restores_the_previous_revision(orche
     assert TrafficGenerator.failed(traffic.snapshot()) == 0
     with pytest.raises(ray.exceptions.RayTaskError, match="already replaced"):
         orchestrator.rollback(second.deployment_id)
+
+
+def test_a_health_monitor_rolls_back_an_unhealthy_candidate(orchestrator: Any, tmp_path: Any) -> None:
+    first = first_revision(orchestrator, "watched")
+    sick = tmp_path / "sick"
+    with live_traffic(first.status.address):
+        deployment_id = orchestrator.submit(
+            sample_artifact("watched", "2.0.0", HEALTH_FAIL_FILE=str(sick)), canary(step_ms=60_000), ENV
+        )
+        wait_for(orchestrator, deployment_id, lambda s: s.weights.get("2-0-0") == 20)
+        # One failed probe suffices: the monitor (0.2 s) speaks before the runner's own checks (~3 s).
+        assert orchestrator.monitor_deployment(
+            deployment_id, interval_s=0.2, timeout_s=0.5, unhealthy_threshold=1
+        )
+        sick.write_text("unhealthy")
+        result = orchestrator.wait(deployment_id, 60)
+    assert result.status.phase is Phase.ROLLED_BACK
+    assert result.status.rollback_trigger is RollbackTrigger.HEALTH
+    assert "failed checks" in (result.status.rollback_reason or "")
+    journal = orch_journal(orchestrator)
+    requests = [e for e in journal.events(deployment_id) if e.kind is EventKind.ROLLBACK_REQUESTED]
+    assert [e.actor for e in requests] == ["health-monitor"]
+    assert result.status.weights == {"1-0-0": 100}
+
+
+def test_metrics_reach_prometheus_and_the_ray_dashboard(orchestrator: Any) -> None:
+    import urllib.request
+
+    import yaml
+
+    first_revision(orchestrator, "metered")
+    with open(orchestrator.config_path) as config:
+        port = yaml.safe_load(config)["metrics"]["prometheusPort"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    lines = [
+        line for line in text.splitlines() if line.startswith("orchestrator_deployments_finished_total{")
+    ]
+    succeeded = [float(line.split()[-1]) for line in lines if 'outcome="succeeded"' in line]
+    assert succeeded and succeeded[0] >= 1
+    assert "orchestrator_deployments_running" in text
