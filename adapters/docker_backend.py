@@ -34,6 +34,7 @@ from requests.exceptions import Timeout as RequestsTimeout
 
 from engine.models import Artifact, Target
 from engine.platform import PlatformError, Replica, RevisionSpec, TransientPlatformError
+from engine.secrets import runtime_env
 
 PLATFORM = "docker"
 LABEL_PREFIX = "deploy-orchestrator"
@@ -382,7 +383,7 @@ class DockerBackend:
             "image": image,
             "labels": labels,
             # PORT last: the replica must listen where the router will look for it.
-            "environment": {**artifact.env, "PORT": str(port)},
+            "environment": {**runtime_env(artifact), "PORT": str(port)},
             # The orchestrator decides what happens to a dead replica, not the engine.
             "restart_policy": {"Name": "no"},
         }

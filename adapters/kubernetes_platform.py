@@ -59,6 +59,7 @@ from engine.platform import (
     TrafficState,
     TransientPlatformError,
 )
+from engine.secrets import runtime_env
 
 PLATFORM = "kubernetes"
 MANAGER = "deploy-orchestrator"
@@ -417,7 +418,7 @@ class KubernetesPlatform:
 
     def _pod_template(self, spec: RevisionSpec, labels: dict[str, str]) -> dict[str, Any]:
         artifact = spec.artifact
-        env = {**artifact.env, "PORT": str(CONTAINER_PORT)}
+        env = {**runtime_env(artifact), "PORT": str(CONTAINER_PORT)}
         container: dict[str, Any] = {
             "name": "app",
             "image": self._image(spec),

@@ -59,6 +59,7 @@ from engine.platform import (
     TrafficState,
     TransientPlatformError,
 )
+from engine.secrets import runtime_env
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +396,7 @@ class LambdaPlatform:
             "Runtime": self.settings.runtime,
             "Handler": self.settings.handler,
             "Description": f"revision {spec.revision}",
-            "Environment": {"Variables": dict(spec.artifact.env)},
+            "Environment": {"Variables": runtime_env(spec.artifact)},
         }
         if self.settings.role_arn:
             config["Role"] = self.settings.role_arn

@@ -37,6 +37,7 @@ from adapters.localhost import (
 )
 from engine.models import Artifact, Target
 from engine.platform import PlatformError, Replica, RevisionSpec, TransientPlatformError
+from engine.secrets import runtime_env
 
 PLATFORM = "local"
 DEFAULT_PORT_RANGE = (20000, 29999)
@@ -149,7 +150,14 @@ def allocate_port(host: str, port_range: tuple[int, int], taken: set[int]) -> in
 
 def _artifact_fingerprint(artifact: Artifact) -> str:
     """What a running replica was started from: a change means it must be restarted."""
-    payload = json.dumps([artifact.command, artifact.working_dir, sorted(artifact.env.items())])
+    payload = json.dumps(
+        [
+            artifact.command,
+            artifact.working_dir,
+            sorted(artifact.env.items()),
+            sorted(artifact.secret_env.items()),
+        ]
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -294,7 +302,7 @@ class LocalProcessBackend:
 
     def _launch_spec(self, spec: RevisionSpec, index: int, port: int, log_dir: Path) -> dict[str, Any]:
         artifact = spec.artifact
-        env = {**os.environ, **artifact.env}
+        env = {**os.environ, **runtime_env(artifact)}
         env.update(PORT=str(port), REVISION=spec.revision, REPLICA_INDEX=str(index))
         log_file = log_dir / f"{spec.revision}@{index}.log"
         with contextlib.suppress(OSError):

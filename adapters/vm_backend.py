@@ -55,6 +55,7 @@ from pydantic.alias_generators import to_camel
 
 from engine.models import Target
 from engine.platform import PlatformError, Replica, RevisionSpec, TransientPlatformError
+from engine.secrets import runtime_env
 
 PLATFORM = "vm"
 # Revision ids become folder names on the hosts (and arguments of rm -rf): only the Artifact.revision form.
@@ -659,7 +660,7 @@ class VmBackend:
         if spec.artifact.working_dir:
             _upload_tree(sftp, Path(spec.artifact.working_dir), f"{staging}/app")
             workdir = f"{release_dir}/app"
-        env = {"HOST": host.address, "VERSION": spec.artifact.version, **spec.artifact.env}
+        env = {"HOST": host.address, "VERSION": spec.artifact.version, **runtime_env(spec.artifact)}
         env.update(PORT=str(port), REVISION=spec.revision, REPLICA_INDEX=str(index))
         _write_text(sftp, f"{staging}/run.sh", _launcher(release_dir, workdir, spec.artifact.command, env))
         # The manifest goes last: a folder with release.json is a complete release.

@@ -1,29 +1,30 @@
 """The orchestrator's own time per strategy step on each platform, beyond the platform calls it makes.
 
-For each platform (local, docker, vm, kubernetes on the kmock emulator, lambda on a moto server) the real engine
-(reconciler + journal) drives the real adapter through four deployments of one service: a first revision, a
-good canary (3 analysis steps of --step-seconds) under live traffic, a blue-green (validate, switch, hold of
---step-seconds) and a rolling update. The environments are the integration tests' own (tests/integration).
+For each platform (local, docker, vm, kubernetes on the kmock emulator, lambda on a moto server) the real
+engine (reconciler + journal) drives the real adapter through a first revision, then, each under the
+platform's live traffic, a good canary (3 analysis steps of --step-seconds), a blue-green (validate 1 s,
+switch, hold --step-seconds) and a rolling update. The environments are the integration tests' own.
 
 Measured in the same run, for every completed step:
-- platform time: seconds inside platform calls, from the journal (``platform_s`` of STEP_COMPLETED, summed by
-  the engine's TimedAdapter);
-- orchestrator time: wall time of the driver's ``reconcile()`` calls attributed to the step, minus the time
-  inside platform calls and smoke requests made during them (both measured by wrappers around the adapter and
-  the smoke tester). It covers the engine's logic and the journal (also reported on its own); the clients' own
-  Python work is inside the platform calls, not in it. It excludes the driver's sleeps (the configured windows
-  and the readiness polling);
-- readiness (DEPLOY steps): elapsed - platform - orchestrator: waiting for processes / containers / pods to get
-  ready, with the engine's polling granularity (20 ms, backing off by 1.5x up to the runner's 0.5 s tick).
+- platform time: inside platform calls, from the journal (``platform_s`` of STEP_COMPLETED, summed by the
+  engine's TimedAdapter);
+- orchestrator time: wall time of the ``reconcile()`` calls that worked on the step, minus the time inside
+  the platform calls and smoke requests made during them (measured by wrappers around the adapter and the
+  smoke tester). It is the engine's logic plus its journal (also reported alone); the clients' own Python
+  work is inside the platform calls. The driver loops like actors/runner.py: reconcile, then sleep the
+  delay it returns; those sleeps (the configured windows, readiness polling) are not orchestrator time;
+- readiness (DEPLOY steps): the sleeps while waiting for processes / containers / pods to get ready, with
+  the engine's polling granularity (20 ms, backing off by 1.5x up to the runner's 0.5 s tick), plus the
+  emulated Deployment controller's work on Kubernetes. About elapsed - platform - orchestrator.
 
-Why not ``elapsed - platform - configured wait``: the platform calls of a window step (metrics, health) happen
-inside the configured window, so subtracting both counts them twice; that figure is kept as a cross-check.
+Not ``elapsed - platform - configured wait``: a window step's platform calls (metrics, health) happen inside
+its window, so that formula subtracts them twice; it is kept as a cross-check (journal_formula_ms).
 
-    python3 benchmarks/platforms.py                                 # all five, steps of 2 s
+    python3 benchmarks/platforms.py                                  # all five, steps of 2 s (~2 minutes)
     python3 benchmarks/platforms.py --platforms local,docker --step-seconds 2 --budget-ms 50
 
-Writes benchmarks/results/platforms.json; exits 1 when a deployment did not succeed, when something could not be
-cleaned up, or when a platform's mean orchestrator time per step exceeds --budget-ms.
+Writes benchmarks/results/platforms.json; exits 1 when a deployment did not succeed, when something could
+not be cleaned up, or when a platform's mean orchestrator time per step exceeds --budget-ms.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from adapters import create_platform  # noqa: E402
-from adapters.haproxy import is_same_process  # noqa: E402
 from adapters.http_probe import HttpSmokeTester  # noqa: E402
+from adapters.localhost import is_same_process, process_start_time  # noqa: E402
 from engine.journal import Journal  # noqa: E402
 from engine.models import Phase, PlatformConfig, Target  # noqa: E402
 from engine.platform import PlatformAdapter  # noqa: E402
@@ -77,16 +78,16 @@ WINDOW_STEPS = {StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE}
 RUNNER_TICK_S = 0.5  # actors/runner.py builds its reconciler with the default tick
 SERVICE = "bench"
 RESULTS = REPO / "benchmarks" / "results" / "platforms.json"
-# Ports of their own: the tests use 18000-19999 (frontends), 9300-9399, 21000-32999 and 41000-47999 (replicas).
+# Ports of their own: the tests use 18000-19999 (frontends), 9300-9399, 21000-32999, 41000-47999 (replicas).
 LOCAL_PORTS = {"frontendPortRange": [17000, 17099], "replicaPortRange": [36000, 36999]}
 DOCKER_PORTS = {"frontendPortRange": [17100, 17199], "replicaPortRange": [37000, 37999]}
 VM_FRONTEND_PORTS = [17200, 17299]
 VM_REPLICA_PORT = 9500  # host a takes 9500-9549, host b 9550-9599
 CLOCKS = ("call", "platform", "smoke", "journal")
 MAIN_LABELS = ("first", "canary", "blue_green", "rolling")
-# moto numbers a new version len(versions) + 1: once the old stable version is deleted, the third deployment on one
-# function gets the number of a version that still exists (real Lambda never reuses one). There, each strategy
-# starts from a first revision on a function of its own.
+# moto numbers a new version len(versions) + 1: once the old stable version is deleted, the third deployment
+# on one function gets the number of a version that still exists (real Lambda never reuses one). There, each
+# strategy starts from a first revision on a function of its own.
 FRESH_SERVICE_PER_STRATEGY = {"lambda"}
 
 
@@ -114,7 +115,7 @@ class Meter:
 
 
 class ClockedAdapter:
-    """Forwards every call to the adapter, measured by ``meter`` (the engine's TimedAdapter sees wall only)."""
+    """Forwards every call to the adapter, measured by ``meter`` (wall and thread CPU time)."""
 
     def __init__(self, adapter: PlatformAdapter, meter: Meter) -> None:
         self._adapter = adapter
@@ -145,7 +146,7 @@ class ClockedSmoke:
 
 
 class ClockedJournal(Journal):
-    """The journal is the orchestrator's own work; measured to show how much of it is durability."""
+    """The journal is part of the orchestrator's own time; measured on its own as well."""
 
     def __init__(self, path: Path, meter: Meter) -> None:
         super().__init__(path)
@@ -278,7 +279,7 @@ class StepFigure(BaseModel):
     reconcile_calls: int
     slept_s: float
     configured_wait_s: float
-    readiness_s: float | None  # DEPLOY only
+    readiness_s: float | None  # DEPLOY only: sleeps waiting for readiness (+ emulated controller)
     journal_formula_ms: float | None  # elapsed - platform - configured wait (not for DEPLOY): cross-check
 
 
@@ -448,7 +449,10 @@ def recorded_processes(folder: Path, key: str | None) -> list[tuple[int, int]]:
     """(pid, start time) of processes recorded in a state folder's JSON files (HAProxy: top level)."""
     found: list[tuple[int, int]] = []
     for path in folder.glob("*.json") if folder.is_dir() else []:
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):  # removed meanwhile, or half-written: the adapter's removal decides
+            continue
         records = data.get(key, []) if key else [data]
         found += [(int(r["pid"]), int(r["start_time"])) for r in records if "pid" in r]
     return found
@@ -509,29 +513,36 @@ def local_environment(folder: Path, problems: list[str]) -> Iterator[ScenarioEnv
         kill_left_over(problems, "replica processes", replicas)
 
 
-def docker_answers() -> bool:
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False).returncode == 0
+def dockerd_processes() -> set[tuple[int, int]]:
+    """(pid, start time) of every running dockerd."""
+    found: set[tuple[int, int]] = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "dockerd":
+                start = process_start_time(int(entry.name))
+                if start is not None:
+                    found.add((int(entry.name), start))
+    return found
 
 
-def start_docker() -> int | None:
-    """Start the engine and build the images (cluster/start_docker.sh); the engine's pid if we started it."""
-    running = docker_answers()
+def start_docker() -> None:
+    """Start the engine if need be and build the images, as the docker tests do (cluster/start_docker.sh)."""
     script = REPO / "cluster" / "start_docker.sh"
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=480, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"cluster/start_docker.sh failed ({result.returncode}): {result.stderr[-2000:]}")
-    if running:
-        return None
-    return int(Path("/var/run/docker.pid").read_text().strip())
 
 
-def stop_docker(pid: int) -> None:
-    os.kill(pid, signal.SIGTERM)
+def stop_docker(engines: set[tuple[int, int]]) -> None:
+    for pid, start in engines:
+        if is_same_process(pid, start):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+    while any(is_same_process(*engine) for engine in engines) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if Path(f"/proc/{pid}").exists():
-        raise RuntimeError(f"dockerd {pid} did not stop within 30 s")
+    running = [pid for pid, start in engines if is_same_process(pid, start)]
+    if running:
+        raise RuntimeError(f"dockerd {running} did not stop within 30 s")
 
 
 @contextmanager
@@ -539,7 +550,7 @@ def docker_environment(folder: Path, problems: list[str]) -> Iterator[ScenarioEn
     from tests.integration.test_docker_scenarios import labelled_containers, remove_containers, sample
     from tests.integration.test_local_scenarios import live_traffic
 
-    engine_pid = start_docker()
+    engines_before = dockerd_processes()
     settings = {"stateDir": str(folder / "state"), **DOCKER_PORTS, "routerSlots": 16, "stopTimeout": 2}
     config = PlatformConfig(type="docker", settings=settings)
     environment = f"bench-{uuid.uuid4().hex[:8]}"  # container names carry it: never another run's
@@ -551,20 +562,24 @@ def docker_environment(folder: Path, problems: list[str]) -> Iterator[ScenarioEn
             problems.append(f"containers left behind after the adapter's removal (removed): {left}")
 
     try:
-        yield ScenarioEnv(
-            make_adapter=lambda: create_platform(config),
-            platform=config,
-            artifact=sample,
-            traffic=live_traffic,
-            journal_dir=folder,
-            smoke=HttpSmokeTester(),
-            environment=environment,
-        )
+        start_docker()
+        try:
+            yield ScenarioEnv(
+                make_adapter=lambda: create_platform(config),
+                platform=config,
+                artifact=sample,
+                traffic=live_traffic,
+                journal_dir=folder,
+                smoke=HttpSmokeTester(),
+                environment=environment,
+            )
+        finally:
+            tear_down_routed(config, Target(service=SERVICE, environment=environment), problems)
+            best_effort(problems, "removing left containers", remove_left_containers)
     finally:
-        tear_down_routed(config, Target(service=SERVICE, environment=environment), problems)
-        best_effort(problems, "removing left containers", remove_left_containers)
-        if engine_pid is not None:
-            best_effort(problems, "stopping the docker engine we started", lambda: stop_docker(engine_pid))
+        ours = dockerd_processes() - engines_before
+        if ours:  # started here (by start_docker.sh): stop it again
+            best_effort(problems, "stopping the docker engine started here", lambda: stop_docker(ours))
 
 
 @contextmanager
@@ -813,19 +828,21 @@ def benchmark_platform(name: str, step_ms: int, folder: Path) -> PlatformFigures
 # ------------------------------------------------------------------------------------------- report
 NOTES = (
     "Per completed step: orchestrator time = wall time of the reconcile() calls that worked on the step "
-    "(measured by the driver, which loops like actors/runner.py: reconcile, sleep the returned delay, tick "
-    f"{RUNNER_TICK_S} s) minus the time inside platform calls and smoke requests made during them. It includes "
-    "the journal (journal_ms) and the engine's logic; the clients' own Python work is inside the platform calls. "
-    "platform_ms is the journal's platform_s (the engine's TimedAdapter); platform_ms_measured is the driver's "
-    "wrapper (cross-check). readiness (DEPLOY steps) = elapsed - platform - orchestrator: waiting for the "
-    "replicas to get ready, including the engine's polling granularity (20 ms backing off by 1.5x to the "
-    f"{RUNNER_TICK_S} s tick) and, on kubernetes, the emulated controller; it is not counted as orchestrator "
-    "time. journal_formula_ms = elapsed - platform - configured wait is only a cross-check: the platform calls "
-    "of a window step happen inside its window, so it subtracts them twice. orchestrator_cpu_ms is the thread "
-    "CPU time of the same work: wall time can be inflated by the GIL, because live traffic (local, docker, vm), "
-    "the Kubernetes emulator, its controller and traffic, and the moto server and its invocations run as threads "
-    "of this process. Planning and finishing are outside the steps (outside_steps_orchestrator_ms). The machine "
-    "is shared: figures of one run, not a distribution."
+    "minus the time inside the platform calls and smoke requests made during them; it includes the journal "
+    "(journal_ms) and the engine's logic, while the clients' own Python work is inside the platform calls. "
+    "The driver loops like actors/runner.py (reconcile, sleep the returned delay, tick "
+    f"{RUNNER_TICK_S} s). platform_ms is the journal's platform_s (the engine's TimedAdapter); "
+    "platform_ms_measured is the driver's wrapper (cross-check). readiness_s (DEPLOY steps) = the driver's "
+    "sleeps while the step waited for replicas to get ready, with the engine's polling granularity (20 ms "
+    f"backing off by 1.5x to the {RUNNER_TICK_S} s tick), plus the emulated controller's work on kubernetes; "
+    "not orchestrator time. Local, docker and vm adapters wait for readiness inside ensure_revision, so "
+    "there it is mostly platform time. journal_formula_ms = elapsed - platform - configured wait is only a "
+    "cross-check: a window step's platform calls happen inside its window, so it subtracts them twice. "
+    "orchestrator_cpu_ms is the thread CPU time of the same work: wall time can be inflated by the GIL, "
+    "since live traffic, the Kubernetes emulator with its controller and traffic, and the moto server with "
+    "its invocations run as threads of this process. Planning and finishing are outside the steps "
+    "(outside_steps_orchestrator_ms). On lambda each strategy starts from a first revision on a function "
+    "of its own (moto reuses a deleted version's number). The machine is shared: one run, not a distribution."
 )
 
 

@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from engine.secrets import REFERENCE, looks_secret
+
 SUPPORTED_PLATFORMS = ("local", "docker", "kubernetes", "lambda", "vm")
 KNOWN_UNSUPPORTED_PLATFORMS = ("azure_functions", "gcp_functions", "google_cloud_functions")
 
@@ -74,7 +76,29 @@ class Artifact(Model):
     command: list[str] = Field(default_factory=list, description="Process command (local, vm platforms)")
     working_dir: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    secret_env: dict[str, str] = Field(
+        default_factory=dict, description="NAME -> env:VAR or file:/path; resolved only where replicas start"
+    )
     health_path: str = "/health"
+
+    @field_validator("env")
+    @classmethod
+    def _no_plain_secrets(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            if looks_secret(name):
+                raise ValueError(
+                    f"env.{name} looks like a secret: put a reference in secretEnv (env:NAME or file:/path) "
+                    "so that its value never reaches the journal"
+                )
+        return env
+
+    @field_validator("secret_env")
+    @classmethod
+    def _references_only(cls, secret_env: dict[str, str]) -> dict[str, str]:
+        for name, reference in secret_env.items():
+            if not REFERENCE.match(reference):
+                raise ValueError(f"secretEnv.{name}: use a reference, env:NAME or file:/path, not a value")
+        return secret_env
 
     @property
     def revision(self) -> str:

@@ -245,10 +245,11 @@ class DeploymentReconciler:
 
     # ------------------------------------------------------------------------------- steps
     def _start_step(self, state: DeploymentState, step: Step) -> None:
-        self._step_platform_start = self._platform_seconds()
         baseline: dict[str, float] = {}
         if step.kind in (StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE) and state.candidate_revision:
             baseline = baseline_of(self.adapter.metrics(state.request.target).get(state.candidate_revision))
+        # Timing of the step starts with its journaled start, as elapsed_s does.
+        self._step_platform_start = self._platform_seconds()
         self._unhealthy_checks = 0
         self._smoked_at = None
         self._polls = 0
@@ -389,6 +390,7 @@ class DeploymentReconciler:
                 f"{failures} analysis windows in a row without success ({measurement.verdict.value}): "
                 f"{measurement.reason}",
             )
+        self._step_platform_start = self._platform_seconds()  # elapsed_s counts from the restart too
         self._append(
             EventKind.WINDOW_RESTARTED, consecutive_failures=failures, baseline=baseline_of(snapshot)
         )

@@ -1,0 +1,41 @@
+"""Secrets for a service's environment: the journal keeps references (``env:NAME``, ``file:/path``), never
+values; adapters resolve them only when they start a replica."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.models import Artifact
+
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.IGNORECASE)
+REFERENCE = re.compile(r"^(env|file):(.+)$")
+
+
+def looks_secret(name: str) -> bool:
+    return bool(SECRET_NAME.search(name))
+
+
+def resolve(name: str, reference: str) -> str:
+    """The value behind one reference; ValueError naming the variable (never the value) when missing."""
+    match = REFERENCE.match(reference)
+    if match is None:
+        raise ValueError(f"secretEnv.{name}: '{reference}' is not a reference: use env:NAME or file:/path")
+    kind, where = match.groups()
+    if kind == "env":
+        value = os.environ.get(where)
+        if value is None:
+            raise ValueError(f"secretEnv.{name}: the environment variable {where} is not set where it runs")
+        return value
+    try:
+        return Path(where).expanduser().read_text().rstrip("\n")
+    except OSError as error:
+        raise ValueError(f"secretEnv.{name}: cannot read {where}: {error.strerror}") from error
+
+
+def runtime_env(artifact: Artifact) -> dict[str, str]:
+    """The environment a replica gets: the plain variables plus the resolved secrets."""
+    return {**artifact.env, **{name: resolve(name, ref) for name, ref in artifact.secret_env.items()}}
