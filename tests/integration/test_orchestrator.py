@@ -445,3 +445,13 @@ def test_metrics_reach_prometheus_and_the_ray_dashboard(orchestrator: Any) -> No
     succeeded = [float(line.split()[-1]) for line in lines if 'outcome="succeeded"' in line]
     assert succeeded and succeeded[0] >= 1
     assert "orchestrator_deployments_running" in text
+
+
+def test_an_unreachable_platform_fails_the_deployment_before_any_change(orchestrator: Any) -> None:
+    closed = {"type": "docker", "settings": {"baseUrl": "tcp://127.0.0.1:9", "timeout": 2, "retries": 0}}
+    artifact = {"name": "unreachable", "version": "1.0.0", "source": "local/sample-service:1"}
+    result = orchestrator.deploy(artifact, {"type": "rolling", "replicas": 1}, ENV, closed, timeout_s=120)
+    assert result.status.phase is Phase.FAILED
+    assert "docker" in result.status.message and "127.0.0.1:9" in result.status.message
+    kinds = [e.kind for e in orch_journal(orchestrator).events(result.deployment_id)]
+    assert EventKind.PLANNED not in kinds and EventKind.WEIGHTS_SET not in kinds
