@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         (19600, 19799),
         (48000, 49999),
         namespace="orch-bench",
-        concurrency={"warmRunners": args.services},  # sized to the burst it serves; their start-up is counted
+        concurrency={"warmRunners": args.warm_runners if args.warm_runners >= 0 else args.services},
     )
     ray.init(
         address="local",
@@ -226,6 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     orch.shutdown()
     return {
         "services": args.services,
+        "warm_runners": args.warm_runners if args.warm_runners >= 0 else args.services,
         "steps": args.steps,
         "step_seconds": args.step_seconds,
         "succeeded": sum(r.status.phase is Phase.SUCCEEDED for r in results),
@@ -277,6 +278,12 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--budget", type=float, default=0.002)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--warm-runners",
+        type=int,
+        default=-1,
+        help="standby runners (default: one per service, so no admission waits; each idle one costs CPU)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.services, args.steps, args.step_seconds, args.idle_seconds, args.rps = 3, 2, 5.0, 5.0, 30.0
