@@ -36,7 +36,6 @@ import logging
 import os
 import platform as host_platform
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,14 +53,36 @@ from pydantic import BaseModel
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from adapters import create_platform  # noqa: E402
-from adapters.http_probe import HttpSmokeTester  # noqa: E402
 from adapters.localhost import is_same_process, process_start_time  # noqa: E402
 from engine.journal import Journal  # noqa: E402
 from engine.models import Phase, PlatformConfig, Target  # noqa: E402
 from engine.platform import PlatformAdapter  # noqa: E402
 from engine.reconciler import DeploymentReconciler, SmokeTester  # noqa: E402
 from engine.state import DeploymentState, Event, EventKind, Step, StepKind  # noqa: E402
+from tests.integration.environments import (  # noqa: E402
+    HOSTS,
+    RUN,
+    Cluster,
+    docker_engine_started,
+    docker_scenario_config,
+    kill_pids,
+    kill_surviving,
+    kube_cluster,
+    kubernetes_scenario_env,
+    labelled_containers,
+    lambda_scenario_env,
+    moto_server,
+    processes_under,
+    prometheus_server,
+    recorded_processes,
+    remove_containers,
+    remove_through_adapter,
+    routed_scenario_env,
+    sample_container,
+    sample_process,
+    ssh_daemons,
+)
+from tests.integration.k8s_emulator import KubeEmulator  # noqa: E402
 from tests.integration.scenarios import (  # noqa: E402
     FIRST,
     ROLLING,
@@ -80,7 +101,8 @@ SERVICE = "bench"
 RESULTS = REPO / "benchmarks" / "results" / "platforms.json"
 # Ports of their own: the tests use 18000-19999 (frontends), 9300-9399, 21000-32999, 41000-47999 (replicas).
 LOCAL_PORTS = {"frontendPortRange": [17000, 17099], "replicaPortRange": [36000, 36999]}
-DOCKER_PORTS = {"frontendPortRange": [17100, 17199], "replicaPortRange": [37000, 37999]}
+DOCKER_FRONTEND_PORTS = [17100, 17199]
+DOCKER_REPLICA_PORTS = [37000, 37999]
 VM_FRONTEND_PORTS = [17200, 17299]
 VM_REPLICA_PORT = 9500  # host a takes 9500-9549, host b 9550-9599
 CLOCKS = ("call", "platform", "smoke", "journal")
@@ -445,72 +467,35 @@ def best_effort(problems: list[str], what: str, action: Callable[[], None]) -> N
         problems.append(f"{what}: {error!r}")
 
 
-def recorded_processes(folder: Path, key: str | None) -> list[tuple[int, int]]:
-    """(pid, start time) of processes recorded in a state folder's JSON files (HAProxy: top level)."""
-    found: list[tuple[int, int]] = []
-    for path in folder.glob("*.json") if folder.is_dir() else []:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):  # removed meanwhile, or half-written: the adapter's removal decides
-            continue
-        records = data.get(key, []) if key else [data]
-        found += [(int(r["pid"]), int(r["start_time"])) for r in records if "pid" in r]
-    return found
-
-
-def kill_left_over(problems: list[str], what: str, processes: list[tuple[int, int]]) -> None:
-    kill_pids(problems, what, [pid for pid, start in processes if is_same_process(pid, start)])
-
-
-def kill_pids(problems: list[str], what: str, pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def note_killed(problems: list[str], what: str, pids: list[int]) -> None:
     if pids:
         problems.append(f"{what} left behind after the adapter's removal (killed): {pids}")
-
-
-def remove_through_adapter(config: PlatformConfig, target: Target) -> None:
-    platform: Any = create_platform(config)
-    try:
-        for revision in platform.list_revisions(target):
-            platform.remove_revision(target, revision.revision)
-        platform.router.remove_frontend(target)
-    finally:
-        platform.close()
 
 
 def tear_down_routed(config: PlatformConfig, target: Target, problems: list[str]) -> None:
     """Local, docker, vm: remove through the adapter, then kill any HAProxy it missed."""
     haproxy_dir = Path(config.settings["stateDir"]) / config.type / "haproxy"
-    routers = recorded_processes(haproxy_dir, None)  # read before removal deletes the files
-    best_effort(problems, "removal through the adapter", lambda: remove_through_adapter(config, target))
-    kill_left_over(problems, "HAProxy", routers)
+    routers = recorded_processes(haproxy_dir)  # read before removal deletes the files
+    best_effort(problems, "removal through the adapter", lambda: remove_through_adapter(config, [target]))
+    note_killed(problems, "HAProxy", kill_surviving(routers))
 
 
 # ------------------------------------------------------------------------------------------- environments
+# The integration tests' own environments (tests/integration/environments.py), with the benchmark's ports
+# and a clean-up that records what it had to remove rather than failing.
 Environment = Callable[[Path, list[str]], AbstractContextManager[ScenarioEnv]]
 
 
 @contextmanager
 def local_environment(folder: Path, problems: list[str]) -> Iterator[ScenarioEnv]:
-    from tests.integration.test_local_scenarios import live_traffic, sample
-
     config = PlatformConfig(type="local", settings={"stateDir": str(folder / "state"), **LOCAL_PORTS})
     replicas_dir = folder / "state" / "local" / "processes"
     try:
-        yield ScenarioEnv(
-            make_adapter=lambda: create_platform(config),
-            platform=config,
-            artifact=sample,
-            traffic=live_traffic,
-            journal_dir=folder,
-            smoke=HttpSmokeTester(),
-        )
+        yield routed_scenario_env(config, sample_process, folder)
     finally:
         replicas = recorded_processes(replicas_dir, "replicas")
         tear_down_routed(config, Target(service=SERVICE, environment="staging"), problems)
-        kill_left_over(problems, "replica processes", replicas)
+        note_killed(problems, "replica processes", kill_surviving(replicas))
 
 
 def dockerd_processes() -> set[tuple[int, int]]:
@@ -523,14 +508,6 @@ def dockerd_processes() -> set[tuple[int, int]]:
                 if start is not None:
                     found.add((int(entry.name), start))
     return found
-
-
-def start_docker() -> None:
-    """Start the engine if need be and build the images, as the docker tests do (cluster/start_docker.sh)."""
-    script = REPO / "cluster" / "start_docker.sh"
-    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=480, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"cluster/start_docker.sh failed ({result.returncode}): {result.stderr[-2000:]}")
 
 
 def stop_docker(engines: set[tuple[int, int]]) -> None:
@@ -547,12 +524,8 @@ def stop_docker(engines: set[tuple[int, int]]) -> None:
 
 @contextmanager
 def docker_environment(folder: Path, problems: list[str]) -> Iterator[ScenarioEnv]:
-    from tests.integration.test_docker_scenarios import labelled_containers, remove_containers, sample
-    from tests.integration.test_local_scenarios import live_traffic
-
     engines_before = dockerd_processes()
-    settings = {"stateDir": str(folder / "state"), **DOCKER_PORTS, "routerSlots": 16, "stopTimeout": 2}
-    config = PlatformConfig(type="docker", settings=settings)
+    config = docker_scenario_config(folder / "state", DOCKER_FRONTEND_PORTS, DOCKER_REPLICA_PORTS)
     environment = f"bench-{uuid.uuid4().hex[:8]}"  # container names carry it: never another run's
 
     def remove_left_containers() -> None:
@@ -562,20 +535,12 @@ def docker_environment(folder: Path, problems: list[str]) -> Iterator[ScenarioEn
             problems.append(f"containers left behind after the adapter's removal (removed): {left}")
 
     try:
-        start_docker()
-        try:
-            yield ScenarioEnv(
-                make_adapter=lambda: create_platform(config),
-                platform=config,
-                artifact=sample,
-                traffic=live_traffic,
-                journal_dir=folder,
-                smoke=HttpSmokeTester(),
-                environment=environment,
-            )
-        finally:
-            tear_down_routed(config, Target(service=SERVICE, environment=environment), problems)
-            best_effort(problems, "removing left containers", remove_left_containers)
+        with docker_engine_started():
+            try:
+                yield routed_scenario_env(config, sample_container, folder, environment=environment)
+            finally:
+                tear_down_routed(config, Target(service=SERVICE, environment=environment), problems)
+                best_effort(problems, "removing left containers", remove_left_containers)
     finally:
         ours = dockerd_processes() - engines_before
         if ours:  # started here (by start_docker.sh): stop it again
@@ -584,185 +549,35 @@ def docker_environment(folder: Path, problems: list[str]) -> Iterator[ScenarioEn
 
 @contextmanager
 def vm_environment(folder: Path, problems: list[str]) -> Iterator[ScenarioEnv]:
-    from tests.integration.test_local_scenarios import live_traffic
-    from tests.integration.test_vm_platform import (
-        HOSTS,
-        SshHosts,
-        free_port_block,
-        processes_under,
-        stop_daemons,
-    )
-    from tests.integration.test_vm_scenarios import sample
-
-    hosts = SshHosts(folder / "ssh", free_port_block(len(HOSTS)))
     roots = folder / "hosts"
-    try:
-        script = REPO / "cluster" / "start_sshd.sh"
-        command = ["bash", str(script), str(hosts.folder), str(len(HOSTS)), str(hosts.ports[0])]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"cluster/start_sshd.sh failed ({result.returncode}): {result.stderr[-2000:]}")
-        settings = hosts.settings(roots, VM_REPLICA_PORT)
-        settings.update(stateDir=str(folder / "state"), portsPerHost=50, frontendPortRange=VM_FRONTEND_PORTS)
-        settings.update(routerSlots=16, stopTimeout=3)
-        config = PlatformConfig(type="vm", settings=settings)
+    with ssh_daemons(folder / "ssh") as hosts:
+        config = hosts.scenario_config(roots, folder / "state", VM_REPLICA_PORT, VM_FRONTEND_PORTS)
         try:
-            yield ScenarioEnv(
-                make_adapter=lambda: create_platform(config),
-                platform=config,
-                artifact=sample,
-                traffic=live_traffic,
-                journal_dir=folder,
-                smoke=HttpSmokeTester(),
-                replicas=len(HOSTS),
-            )
+            yield routed_scenario_env(config, sample_process, folder, replicas=len(HOSTS))
         finally:
             tear_down_routed(config, Target(service=SERVICE, environment="staging"), problems)
-            kill_pids(problems, "replica processes", processes_under(roots))
-    finally:
-        best_effort(problems, "stopping the SSH daemons", lambda: stop_daemons(hosts))
-
-
-@contextmanager
-def prometheus_server(folder: Path) -> Iterator[Any]:
-    """What the Kubernetes scenarios' ``prometheus`` fixture does: a real Prometheus scraping an exporter."""
-    import prometheus_client
-
-    from tests.integration.test_kubernetes_platform import _closed_port
-    from tests.integration.test_kubernetes_scenarios import Prometheus, _wait_ready
-
-    registry = prometheus_client.CollectorRegistry()
-    labels = ["namespace", "service", "revision", "code"]
-    requests = prometheus_client.Counter("http_requests", "requests served", labels, registry=registry)
-    exporter_port, prometheus_port = _closed_port(), _closed_port()
-    exporter, exporter_thread = prometheus_client.start_http_server(exporter_port, "127.0.0.1", registry)
-    config = folder / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 500ms}\n"
-        f"scrape_configs: [{{job_name: app, static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]}}]\n"
-    )
-    with (folder / "prometheus.log").open("wb") as log_file:
-        process = subprocess.Popen(
-            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={folder / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-            stdout=subprocess.DEVNULL, stderr=log_file,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{prometheus_port}"
-    try:
-        _wait_ready(url, process)
-        yield Prometheus(url, requests)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        exporter.shutdown()
-        exporter_thread.join(5)
+            left = processes_under(roots)
+            kill_pids(left)
+            note_killed(problems, "replica processes", left)
 
 
 @contextmanager
 def kubernetes_environment(folder: Path, problems: list[str]) -> Iterator[ScenarioEnv]:
-    from kubernetes import client
-
-    from adapters.kubernetes_platform import KubernetesPlatform
-    from tests.integration.k8s_emulator import FakeController, KubeEmulator
-    from tests.integration.test_kubernetes_scenarios import (
-        METRICS_SELECTOR,
-        Cluster,
-        LiveTraffic,
-        image_artifact,
-    )
-
-    with KubeEmulator(gateway_api=False) as emulator, prometheus_server(folder) as prometheus:
-        namespace = emulator.new_namespace("bench")
-        controller = FakeController(emulator, namespace).start(interval_s=0.1)
-        api = emulator.api_client()
-        cluster = Cluster(emulator, namespace, controller, client.AppsV1Api(api))
-        settings = {
-            "host": emulator.url,
-            "namespace": namespace,
-            "metricsUrl": prometheus.url,
-            "metricsSelector": METRICS_SELECTOR,
-            "splitReadyTimeout": 20,
-            "retryBackoff": 0.05,
-        }
-
-        def live(adapter: PlatformAdapter, target: Target) -> LiveTraffic:
-            return LiveTraffic(adapter, target, cluster, prometheus.requests)
-
+    labels = ["namespace", "service", "revision", "code"]
+    with KubeEmulator(gateway_api=False) as emulator, prometheus_server(folder, labels) as prometheus:
+        clusters: list[Cluster] = []
         try:
-            yield ScenarioEnv(
-                make_adapter=lambda: KubernetesPlatform(folder / "state", settings),
-                platform=PlatformConfig(type="kubernetes", settings=settings),
-                artifact=image_artifact,
-                traffic=live,
-                journal_dir=folder,
-                settle=controller.settle,
-                deadline_s=120.0,
-            )
-        finally:
-            controller.stop()
-            api.close()
-            problems += [f"emulated controller: {error}" for error in controller.errors]
-
-
-@contextmanager
-def dummy_aws_credentials(folder: Path) -> Iterator[None]:
-    """Dummy credentials only, and no shared config or metadata that could bring a real one in."""
-    from tests.integration.test_lambda_scenarios import DUMMY_CREDENTIALS, OTHER_CREDENTIAL_SOURCES
-
-    empty = str(folder / "no-aws-config")
-    wanted = {**DUMMY_CREDENTIALS, "AWS_CONFIG_FILE": empty, "AWS_SHARED_CREDENTIALS_FILE": empty}
-    saved = {name: os.environ.get(name) for name in [*wanted, *OTHER_CREDENTIAL_SOURCES]}
-    os.environ.update(wanted)
-    for name in OTHER_CREDENTIAL_SOURCES:
-        os.environ.pop(name, None)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+            with kube_cluster(emulator, "bench") as cluster:
+                clusters.append(cluster)
+                yield kubernetes_scenario_env(cluster, prometheus, folder)
+        finally:  # read once the controller has stopped
+            problems += [f"emulated controller: {e}" for c in clusters for e in c.controller.errors]
 
 
 @contextmanager
 def lambda_environment(folder: Path, problems: list[str]) -> Iterator[ScenarioEnv]:
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from adapters.lambda_platform import LambdaPlatform
-    from tests.integration.test_lambda_platform import REGION, Moto
-    from tests.integration.test_lambda_scenarios import FUNCTION_NAME, RUN, LiveInvocations, zip_artifacts
-
-    with dummy_aws_credentials(folder):
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            url = f"http://{host}:{port}"
-            iam = boto3.client("iam", endpoint_url=url, region_name=REGION)
-            role = iam.create_role(RoleName=f"bench-{RUN}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-            aws = Moto(url, role)
-            settings = aws.settings(functionName=FUNCTION_NAME)
-
-            def live(adapter: PlatformAdapter, target: Target) -> LiveInvocations:
-                assert isinstance(adapter, LambdaPlatform)
-                return LiveInvocations(adapter, target, aws)
-
-            yield ScenarioEnv(
-                make_adapter=lambda: LambdaPlatform(folder / "state", settings),
-                platform=PlatformConfig(type="lambda", settings=settings),
-                artifact=zip_artifacts(folder),
-                traffic=live,
-                journal_dir=folder,
-                deadline_s=120.0,
-            )
-        finally:
-            server.stop()
+    with moto_server(folder, f"bench-{RUN}") as aws:
+        yield lambda_scenario_env(aws, folder)
 
 
 ENVIRONMENTS: dict[str, Environment] = {

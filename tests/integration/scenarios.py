@@ -24,7 +24,7 @@ from engine.models import (
     Strategy,
     Target,
 )
-from engine.platform import PlatformAdapter
+from engine.platform import PlatformAdapter, RevisionSpec
 from engine.reconciler import DeploymentReconciler, SmokeTester
 from engine.state import DeploymentState, EventKind
 
@@ -157,6 +157,18 @@ def blue_green_strategy(hold_ms: int) -> dict[str, Any]:
     }
 
 
+def leave_candidate(env: ScenarioEnv, target: Target, version: str) -> None:
+    """What a runner that died after creating the candidate, before journaling it, leaves on the platform."""
+    adapter = env.make_adapter()
+    try:
+        artifact = env.artifact(target.service, version, False)
+        adapter.ensure_revision(
+            RevisionSpec(target=target, artifact=artifact, replicas=1, deployment_id="dead")
+        )
+    finally:
+        adapter.close()
+
+
 ROLLING = {"type": "rolling", "rolling": {"maxSurge": 1, "maxUnavailable": 0}}
 FIRST = {"type": "rolling"}
 
@@ -169,6 +181,16 @@ class PlatformScenarios:
         first = harness.deploy("1.0.0", FIRST)
         assert first.phase() is Phase.SUCCEEDED, first.status()
         assert harness.weights() == {"1-0-0": 100}
+        return harness
+
+    def _adopts_left_candidate(self, env: ScenarioEnv, service: str) -> Harness:
+        """A runner died after creating the candidate, before journaling it: the next one adopts it."""
+        harness = self._stable(env, service)
+        leave_candidate(env, harness.target, "2.0.0")
+        with harness.live():
+            state = harness.deploy("2.0.0", ROLLING)
+        assert state.phase() is Phase.SUCCEEDED, state.status()
+        assert harness.weights() == {"2-0-0": 100}
         return harness
 
     def test_good_canary_is_promoted(self, scenario_env: ScenarioEnv) -> None:

@@ -11,18 +11,14 @@ import http.client
 import socket
 import subprocess
 import threading
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import docker
 import pytest
 
 from adapters import create_platform
@@ -39,12 +35,17 @@ from engine.platform import (
     WorkloadBackend,
 )
 from tests.integration.contract import ContractEnv, PlatformContract, deploy, wait_ready
+from tests.integration.environments import (
+    DEADLINE_S,
+    SAMPLE_IMAGE,
+    closed_port,
+    docker_engine_started,
+    http_get,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE_IMAGE = "local/sample-service:1"
-DEADLINE_S = 30.0
 # Frontend ports of their own: the local platform's tests use 18000-18899, the orchestrator's 19000-19499.
 ROUTER_SETTINGS: dict[str, Any] = {
     "frontendPortRange": [18900, 18999],
@@ -56,37 +57,11 @@ ROUTER_SETTINGS: dict[str, Any] = {
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-def http_get(url: str, timeout: float = 3.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, urllib.error.URLError):
-            pass  # not listening yet
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def wait_answering(replica: Replica) -> None:
     wait_for(
         f"replica {replica.revision}/{replica.index} on {replica.address}",
         lambda: http_get(f"http://{replica.address}/health")[0] in (200, 503),
     )
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def sample_artifact(service: str, version: str, **env: str) -> Artifact:
@@ -104,26 +79,8 @@ def sample_artifact(service: str, version: str, **env: str) -> Artifact:
 @pytest.fixture(scope="module")
 def docker_engine() -> Iterator[Any]:
     """Start the engine and build the images, from a fresh machine if need be; fail loudly if impossible."""
-    try:
-        result = subprocess.run(
-            ["bash", str(REPO / "cluster" / "start_docker.sh")],
-            capture_output=True,
-            text=True,
-            # Below pytest's per-test timeout, so that a stuck script fails with its own message.
-            timeout=480,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as expired:
-        output = f"{expired.stdout!r}\n{expired.stderr!r}"
-        pytest.fail(f"cluster/start_docker.sh did not finish in 480 s:\n{output}")
-    if result.returncode != 0:
-        output = f"{result.stdout}\n{result.stderr}"
-        pytest.fail(f"cluster/start_docker.sh failed ({result.returncode}):\n{output}")
-    client = docker.from_env()
-    try:
-        yield client
-    finally:
-        client.close()
+    with docker_engine_started() as engine:
+        yield engine
 
 
 def remove_and_check(client: Any, service: str) -> None:

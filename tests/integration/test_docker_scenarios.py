@@ -8,25 +8,27 @@ container and router it made and checks that none is left.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
-from adapters import create_platform
-from adapters.docker_backend import LABEL_ENVIRONMENT, LABEL_REVISION, LABEL_SERVICE
-from adapters.haproxy import is_same_process
-from adapters.http_probe import HttpSmokeTester
-from engine.models import Artifact, PlatformConfig, Target
+from adapters.docker_backend import LABEL_REVISION
+from engine.models import PlatformConfig, Target
+from tests.integration.environments import (
+    docker_scenario_config,
+    kill_surviving,
+    labelled_containers,
+    recorded_processes,
+    remove_containers,
+    remove_through_adapter,
+    routed_scenario_env,
+    sample_container,
+)
 from tests.integration.scenarios import PlatformScenarios, ScenarioEnv
-from tests.integration.test_docker_platform import SAMPLE_IMAGE, docker_engine
-from tests.integration.test_local_scenarios import live_traffic
+from tests.integration.test_docker_platform import docker_engine
 
 pytestmark = pytest.mark.integration
 
@@ -38,36 +40,12 @@ FRONTEND_PORTS = [18100, 18299]
 REPLICA_PORTS = [30000, 32999]
 
 
-def sample(service: str, version: str, faulty: bool) -> Artifact:
-    return Artifact(
-        name=service,
-        version=version,
-        source=f"docker://{SAMPLE_IMAGE}",
-        env={"VERSION": version, "ERROR_RATE": "0.5" if faulty else "0"},
-    )
-
-
 class TestDockerScenarios(PlatformScenarios):
     @pytest.fixture
     def scenario_env(self, tmp_path: Path, docker_engine: Any) -> Iterator[ScenarioEnv]:
-        config = PlatformConfig(
-            type="docker",
-            settings={
-                "stateDir": str(tmp_path / "state"),
-                "frontendPortRange": FRONTEND_PORTS,
-                "replicaPortRange": REPLICA_PORTS,
-                "routerSlots": 16,
-                "stopTimeout": 2,
-            },
-        )
-        env = ScenarioEnv(
-            make_adapter=lambda: create_platform(config),
-            platform=config,
-            artifact=sample,
-            traffic=live_traffic,
-            journal_dir=tmp_path,
-            smoke=HttpSmokeTester(),
-            environment=f"dk-{uuid.uuid4().hex[:8]}",
+        config = docker_scenario_config(tmp_path / "state", FRONTEND_PORTS, REPLICA_PORTS)
+        env = routed_scenario_env(
+            config, sample_container, tmp_path, environment=f"dk-{uuid.uuid4().hex[:8]}"
         )
         yield env
         tear_down(config, env.environment, tmp_path / "state" / "docker" / "haproxy")
@@ -81,46 +59,16 @@ class TestDockerScenarios(PlatformScenarios):
         assert all(container.status == "running" for container in containers)
 
 
-def labelled_containers(service: str, environment: str) -> list[Any]:
-    """The engine's own view (not the adapter's) of the containers of one target."""
-    client = docker.from_env()
-    try:
-        selector = {"label": [f"{LABEL_SERVICE}={service}", f"{LABEL_ENVIRONMENT}={environment}"]}
-        return list(client.containers.list(all=True, filters=selector))
-    finally:
-        client.close()
-
-
-def remove_containers(names: list[str]) -> None:
-    client = docker.from_env()
-    try:
-        for name in names:
-            client.containers.get(name).remove(force=True)
-    finally:
-        client.close()
-
-
-def router_processes(haproxy_dir: Path) -> list[tuple[int, int]]:
-    states = (json.loads(path.read_text()) for path in haproxy_dir.glob("*.json"))
-    return [(state["pid"], state["start_time"]) for state in states]
-
-
 def tear_down(config: PlatformConfig, environment: str, haproxy_dir: Path) -> None:
     """Remove through the adapter, then insist that no container and no HAProxy of the test is left."""
-    routers = router_processes(haproxy_dir)
-    platform: Any = create_platform(config)
+    routers = recorded_processes(haproxy_dir)
     try:
-        for service in SERVICES:
-            target = Target(service=service, environment=environment)
-            for revision in platform.list_revisions(target):
-                platform.remove_revision(target, revision.revision)
-            platform.router.remove_frontend(target)
+        remove_through_adapter(
+            config, [Target(service=service, environment=environment) for service in SERVICES]
+        )
     finally:
-        platform.close()
         left_containers = [c.name for s in SERVICES for c in labelled_containers(s, environment)]
         remove_containers(left_containers)
-        left_routers = [pid for pid, start in routers if is_same_process(pid, start)]
-        for pid in left_routers:
-            os.kill(pid, signal.SIGKILL)
+        left_routers = kill_surviving(routers)
     assert not left_containers, f"containers left behind: {left_containers}"
     assert not left_routers, f"HAProxy processes left behind: {left_routers}"

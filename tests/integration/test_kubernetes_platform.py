@@ -8,8 +8,6 @@ the contract (so that a replica-ratio split can become ready while ``set_traffic
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from adapters.kubernetes_platform import (
 from engine.models import Artifact, Target
 from engine.platform import PlatformError, RevisionSpec, TransientPlatformError
 from tests.integration.contract import ContractEnv, PlatformContract, deploy, wait_ready
+from tests.integration.environments import closed_port, prometheus_server
 from tests.integration.k8s_emulator import FakeController, KubeEmulator
 
 pytestmark = pytest.mark.integration
@@ -325,14 +324,8 @@ def test_gateway_split_writes_httproute_weights(k8s_gateway: K8s) -> None:
 # --------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_validate_names_an_unreachable_endpoint(tmp_path: Path) -> None:
-    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    endpoint = f"http://127.0.0.1:{closed_port()}"
     adapter = KubernetesPlatform(tmp_path, {"host": endpoint, "namespace": "default"})
     with pytest.raises(PlatformError) as raised:
         adapter.validate()
@@ -343,7 +336,7 @@ def test_validate_names_an_unreachable_endpoint(tmp_path: Path) -> None:
 
 
 def test_kubeconfig_and_context_are_honoured(emulator: KubeEmulator, tmp_path: Path) -> None:
-    namespace, closed = emulator.new_namespace(), f"http://127.0.0.1:{_closed_port()}"
+    namespace, closed = emulator.new_namespace(), f"http://127.0.0.1:{closed_port()}"
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         json.dumps(
@@ -527,29 +520,9 @@ def test_metrics_without_prometheus_count_servers(k8s: K8s) -> None:
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[tuple[str, prometheus_client.Counter]]:
     """A real Prometheus scraping a prometheus-client exporter on loopback every 0.5 s."""
-    registry = prometheus_client.CollectorRegistry()
-    requests = prometheus_client.Counter(
-        "http_requests", "requests served", ["service", "revision", "code"], registry=registry
-    )
-    exporter_port, prometheus_port = _closed_port(), _closed_port()
-    exporter, exporter_thread = prometheus_client.start_http_server(exporter_port, "127.0.0.1", registry)
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 500ms}\n"
-        f"scrape_configs: [{{job_name: app, static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]}}]\n"
-    )
-    process = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"),
-    )  # fmt: skip
-    try:
-        yield f"http://127.0.0.1:{prometheus_port}", requests
-    finally:
-        process.terminate()
-        process.wait(10)
-        exporter.shutdown()
-        exporter_thread.join(5)
+    # Not waited for: the test waits for the counts itself.
+    with prometheus_server(tmp_path, ["service", "revision", "code"], wait_scraped=False) as running:
+        yield running.url, running.requests
 
 
 def test_metrics_from_prometheus_counters(

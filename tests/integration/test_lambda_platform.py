@@ -7,94 +7,39 @@ through a weighted alias): FunctionName, Resource=<function>:<alias>, ExecutedVe
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import socket
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from adapters.lambda_platform import LambdaPlatform, build_deterministic_zip
 from engine.models import Artifact, Target
 from engine.platform import PlatformError, RevisionSpec, TransientPlatformError
 from tests.integration.contract import ContractEnv, PlatformContract, deploy
+from tests.integration.environments import REGION, Moto, moto_server, zip_for
 
 pytestmark = pytest.mark.integration
 
-REGION = "us-east-1"
 _FUNCTION_COUNTER = itertools.count(1)
-
-
-class Moto:
-    """The running server and the settings that reach it."""
-
-    def __init__(self, url: str, role_arn: str) -> None:
-        self.url = url
-        self.role_arn = role_arn
-
-    def settings(self, **extra: Any) -> dict[str, Any]:
-        base = {"endpointUrl": self.url, "roleArn": self.role_arn, "region": REGION, "maxAttempts": 2}
-        return {**base, **extra}
-
-    def client(self, service: str) -> Any:
-        return boto3.client(service, endpoint_url=self.url, region_name=REGION)
 
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
-    empty = tmp_path_factory.mktemp("aws-config") / "none"
-    with pytest.MonkeyPatch.context() as patch:
-        # Dummy credentials only, and no shared config or instance metadata that could leak a real one in.
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_SESSION_TOKEN", "testing")
-        patch.setenv("AWS_DEFAULT_REGION", REGION)
-        patch.setenv("AWS_CONFIG_FILE", str(empty))
-        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
-        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        for other_source in (
-            "AWS_PROFILE",
-            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            "AWS_ROLE_ARN",
-        ):
-            patch.delenv(other_source, raising=False)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            url = f"http://{host}:{port}"
-            iam = boto3.client("iam", endpoint_url=url, region_name=REGION)
-            role = iam.create_role(RoleName="lambda-test", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-            yield Moto(url, role)
-        finally:
-            server.stop()
-
-
-def _zip_for(path: Path, version: str) -> Path:
-    """A tiny handler whose code depends on the version; a fixed timestamp keeps the bytes stable."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        info = zipfile.ZipInfo("app.py", date_time=(1980, 1, 1, 0, 0, 0))
-        archive.writestr(info, f"def handler(event, context):\n    return {{'version': '{version}'}}\n")
-    path.write_bytes(buffer.getvalue())
-    return path
+    with moto_server(tmp_path_factory.mktemp("aws-config"), "lambda-test") as running:
+        yield running
 
 
 def _artifact_factory(tmp_path: Path, service: str) -> Callable[[str], Artifact]:
     def make_artifact(version: str) -> Artifact:
-        path = _zip_for(tmp_path / f"{service}-{version}.zip", version)
+        path = zip_for(tmp_path / f"{service}-{version}.zip", version)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         return Artifact(name=service, version=version, source=str(path), sha256=digest)
 
@@ -257,7 +202,7 @@ def test_sha256_mismatch_is_refused_before_any_change(contract_env: ContractEnv,
 def test_same_revision_with_other_code_is_refused(contract_env: ContractEnv, tmp_path: Path) -> None:
     env = contract_env
     deploy(env, "1.0.0")
-    other = _zip_for(tmp_path / "other.zip", "something else")
+    other = zip_for(tmp_path / "other.zip", "something else")
     artifact = env.make_artifact("1.0.0").model_copy(update={"source": str(other), "sha256": None})
     with pytest.raises(PlatformError, match="other code"):
         env.adapter.ensure_revision(RevisionSpec(target=env.target, artifact=artifact, replicas=1))

@@ -7,7 +7,6 @@ own roots and its own service; its teardown removes what it made and checks that
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -16,10 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +24,6 @@ import pytest
 
 from adapters import create_platform
 from adapters.haproxy import HAProxyRouter
-from adapters.localhost import is_same_process
 from adapters.routed import RoutedPlatform
 from adapters.vm_backend import VmBackend
 from engine.models import Artifact, PlatformConfig, Target
@@ -39,80 +35,31 @@ from engine.platform import (
     WorkloadBackend,
 )
 from tests.integration.contract import ContractEnv, PlatformContract, wait_ready
+from tests.integration.environments import (
+    DEADLINE_S,
+    HOSTS,
+    SAMPLE_SERVICE,
+    SshHosts,
+    free_port_block,
+    http_get,
+    kill_surviving,
+    processes_under,
+    recorded_processes,
+    ssh_daemons,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE_SERVICE = REPO / "examples" / "sample_service.py"
-HOSTS = ("host-a", "host-b")
-DEADLINE_S = 30.0
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-def http_get(url: str, timeout: float = 3.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, urllib.error.URLError):
-            pass  # not listening yet
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def wait_serving(replica: Replica, version: str) -> None:
     wait_for(
         f"replica {replica.revision}/{replica.index} on {replica.address}",
         lambda: json.loads(http_get(f"http://{replica.address}/")[1]).get("version") == version,
     )
-
-
-def free_port_block(count: int, low: int = 20000, high: int = 30000) -> int:
-    """A first port such that ``count`` consecutive ports are free now."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = int(probe.getsockname()[1])
-        first = low + first % (high - low - count)
-        if all(port_is_free(port) for port in range(first, first + count)):
-            return first
-    raise AssertionError(f"no {count} consecutive free ports found")
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def processes_under(folder: Path) -> list[int]:
-    """Pids of live processes whose working directory is inside ``folder`` (the replicas' cwd)."""
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state not in ("Z", "X") and (cwd == str(folder) or cwd.startswith(f"{folder}/")):
-            found.append(int(entry.name))
-    return found
 
 
 def sample_artifact(service: str, version: str, working_dir: Path | None = None, **env: str) -> Artifact:
@@ -135,63 +82,10 @@ def ensure(backend: VmBackend, target: Target, artifact: Artifact, replicas: int
 # --------------------------------------------------------------------------------------------
 # Fixtures: the SSH daemons (module), then per test: roots, settings, backend
 # --------------------------------------------------------------------------------------------
-class SshHosts:
-    def __init__(self, folder: Path, base_port: int) -> None:
-        self.folder = folder
-        self.ports = [base_port + index for index in range(len(HOSTS))]
-        self.client_key = folder / "client_key"
-        self.known_hosts = folder / "known_hosts"
-
-    def settings(self, roots: Path, replica_port: int, **extra: Any) -> dict[str, Any]:
-        hosts = [
-            {
-                "name": name,
-                "address": "127.0.0.1",
-                "port": port,
-                "user": "root",
-                "keyFile": str(self.client_key),
-                "root": str(roots / name),
-            }
-            for name, port in zip(HOSTS, self.ports, strict=True)
-        ]
-        return {
-            "hosts": hosts,
-            "knownHostsFile": str(self.known_hosts),
-            "replicaPort": replica_port,
-            "portsPerHost": 10,
-            "connectTimeout": 5,
-            "stopTimeout": 5,
-            **extra,
-        }
-
-
-def stop_daemons(hosts: SshHosts) -> None:
-    for port in hosts.ports:
-        pid_file = hosts.folder / f"sshd-{port}.pid"
-        if pid_file.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
-    wait_for("the SSH daemons to stop", lambda: all(port_is_free(port) for port in hosts.ports), timeout=10)
-
-
 @pytest.fixture(scope="module")
 def ssh_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHosts]:
-    folder = tmp_path_factory.mktemp("ssh")
-    hosts = SshHosts(folder, free_port_block(len(HOSTS)))
-    result = subprocess.run(
-        ["bash", str(REPO / "cluster" / "start_sshd.sh"), str(folder), str(len(HOSTS)), str(hosts.ports[0])],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if result.returncode != 0:
-        stop_daemons(hosts)
-        pytest.fail(f"cluster/start_sshd.sh failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    try:
+    with ssh_daemons(tmp_path_factory.mktemp("ssh")) as hosts:
         yield hosts
-    finally:
-        stop_daemons(hosts)
 
 
 @pytest.fixture
@@ -537,16 +431,9 @@ def make_platform(state_dir: Path, settings: dict[str, Any]) -> RoutedPlatform:
     )
 
 
-def router_processes(state_dir: Path) -> list[tuple[int, int]]:
-    return [
-        (data["pid"], data["start_time"])
-        for data in (json.loads(p.read_text()) for p in (state_dir / "haproxy").glob("*.json"))
-    ]
-
-
 def tear_down(platform: RoutedPlatform, target: Target, state_dir: Path) -> None:
     """Remove everything through the adapter; the router must be gone (replicas: see the target fixture)."""
-    routers = router_processes(state_dir)
+    routers = recorded_processes(state_dir / "haproxy")
     try:
         for status in platform.list_revisions(target):
             platform.remove_revision(target, status.revision)
@@ -554,9 +441,7 @@ def tear_down(platform: RoutedPlatform, target: Target, state_dir: Path) -> None
         platform.router.remove_frontend(target)
     finally:
         platform.close()
-        left = [pid for pid, start in routers if is_same_process(pid, start)]
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
+        left = kill_surviving(routers)
     assert not left, f"HAProxy processes left behind: {left}"
 
 

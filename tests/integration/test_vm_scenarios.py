@@ -8,23 +8,25 @@ none is left.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from adapters import create_platform
-from adapters.haproxy import is_same_process
-from adapters.http_probe import HttpSmokeTester
-from engine.models import Artifact, PlatformConfig, Target
+from engine.models import PlatformConfig, Target
+from tests.integration.environments import (
+    HOSTS,
+    SshHosts,
+    kill_pids,
+    kill_surviving,
+    processes_under,
+    recorded_processes,
+    remove_through_adapter,
+    routed_scenario_env,
+    sample_process,
+)
 from tests.integration.scenarios import PlatformScenarios, ScenarioEnv
-from tests.integration.test_local_scenarios import live_traffic
-from tests.integration.test_vm_platform import HOSTS, SAMPLE_SERVICE, SshHosts, processes_under, ssh_hosts
+from tests.integration.test_vm_platform import ssh_hosts
 
 pytestmark = pytest.mark.integration
 
@@ -35,42 +37,16 @@ ENVIRONMENT = "staging"
 # Ports of their own (local scenarios: 19500-19999 / 45000-47999, orchestrator: 19000-19499 / 41000-44999).
 FRONTEND_PORTS = [18300, 18499]
 REPLICA_PORT = 9300  # host a takes 9300-9349, host b 9350-9399
-PORTS_PER_HOST = 50
-
-
-def sample(service: str, version: str, faulty: bool) -> Artifact:
-    return Artifact(
-        name=service,
-        version=version,
-        command=[sys.executable, str(SAMPLE_SERVICE)],
-        env={"VERSION": version, "ERROR_RATE": "0.5" if faulty else "0"},
-    )
 
 
 class TestVmScenarios(PlatformScenarios):
     @pytest.fixture
     def scenario_env(self, tmp_path: Path, ssh_hosts: SshHosts) -> Iterator[ScenarioEnv]:
         roots = tmp_path / "hosts"
-        settings = ssh_hosts.settings(roots, REPLICA_PORT)
-        settings.update(
-            stateDir=str(tmp_path / "state"),
-            portsPerHost=PORTS_PER_HOST,
-            frontendPortRange=FRONTEND_PORTS,
-            routerSlots=16,
-            stopTimeout=3,
+        config = ssh_hosts.scenario_config(roots, tmp_path / "state", REPLICA_PORT, FRONTEND_PORTS)
+        yield routed_scenario_env(
+            config, sample_process, tmp_path, replicas=len(HOSTS), environment=ENVIRONMENT
         )
-        config = PlatformConfig(type="vm", settings=settings)
-        env = ScenarioEnv(
-            make_adapter=lambda: create_platform(config),
-            platform=config,
-            artifact=sample,
-            traffic=live_traffic,
-            journal_dir=tmp_path,
-            smoke=HttpSmokeTester(),
-            replicas=len(HOSTS),
-            environment=ENVIRONMENT,
-        )
-        yield env
         tear_down(config, roots, tmp_path / "state" / "vm" / "haproxy")
 
     def test_runner_crash_resumes_without_duplicates(self, scenario_env: ScenarioEnv) -> None:
@@ -83,29 +59,15 @@ class TestVmScenarios(PlatformScenarios):
             assert sorted(path.name for path in releases.iterdir()) == ["2-0-0"], host
 
 
-def router_processes(haproxy_dir: Path) -> list[tuple[int, int]]:
-    states = (json.loads(path.read_text()) for path in haproxy_dir.glob("*.json"))
-    return [(state["pid"], state["start_time"]) for state in states]
-
-
 def tear_down(config: PlatformConfig, roots: Path, haproxy_dir: Path) -> None:
     """Remove through the adapter, then insist that no replica process and no HAProxy of the test is left."""
-    routers = router_processes(haproxy_dir)
-    platform: Any = create_platform(config)
+    routers = recorded_processes(haproxy_dir)
+    targets = [Target(service=service, environment=ENVIRONMENT) for service in SERVICES]
     try:
-        for service in SERVICES:
-            target = Target(service=service, environment=ENVIRONMENT)
-            for revision in platform.list_revisions(target):
-                platform.remove_revision(target, revision.revision)
-            assert platform.list_revisions(target) == []
-            platform.router.remove_frontend(target)
+        remove_through_adapter(config, targets, check_gone=True)
     finally:
-        platform.close()
         left_replicas = processes_under(roots)
-        for pid in left_replicas:
-            os.kill(pid, signal.SIGKILL)
-        left_routers = [pid for pid, start in routers if is_same_process(pid, start)]
-        for pid in left_routers:
-            os.kill(pid, signal.SIGKILL)
+        kill_pids(left_replicas)
+        left_routers = kill_surviving(routers)
     assert not left_replicas, f"replica processes left behind: {left_replicas}"
     assert not left_routers, f"HAProxy processes left behind: {left_routers}"
