@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # environments.py builds these simulations: a run-time import
 log = logging.getLogger(__name__)
 
 
-class SimulatedTraffic:
+class SimulatedTraffic(ABC):
     tick_s: float
     per_second: float
     weight_unit: float  # what a weight of "all the traffic" is: 100 for percentages, 1 for fractions
@@ -70,8 +71,9 @@ class SimulatedTraffic:
             self.problems.append(repr(error))
             log.warning("%s: %r", self.label, error)
 
+    @abstractmethod
     def _tick(self) -> None:
-        raise NotImplementedError
+        """Send one tick's worth of simulated requests."""
 
     def _counts(self, weights: dict[str, float]) -> dict[str, int]:
         """Requests of this tick per revision; the fractions carry over to the next tick."""
