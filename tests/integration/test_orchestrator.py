@@ -136,7 +136,7 @@ def test_blue_green_switch_back_is_instant_while_blue_is_kept(orchestrator: Any)
         wait_for(orchestrator, deployment_id, lambda s: s.weights.get("2-0-0") == 100)
         started = time.monotonic()
         orchestrator.worker("DO-002")  # the blue-green engine is alive and reachable
-        status = orchestrator.rollback(deployment_id, reason="switch back")
+        status = orchestrator.trigger_rollback(deployment_id, reason="switch back")  # through DO-004
         result = orchestrator.wait(deployment_id, 60)
         took = time.monotonic() - started
     assert status.rollback_trigger is RollbackTrigger.MANUAL
@@ -455,3 +455,17 @@ def test_an_unreachable_platform_fails_the_deployment_before_any_change(orchestr
     assert "docker" in result.status.message and "127.0.0.1:9" in result.status.message
     kinds = [e.kind for e in orch_journal(orchestrator).events(result.deployment_id)]
     assert EventKind.PLANNED not in kinds and EventKind.WEIGHTS_SET not in kinds
+
+
+def test_async_variants_for_drivers_that_await(orchestrator: Any) -> None:
+    import asyncio
+
+    async def drive() -> tuple[Any, Any]:
+        result = await orchestrator.deploy_async(
+            sample_artifact("awaited", "1.0.0"), {"type": "rolling", "replicas": 1}, ENV, timeout_s=120
+        )
+        return result, await orchestrator.status_async(result.deployment_id)
+
+    result, status = asyncio.run(drive())
+    assert result.success, result.status
+    assert status.phase is Phase.SUCCEEDED and status.deployment_id == result.deployment_id
