@@ -29,6 +29,12 @@ class DeploymentRunnerImpl:
     """Re-reads the journal and the platform after every (re)start: nothing it needs lives only in memory."""
 
     def __init__(self, journal_path: str) -> None:
+        # A standby runner pays its imports now, not on a deployment's critical path (the local platform's;
+        # other platforms' clients are imported when first used).
+        import adapters.haproxy
+        import adapters.local_process
+        import adapters.routed  # noqa: F401
+
         self.journal = Journal(journal_path)
         self.name = ray.get_runtime_context().get_actor_name() or f"runner@{os.getpid()}"
         self.deployment_id: str | None = None
@@ -70,7 +76,7 @@ class DeploymentRunnerImpl:
     async def _loop(self, reconciler: DeploymentReconciler) -> str:
         try:
             while True:
-                delay = await asyncio.to_thread(reconciler.reconcile)
+                delay = await asyncio.to_thread(_until_wait, reconciler)
                 if delay is None:
                     return reconciler.state().phase().value
                 self._wake.clear()
@@ -89,6 +95,17 @@ class DeploymentRunnerImpl:
 
     async def pid(self) -> int:
         return os.getpid()
+
+
+def _until_wait(reconciler: DeploymentReconciler, most: int = 20) -> float | None:
+    """Steps that need no wait follow one another in the same thread hop (bounded, so that a control
+    request is still seen soon)."""
+    delay = reconciler.reconcile()
+    for _ in range(most):
+        if delay != 0.0:
+            break
+        delay = reconciler.reconcile()
+    return delay
 
 
 DeploymentRunner: Any = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(DeploymentRunnerImpl)

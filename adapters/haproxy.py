@@ -247,6 +247,9 @@ _RECENT_PORTS_GUARD = threading.Lock()
 # --------------------------------------------------------------------------------------------
 # The router
 # --------------------------------------------------------------------------------------------
+_BINARIES_THAT_RUN: set[str] = set()
+
+
 class HAProxyRouter:
     """``TrafficRouter``: one daemonized HAProxy per target, driven through its runtime API."""
 
@@ -266,9 +269,7 @@ class HAProxyRouter:
         self._reported_lock = threading.Lock()
 
     # ---- public interface ---------------------------------------------------------------
-    def validate(self) -> None:
-        """The HAProxy binary runs and the state directory is writable."""
-        binary = self.binary()
+    def _check_binary(self, binary: str) -> None:
         try:
             completed = subprocess.run(
                 [binary, "-v"], capture_output=True, text=True, timeout=5.0, check=False
@@ -279,6 +280,13 @@ class HAProxyRouter:
             raise self._error(
                 binary, f"HAProxy -v failed (exit {completed.returncode}): {completed.stderr[-300:]}"
             )
+
+    def validate(self) -> None:
+        """The HAProxy binary runs and the state directory is writable."""
+        binary = self.binary()
+        if binary not in _BINARIES_THAT_RUN:  # a binary that ran once in this process runs: no new process
+            self._check_binary(binary)
+            _BINARIES_THAT_RUN.add(binary)
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.state_dir, prefix=".probe-"):
