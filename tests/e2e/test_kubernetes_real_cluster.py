@@ -1,4 +1,4 @@
-"""Opt-in: the platform contract against a real Kubernetes cluster, named by ``KUBECONFIG``.
+"""Opt-in: the platform contract and the deployment scenarios against a real cluster named by ``KUBECONFIG``.
 
 Run with ``KUBECONFIG=~/.kube/config python -m pytest tests/e2e/test_kubernetes_real_cluster.py``. Each test
 gets a namespace of its own, deleted afterwards. The cluster must be able to pull ``E2E_IMAGE`` (default: the
@@ -9,6 +9,7 @@ picks a context other than the current one. Real controllers run here, so ``sett
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,8 +19,9 @@ import pytest
 from kubernetes import client, config
 
 from adapters.kubernetes_platform import KubernetesPlatform
-from engine.models import Artifact, Target
+from engine.models import Artifact, PlatformConfig, Target
 from tests.integration.contract import ContractEnv, PlatformContract
+from tests.integration.scenarios import PlatformScenarios, ScenarioEnv
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("KUBECONFIG"), reason="set KUBECONFIG to a real cluster's kubeconfig to run"
@@ -74,3 +76,35 @@ class TestKubernetesRealCluster(PlatformContract):
             )
         finally:
             adapter.close()
+
+
+class TestKubernetesRealClusterScenarios:
+    """The deployment scenarios that need no request metrics, through the real engine, on the real cluster.
+
+    The canary scenarios need request metrics: an application exporting ``http_requests_total`` and a
+    Prometheus (``metricsUrl``) that the agnhost image does not give; they run against the emulator in CI."""
+
+    @pytest.fixture
+    def scenario_env(self, namespace: str, tmp_path: Path) -> ScenarioEnv:
+        settings = {
+            "kubeconfig": os.environ["KUBECONFIG"],
+            "context": os.environ.get("KUBE_CONTEXT"),
+            "namespace": namespace,
+            "splitReadyTimeout": READY_TIMEOUT_S,
+            "requestTimeout": 30,
+        }
+        platform = PlatformConfig(type="kubernetes", settings=settings)
+        return ScenarioEnv(
+            make_adapter=lambda: KubernetesPlatform(tmp_path, settings),
+            platform=platform,
+            artifact=lambda service, version, faulty: make_artifact(version).model_copy(
+                update={"name": service}
+            ),
+            traffic=lambda adapter, target: contextlib.nullcontext(),
+            journal_dir=tmp_path,
+            deadline_s=READY_TIMEOUT_S * 3,
+        )
+
+    test_blue_green_switch_and_switch_back = PlatformScenarios.test_blue_green_switch_and_switch_back
+    test_rolling_update = PlatformScenarios.test_rolling_update
+    _stable = PlatformScenarios._stable
