@@ -148,7 +148,6 @@ def rollback_latency(orch: Any, journal: Journal, folder: Path, step_s: float) -
     service = "rollback-probe"
     first = orch.deploy(artifact(service, "1.0.0"), {"type": "rolling", "replicas": 2}, ENV, timeout_s=120)
     error_file = folder / "rollback-probe.fail"
-    orch.warm_up()  # the standby runners replacing the ones the first revisions used (their CPU counts)
     traffic = start_traffic([first.status.address + "/"], rps=40, seconds=300)
     deployment_id = orch.submit(artifact(service, "2.0.0", str(error_file)), canary(4, step_s * 4, 250), ENV)
     platform = create_platform(orch.config.platform("local"))
@@ -175,20 +174,9 @@ def rollback_latency(orch: Any, journal: Journal, folder: Path, step_s: float) -
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def start_ray() -> None:
     import ray
 
-    from orchestrator import DeploymentOrchestrator
-
-    folder = Path(tempfile.mkdtemp(prefix="orch-bench-"))
-    os.environ["ORCH_HOME"] = str(folder)
-    config = write_isolated_config(
-        folder,
-        (19600, 19799),
-        (48000, 49999),
-        namespace="orch-bench",
-        concurrency={"warmRunners": args.warm_runners if args.warm_runners >= 0 else args.services},
-    )
     ray.init(
         address="local",
         _node_ip_address="127.0.0.1",
@@ -200,55 +188,79 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
     )
     time.sleep(5)  # Ray's own start-up settles
+
+
+def canary_wave(orch: Any, journal: Journal, args: argparse.Namespace, services: list[str]) -> dict[str, Any]:
+    """First revisions, then one canary per service at once under live traffic; what the budget is about."""
+    firsts = [orch.submit(artifact(s, "1.0.0"), {"type": "rolling", "replicas": 2}, ENV) for s in services]
+    addresses = [orch.wait(d, 300).status.address for d in firsts]
+    orch.warm_up()  # the standby runners replacing the ones the first revisions used (their CPU counts)
+    total_s = args.step_seconds * args.steps
+    traffic = start_traffic([f"{a}/" for a in addresses if a], args.rps, total_s * 3 + 120)
+    canaries = [
+        orch.submit(artifact(s, "2.0.0"), canary(args.steps, args.step_seconds), ENV) for s in services
+    ]
+    steady = steady_rate(total_s, {traffic.pid})
+    results = [orch.wait(d, total_s * 3 + 300) for d in canaries]
+    cpu_end = tree_cpu(os.getpid(), {traffic.pid})
+    counts = stop_traffic(traffic)
+    return {
+        "cpu_end": cpu_end,
+        "t_end": time.time(),
+        "steady": steady,
+        "succeeded": sum(r.status.phase is Phase.SUCCEEDED for r in results),
+        "managed": sum(duration(journal, d) for d in [*firsts, *canaries]),
+        "walls": [wall_breakdown(journal, d) for d in canaries],
+        "failed_requests": sum(
+            n for per_url in counts.values() for key, n in per_url.items() if _failed(key)
+        ),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from orchestrator import DeploymentOrchestrator
+
+    folder = Path(tempfile.mkdtemp(prefix="orch-bench-"))
+    os.environ["ORCH_HOME"] = str(folder)
+    warm = args.warm_runners if args.warm_runners >= 0 else args.services
+    config = write_isolated_config(
+        folder, (19600, 19799), (48000, 49999), namespace="orch-bench", concurrency={"warmRunners": warm}
+    )
+    start_ray()
     baseline = idle_rate(args.idle_seconds)
     t0, cpu0 = time.time(), tree_cpu(os.getpid(), set())
     orch = DeploymentOrchestrator(config_path=config)
     journal = Journal(orch.journal_path)
     services = [f"svc-{i:02d}" for i in range(args.services)]
-    firsts = [orch.submit(artifact(s, "1.0.0"), {"type": "rolling", "replicas": 2}, ENV) for s in services]
-    addresses = [orch.wait(d, 300).status.address for d in firsts]
-    traffic = start_traffic(
-        [f"{a}/" for a in addresses if a], args.rps, args.step_seconds * args.steps * 3 + 120
-    )
-    canaries = [
-        orch.submit(artifact(s, "2.0.0"), canary(args.steps, args.step_seconds), ENV) for s in services
-    ]
-    steady = steady_rate(args.step_seconds * args.steps, {traffic.pid})
-    results = [orch.wait(d, args.step_seconds * args.steps * 3 + 300) for d in canaries]
-    t1 = time.time()
-    cpu1 = tree_cpu(os.getpid(), {traffic.pid})
-    counts = stop_traffic(traffic)
-    managed = sum(duration(journal, d) for d in [*firsts, *canaries])
-    cpu_used = cpu1 - cpu0 - baseline * (t1 - t0)
-    walls = [wall_breakdown(journal, d) for d in canaries]
+    wave = canary_wave(orch, journal, args, services)
+    cpu_used = wave["cpu_end"] - cpu0 - baseline * (wave["t_end"] - t0)
+    walls = wave["walls"]
     latency = rollback_latency(orch, journal, folder, min(args.step_seconds, 5.0))
     cleanup(orch, [*services, "rollback-probe"])
     orch.shutdown()
     return {
         "services": args.services,
-        "warm_runners": args.warm_runners if args.warm_runners >= 0 else args.services,
+        "warm_runners": warm,
         "steps": args.steps,
         "step_seconds": args.step_seconds,
-        "succeeded": sum(r.status.phase is Phase.SUCCEEDED for r in results),
-        "cpu_overhead_fraction": cpu_used / managed,
+        "succeeded": wave["succeeded"],
+        "cpu_overhead_fraction": cpu_used / wave["managed"],
         "wall_overhead_fraction": sum(w["overhead_s"] for w in walls) / sum(w["wall_s"] for w in walls),
         "rollback_latency_s": latency["rollback_latency_s"],
         "rollback": latency,
         "steady_state": {
-            "cores_while_analysing": steady,
-            "above_idle_per_deployment_second": (steady - baseline) / args.services,
+            "cores_while_analysing": wave["steady"],
+            "above_idle_per_deployment_second": (wave["steady"] - baseline) / args.services,
         },
         "cpu": {
-            "window_s": t1 - t0,
-            "orchestrator_and_ray_cpu_s": cpu1 - cpu0,
+            "window_s": wave["t_end"] - t0,
+            "orchestrator_and_ray_cpu_s": wave["cpu_end"] - cpu0,
             "ray_idle_rate_cores": baseline,
             "above_idle_cpu_s": cpu_used,
-            "managed_deployment_s": managed,
+            "managed_deployment_s": wave["managed"],
         },
         "wall": {"per_canary": walls, "mean_overhead_s": sum(w["overhead_s"] for w in walls) / len(walls)},
-        "failed_requests": sum(
-            n for per_url in counts.values() for key, n in per_url.items() if _failed(key)
-        ),
+        "failed_requests": wave["failed_requests"],
     }
 
 
