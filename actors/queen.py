@@ -84,9 +84,8 @@ class QueenImpl:
         if holder is not None:
             raise JournalInUse(
                 f"the journal {self.journal_path} is driven by another orchestrator (Ray cluster at "
-                f"{holder}); connect to "
-                f"it with RAY_ADDRESS, give this one its own journal (journal.path or ORCH_HOME), or wait "
-                f"{LEASE_TTL_S:g}s after the other one stops"
+                f"{holder}); connect to it with RAY_ADDRESS, give this one its own journal (journal.path or "
+                f"ORCH_HOME), or wait {LEASE_TTL_S:g}s after the other one stops"
             )
 
     async def release(self) -> None:
@@ -108,6 +107,8 @@ class QueenImpl:
     async def warm(self, timeout_s: float) -> int:
         """Wait until every standby runner has started (bounded); returns how many are ready."""
         refs = [handle.ready.remote() for _, handle in self.standby]
+        if not refs:
+            return 0
         done, _ = await asyncio.wait([asyncio.ensure_future(r) for r in refs], timeout=timeout_s)
         return len(done)
 
