@@ -18,13 +18,14 @@ SAMPLE = Path(__file__).resolve().parent / "sample_service.py"
 SERVICE, ENVIRONMENT = "sample", "development"
 
 
-def sample_artifact(version: str, error_rate: float = 0.0, latency_ms: int = 0) -> Artifact:
+def sample_artifact(version: str, error_rate: float = 0.0, service: str = SERVICE, **env: str) -> Artifact:
+    """A revision of examples/sample_service.py; ``env`` adds settings such as LATENCY_MS or ERROR_FILE."""
     return Artifact(
-        name=SERVICE,
+        name=service,
         version=version,
         source=f"file://{SAMPLE}",
         command=[sys.executable, str(SAMPLE)],
-        env={"VERSION": version, "ERROR_RATE": str(error_rate), "LATENCY_MS": str(latency_ms)},
+        env={"VERSION": version, "ERROR_RATE": str(error_rate), **env},
         metadata={"description": f"sample service {version}, error rate {error_rate}"},
     )
 

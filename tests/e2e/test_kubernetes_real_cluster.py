@@ -14,6 +14,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client, config
@@ -55,16 +56,21 @@ def namespace() -> Iterator[str]:
         api.close()
 
 
+@pytest.fixture
+def settings(namespace: str) -> dict[str, Any]:
+    """The adapter's settings for the cluster in KUBECONFIG, in a namespace of the test's own."""
+    return {
+        "kubeconfig": os.environ["KUBECONFIG"],
+        "context": os.environ.get("KUBE_CONTEXT"),
+        "namespace": namespace,
+        "splitReadyTimeout": READY_TIMEOUT_S,
+        "requestTimeout": 30,
+    }
+
+
 class TestKubernetesRealCluster(PlatformContract):
     @pytest.fixture
-    def contract_env(self, namespace: str, tmp_path: Path) -> Iterator[ContractEnv]:
-        settings = {
-            "kubeconfig": os.environ["KUBECONFIG"],
-            "context": os.environ.get("KUBE_CONTEXT"),
-            "namespace": namespace,
-            "splitReadyTimeout": READY_TIMEOUT_S,
-            "requestTimeout": 30,
-        }
+    def contract_env(self, settings: dict[str, Any], tmp_path: Path) -> Iterator[ContractEnv]:
         adapter = KubernetesPlatform(tmp_path, settings)
         try:
             yield ContractEnv(
@@ -85,14 +91,7 @@ class TestKubernetesRealClusterScenarios:
     Prometheus (``metricsUrl``) that the agnhost image does not give; they run against the emulator in CI."""
 
     @pytest.fixture
-    def scenario_env(self, namespace: str, tmp_path: Path) -> ScenarioEnv:
-        settings = {
-            "kubeconfig": os.environ["KUBECONFIG"],
-            "context": os.environ.get("KUBE_CONTEXT"),
-            "namespace": namespace,
-            "splitReadyTimeout": READY_TIMEOUT_S,
-            "requestTimeout": 30,
-        }
+    def scenario_env(self, settings: dict[str, Any], tmp_path: Path) -> ScenarioEnv:
         platform = PlatformConfig(type="kubernetes", settings=settings)
         return ScenarioEnv(
             make_adapter=lambda: KubernetesPlatform(tmp_path, settings),

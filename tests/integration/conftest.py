@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from engine.models import Artifact
+from examples.quickstart import sample_artifact as quickstart_artifact
+
 REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "examples" / "sample_service.py"
 
 
 @pytest.fixture(scope="session")
@@ -63,13 +64,8 @@ def orch_journal(orch: Any) -> Any:
     return Journal(orch.journal_path)
 
 
-def sample_artifact(service: str, version: str, error_rate: float = 0.0, **env: str) -> dict[str, Any]:
-    return {
-        "name": service,
-        "version": version,
-        "command": [sys.executable, str(SAMPLE)],
-        "env": {"VERSION": version, "ERROR_RATE": str(error_rate), **env},
-    }
+def sample_artifact(service: str, version: str, error_rate: float = 0.0, **env: str) -> Artifact:
+    return quickstart_artifact(version, error_rate, service=service, **env)
 
 
 def canary(step_ms: int = 3000, steps: int = 3, **extra: Any) -> dict[str, Any]:
