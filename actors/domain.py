@@ -35,6 +35,7 @@ from engine.state import Step
 
 log = logging.getLogger(__name__)
 MONITOR_CALL_TIMEOUT_S = 10.0
+MONITOR_START_TIMEOUT_S = 60.0
 
 
 class EnvironmentHealth(Model):
@@ -64,6 +65,16 @@ class _Worker:
         if queen is None:
             raise RuntimeError("the queen is not running")
         return await call(queen.control.remote(deployment_id, action, by, reason), 30)
+
+
+async def _started(monitors: list[Any]) -> None:
+    """Return once every monitor answers (so it is probing); if one does not in time, none is kept."""
+    try:
+        await asyncio.gather(*(call(m.report.remote(), MONITOR_START_TIMEOUT_S) for m in monitors))
+    except Exception:
+        for monitor in monitors:
+            kill_quietly(monitor)
+        raise
 
 
 def _spread_over_nodes(count: int) -> list[Any]:
@@ -129,6 +140,7 @@ class EnvironmentCoordinatorImpl(_Worker):
                     environment.unhealthy_threshold,
                 )
             )
+        await _started(monitors)
         self.monitors[name] = monitors
         return [f"health:{name}:{i}" for i in range(len(monitors))]
 
@@ -224,6 +236,7 @@ class RollbackSystemImpl(_Worker):
         monitor = HealthMonitor.options(namespace=self.namespace).remote(
             f"deployment:{deployment_id}", urls, interval_s, timeout_s, unhealthy_threshold, me, deployment_id
         )
+        await _started([monitor])
         self.monitors[state.deployment_id] = monitor
         return state.deployment_id
 
