@@ -1,4 +1,4 @@
-"""The queen: admits deployments, runs one runner per deployment, supervises the domain workers.
+"""The queen: admits deployments, gives each its own runner, supervises the domain workers.
 
 Everything it knows is rebuilt from the journal and from the named actors still alive, so Ray may restart
 it at any moment (the pattern of Ray Serve's controller). Admission: at most ``limit`` deployments run at
@@ -175,8 +175,10 @@ class QueenImpl:
         ).remote(self.journal_path)
 
     def _refill(self) -> None:
-        """Keep ``warm_runners`` started and unassigned, so that admission never waits for a process."""
-        while len(self.standby) < self.warm_runners:
+        """Keep ``warm_runners`` runner processes started, idle or busy (busy ones come back to the pool when
+        their deployment ends), so that the first ``warm_runners`` concurrent deployments wait for no process
+        start and a steady flow of deployments starts none at all."""
+        while len(self.standby) + len(self.runs) < self.warm_runners:
             name = new_runner_name()
             self.standby.append((name, self._start_runner(name)))
 
@@ -193,7 +195,7 @@ class QueenImpl:
         for name in ray.util.list_named_actors():
             if isinstance(name, str) and name.startswith(RUNNER_PREFIX) and name not in assigned:
                 handle = find_actor(name, self.namespace)
-                if handle is not None and len(self.standby) < self.warm_runners:
+                if handle is not None and len(self.standby) + len(self.runs) < self.warm_runners:
                     self.standby.append((name, handle))
                 elif handle is not None:
                     kill_quietly(handle)
@@ -207,13 +209,14 @@ class QueenImpl:
     async def _drive(self, deployment_id: str, name: str) -> None:
         """Assign the runner and await it; a runner lost for good is started again under the same name, finds
         its assignment in the journal and resumes the deployment from there."""
-        runner = None
+        runner, reusable = None, False
         try:
             for attempt in range(RUNNER_RESTARTS + 1):
                 runner = find_actor(name, self.namespace) or self._start_runner(name)
                 try:
                     await runner.assign.remote(deployment_id)
                     await runner.run.remote()
+                    reusable = True
                     break
                 except RayActorError as error:
                     log.warning("runner of %s lost (attempt %d): %s", deployment_id, attempt + 1, error)
@@ -222,9 +225,16 @@ class QueenImpl:
                 self._fail(deployment_id, f"its runner was lost {RUNNER_RESTARTS + 1} times")
         finally:
             if runner is not None:
-                kill_quietly(runner)
+                self._release_runner(name, runner, reusable)
             self.runs.pop(deployment_id, None)
             self._on_finished(deployment_id)
+
+    def _release_runner(self, name: str, runner: Any, reusable: bool) -> None:
+        """A runner whose deployment ended goes back to the pool (up to ``warm_runners``); others stop."""
+        if reusable and len(self.standby) < self.warm_runners:
+            self.standby.append((name, runner))
+        else:
+            kill_quietly(runner)
 
     def _fail(self, deployment_id: str, message: str) -> None:
         if self.journal.state(deployment_id).active:

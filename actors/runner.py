@@ -1,8 +1,10 @@
-"""Runner actors: each drives exactly one deployment to a terminal state, without blocking its event loop.
+"""Runner actors: each drives one deployment at a time to a terminal state, without blocking its event loop.
 
 A runner is started ahead of need (a warm standby, so a process start is not on a deployment's critical path)
-and then assigned one deployment for its whole life. The assignment is written to the journal before the
-runner starts work, so a runner that Ray restarts after a crash finds its deployment again by its own name.
+and is then assigned one deployment, which it alone drives until that deployment is terminal; then it goes
+back to the queen's pool for the next one (a process start costs far more CPU than a whole deployment's
+orchestration). The assignment is written to the journal before the runner starts work and erased when the
+deployment is terminal, so a runner that Ray restarts after a crash finds its deployment again by its name.
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ class DeploymentRunnerImpl:
         self._task: asyncio.Task[str] | None = None
         for record in self.journal.records(ASSIGNMENT):
             if record.get("runner") == self.name:  # restarted after a crash: same name, same deployment
-                self._bind(str(record["deployment_id"]))
+                self._resume(str(record["deployment_id"]))
+
+    def _resume(self, deployment_id: str) -> None:
+        if self.journal.state(deployment_id).active:
+            self._bind(deployment_id)
+        else:  # it ended just before the crash: this runner is free
+            self.journal.delete_record(ASSIGNMENT, self.name)
 
     def _bind(self, deployment_id: str) -> None:
         self.deployment_id = deployment_id
@@ -55,15 +63,20 @@ class DeploymentRunnerImpl:
         return self.name
 
     async def assign(self, deployment_id: str) -> str:
-        """Bind this runner to one deployment, for good; assigning the same one again is a no-op."""
-        if self.deployment_id not in (None, deployment_id):
+        """Bind this runner to a deployment until it is terminal; assigning the same one again is a no-op."""
+        if self.deployment_id == deployment_id:
+            return self.name
+        if self.deployment_id is not None and not self._idle():
             raise ValueError(f"{self.name} already runs {self.deployment_id}")
-        if self.deployment_id is None:
-            self.journal.put_record(
-                ASSIGNMENT, self.name, {"runner": self.name, "deployment_id": deployment_id}
-            )
-            self._bind(deployment_id)
+        self.journal.put_record(ASSIGNMENT, self.name, {"runner": self.name, "deployment_id": deployment_id})
+        self._task = None
+        self._wake = asyncio.Event()
+        self._bind(deployment_id)
         return self.name
+
+    def _idle(self) -> bool:
+        """The bound deployment's run has ended (the runner may take another one)."""
+        return self._task is not None and self._task.done()
 
     async def run(self) -> str:
         """Run to the end; calling it again (after a restart or from a restarted queen) joins the same run."""
@@ -85,6 +98,8 @@ class DeploymentRunnerImpl:
                         await asyncio.wait_for(self._wake.wait(), timeout=delay)
         finally:
             await asyncio.to_thread(reconciler.close)
+            if not reconciler.state().active:
+                self.journal.delete_record(ASSIGNMENT, self.name)  # free for the next deployment
 
     async def wake(self) -> None:
         """A control request (pause, promote, abort, rollback) was journaled: look at it now."""

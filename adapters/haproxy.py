@@ -206,10 +206,18 @@ def resolve_address(address: str) -> str:
     return f"{infos[0][4][0]}:{port}"
 
 
-def parse_show_stat(text: str) -> list[dict[str, str]]:
-    """``show stat`` CSV (header line starts with '# ') as a list of rows keyed by column name."""
+def parse_show_stat(text: str, servers: set[str] | None = None) -> list[dict[str, str]]:
+    """``show stat`` CSV (header line starts with '# ') as a list of rows keyed by column name; only the rows
+    of ``servers`` (by svname) when given: a backend's unused slots are skipped before the CSV is parsed."""
     lines = text.lstrip("# ").splitlines()
+    if servers is not None and lines:
+        lines = lines[:1] + [line for line in lines[1:] if _svname(line) in servers]
     return [dict(row) for row in csv.DictReader(io.StringIO("\n".join(lines))) if row.get("pxname")]
+
+
+def _svname(csv_line: str) -> str:
+    fields = csv_line.split(",", 2)
+    return fields[1] if len(fields) > 1 else ""
 
 
 def parse_servers_state(text: str) -> dict[str, dict[str, str]]:
@@ -540,7 +548,8 @@ class HAProxyRouter:
 
     def _backend_rows(self, state: RouterState) -> dict[str, dict[str, str]]:
         """``show stat`` rows of the backend's servers, by server name."""
-        rows = parse_show_stat(run_cli(state.socket, f"show stat {BACKEND} 4 -1"))
+        in_use = {f"s{number}" for number in state.slots}
+        rows = parse_show_stat(run_cli(state.socket, f"show stat {BACKEND} 4 -1"), in_use)
         return {row["svname"]: row for row in rows if row.get("pxname") == BACKEND}
 
     def _run_batches(self, state: RouterState, commands: list[str], batch: int = 40) -> None:

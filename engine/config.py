@@ -74,7 +74,10 @@ class ConcurrencySettings(Model):
     max_concurrent_deployments: int = Field(default=10, ge=1, le=100)
     max_queued: int = Field(default=1000, ge=0)
     warm_runners: int = Field(
-        default=2, ge=0, le=100, description="Runner actors started ahead of need: admission waits for none"
+        default=2,
+        ge=0,
+        le=100,
+        description="Runner actors kept started (idle or busy; reused from one deployment to the next)",
     )
 
 

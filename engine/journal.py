@@ -237,6 +237,10 @@ class Journal:
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", (kind, key, body))
 
+    def delete_record(self, kind: str, key: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))
+
     def records(self, kind: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(

@@ -254,6 +254,20 @@ def test_runner_killed_mid_canary_resumes_and_ends_once(orchestrator: Any) -> No
     assert platform_revisions(orchestrator, "runner-kill") == {"1-0-0": 2}
 
 
+def test_runners_go_back_to_the_pool_and_drive_the_next_deployment(orchestrator: Any) -> None:
+    """A process start costs more CPU than a deployment's whole orchestration: runners are reused."""
+    runners = []
+    for version in ("1.0.0", "1.0.1", "1.0.2"):
+        result = orchestrator.deploy(
+            sample_artifact("pooled", version), {"type": "rolling", "replicas": 1}, ENV, timeout_s=120
+        )
+        assert result.success, result.status
+        runners.append(result.status.runner)
+    assert len(set(runners)) < len(runners), runners  # the pool holds 2: a third deployment reuses one
+    assigned = {r["deployment_id"] for r in orch_journal(orchestrator).records("runner")}
+    assert not assigned & {s.deployment_id for s in orchestrator.history(service="pooled")}
+
+
 def test_fifteen_deployments_at_most_ten_at_once(orchestrator: Any) -> None:
     ids = [
         orchestrator.submit(

@@ -90,6 +90,7 @@ def test_counters_never_go_negative() -> None:
 def test_parse_runtime_api_answers() -> None:
     stat = "# pxname,svname,stot,hrsp_2xx,\nbe,s1,4,4,\nbe,BACKEND,4,4,\n\n"
     assert [r["svname"] for r in parse_show_stat(stat)] == ["s1", "BACKEND"]
+    assert [r["svname"] for r in parse_show_stat(stat, {"s1"})] == ["s1"]
     state = (
         "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight\n"
         "3 be 1 s1 127.0.0.1 2 0 256\n3 be 2 s2 127.0.0.1 0 5 0\n"
