@@ -15,7 +15,6 @@ Settings (camelCase or snake_case): ``baseUrl`` (default ``$DOCKER_HOST`` or the
 from __future__ import annotations
 
 import os
-import random
 import re
 import socket
 import threading
@@ -32,6 +31,7 @@ from pydantic.alias_generators import to_camel
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import Timeout as RequestsTimeout
 
+from adapters.localhost import reserve_port
 from engine.models import Artifact, Target
 from engine.platform import PlatformError, Replica, RevisionSpec, TransientPlatformError
 from engine.secrets import runtime_env
@@ -416,19 +416,16 @@ class DockerBackend:
         return self._call(f"create container {name}", lambda c: c.containers.create(name=name, **options))
 
     def _allocate_port(self, preferred: int | None) -> int:
-        """A port no container of ours holds and nothing on this host listens on."""
-        first, last = self.settings.replica_port_range
-        taken = self._ports_of_our_containers()
-        if preferred and first <= preferred <= last and preferred not in taken and self._port_free(preferred):
-            return preferred
-        # A random start keeps two adapters (other processes) from racing for the same low ports.
-        span = last - first + 1
-        start = random.randrange(span)
-        for offset in range(span):
-            port = first + (start + offset) % span
-            if port not in taken and self._port_free(port):
-                return port
-        raise self._error(f"no free port in replicaPortRange {first}-{last}")
+        """A port no container of ours holds, nothing on this host listens on, and no other process of
+        ours has just been given."""
+        return reserve_port(
+            self.state_dir / "ports.reserved",
+            self.settings.replica_port_range,
+            self._ports_of_our_containers(),
+            self._port_free,
+            PLATFORM,
+            preferred=preferred,
+        )
 
     def _ports_of_our_containers(self) -> set[int]:
         containers = self._call(

@@ -31,7 +31,6 @@ import hashlib
 import io
 import ipaddress
 import os
-import random
 import re
 import signal
 import socket
@@ -49,6 +48,7 @@ from adapters.localhost import (
     is_same_process,
     port_is_free,
     process_start_time,
+    reserve_port,
     write_json_atomic,
 )
 from engine.models import Target
@@ -248,8 +248,6 @@ def slot_counters(row: dict[str, str]) -> Counters:
     return Counters(requests=responses + unanswered, errors=number("hrsp_5xx") + unanswered)
 
 
-_RECENT_PORTS: dict[int, float] = {}
-_RECENT_PORTS_GUARD = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,26 +471,18 @@ class HAProxyRouter:
                 time.sleep(0.05)
 
     def _allocate_port(self) -> int:
-        """A free port of the frontend range that no other target has recorded (random: fewer races)."""
+        """A free port of the frontend range that no other target has recorded or was just given."""
         taken: set[int] = set(self.fixed_ports.values())
         for path in self.state_dir.glob("*.json"):
             with contextlib.suppress(OSError, ValueError):
                 taken.add(RouterState.model_validate_json(path.read_text()).port)
-        low, high = self.port_range
-        candidates = list(range(low, high + 1))
-        random.shuffle(candidates)
-        now = time.monotonic()
-        with _RECENT_PORTS_GUARD:
-            for port in candidates:
-                if (
-                    port in taken
-                    or now - _RECENT_PORTS.get(port, -1e9) < 120
-                    or not port_is_free(self.bind_host, port, reuse_address=True)
-                ):
-                    continue
-                _RECENT_PORTS[port] = now
-                return port
-        raise self._error(self.bind_host, f"no free frontend port left in {low}-{high}")
+        return reserve_port(
+            self.state_dir / "ports.reserved",
+            self.port_range,
+            taken,
+            lambda port: port_is_free(self.bind_host, port, reuse_address=True),
+            "haproxy",
+        )
 
     # ---- slots and weights ----------------------------------------------------------------
     def _assign_slots(

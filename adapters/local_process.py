@@ -13,14 +13,12 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from adapters.localhost import (
     is_same_process,
     port_is_free,
     process_start_time,
+    reserve_port,
     tail_file,
     write_json_atomic,
 )
@@ -44,7 +43,6 @@ DEFAULT_PORT_RANGE = (20000, 29999)
 LOCK_TIMEOUT_S = 10.0
 STOP_GRACE_S = 3.0
 LAUNCH_TIMEOUT_S = 10.0
-_RECENT_PORT_TTL_S = 120.0
 MAX_LOG_BYTES = 5 * 1024 * 1024
 
 # Runs in a fresh, single-threaded interpreter (forking a multi-threaded Ray worker is unsafe). It starts
@@ -125,27 +123,6 @@ def stop_processes(processes: list[tuple[int, int]], grace_s: float = STOP_GRACE
 # --------------------------------------------------------------------------------------------
 
 
-# Ports handed out recently by any instance in this process: the replica may not listen yet.
-_RECENT_PORTS: dict[int, float] = {}
-_RECENT_PORTS_GUARD = threading.Lock()
-
-
-def allocate_port(host: str, port_range: tuple[int, int], taken: set[int]) -> int:
-    """A free port of the range, not in ``taken``: random first, so that instances rarely race."""
-    low, high = port_range
-    candidates = list(range(low, high + 1))
-    random.shuffle(candidates)
-    now = time.monotonic()
-    with _RECENT_PORTS_GUARD:
-        for port, when in list(_RECENT_PORTS.items()):
-            if now - when > _RECENT_PORT_TTL_S:
-                del _RECENT_PORTS[port]
-        for port in candidates:
-            if port in taken or port in _RECENT_PORTS or not port_is_free(host, port):
-                continue
-            _RECENT_PORTS[port] = now
-            return port
-    raise PlatformError(PLATFORM, host, f"no free port left in the range {low}-{high}")
 
 
 def _artifact_fingerprint(artifact: Artifact) -> str:
@@ -264,11 +241,14 @@ class LocalProcessBackend:
         taken = self._recorded_ports() | {r.port for r in others}
         ports: dict[int, int] = {}
         for index in indexes:
-            previous = previous_ports.get(index)
-            if previous is not None and previous not in taken and port_is_free(self.host, previous):
-                ports[index] = previous
-            else:
-                ports[index] = allocate_port(self.host, self.port_range, taken)
+            ports[index] = reserve_port(
+                self.state_dir / "ports.reserved",
+                self.port_range,
+                taken,
+                lambda port: port_is_free(self.host, port),
+                PLATFORM,
+                preferred=previous_ports.get(index),
+            )
             taken.add(ports[index])
         log_dir = self._log_dir(spec.target)
         log_dir.mkdir(parents=True, exist_ok=True)

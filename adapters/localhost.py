@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import random
 import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from engine.platform import TransientPlatformError
@@ -116,3 +118,43 @@ def tail_file(path: Path, lines: int) -> str:
         return ""
     text = data.decode("utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
+
+
+PORT_RESERVATION_S = 120.0
+
+
+def reserve_port(
+    registry: Path,
+    port_range: tuple[int, int],
+    taken: set[int],
+    is_free: Callable[[int], bool],
+    owner: str,
+    preferred: int | None = None,
+) -> int:
+    """A free port of the range that no process using the same ``registry`` file handed out in the last
+    ``PORT_RESERVATION_S``: a port is free before its replica listens, so concurrent deployments (runners
+    are separate processes) would otherwise pick the same one. ``preferred`` first, then random."""
+    low, high = port_range
+    candidates = list(range(low, high + 1))
+    random.shuffle(candidates)
+    if preferred is not None and low <= preferred <= high:
+        candidates.insert(0, preferred)
+    with file_lock(registry.with_name(registry.name + ".lock"), owner):
+        now = time.time()
+        recent = _read_reservations(registry).items()
+        reserved = {int(port): at for port, at in recent if now - at < PORT_RESERVATION_S}
+        for port in candidates:
+            if port in taken or (port in reserved and port != preferred) or not is_free(port):
+                continue
+            reserved[port] = now
+            write_json_atomic(registry, json.dumps(reserved))
+            return port
+    raise TransientPlatformError(owner, str(registry), f"no free port left in the range {low}-{high}")
+
+
+def _read_reservations(registry: Path) -> dict[str, float]:
+    try:
+        data = json.loads(registry.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}

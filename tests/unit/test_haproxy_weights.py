@@ -1,8 +1,10 @@
-"""The weight math of the HAProxy router: percents per revision <-> per-server HAProxy weights."""
+"""The weight math of the HAProxy router (percents per revision <-> per-server HAProxy weights), its runtime
+API parsing, and the port reservations the routed platforms share."""
 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,8 @@ from adapters.haproxy import (
     shares_to_percent,
     slot_counters,
 )
+from adapters.localhost import reserve_port
+from engine.platform import TransientPlatformError
 
 
 def share(percents: dict[str, int], counts: dict[str, int]) -> dict[str, int]:
@@ -98,3 +102,17 @@ def test_parse_runtime_api_answers() -> None:
     servers = parse_servers_state(state)
     assert servers["s1"]["srv_uweight"] == "256"
     assert servers["s2"]["srv_admin_state"] == "5"
+
+
+def test_a_reserved_port_is_not_handed_out_again(tmp_path: Any) -> None:
+    """Runners are separate processes: what one was given is in the file, not in memory."""
+    registry = tmp_path / "ports.reserved"
+    first = reserve_port(registry, (5000, 5001), set(), lambda port: True, "local")
+    second = reserve_port(registry, (5000, 5001), set(), lambda port: True, "local")
+    assert {first, second} == {5000, 5001}
+    with pytest.raises(TransientPlatformError, match="no free port left in the range 5000-5001"):
+        reserve_port(registry, (5000, 5001), set(), lambda port: True, "local")
+    # A replica restarted on its own port keeps it; a port that is not free is never given.
+    assert reserve_port(registry, (5000, 5001), set(), lambda port: True, "local", preferred=first) == first
+    with pytest.raises(TransientPlatformError):
+        reserve_port(tmp_path / "other", (5000, 5001), {5000}, lambda port: port != 5001, "local", 5001)
