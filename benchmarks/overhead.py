@@ -6,12 +6,13 @@ Measured inside one run (the machine is shared and noisy), all as ratios:
     queen, domain workers, runners, monitors: every descendant of this driver except the traffic generator)
     while the deployments run (first revisions, then the canaries), minus Ray's idle baseline, divided by the
     managed deployment time (the sum of every deployment's duration). Ray's idle baseline is measured in the
-    same run before the orchestrator starts: Ray alone, plus what an idle Ray worker process costs (probe
-    actors that do nothing; Ray's core worker wakes every 10 ms to check signals) times the orchestrator's
-    processes. It counts everything the orchestrator does, including starting any actor during the
-    deployments. The orchestrator's own start (queen, six domain workers, the runner pool: once per cluster,
-    not per deployment) is reported beside it: startup_cpu_s, and cpu_overhead_fraction_with_startup, which
-    also counts that start and the idle cost of the orchestrator's processes.
+    same run, just before the deployments: the session at rest with the orchestrator started, less any work
+    the orchestrator's processes did at rest beyond what idle Ray processes cost (probe actors that do
+    nothing, alive beside them; Ray's core worker alone wakes every 10 ms). Starting any actor during the
+    deployments counts. The orchestrator's own start (queen, six domain workers, the runner pool: once per
+    cluster, not per deployment) is reported beside it: startup_cpu_s, and
+    cpu_overhead_fraction_with_startup, which also counts that start and the idle cost of its processes
+    (against Ray alone, before anything was started).
 (b) wall_overhead_fraction: for each canary, its wall time minus its configured waits (analysis windows)
     minus the platform's own work (time inside platform calls, and process start-up until ready), divided by
     its wall time; summed over the canaries. Queueing, actor start-up, journaling and the loop all count.
@@ -26,6 +27,7 @@ Budget: (a) and (b) at most 0.002 each. Writes benchmarks/results/overhead.json;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -53,11 +55,14 @@ WINDOW_STEPS = {StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE}
 ENV = "development"
 
 
-def tree_cpu(root: int, exclude: set[int]) -> float:
+EXCLUDED: set[int] = set()  # never counted: the traffic generator, the idle probes
+
+
+def tree_cpu(root: int, exclude: set[int] | None = None) -> float:
     """CPU seconds of every live descendant of ``root`` (and their reaped children), minus ``exclude``."""
     total = 0.0
     for process in psutil.Process(root).children(recursive=True):
-        if process.pid in exclude:
+        if process.pid in EXCLUDED or process.pid in (exclude or set()):
             continue
         try:
             times = process.cpu_times()
@@ -129,9 +134,9 @@ def steady_rate(total_s: float, exclude: set[int]) -> float:
 
 
 def idle_rate(seconds: float) -> float:
-    before = tree_cpu(os.getpid(), set())
+    before = tree_cpu(os.getpid())
     time.sleep(seconds)
-    return (tree_cpu(os.getpid(), set()) - before) / seconds
+    return (tree_cpu(os.getpid()) - before) / seconds
 
 
 def ray_processes() -> set[int]:
@@ -146,23 +151,48 @@ def ray_processes() -> set[int]:
     return found
 
 
-def idle_process_rate(seconds: float, bare: float, probes: int = 4) -> float:
-    """Cores one idle Ray actor process costs (Ray's own loop): probe actors that do nothing."""
-    import ray
+class IdleProbes:
+    """Ray actor processes that do nothing, alive for the whole run beside the orchestrator: what Ray itself
+    costs per worker process (its core worker wakes every 10 ms), measured under the same load."""
 
-    class Probe:
-        def ready(self) -> int:
-            return os.getpid()
+    def __init__(self, count: int) -> None:
+        import ray
 
-    actor: Any = ray.remote(num_cpus=0)(Probe)
-    handles = [actor.remote() for _ in range(probes)]
-    ray.get([h.ready.remote() for h in handles], timeout=120)
-    time.sleep(5)  # their start-up settles
-    rate = idle_rate(seconds)
-    for handle in handles:
-        ray.kill(handle)
-    time.sleep(2)
-    return max(0.0, (rate - bare) / probes)
+        class Probe:
+            def ready(self) -> int:
+                return os.getpid()
+
+        actor: Any = ray.remote(num_cpus=0)(Probe)
+        self.handles = [actor.remote() for _ in range(count)]
+        self.pids = set(ray.get([h.ready.remote() for h in self.handles], timeout=120))
+        EXCLUDED.update(self.pids)
+
+
+def pids_cpu(pids: set[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def at_rest(seconds: float, mine: set[int], probes: set[int]) -> dict[str, float]:
+    """The whole session's rate with the orchestrator started and no deployment, and how its own processes
+    compare with idle Ray processes (the probes) meanwhile: any difference is orchestrator work."""
+    before = (tree_cpu(os.getpid()), pids_cpu(mine), pids_cpu(probes))
+    time.sleep(seconds)
+    after = (tree_cpu(os.getpid()), pids_cpu(mine), pids_cpu(probes))
+    total, own, probe = ((b - a) / seconds for a, b in zip(before, after, strict=True))
+    own_work = own - len(mine) * probe / len(probes)
+    return {
+        "session_cores": total,
+        "orchestrator_processes_cores": own,
+        "idle_ray_process_cores": probe / len(probes),
+        "orchestrator_idle_work_cores": own_work,
+        # Ray's idle baseline: the session at rest without whatever the orchestrator did beyond idling.
+        "ray_idle_baseline_cores": total - max(0.0, own_work),
+    }
 
 
 def start_traffic(urls: list[str], rps: float, seconds: float) -> subprocess.Popen[str]:
@@ -234,7 +264,8 @@ def canary_wave(orch: Any, journal: Journal, args: argparse.Namespace, services:
     total_s = args.step_seconds * args.steps
     traffic = start_traffic([f"{a}/" for a in addresses if a], args.rps, total_s * 3 + 120)
     canaries = [
-        orch.submit(artifact(s, "2.0.0"), canary(args.steps, args.step_seconds), ENV) for s in services
+        orch.submit(artifact(s, "2.0.0"), canary(args.steps, args.step_seconds, args.interval_ms), ENV)
+        for s in services
     ]
     steady = steady_rate(total_s, {traffic.pid})
     results = [orch.wait(d, total_s * 3 + 300) for d in canaries]
@@ -264,17 +295,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     start_ray()
     bare = idle_rate(args.idle_seconds)
-    per_process = idle_process_rate(args.idle_seconds, bare)
+    probes = IdleProbes(args.probes)
     ray_own = ray_processes()
-    t_start, cpu_start = time.time(), tree_cpu(os.getpid(), set())
+    t_start, cpu_start = time.time(), tree_cpu(os.getpid())
     orch = DeploymentOrchestrator(config_path=config)
     orch.warm_up()
     time.sleep(5)  # every actor's start-up settles
-    startup = (time.time() - t_start, tree_cpu(os.getpid(), set()) - cpu_start)
-    at_rest = idle_rate(args.idle_seconds)  # the orchestrator started, no deployment: reported only
-    t0, cpu0 = time.time(), tree_cpu(os.getpid(), set())
-    processes = len(ray_processes() - ray_own)
-    baseline = bare + per_process * processes
+    startup = (time.time() - t_start, tree_cpu(os.getpid()) - cpu_start)
+    mine = ray_processes() - ray_own
+    rest = at_rest(args.idle_seconds, mine, probes.pids)
+    baseline = rest["ray_idle_baseline_cores"]
+    t0, cpu0 = time.time(), tree_cpu(os.getpid())
     journal = Journal(orch.journal_path)
     services = [f"svc-{i:02d}" for i in range(args.services)]
     wave = canary_wave(orch, journal, args, services)
@@ -290,6 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warm_runners": warm,
         "steps": args.steps,
         "step_seconds": args.step_seconds,
+        "analysis_interval_ms": args.interval_ms,
         "succeeded": wave["succeeded"],
         "cpu_overhead_fraction": cpu_used / wave["managed"],
         "cpu_overhead_fraction_with_startup": with_startup / wave["managed"],
@@ -304,14 +336,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "window_s": window,
             "orchestrator_and_ray_cpu_s": wave["cpu_end"] - cpu0,
             "ray_alone_idle_cores": bare,
-            "ray_idle_cores_per_actor_process": per_process,
-            "orchestrator_processes": processes,
-            "ray_idle_baseline_cores": baseline,
+            "orchestrator_processes": len(mine),
+            "at_rest": rest,
             "above_idle_cpu_s": cpu_used,
             "startup_cpu_s": startup[1],
             "startup_s": startup[0],
-            "orchestrator_at_rest_cores": at_rest,
-            "at_rest_above_ray_idle_cores": at_rest - baseline,
             "with_startup_above_ray_alone_cpu_s": with_startup,
             "managed_deployment_s": wave["managed"],
         },
@@ -342,8 +371,12 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=10)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--step-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--interval-ms", type=int, default=1000, help="the canaries' analysisInterval (each check costs CPU)"
+    )
     parser.add_argument("--rps", type=float, default=8.0, help="requests per second per service")
-    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--probes", type=int, default=4, help="idle Ray actors measuring Ray's own cost")
     parser.add_argument("--budget", type=float, default=0.002)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
@@ -360,7 +393,10 @@ def main() -> int:
     result["within_budget"] = (
         result["cpu_overhead_fraction"] <= args.budget and result["wall_overhead_fraction"] <= args.budget
     )
-    out = REPO / "benchmarks" / "results" / ("overhead-quick.json" if args.quick else "overhead.json")
+    name = "overhead-quick" if args.quick else "overhead"
+    if args.interval_ms != 1000:
+        name += f"-interval-{args.interval_ms}ms"
+    out = REPO / "benchmarks" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(
