@@ -248,8 +248,6 @@ def slot_counters(row: dict[str, str]) -> Counters:
     return Counters(requests=responses + unanswered, errors=number("hrsp_5xx") + unanswered)
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # The router
 # --------------------------------------------------------------------------------------------

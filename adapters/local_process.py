@@ -123,8 +123,6 @@ def stop_processes(processes: list[tuple[int, int]], grace_s: float = STOP_GRACE
 # --------------------------------------------------------------------------------------------
 
 
-
-
 def _artifact_fingerprint(artifact: Artifact) -> str:
     """What a running replica was started from: a change means it must be restarted."""
     payload = json.dumps(

@@ -2,17 +2,19 @@
 
 Measured inside one run (the machine is shared and noisy), all as ratios:
 
-(a) cpu_overhead_fraction: CPU seconds used by the Ray session's processes (GCS, raylet, agents, the
-    queen, domain workers, runners, monitors: every descendant of this driver except the traffic generator)
-    while the deployments run (first revisions, then the canaries), minus Ray's idle baseline, divided by the
-    managed deployment time (the sum of every deployment's duration). Ray's idle baseline is measured in the
-    same run, just before the deployments: the session at rest with the orchestrator started, less any work
-    the orchestrator's processes did at rest beyond what idle Ray processes cost (probe actors that do
-    nothing, alive beside them; Ray's core worker alone wakes every 10 ms). Starting any actor during the
-    deployments counts. The orchestrator's own start (queen, six domain workers, the runner pool: once per
-    cluster, not per deployment) is reported beside it: startup_cpu_s, and
-    cpu_overhead_fraction_with_startup, which also counts that start and the idle cost of its processes
-    (against Ray alone, before anything was started).
+(a) cpu_overhead_fraction: the CPU time of the orchestrator's own processes (the queen, the domain workers,
+    the runners, any monitor; with their children, e.g. the replica launcher) while the deployments run
+    (first revisions, then the canaries), above Ray's idle baseline, divided by the managed deployment time
+    (the sum of every deployment's duration). Ray's idle baseline is what an idle Ray actor process costs
+    (its core worker wakes every 10 ms), measured in the same run and window by probe actors that do nothing.
+    An actor started during the deployments counts whole, start included.
+    Reported beside it:
+    - session_cpu_overhead_fraction: every process of the Ray session (GCS, raylet, agents too) over the same
+      window, above the session at rest with the orchestrator started (measured just before, and checked
+      against the probes); noisier, and it includes the work Ray's own daemons do for the orchestrator.
+    - cpu_overhead_fraction_with_startup: also counts the orchestrator's own start (queen, six domain
+      workers, the runner pool: once per cluster, not per deployment) and the idle cost of its processes,
+      against Ray alone before anything was started.
 (b) wall_overhead_fraction: for each canary, its wall time minus its configured waits (analysis windows)
     minus the platform's own work (time inside platform calls, and process start-up until ready), divided by
     its wall time; summed over the canaries. Queueing, actor start-up, journaling and the loop all count.
@@ -169,12 +171,52 @@ class IdleProbes:
 
 
 def pids_cpu(pids: set[int]) -> float:
+    """CPU seconds of these processes and of their reaped children (e.g. the replica launcher)."""
     total = 0.0
     for pid in pids:
         with contextlib.suppress(psutil.NoSuchProcess):
             times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
+            total += times.user + times.system + times.children_user + times.children_system
     return total
+
+
+def _actor_class(pid: int) -> str:
+    try:
+        title = psutil.Process(pid).cmdline()[0]
+    except (psutil.NoSuchProcess, IndexError):
+        return "gone"
+    return title.removeprefix("ray::").split(".")[0].split()[0]
+
+
+class OwnProcesses:
+    """The orchestrator's own processes (queen, domain workers, runners, monitors) against idle Ray processes
+    (the probes) over the same window: Ray's idle baseline, measured beside them under the same load."""
+
+    def __init__(self, ray_own: set[int], probes: IdleProbes) -> None:
+        self.ray_own, self.probes = ray_own, probes
+        self.mine = ray_processes() - ray_own
+        self.t0, self.cpu0, self.probes0 = time.time(), pids_cpu(self.mine), pids_cpu(probes.pids)
+        self.cpu0_of = {pid: pids_cpu({pid}) for pid in self.mine}
+
+    def above_idle(self) -> dict[str, Any]:
+        """Started before the window: CPU above an idle Ray process. Started in it: all of their CPU."""
+        window = time.time() - self.t0
+        idle_each = (pids_cpu(self.probes.pids) - self.probes0) / len(self.probes.pids)
+        started = ray_processes() - self.ray_own - self.mine
+        own = pids_cpu(self.mine) - self.cpu0 + pids_cpu(started)
+        by_kind: dict[str, float] = {}
+        for pid in self.mine:
+            kind = _actor_class(pid)
+            by_kind[kind] = by_kind.get(kind, 0.0) + pids_cpu({pid}) - self.cpu0_of[pid] - idle_each
+        return {
+            "above_idle_cpu_s_by_kind": by_kind,
+            "window_s": window,
+            "own_processes_cpu_s": own,
+            "idle_ray_process_cores": idle_each / window,
+            "processes_at_start": len(self.mine),
+            "processes_started_in_window": len(started),
+            "above_idle_cpu_s": own - idle_each * len(self.mine),
+        }
 
 
 def at_rest(seconds: float, mine: set[int], probes: set[int]) -> dict[str, float]:
@@ -257,10 +299,13 @@ def start_ray() -> None:
     time.sleep(5)  # Ray's own start-up settles
 
 
-def canary_wave(orch: Any, journal: Journal, args: argparse.Namespace, services: list[str]) -> dict[str, Any]:
+def canary_wave(
+    orch: Any, journal: Journal, args: argparse.Namespace, services: list[str], own: OwnProcesses
+) -> dict[str, Any]:
     """First revisions, then one canary per service at once under live traffic; what the budget is about."""
     firsts = [orch.submit(artifact(s, "1.0.0"), {"type": "rolling", "replicas": 2}, ENV) for s in services]
     addresses = [orch.wait(d, 300).status.address for d in firsts]
+    after_firsts = own.above_idle()
     total_s = args.step_seconds * args.steps
     traffic = start_traffic([f"{a}/" for a in addresses if a], args.rps, total_s * 3 + 120)
     canaries = [
@@ -270,9 +315,11 @@ def canary_wave(orch: Any, journal: Journal, args: argparse.Namespace, services:
     steady = steady_rate(total_s, {traffic.pid})
     results = [orch.wait(d, total_s * 3 + 300) for d in canaries]
     cpu_end = tree_cpu(os.getpid(), {traffic.pid})
+    own_above_idle = own.above_idle()
     counts = stop_traffic(traffic)
     return {
         "cpu_end": cpu_end,
+        "own": {**own_above_idle, "after_first_revisions": after_firsts},
         "t_end": time.time(),
         "steady": steady,
         "succeeded": sum(r.status.phase is Phase.SUCCEEDED for r in results),
@@ -306,9 +353,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rest = at_rest(args.idle_seconds, mine, probes.pids)
     baseline = rest["ray_idle_baseline_cores"]
     t0, cpu0 = time.time(), tree_cpu(os.getpid())
+    own = OwnProcesses(ray_own, probes)
     journal = Journal(orch.journal_path)
     services = [f"svc-{i:02d}" for i in range(args.services)]
-    wave = canary_wave(orch, journal, args, services)
+    wave = canary_wave(orch, journal, args, services, own)
     window = wave["t_end"] - t0
     cpu_used = wave["cpu_end"] - cpu0 - baseline * window
     with_startup = wave["cpu_end"] - cpu0 + startup[1] - bare * (window + startup[0])
@@ -323,7 +371,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "step_seconds": args.step_seconds,
         "analysis_interval_ms": args.interval_ms,
         "succeeded": wave["succeeded"],
-        "cpu_overhead_fraction": cpu_used / wave["managed"],
+        "cpu_overhead_fraction": wave["own"]["above_idle_cpu_s"] / wave["managed"],
+        "session_cpu_overhead_fraction": cpu_used / wave["managed"],
         "cpu_overhead_fraction_with_startup": with_startup / wave["managed"],
         "wall_overhead_fraction": sum(w["overhead_s"] for w in walls) / sum(w["wall_s"] for w in walls),
         "rollback_latency_s": latency["rollback_latency_s"],
@@ -332,6 +381,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cores_while_analysing": wave["steady"],
             "above_idle_per_deployment_second": (wave["steady"] - baseline) / args.services,
         },
+        "own_processes": wave["own"],
         "cpu": {
             "window_s": window,
             "orchestrator_and_ray_cpu_s": wave["cpu_end"] - cpu0,
@@ -405,6 +455,7 @@ def main() -> int:
                 k: result[k]
                 for k in (
                     "cpu_overhead_fraction",
+                    "session_cpu_overhead_fraction",
                     "cpu_overhead_fraction_with_startup",
                     "wall_overhead_fraction",
                     "rollback_latency_s",
