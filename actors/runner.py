@@ -10,9 +10,9 @@ deployment is terminal, so a runner that Ray restarts after a crash finds its de
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
+import threading
 from typing import Any
 
 import ray
@@ -41,8 +41,8 @@ class DeploymentRunnerImpl:
         self.name = ray.get_runtime_context().get_actor_name() or f"runner@{os.getpid()}"
         self.deployment_id: str | None = None
         self.reconciler: DeploymentReconciler | None = None
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[str] | None = None
+        self._wake = threading.Event()
+        self._task: asyncio.Future[str] | None = None
         for record in self.journal.records(ASSIGNMENT):
             if record.get("runner") == self.name:  # restarted after a crash: same name, same deployment
                 self._resume(str(record["deployment_id"]))
@@ -70,7 +70,7 @@ class DeploymentRunnerImpl:
             raise ValueError(f"{self.name} already runs {self.deployment_id}")
         self.journal.put_record(ASSIGNMENT, self.name, {"runner": self.name, "deployment_id": deployment_id})
         self._task = None
-        self._wake = asyncio.Event()
+        self._wake = threading.Event()
         self._bind(deployment_id)
         return self.name
 
@@ -83,21 +83,22 @@ class DeploymentRunnerImpl:
         if self.reconciler is None:
             raise ValueError(f"{self.name} has no deployment assigned")
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(self.reconciler))
+            self._task = asyncio.ensure_future(asyncio.to_thread(self._drive, self.reconciler, self._wake))
         return await asyncio.shield(self._task)
 
-    async def _loop(self, reconciler: DeploymentReconciler) -> str:
+    def _drive(self, reconciler: DeploymentReconciler, wake: threading.Event) -> str:
+        """The whole run in one thread: a check between waits wakes this thread only, not the event loop
+        (which stays free for ``wake`` and ``status``). A wake during a check is kept for the next wait."""
         try:
             while True:
-                delay = await asyncio.to_thread(_until_wait, reconciler)
+                wake.clear()
+                delay = _until_wait(reconciler)
                 if delay is None:
                     return reconciler.state().phase().value
-                self._wake.clear()
                 if delay > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                    wake.wait(delay)
         finally:
-            await asyncio.to_thread(reconciler.close)
+            reconciler.close()
             if not reconciler.state().active:
                 self.journal.delete_record(ASSIGNMENT, self.name)  # free for the next deployment
 
