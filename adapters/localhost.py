@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from engine.platform import TransientPlatformError
+from engine.platform import PlatformError, TransientPlatformError
 
 LOCK_TIMEOUT_S = 10.0
 
@@ -149,7 +149,8 @@ def reserve_port(
             reserved[port] = now
             write_json_atomic(registry, json.dumps(reserved))
             return port
-    raise TransientPlatformError(owner, str(registry), f"no free port left in the range {low}-{high}")
+    # A full range stays full: retrying would not help.
+    raise PlatformError(owner, str(registry), f"no free port left in the range {low}-{high}")
 
 
 def _read_reservations(registry: Path) -> dict[str, float]:

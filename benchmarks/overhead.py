@@ -170,14 +170,19 @@ class IdleProbes:
         EXCLUDED.update(self.pids)
 
 
-def pids_cpu(pids: set[int]) -> float:
-    """CPU seconds of these processes and of their reaped children (e.g. the replica launcher)."""
-    total = 0.0
+def cpu_by_pid(pids: set[int]) -> dict[int, float]:
+    """CPU seconds of each process with its reaped children (e.g. the replica launcher); 0 once gone."""
+    found: dict[int, float] = {}
     for pid in pids:
+        found[pid] = 0.0
         with contextlib.suppress(psutil.NoSuchProcess):
             times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system + times.children_user + times.children_system
-    return total
+            found[pid] = times.user + times.system + times.children_user + times.children_system
+    return found
+
+
+def pids_cpu(pids: set[int]) -> float:
+    return sum(cpu_by_pid(pids).values())
 
 
 def _actor_class(pid: int) -> str:
@@ -195,19 +200,19 @@ class OwnProcesses:
     def __init__(self, ray_own: set[int], probes: IdleProbes) -> None:
         self.ray_own, self.probes = ray_own, probes
         self.mine = ray_processes() - ray_own
-        self.t0, self.cpu0, self.probes0 = time.time(), pids_cpu(self.mine), pids_cpu(probes.pids)
-        self.cpu0_of = {pid: pids_cpu({pid}) for pid in self.mine}
+        self.t0, self.cpu0_of, self.probes0 = time.time(), cpu_by_pid(self.mine), pids_cpu(probes.pids)
 
     def above_idle(self) -> dict[str, Any]:
         """Started before the window: CPU above an idle Ray process. Started in it: all of their CPU."""
         window = time.time() - self.t0
         idle_each = (pids_cpu(self.probes.pids) - self.probes0) / len(self.probes.pids)
         started = ray_processes() - self.ray_own - self.mine
-        own = pids_cpu(self.mine) - self.cpu0 + pids_cpu(started)
+        used = {pid: cpu - self.cpu0_of[pid] for pid, cpu in cpu_by_pid(self.mine).items()}
+        own = sum(used.values()) + pids_cpu(started)
         by_kind: dict[str, float] = {}
-        for pid in self.mine:
+        for pid, cpu in used.items():
             kind = _actor_class(pid)
-            by_kind[kind] = by_kind.get(kind, 0.0) + pids_cpu({pid}) - self.cpu0_of[pid] - idle_each
+            by_kind[kind] = by_kind.get(kind, 0.0) + cpu - idle_each
         return {
             "above_idle_cpu_s_by_kind": by_kind,
             "window_s": window,
@@ -219,18 +224,18 @@ class OwnProcesses:
         }
 
 
-def at_rest(seconds: float, mine: set[int], probes: set[int]) -> dict[str, float]:
+def at_rest(seconds: float, ray_own: set[int], probes: IdleProbes) -> dict[str, float]:
     """The whole session's rate with the orchestrator started and no deployment, and how its own processes
     compare with idle Ray processes (the probes) meanwhile: any difference is orchestrator work."""
-    before = (tree_cpu(os.getpid()), pids_cpu(mine), pids_cpu(probes))
+    session0, own = tree_cpu(os.getpid()), OwnProcesses(ray_own, probes)
     time.sleep(seconds)
-    after = (tree_cpu(os.getpid()), pids_cpu(mine), pids_cpu(probes))
-    total, own, probe = ((b - a) / seconds for a, b in zip(before, after, strict=True))
-    own_work = own - len(mine) * probe / len(probes)
+    total = (tree_cpu(os.getpid()) - session0) / seconds
+    measured = own.above_idle()
+    own_work = measured["above_idle_cpu_s"] / measured["window_s"]
     return {
         "session_cores": total,
-        "orchestrator_processes_cores": own,
-        "idle_ray_process_cores": probe / len(probes),
+        "orchestrator_processes_cores": measured["own_processes_cpu_s"] / measured["window_s"],
+        "idle_ray_process_cores": measured["idle_ray_process_cores"],
         "orchestrator_idle_work_cores": own_work,
         # Ray's idle baseline: the session at rest without whatever the orchestrator did beyond idling.
         "ray_idle_baseline_cores": total - max(0.0, own_work),
@@ -350,7 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     time.sleep(5)  # every actor's start-up settles
     startup = (time.time() - t_start, tree_cpu(os.getpid()) - cpu_start)
     mine = ray_processes() - ray_own
-    rest = at_rest(args.idle_seconds, mine, probes.pids)
+    rest = at_rest(args.idle_seconds, ray_own, probes)
     baseline = rest["ray_idle_baseline_cores"]
     t0, cpu0 = time.time(), tree_cpu(os.getpid())
     own = OwnProcesses(ray_own, probes)

@@ -165,14 +165,10 @@ def sample_process(service: str, version: str, faulty: bool) -> Artifact:
     )
 
 
-def sample_container(service: str, version: str, faulty: bool) -> Artifact:
-    """The sample service's image (built by cluster/start_docker.sh)."""
-    return Artifact(
-        name=service,
-        version=version,
-        source=f"docker://{SAMPLE_IMAGE}",
-        env=sample_env(version, faulty),
-    )
+def sample_container(service: str, version: str, faulty: bool, image: str = SAMPLE_IMAGE) -> Artifact:
+    """The sample service as an image: ours (built by cluster/start_docker.sh) unless ``image`` is given."""
+    env = sample_env(version, faulty)
+    return Artifact(name=service, version=version, source=f"docker://{image}", env=env)
 
 
 @contextmanager
@@ -459,12 +455,8 @@ def kube_cluster(emulator: KubeEmulator, prefix: str) -> Iterator[Cluster]:
 
 
 def image_artifact(service: str, version: str, faulty: bool) -> Artifact:
-    return Artifact(
-        name=service,
-        version=version,
-        source=f"docker://registry.test/{service}:{version}",
-        env=sample_env(version, faulty),
-    )
+    """An image the Kubernetes emulator never pulls: one name per service and version."""
+    return sample_container(service, version, faulty, image=f"registry.test/{service}:{version}")
 
 
 def kubernetes_scenario_env(

@@ -19,7 +19,7 @@ from adapters.haproxy import (
     slot_counters,
 )
 from adapters.localhost import reserve_port
-from engine.platform import TransientPlatformError
+from engine.platform import PlatformError
 
 
 def share(percents: dict[str, int], counts: dict[str, int]) -> dict[str, int]:
@@ -110,9 +110,9 @@ def test_a_reserved_port_is_not_handed_out_again(tmp_path: Any) -> None:
     first = reserve_port(registry, (5000, 5001), set(), lambda port: True, "local")
     second = reserve_port(registry, (5000, 5001), set(), lambda port: True, "local")
     assert {first, second} == {5000, 5001}
-    with pytest.raises(TransientPlatformError, match="no free port left in the range 5000-5001"):
+    with pytest.raises(PlatformError, match="no free port left in the range 5000-5001"):
         reserve_port(registry, (5000, 5001), set(), lambda port: True, "local")
     # A replica restarted on its own port keeps it; a port that is not free is never given.
     assert reserve_port(registry, (5000, 5001), set(), lambda port: True, "local", preferred=first) == first
-    with pytest.raises(TransientPlatformError):
+    with pytest.raises(PlatformError):
         reserve_port(tmp_path / "other", (5000, 5001), {5000}, lambda port: port != 5001, "local", 5001)
