@@ -44,6 +44,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.localhost import (
+    ParsedFileCache,
     file_lock,
     is_same_process,
     port_is_free,
@@ -271,6 +272,7 @@ class HAProxyRouter:
         self.stop_grace_s = float(settings.get("stopGraceSeconds", 3.0))
         self._reported: dict[tuple[str, int, int, str, str], Counters] = {}
         self._reported_lock = threading.Lock()
+        self._states = ParsedFileCache(RouterState)
 
     # ---- public interface ---------------------------------------------------------------
     def _check_binary(self, binary: str) -> None:
@@ -348,7 +350,7 @@ class HAProxyRouter:
     def traffic(self, target: Target) -> TrafficState:
         # Under the lock: a half-applied change would otherwise read as drifted weights.
         with file_lock(self._path(target, "lock"), "haproxy"):
-            state = self._read(target)
+            state = self._read(target, shared=True)
             if state is None:
                 return TrafficState()
             try:
@@ -360,7 +362,7 @@ class HAProxyRouter:
 
     def metrics(self, target: Target) -> dict[str, MetricSnapshot]:
         with file_lock(self._path(target, "lock"), "haproxy"):
-            state = self._read(target)
+            state = self._read(target, shared=True)
             if state is None:
                 return {}
             rows: dict[str, dict[str, str]] = {}
@@ -688,9 +690,12 @@ class HAProxyRouter:
     def _write_config(self, target: Target, state: RouterState) -> None:
         write_json_atomic(self._path(target, "cfg"), self._render_config(target, state))
 
-    def _read(self, target: Target) -> RouterState | None:
+    def _read(self, target: Target, shared: bool = False) -> RouterState | None:
+        """The router's state; ``shared`` is the last parse while the file is unchanged, read-only."""
         path = self._path(target, "json")
         try:
+            if shared:
+                return self._states.read(path)
             return RouterState.model_validate_json(path.read_text())
         except FileNotFoundError:
             return None

@@ -799,10 +799,12 @@ class KubernetesPlatform:
     # ----------------------------------------------------------------------------------------
     # Metrics and logs
     # ----------------------------------------------------------------------------------------
-    def metrics(self, target: Target) -> dict[str, MetricSnapshot]:
+    def metrics(self, target: Target, revision: str | None = None) -> dict[str, MetricSnapshot]:
         now, result = time.time(), {}
         for deployment in self._revision_deployments(target):
             status = self._status_of(deployment)
+            if revision is not None and status.revision != revision:
+                continue
             requests = errors = 0
             if self._settings.metrics_url:
                 requests, errors = self._prometheus_counts(target, status.revision)

@@ -577,12 +577,16 @@ class LambdaPlatform:
     # ------------------------------------------------------------------------------------------------
     # Metrics and logs
     # ------------------------------------------------------------------------------------------------
-    def metrics(self, target: Target) -> dict[str, MetricSnapshot]:
+    def metrics(self, target: Target, revision: str | None = None) -> dict[str, MetricSnapshot]:
         """Cumulative Invocations, Errors and mean Duration per revision since its version was published."""
         function = self.function_name(target)
         versions = self._latest_per_revision(self._versions(function) or [])
         now = datetime.now(UTC)
-        return {revision: self._snapshot(function, version, now) for revision, version in versions.items()}
+        return {
+            name: self._snapshot(function, version, now)
+            for name, version in versions.items()
+            if revision is None or name == revision
+        }
 
     def _snapshot(self, function: str, version: _Version, now: datetime) -> MetricSnapshot:
         earliest = now - timedelta(milliseconds=self.settings.metrics_window)

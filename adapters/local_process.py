@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.localhost import (
+    ParsedFileCache,
     file_lock,
     is_same_process,
     port_is_free,
@@ -151,6 +152,7 @@ class LocalProcessBackend:
         self.port_range = (int(low), int(high))
         self.host = str(settings.get("replicaHost", "127.0.0.1"))
         self.stop_grace_s = float(settings.get("stopGraceSeconds", STOP_GRACE_S))
+        self._states = ParsedFileCache(TargetState)
 
     # ---- public interface ---------------------------------------------------------------
     def validate(self) -> None:
@@ -164,7 +166,7 @@ class LocalProcessBackend:
             raise self._error("/proc is not mounted: process identity cannot be checked")
         commands = [str(c) for c in self.settings.get("requiredCommands", [])]
         for state_file in self.state_dir.glob("*.json"):
-            commands += [r.command[0] for r in self._read_file(state_file).replicas if r.command]
+            commands += [r.command[0] for r in self._read_file(state_file, shared=True).replicas if r.command]
         for command in dict.fromkeys(commands):
             if shutil.which(command) is None:
                 raise self._error(f"command '{command}' not found (not executable or not on PATH)")
@@ -193,7 +195,7 @@ class LocalProcessBackend:
         return [self._replica(r) for r in state.replicas if r.revision == spec.revision]
 
     def list_replicas(self, target: Target, revision: str | None = None) -> list[Replica]:
-        state = self._read(target)
+        state = self._read(target, shared=True)
         return [self._replica(r) for r in state.replicas if revision is None or r.revision == revision]
 
     def remove_revision(self, target: Target, revision: str) -> None:
@@ -332,11 +334,14 @@ class LocalProcessBackend:
     def _log_dir(self, target: Target) -> Path:
         return self.state_dir / "logs" / target.key
 
-    def _read(self, target: Target) -> TargetState:
-        return self._read_file(self._state_path(target))
+    def _read(self, target: Target, shared: bool = False) -> TargetState:
+        return self._read_file(self._state_path(target), shared)
 
-    def _read_file(self, path: Path) -> TargetState:
+    def _read_file(self, path: Path, shared: bool = False) -> TargetState:
+        """A target's records; ``shared`` is the last parse while the file is unchanged, read-only."""
         try:
+            if shared:
+                return self._states.read(path) or TargetState()
             return TargetState.model_validate_json(path.read_text())
         except FileNotFoundError:
             return TargetState()

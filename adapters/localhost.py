@@ -14,6 +14,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
 
 from engine.platform import PlatformError, TransientPlatformError
 
@@ -53,6 +56,45 @@ def write_json_atomic(path: Path, data: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+M = TypeVar("M", bound=BaseModel)
+RACY_S = 0.1  # more than the file system's timestamp granularity (one clock tick of the coarse clock)
+
+
+class ParsedFileCache(Generic[M]):
+    """The last parse of each file, reused while the file is unchanged: a read costs one ``stat``.
+
+    State files are replaced atomically (``write_json_atomic``), so a change shows as another inode, size or
+    modification time. As git does with its index, a parse is trusted only when the file had not changed for
+    ``RACY_S`` before it was read: a write in the same clock tick could otherwise keep all three. Callers must
+    not modify what ``read`` returns (it is shared); read uncached to modify."""
+
+    def __init__(self, model: type[M], entries: int = 256) -> None:
+        self._model = model
+        self._most = entries
+        self._entries: dict[str, tuple[tuple[int, int, int], M]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, path: Path) -> M | None:
+        """The file's model, or None when the file does not exist; ValueError when it does not parse."""
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return None
+        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        key = str(path)
+        with self._lock:
+            hit = self._entries.get(key)
+        if hit is not None and hit[0] == signature:
+            return hit[1]
+        parsed = self._model.model_validate_json(path.read_bytes())
+        if time.time() - stat.st_mtime_ns / 1e9 > RACY_S:
+            with self._lock:
+                if len(self._entries) >= self._most:
+                    self._entries.clear()
+                self._entries[key] = (signature, parsed)
+        return parsed
 
 
 _THREAD_LOCKS: dict[str, threading.Lock] = {}

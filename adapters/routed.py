@@ -148,11 +148,15 @@ class RoutedPlatform:
                 self._register(target, weights, replicas)
             self.backend.remove_revision(target, revision)
 
-    def metrics(self, target: Target) -> dict[str, MetricSnapshot]:
+    def metrics(self, target: Target, revision: str | None = None) -> dict[str, MetricSnapshot]:
+        """The router's counters; a revision with replicas but no server in the router gets an empty snapshot
+        (not looked for when the router already has the one revision asked for)."""
         snapshots = self.router.metrics(target)
-        for revision, group in _group(self.backend.list_replicas(target)).items():
-            if revision not in snapshots:
-                snapshots[revision] = MetricSnapshot(at=_now(snapshots), servers_total=len(group))
+        if revision is not None and revision in snapshots:
+            return {revision: snapshots[revision]}
+        for name, group in _group(self.backend.list_replicas(target, revision)).items():
+            if name not in snapshots:
+                snapshots[name] = MetricSnapshot(at=_now(snapshots), servers_total=len(group))
         return snapshots
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS records (
 );
 """
 _GENESIS = "0" * 64
+PARSED_STATES = 64  # states kept parsed per journal connection (by deployment), while their row is unchanged
 
 
 class UnknownDeploymentError(KeyError):
@@ -75,6 +76,7 @@ class Journal:
         self._now = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._parsed: dict[str, tuple[str, DeploymentState]] = {}
         self._db = sqlite3.connect(
             self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
         )
@@ -168,8 +170,22 @@ class Journal:
         return DeploymentState.model_validate_json(row[0])
 
     def state(self, deployment_id: str) -> DeploymentState:
+        """The deployment's folded state. Shared while unchanged (a runner reads it at every check, and
+        parsing it costs far more than reading it): do not modify it."""
         with self._lock:
-            return self._snapshot(self._db, deployment_id)
+            row = self._db.execute(
+                "SELECT snapshot FROM deployments WHERE deployment_id = ?", (deployment_id,)
+            ).fetchone()
+            if row is None:
+                raise UnknownDeploymentError(deployment_id)
+            cached = self._parsed.get(deployment_id)
+            if cached is not None and cached[0] == row[0]:
+                return cached[1]
+            state = DeploymentState.model_validate_json(row[0])
+            if len(self._parsed) >= PARSED_STATES:
+                self._parsed.clear()
+            self._parsed[deployment_id] = (row[0], state)
+            return state
 
     def find(self, prefix: str) -> DeploymentState:
         """A deployment by id or unique id prefix (as the CLI accepts)."""

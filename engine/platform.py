@@ -96,8 +96,11 @@ class PlatformAdapter(Protocol):
     def remove_revision(self, target: Target, revision: str) -> None:
         """Stop and delete a revision; a no-op when it is already gone."""
 
-    def metrics(self, target: Target) -> dict[str, MetricSnapshot]:
-        """Cumulative live metrics per revision (request count, 5xx count, response time, servers up)."""
+    def metrics(self, target: Target, revision: str | None = None) -> dict[str, MetricSnapshot]:
+        """Cumulative live metrics per revision (request count, 5xx count, response time, servers up).
+
+        With ``revision``, only that revision's are needed: a platform may leave the others out (a runner
+        reads its candidate's at every analysis check)."""
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         """Recent logs of a revision, for a failed deployment's report."""

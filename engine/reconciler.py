@@ -247,7 +247,8 @@ class DeploymentReconciler:
     def _start_step(self, state: DeploymentState, step: Step) -> None:
         baseline: dict[str, float] = {}
         if step.kind in (StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE) and state.candidate_revision:
-            baseline = baseline_of(self.adapter.metrics(state.request.target).get(state.candidate_revision))
+            revision = state.candidate_revision
+            baseline = baseline_of(self.adapter.metrics(state.request.target, revision).get(revision))
         # Timing of the step starts with its journaled start, as elapsed_s does.
         self._step_platform_start = self._platform_seconds()
         self._unhealthy_checks = 0
@@ -341,7 +342,8 @@ class DeploymentReconciler:
         return config.success_threshold, config.failure_threshold, config.min_request_count, interval
 
     def _candidate_metrics(self, state: DeploymentState) -> MetricSnapshot | None:
-        return self.adapter.metrics(state.request.target).get(state.candidate_revision or "")
+        revision = state.candidate_revision or ""
+        return self.adapter.metrics(state.request.target, revision).get(revision)
 
     def _measure(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> Measurement:
         success, failure, min_requests, _ = self._thresholds(state)

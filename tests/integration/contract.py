@@ -104,6 +104,9 @@ class PlatformContract:
         snapshots = env.adapter.metrics(env.target)
         assert stable.revision in snapshots
         assert snapshots[stable.revision].requests >= 0
+        # Asked for one revision: that one's snapshot is there, with the same servers.
+        one = env.adapter.metrics(env.target, stable.revision)
+        assert one[stable.revision].servers_total == snapshots[stable.revision].servers_total
 
     def test_remove_is_idempotent(self, contract_env: ContractEnv) -> None:
         env = contract_env

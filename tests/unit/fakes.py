@@ -45,6 +45,7 @@ class FakePlatform:
     revisions: dict[str, FakeRevision] = field(default_factory=dict)
     weights: dict[str, int] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    metrics_asked: list[str | None] = field(default_factory=list)
     platform: str = "fake"
     _last: float = 0.0
 
@@ -104,8 +105,9 @@ class FakePlatform:
         self.revisions.pop(revision, None)
         self.weights.pop(revision, None)
 
-    def metrics(self, target: Target) -> dict[str, MetricSnapshot]:
+    def metrics(self, target: Target, revision: str | None = None) -> dict[str, MetricSnapshot]:
         self._advance()
+        self.metrics_asked.append(revision)
         return {
             name: MetricSnapshot(
                 at=self.clock.now(),
@@ -115,6 +117,7 @@ class FakePlatform:
                 servers_total=r.replicas,
             )
             for name, r in self.revisions.items()
+            if revision is None or name == revision
         }
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:

@@ -84,6 +84,8 @@ def test_good_canary_is_promoted_through_every_weight(tmp_path: Path) -> None:
     assert world.platform.weights == {"2-0-0": 100}
     assert set(world.platform.revisions) == {"2-0-0"}
     assert world.platform.revisions["2-0-0"].replicas == 3
+    # Every analysis check asks for the candidate's metrics only (the platform may narrow its query).
+    assert world.platform.metrics_asked and set(world.platform.metrics_asked) == {"2-0-0"}
 
 
 def test_bad_canary_is_rolled_back_on_metrics(tmp_path: Path) -> None:
