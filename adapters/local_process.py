@@ -1,7 +1,7 @@
 """Replicas as plain processes on this machine: the embedded default platform ('local').
 
 Each replica runs ``artifact.command`` with ``PORT``, ``REVISION`` and ``REPLICA_INDEX`` in its environment.
-Processes are started through a short-lived launcher (a double fork, each in a new session) so that they
+Processes are started through a short-lived shell launcher (a double fork, in a new session) so that they
 outlive the process that asked for them: Ray kills the children of a dead actor's worker. What runs is
 recorded per target in a JSON state file (pid, start time from /proc, port), so that a new instance, after a
 crash or in another process, finds the replicas again and never confuses a reused pid with its own.
@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,24 +45,13 @@ STOP_GRACE_S = 3.0
 LAUNCH_TIMEOUT_S = 10.0
 MAX_LOG_BYTES = 5 * 1024 * 1024
 
-# Runs in a fresh, single-threaded interpreter (forking a multi-threaded Ray worker is unsafe). It starts
-# every replica in a new session and exits at once, which leaves the replicas to PID 1.
-_LAUNCHER = r"""
-import json, os, subprocess, sys
-results = []
-for spec in json.loads(sys.stdin.read()):
-    try:
-        with open(spec["log"], "ab", buffering=0) as log:
-            proc = subprocess.Popen(spec["command"], cwd=spec["cwd"], env=spec["env"],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True)
-        results.append({"pid": proc.pid})
-    except Exception as exc:
-        results.append({"error": f"{type(exc).__name__}: {exc}"})
-sys.stdout.write(json.dumps(results))
-sys.stdout.flush()
-os._exit(0)
-"""
+# A replica is started by /bin/sh in the background, in a new session (setsid); sh prints the replica's pid
+# and exits at once, which leaves the replica to PID 1. A double fork without a Python interpreter: about 2 ms
+# of CPU instead of about 60. Everything is an argument, never interpolated: $1 the log file, $2 the working
+# folder, then the command. A background command of a shell without job control is no process group leader,
+# so setsid runs it in a new session without forking again: $! is the replica itself.
+_LAUNCHER = 'log=$1; cd "$2" || exit 97; shift 2; setsid "$@" </dev/null >>"$log" 2>&1 & echo $!'
+_SHELL = "/bin/sh"
 
 
 class ReplicaRecord(BaseModel):
@@ -164,6 +152,11 @@ class LocalProcessBackend:
             raise self._error(f"state directory {self.state_dir} is not writable: {exc}") from exc
         if not Path("/proc/self/stat").exists():
             raise self._error("/proc is not mounted: process identity cannot be checked")
+        for tool in (_SHELL, "setsid"):
+            if shutil.which(tool) is None:
+                raise self._error(
+                    f"'{tool}' not found: replicas are started through it (setsid is util-linux)"
+                )
         commands = [str(c) for c in self.settings.get("requiredCommands", [])]
         for state_file in self.state_dir.glob("*.json"):
             commands += [r.command[0] for r in self._read_file(state_file, shared=True).replicas if r.command]
@@ -294,10 +287,16 @@ class LocalProcessBackend:
         return {"command": artifact.command, "cwd": artifact.working_dir, "env": env, "log": str(log_file)}
 
     def _run_launcher(self, launches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self._launch(launch) for launch in launches]
+
+    def _launch(self, launch: dict[str, Any]) -> dict[str, Any]:
+        """Start one replica through the shell launcher: {"pid": n}, or {"error": why}."""
+        argv = [_SHELL, "-c", _LAUNCHER, "launcher", launch["log"], launch["cwd"] or ".", *launch["command"]]
         try:
             completed = subprocess.run(
-                [sys.executable, "-I", "-S", "-c", _LAUNCHER],
-                input=json.dumps(launches),
+                argv,
+                env=launch["env"],
+                stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
                 timeout=LAUNCH_TIMEOUT_S,
@@ -306,14 +305,12 @@ class LocalProcessBackend:
             )
         except subprocess.TimeoutExpired as exc:
             raise TransientPlatformError(PLATFORM, self._endpoint(), "process launcher timed out") from exc
-        try:
-            results = json.loads(completed.stdout)
-        except json.JSONDecodeError as exc:
-            cause = f"process launcher failed (exit {completed.returncode}): {completed.stderr[-500:]}"
-            raise self._error(cause) from exc
-        if not isinstance(results, list) or len(results) != len(launches):
-            raise self._error("process launcher returned an unexpected answer")
-        return results
+        except OSError as exc:
+            raise self._error(f"cannot run {_SHELL}: {exc}") from exc
+        pid = completed.stdout.strip()
+        if completed.returncode != 0 or not pid.isdigit():
+            return {"error": f"launcher exit {completed.returncode}: {completed.stderr.strip()[-300:]}"}
+        return {"pid": int(pid)}
 
     def _check_command(self, artifact: Artifact) -> None:
         if not artifact.command:

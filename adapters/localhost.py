@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import random
@@ -177,10 +178,9 @@ def reserve_port(
     ``PORT_RESERVATION_S``: a port is free before its replica listens, so concurrent deployments (runners
     are separate processes) would otherwise pick the same one. ``preferred`` first, then random."""
     low, high = port_range
-    candidates = list(range(low, high + 1))
-    random.shuffle(candidates)
-    if preferred is not None and low <= preferred <= high:
-        candidates.insert(0, preferred)
+    start = random.randint(low, high)  # from a random port on, round the range (lazily)
+    first = [preferred] if preferred is not None and low <= preferred <= high else []
+    candidates = itertools.chain(first, range(start, high + 1), range(low, start))
     with file_lock(registry.with_name(registry.name + ".lock"), owner):
         now = time.time()
         recent = _read_reservations(registry).items()

@@ -7,11 +7,10 @@ HTTP GET of each replica's health path, 2xx meaning ready.
 
 from __future__ import annotations
 
+import http.client
 import inspect
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,32 +29,30 @@ READINESS_TIMEOUT_S = 1.0
 _MAX_PROBE_THREADS = 16
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None  # a 3xx is not ready; do not follow it somewhere else
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({}))
-
-
 def is_ready(replica: Replica, timeout_s: float = READINESS_TIMEOUT_S) -> bool:
-    """GET http://host:port<health_path>: ready when it answers 2xx within the timeout."""
+    """GET http://host:port<health_path>: ready when it answers 2xx within the timeout (a 3xx is not ready,
+    and is not followed)."""
     if not replica.alive:
         return False
-    url = f"http://{replica.host}:{replica.port}{replica.health_path}"
+    connection = http.client.HTTPConnection(replica.host, replica.port, timeout=timeout_s)
     try:
-        with _OPENER.open(url, timeout=timeout_s) as response:
-            return 200 <= int(response.status) < 300
-    except (urllib.error.URLError, OSError, ValueError):
+        connection.request("GET", replica.health_path, headers={"Connection": "close"})
+        return 200 <= connection.getresponse().status < 300
+    except (OSError, http.client.HTTPException, ValueError):
         return False
+    finally:
+        connection.close()
+
+
+_PROBES = ThreadPoolExecutor(max_workers=_MAX_PROBE_THREADS, thread_name_prefix="readiness")
 
 
 def ready_flags(replicas: list[Replica]) -> list[bool]:
-    """Readiness of every replica, probed in parallel so that a call stays within about one timeout."""
-    if not replicas:
-        return []
-    with ThreadPoolExecutor(max_workers=min(_MAX_PROBE_THREADS, len(replicas))) as pool:
-        return list(pool.map(is_ready, replicas))
+    """Readiness of every replica, probed in parallel so that a call stays within about one timeout (by
+    threads kept from one call to the next)."""
+    if len(replicas) <= 1:
+        return [is_ready(r) for r in replicas]
+    return list(_PROBES.map(is_ready, replicas))
 
 
 def _common_health_path(replicas: list[Replica]) -> str | None:

@@ -131,7 +131,7 @@ class Journal:
             event = Event(
                 seq=seq, deployment_id=deployment_id, kind=kind, at=now, actor=actor, data=data or {}
             )
-            new = fold(state, event)
+            new = fold(state, event, in_place=True)  # parsed just now, held by nobody else
             db.execute(
                 "UPDATE deployments SET phase = ?, active = ?, snapshot = ? WHERE deployment_id = ?",
                 (new.phase().value, int(new.active), new.model_dump_json(), deployment_id),

@@ -162,11 +162,12 @@ class Event(Model):
     hash: str = ""
 
 
-def fold(state: DeploymentState, event: Event) -> DeploymentState:
-    """Apply one event to the facts; events after a terminal one change nothing."""
+def fold(state: DeploymentState, event: Event, in_place: bool = False) -> DeploymentState:
+    """Apply one event to the facts; events after a terminal one change nothing. ``in_place`` changes
+    ``state`` itself (for a state nobody else holds) rather than a deep copy of it."""
     if state.outcome is not None and event.kind is not EventKind.NOTE:
         return state
-    new = state.model_copy(deep=True)
+    new = state if in_place else state.model_copy(deep=True)
     new.updated_at = event.at
     new.last_seq = max(new.last_seq, event.seq)
     _APPLY[event.kind](new, event)

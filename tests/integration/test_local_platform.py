@@ -317,6 +317,10 @@ def test_validate_names_a_missing_command(tmp_path: Path) -> None:
     with pytest.raises(PlatformError, match="no-such-command-xyz"):
         platform.ensure_revision(RevisionSpec(target=target, artifact=broken, replicas=1))
     assert platform.list_revisions(target) == []
+    lost = sample_artifact("1.0.0").model_copy(update={"working_dir": str(tmp_path / "no-such-folder")})
+    with pytest.raises(PlatformError, match="no-such-folder"):
+        platform.ensure_revision(RevisionSpec(target=target, artifact=lost, replicas=1))
+    assert platform.list_revisions(target) == []
 
 
 def test_logs_hold_the_replica_output(local_env: tuple[RoutedPlatform, Target, Path]) -> None:
