@@ -122,9 +122,14 @@ class QueenImpl:
         }
 
     def _ensure_workers(self) -> None:
+        """Every domain worker alive: one call to the GCS lists the live named actors; only a missing worker
+        is looked up or created."""
+        live = {name for name in ray.util.list_named_actors() if isinstance(name, str)}
         for code in DOMAIN_WORKERS:
             name = worker_name(code)
-            handle = find_actor(name, self.namespace)
+            if name in live and code in self.workers:
+                continue
+            handle = find_actor(name, self.namespace) if name in live else None
             if handle is None:
                 log.warning("creating domain worker %s", name)
                 handle = (

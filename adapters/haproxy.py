@@ -211,7 +211,7 @@ def parse_show_stat(text: str, servers: set[str] | None = None) -> list[dict[str
     """``show stat`` CSV (header line starts with '# ') as a list of rows keyed by column name; only the rows
     of ``servers`` (by svname) when given: a backend's unused slots are skipped before the CSV is parsed."""
     lines = text.lstrip("# ").splitlines()
-    if servers is not None and lines:
+    if servers is not None and lines:  # (several answers in one text repeat the header: those are skipped)
         lines = lines[:1] + [line for line in lines[1:] if _svname(line) in servers]
     return [dict(row) for row in csv.DictReader(io.StringIO("\n".join(lines))) if row.get("pxname")]
 
@@ -537,9 +537,13 @@ class HAProxyRouter:
         self._verify_slots(target, state)
 
     def _backend_rows(self, state: RouterState) -> dict[str, dict[str, str]]:
-        """``show stat`` rows of the backend's servers, by server name."""
+        """``show stat`` rows of the slots in use, by server name: one command per slot (server id = slot
+        number), so HAProxy answers for those only rather than for every slot of the backend."""
+        if not state.slots:
+            return {}
         in_use = {f"s{number}" for number in state.slots}
-        rows = parse_show_stat(run_cli(state.socket, f"show stat {BACKEND} 4 -1"), in_use)
+        commands = ";".join(f"show stat {BACKEND} 4 {number}" for number in sorted(state.slots))
+        rows = parse_show_stat(run_cli(state.socket, commands), in_use)
         return {row["svname"]: row for row in rows if row.get("pxname") == BACKEND}
 
     def _run_batches(self, state: RouterState, commands: list[str], batch: int = 40) -> None:
@@ -682,9 +686,9 @@ class HAProxyRouter:
         for number in range(1, state.slot_count + 1):
             slot = state.slots.get(number)
             if slot is None:
-                lines.append(f"    server s{number} 127.0.0.1:1 weight 0 disabled")
+                lines.append(f"    server s{number} 127.0.0.1:1 weight 0 disabled id {number}")
             else:
-                lines.append(f"    server s{number} {slot.address} weight {slot.weight}")
+                lines.append(f"    server s{number} {slot.address} weight {slot.weight} id {number}")
         return "\n".join(lines) + "\n"
 
     def _write_config(self, target: Target, state: RouterState) -> None:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import IO, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -112,8 +112,7 @@ def file_lock(path: Path, owner: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iter
     if not thread_lock.acquire(timeout=timeout_s):
         raise TransientPlatformError(owner, str(path), f"lock busy for more than {timeout_s:.0f}s")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as handle:
+        with _open_for_append(path) as handle:
             _flock(handle.fileno(), path, owner, timeout_s)
             try:
                 yield
@@ -121,6 +120,15 @@ def file_lock(path: Path, owner: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iter
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
     finally:
         thread_lock.release()
+
+
+def _open_for_append(path: Path) -> IO[str]:
+    """The file opened for appending; its folder is made only when missing (a lock is taken per check)."""
+    try:
+        return open(path, "a+")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "a+")
 
 
 def _flock(fd: int, path: Path, owner: str, timeout_s: float) -> None:

@@ -178,14 +178,18 @@ class Journal:
             ).fetchone()
             if row is None:
                 raise UnknownDeploymentError(deployment_id)
-            cached = self._parsed.get(deployment_id)
-            if cached is not None and cached[0] == row[0]:
-                return cached[1]
-            state = DeploymentState.model_validate_json(row[0])
-            if len(self._parsed) >= PARSED_STATES:
-                self._parsed.clear()
-            self._parsed[deployment_id] = (row[0], state)
-            return state
+            return self._parse(deployment_id, row[0])
+
+    def _parse(self, deployment_id: str, snapshot: str) -> DeploymentState:
+        """The state of a snapshot row, parsed again only when the row changed (call under ``_lock``)."""
+        cached = self._parsed.get(deployment_id)
+        if cached is not None and cached[0] == snapshot:
+            return cached[1]
+        state = DeploymentState.model_validate_json(snapshot)
+        if len(self._parsed) >= PARSED_STATES:
+            self._parsed.clear()
+        self._parsed[deployment_id] = (snapshot, state)
+        return state
 
     def find(self, prefix: str) -> DeploymentState:
         """A deployment by id or unique id prefix (as the CLI accepts)."""
@@ -206,13 +210,14 @@ class Journal:
         self, active_only: bool = False, limit: int = 1000, target_key: str | None = None
     ) -> list[DeploymentState]:
         """Deployments in submission order (oldest first); the newest ``limit`` of them."""
-        query = (
-            "SELECT snapshot FROM deployments WHERE (? = 0 OR active = 1) AND (? IS NULL OR target_key = ?)"
-        )
+        query = "SELECT deployment_id, snapshot FROM deployments"
+        query += " WHERE (? = 0 OR active = 1) AND (? IS NULL OR target_key = ?)"
         query += " ORDER BY submitted_seq DESC LIMIT ?"
         with self._lock:
             rows = self._db.execute(query, (int(active_only), target_key, target_key, limit)).fetchall()
-        return [DeploymentState.model_validate_json(r[0]) for r in reversed(rows)]
+            if active_only:  # the queen reads these at every admission: kept parsed while unchanged
+                return [self._parse(r[0], r[1]) for r in reversed(rows)]
+        return [DeploymentState.model_validate_json(r[1]) for r in reversed(rows)]
 
     def events(self, deployment_id: str | None = None, after_seq: int = 0) -> list[Event]:
         query = "SELECT seq, deployment_id, at, kind, actor, data, hash FROM events WHERE seq > ?"

@@ -95,6 +95,10 @@ def test_parse_runtime_api_answers() -> None:
     stat = "# pxname,svname,stot,hrsp_2xx,\nbe,s1,4,4,\nbe,BACKEND,4,4,\n\n"
     assert [r["svname"] for r in parse_show_stat(stat)] == ["s1", "BACKEND"]
     assert [r["svname"] for r in parse_show_stat(stat, {"s1"})] == ["s1"]
+    # One answer per slot asked for, each with its own header: the rows of the slots, once each.
+    several = "# pxname,svname,stot,hrsp_2xx,\nbe,s1,4,4,\n\n# pxname,svname,stot,hrsp_2xx,\nbe,s7,2,1,\n\n"
+    rows = parse_show_stat(several, {"s1", "s7"})
+    assert [(r["svname"], r["stot"]) for r in rows] == [("s1", "4"), ("s7", "2")]
     state = (
         "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight\n"
         "3 be 1 s1 127.0.0.1 2 0 256\n3 be 2 s2 127.0.0.1 0 5 0\n"

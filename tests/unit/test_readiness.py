@@ -16,7 +16,7 @@ ANSWERS = {"/ok": 200, "/moved": 302, "/broken": 500}
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self.send_response(ANSWERS.get(self.path, 404))
         if self.path == "/moved":
             self.send_header("Location", "/ok")
