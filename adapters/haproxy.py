@@ -499,7 +499,8 @@ class HAProxyRouter:
         if len(new_pairs) > len(free_numbers):
             cause = f"{len(wanted)} servers do not fit in {state.slot_count} slots (setting routerSlots)"
             raise self._error(self._endpoint(target, state), cause)
-        rows = self._backend_rows(state)
+        # The slots about to be reused too: their counters so far are the new server's baseline.
+        rows = self._backend_rows(state, set(state.slots) | set(free_numbers[: len(new_pairs)]))
         adds: list[str] = []
         removes: list[str] = []
         slots: dict[int, Slot] = {}
@@ -536,14 +537,15 @@ class HAProxyRouter:
         state.percents = {rev: pct for rev, pct in weights.items()}
         self._verify_slots(target, state)
 
-    def _backend_rows(self, state: RouterState) -> dict[str, dict[str, str]]:
-        """``show stat`` rows of the slots in use, by server name: one command per slot (server id = slot
-        number), so HAProxy answers for those only rather than for every slot of the backend."""
-        if not state.slots:
+    def _backend_rows(self, state: RouterState, numbers: set[int] | None = None) -> dict[str, dict[str, str]]:
+        """``show stat`` rows of slots ``numbers`` (default: those in use), by server name: one command per
+        slot (server id = slot number), so HAProxy answers for those only, not for every slot."""
+        numbers = set(state.slots) if numbers is None else numbers
+        if not numbers:
             return {}
-        in_use = {f"s{number}" for number in state.slots}
-        commands = ";".join(f"show stat {BACKEND} 4 {number}" for number in sorted(state.slots))
-        rows = parse_show_stat(run_cli(state.socket, commands), in_use)
+        wanted = {f"s{number}" for number in numbers}
+        commands = ";".join(f"show stat {BACKEND} 4 {number}" for number in sorted(numbers))
+        rows = parse_show_stat(run_cli(state.socket, commands), wanted)
         return {row["svname"]: row for row in rows if row.get("pxname") == BACKEND}
 
     def _run_batches(self, state: RouterState, commands: list[str], batch: int = 40) -> None:

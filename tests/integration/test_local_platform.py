@@ -227,6 +227,16 @@ def test_errors_of_a_bad_revision_show_in_its_metrics_only(
     assert snapshots[stable].errors == 0
     assert snapshots[stable].requests == 200 - len(failed)
     assert snapshots[stable].servers_up == snapshots[stable].servers_total == 1
+    # The canary's slot is reused by the next revision, which starts from zero (HAProxy's counters of a
+    # server survive its slot's reuse: they are the new server's baseline).
+    platform.set_traffic(target, {stable: 100})
+    platform.remove_revision(target, canary)
+    spec = RevisionSpec(target=target, artifact=sample_artifact("3.0.0"), replicas=1)
+    platform.ensure_revision(spec)
+    after = platform.metrics(target)
+    assert canary not in after
+    assert after[spec.revision].requests == after[spec.revision].errors == 0
+    assert after[stable].requests == 200 - len(failed)
 
 
 def test_readiness_is_checked_for_real(local_env: tuple[RoutedPlatform, Target, Path]) -> None:
