@@ -342,10 +342,10 @@ class HAProxyRouter:
             state = self._read(target)
             if state is None or not is_same_process(state.pid, state.start_time):
                 raise TransientPlatformError("haproxy", self._endpoint(target), "HAProxy stopped meanwhile")
-            self._assign_slots(target, state, servers, weights)
+            in_force = self._assign_slots(target, state, servers, weights)
             self._write(target, state)
             self._write_config(target, state)
-            return self._traffic(state)
+            return self._traffic(state, in_force)
 
     def traffic(self, target: Target) -> TrafficState:
         # Under the lock: a half-applied change would otherwise read as drifted weights.
@@ -487,8 +487,9 @@ class HAProxyRouter:
     # ---- slots and weights ----------------------------------------------------------------
     def _assign_slots(
         self, target: Target, state: RouterState, servers: dict[str, list[str]], weights: dict[str, int]
-    ) -> None:
-        """Keep each (revision, address) in its slot, free unlisted ones, put new ones in free slots."""
+    ) -> dict[int, tuple[str, str, int]]:
+        """Keep each (revision, address) in its slot, free unlisted ones, put new ones in free slots.
+        Returns the slots' weights in force, read back from HAProxy."""
         wanted = {(revision, address) for revision, addresses in servers.items() for address in addresses}
         counts = {revision: len(set(addresses)) for revision, addresses in servers.items()}
         per_server = server_weights(weights, counts)
@@ -535,7 +536,7 @@ class HAProxyRouter:
         state.retired = {rev: c for rev, c in state.retired.items() if rev in known}
         state.slots = dict(sorted(slots.items()))
         state.percents = {rev: pct for rev, pct in weights.items()}
-        self._verify_slots(target, state)
+        return self._verify_slots(target, state)
 
     def _backend_rows(self, state: RouterState, numbers: set[int] | None = None) -> dict[str, dict[str, str]]:
         """``show stat`` rows of slots ``numbers`` (default: those in use), by server name: one command per
@@ -552,8 +553,9 @@ class HAProxyRouter:
         for start in range(0, len(commands), batch):
             run_cli(state.socket, ";".join(commands[start : start + batch]))
 
-    def _verify_slots(self, target: Target, state: RouterState) -> None:
-        """Read back what HAProxy has: the runtime API answers errors as free text, so compare instead."""
+    def _verify_slots(self, target: Target, state: RouterState) -> dict[int, tuple[str, str, int]]:
+        """Read back what HAProxy has: the runtime API answers errors as free text, so compare instead.
+        Returns what was read (slot -> address, port, weight in force)."""
         actual = self._slot_weights_in_force(state)
         for number, slot in state.slots.items():
             row = actual.get(number)
@@ -561,6 +563,7 @@ class HAProxyRouter:
             if row is None or (row[0], row[1], row[2]) != (host, port, slot.weight):
                 cause = f"slot s{number} should be {slot.address} weight {slot.weight}, HAProxy has {row}"
                 raise self._error(self._endpoint(target, state), cause)
+        return actual
 
     def _slot_weights_in_force(self, state: RouterState) -> dict[int, tuple[str, str, int]]:
         """Slot number -> (address, port, weight in force: 0 when in maintenance)."""
@@ -574,9 +577,12 @@ class HAProxyRouter:
             result[int(name[1:])] = (row.get("srv_addr", ""), row.get("srv_port", ""), weight)
         return result
 
-    def _traffic(self, state: RouterState) -> TrafficState:
-        """The weights in force, read from HAProxy: the percents asked for when HAProxy matches them."""
-        actual = self._slot_weights_in_force(state)
+    def _traffic(
+        self, state: RouterState, actual: dict[int, tuple[str, str, int]] | None = None
+    ) -> TrafficState:
+        """The weights in force, read from HAProxy (or from ``actual``, just read from it): the percents
+        asked for when HAProxy matches them."""
+        actual = self._slot_weights_in_force(state) if actual is None else actual
         by_revision: dict[str, list[int]] = {}
         matches = True
         for number, slot in state.slots.items():
