@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -112,23 +112,28 @@ def file_lock(path: Path, owner: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iter
     if not thread_lock.acquire(timeout=timeout_s):
         raise TransientPlatformError(owner, str(path), f"lock busy for more than {timeout_s:.0f}s")
     try:
-        with _open_for_append(path) as handle:
-            _flock(handle.fileno(), path, owner, timeout_s)
+        fd = _open_lock_file(path)
+        try:
+            _flock(fd, path, owner, timeout_s)
             try:
                 yield
             finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
     finally:
         thread_lock.release()
 
 
-def _open_for_append(path: Path) -> IO[str]:
-    """The file opened for appending; its folder is made only when missing (a lock is taken per check)."""
+def _open_lock_file(path: Path) -> int:
+    """A descriptor of the lock file, created when missing (with its folder). A bare descriptor: a runner
+    takes a lock at every check, and Python's file objects cost more than the lock itself."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
     try:
-        return open(path, "a+")
+        return os.open(path, flags, 0o644)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "a+")
+        return os.open(path, flags, 0o644)
 
 
 def _flock(fd: int, path: Path, owner: str, timeout_s: float) -> None:
