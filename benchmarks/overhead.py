@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 from adapters import create_platform  # noqa: E402
 from engine.config import write_isolated_config  # noqa: E402
 from engine.journal import Journal  # noqa: E402
-from engine.models import Artifact, Phase, Target  # noqa: E402
+from engine.models import DEFAULT_ANALYSIS_INTERVAL_MS, Artifact, Phase, Target  # noqa: E402
 from engine.state import EventKind, StepKind  # noqa: E402
 
 SAMPLE = REPO / "examples" / "sample_service.py"
@@ -81,7 +81,7 @@ def artifact(service: str, version: str, error_file: str | None = None) -> Artif
     return Artifact(name=service, version=version, command=[sys.executable, str(SAMPLE)], env=env)
 
 
-def canary(steps: int, step_s: float, interval_ms: int = 1000) -> dict[str, Any]:
+def canary(steps: int, step_s: float, interval_ms: int = DEFAULT_ANALYSIS_INTERVAL_MS) -> dict[str, Any]:
     return {
         "type": "canary",
         "replicas": 2,
@@ -427,7 +427,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--step-seconds", type=float, default=30.0)
     parser.add_argument(
-        "--interval-ms", type=int, default=1000, help="the canaries' analysisInterval (each check costs CPU)"
+        "--interval-ms",
+        type=int,
+        default=DEFAULT_ANALYSIS_INTERVAL_MS,
+        help="the canaries' analysisInterval (default: the product's; each check costs CPU)",
     )
     parser.add_argument("--rps", type=float, default=8.0, help="requests per second per service")
     parser.add_argument("--idle-seconds", type=float, default=30.0)
@@ -449,7 +452,7 @@ def main() -> int:
         result["cpu_overhead_fraction"] <= args.budget and result["wall_overhead_fraction"] <= args.budget
     )
     name = "overhead-quick" if args.quick else "overhead"
-    if args.interval_ms != 1000:
+    if args.interval_ms != DEFAULT_ANALYSIS_INTERVAL_MS:
         name += f"-interval-{args.interval_ms}ms"
     out = REPO / "benchmarks" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -124,6 +124,12 @@ class FailureThresholds(Thresholds):
     consecutive_failures: int = Field(default=3, ge=1, le=100)
 
 
+# A breach is seen within one interval. Each check costs about 1 ms of CPU (a runner wakes for it with cold
+# caches): at 2 s the orchestrator stays within its 0.2% CPU budget per deployment (benchmarks/overhead.py);
+# a strategy that needs faster detection sets its own analysisInterval.
+DEFAULT_ANALYSIS_INTERVAL_MS = 2_000
+
+
 class CanaryConfig(Model):
     initial_traffic_percentage: Percent = 10
     step_percentage: Annotated[int, Field(ge=1, le=100)] = 10
@@ -132,7 +138,7 @@ class CanaryConfig(Model):
     success_threshold: Thresholds = Thresholds(error_rate=0.01)
     failure_threshold: FailureThresholds = FailureThresholds(error_rate=0.05)
     min_request_count: int = Field(default=10, ge=1, description="Fewer requests than this is 'no data'")
-    analysis_interval: DurationMs = 1_000
+    analysis_interval: DurationMs = DEFAULT_ANALYSIS_INTERVAL_MS
     canary_replicas: int = Field(default=1, ge=1)
 
     @field_validator("step_percentage", mode="before")
@@ -189,7 +195,7 @@ class BlueGreenConfig(Model):
     success_threshold: Thresholds = Thresholds(error_rate=0.01)
     failure_threshold: FailureThresholds = FailureThresholds(error_rate=0.05)
     min_request_count: int = Field(default=10, ge=1)
-    analysis_interval: DurationMs = 1_000
+    analysis_interval: DurationMs = DEFAULT_ANALYSIS_INTERVAL_MS
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> BlueGreenConfig:

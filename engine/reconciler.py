@@ -17,6 +17,7 @@ from typing import Protocol
 from engine.analysis import Measurement, Verdict, baseline_of, judge
 from engine.journal import Journal
 from engine.models import (
+    DEFAULT_ANALYSIS_INTERVAL_MS,
     Artifact,
     FailureThresholds,
     Phase,
@@ -338,7 +339,7 @@ class DeploymentReconciler:
         strategy = state.request.strategy
         config = strategy.canary or strategy.blue_green or strategy.rolling
         assert config is not None
-        interval = getattr(config, "analysis_interval", 1000) / 1000
+        interval = getattr(config, "analysis_interval", DEFAULT_ANALYSIS_INTERVAL_MS) / 1000
         return config.success_threshold, config.failure_threshold, config.min_request_count, interval
 
     def _candidate_metrics(self, state: DeploymentState) -> MetricSnapshot | None:
