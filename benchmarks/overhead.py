@@ -22,6 +22,8 @@ Measured inside one run (the machine is shared and noisy), all as ratios:
     traffic is on the stable revision, read back from HAProxy. Split into detection and switch.
 
 Budget: (a) and (b) at most 0.002 each. Writes benchmarks/results/overhead.json; exits 1 over budget.
+The canaries check at the product's default analysisInterval (2 s); with --interval-ms N the figures go to
+overhead-interval-Nms.json instead.
     python3 benchmarks/overhead.py            # 10 services, 4 steps of 30 s (about 5 minutes)
     python3 benchmarks/overhead.py --quick    # 3 services, 2 steps of 5 s (a smoke run; not the budget)
 """
