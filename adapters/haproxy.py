@@ -475,7 +475,9 @@ class HAProxyRouter:
         taken: set[int] = set(self.fixed_ports.values())
         for path in self.state_dir.glob("*.json"):
             with contextlib.suppress(OSError, ValueError):
-                taken.add(RouterState.model_validate_json(path.read_text()).port)
+                state = self._states.read(path)
+                if state is not None:
+                    taken.add(state.port)
         return reserve_port(
             self.state_dir / "ports.reserved",
             self.port_range,

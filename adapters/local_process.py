@@ -246,7 +246,7 @@ class LocalProcessBackend:
         log_dir = self._log_dir(spec.target)
         log_dir.mkdir(parents=True, exist_ok=True)
         launches = [self._launch_spec(spec, index, ports[index], log_dir) for index in indexes]
-        results = self._run_launcher(launches)
+        results = [self._launch(launch) for launch in launches]
         records: list[ReplicaRecord] = []
         errors: list[str] = []
         for index, launch, result in zip(indexes, launches, results, strict=True):
@@ -285,9 +285,6 @@ class LocalProcessBackend:
         with open(log_file, "a") as handle:
             handle.write(banner)
         return {"command": artifact.command, "cwd": artifact.working_dir, "env": env, "log": str(log_file)}
-
-    def _run_launcher(self, launches: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [self._launch(launch) for launch in launches]
 
     def _launch(self, launch: dict[str, Any]) -> dict[str, Any]:
         """Start one replica through the shell launcher: {"pid": n}, or {"error": why}."""

@@ -62,11 +62,11 @@ ENV = "development"
 EXCLUDED: set[int] = set()  # never counted: the traffic generator, the idle probes
 
 
-def tree_cpu(root: int, exclude: set[int] | None = None) -> float:
-    """CPU seconds of every live descendant of ``root`` (and their reaped children), minus ``exclude``."""
+def tree_cpu(root: int) -> float:
+    """CPU seconds of every live descendant of ``root`` (and their reaped children), but ``EXCLUDED``."""
     total = 0.0
     for process in psutil.Process(root).children(recursive=True):
-        if process.pid in EXCLUDED or process.pid in (exclude or set()):
+        if process.pid in EXCLUDED:
             continue
         try:
             times = process.cpu_times()
@@ -129,12 +129,12 @@ def duration(journal: Journal, deployment_id: str) -> float:
     return (state.finished_at or time.time()) - state.submitted_at
 
 
-def steady_rate(total_s: float, exclude: set[int]) -> float:
+def steady_rate(total_s: float) -> float:
     """Cores used while the canaries sit in their analysis windows (after start-up, before the end)."""
     time.sleep(total_s * 0.25)
-    before, started = tree_cpu(os.getpid(), exclude), time.time()
+    before, started = tree_cpu(os.getpid()), time.time()
     time.sleep(total_s * 0.5)
-    return (tree_cpu(os.getpid(), exclude) - before) / (time.time() - started)
+    return (tree_cpu(os.getpid()) - before) / (time.time() - started)
 
 
 def idle_rate(seconds: float) -> float:
@@ -245,12 +245,15 @@ def at_rest(seconds: float, ray_own: set[int], probes: IdleProbes) -> dict[str, 
 
 
 def start_traffic(urls: list[str], rps: float, seconds: float) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    """The traffic generator: a client, not the orchestrator (``EXCLUDED`` from every CPU figure)."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "examples.traffic", *urls, "--rps", str(rps), "--seconds", str(seconds)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
     )
+    EXCLUDED.add(process.pid)
+    return process
 
 
 def stop_traffic(process: subprocess.Popen[str]) -> dict[str, Any]:
@@ -319,9 +322,9 @@ def canary_wave(
         orch.submit(artifact(s, "2.0.0"), canary(args.steps, args.step_seconds, args.interval_ms), ENV)
         for s in services
     ]
-    steady = steady_rate(total_s, {traffic.pid})
+    steady = steady_rate(total_s)
     results = [orch.wait(d, total_s * 3 + 300) for d in canaries]
-    cpu_end = tree_cpu(os.getpid(), {traffic.pid})
+    cpu_end = tree_cpu(os.getpid())
     own_above_idle = own.above_idle()
     counts = stop_traffic(traffic)
     return {

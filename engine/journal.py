@@ -161,24 +161,23 @@ class Journal:
         return cursor.lastrowid
 
     # ---------------------------------------------------------------------------------- reading
-    def _snapshot(self, db: sqlite3.Connection, deployment_id: str) -> DeploymentState:
+    def _snapshot_row(self, db: sqlite3.Connection, deployment_id: str) -> str:
         row = db.execute(
             "SELECT snapshot FROM deployments WHERE deployment_id = ?", (deployment_id,)
         ).fetchone()
         if row is None:
             raise UnknownDeploymentError(deployment_id)
-        return DeploymentState.model_validate_json(row[0])
+        return str(row[0])
+
+    def _snapshot(self, db: sqlite3.Connection, deployment_id: str) -> DeploymentState:
+        """A fresh parse (the caller may change it)."""
+        return DeploymentState.model_validate_json(self._snapshot_row(db, deployment_id))
 
     def state(self, deployment_id: str) -> DeploymentState:
         """The deployment's folded state. Shared while unchanged (a runner reads it at every check, and
         parsing it costs far more than reading it): do not modify it."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT snapshot FROM deployments WHERE deployment_id = ?", (deployment_id,)
-            ).fetchone()
-            if row is None:
-                raise UnknownDeploymentError(deployment_id)
-            return self._parse(deployment_id, row[0])
+            return self._parse(deployment_id, self._snapshot_row(self._db, deployment_id))
 
     def _parse(self, deployment_id: str, snapshot: str) -> DeploymentState:
         """The state of a snapshot row, parsed again only when the row changed (call under ``_lock``)."""
