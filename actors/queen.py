@@ -30,13 +30,13 @@ from actors.domain import WORKER_CLASSES
 from actors.runner import ASSIGNMENT, DeploymentRunner
 from actors.telemetry import Telemetry
 from engine.config import load_config
+from engine.control import ControlRefused, control_event
 from engine.journal import Journal
 from engine.models import (
     BlueGreenConfig,
     DeploymentRequest,
     DeploymentStatus,
     Phase,
-    RollbackTrigger,
     Strategy,
     StrategyType,
 )
@@ -49,7 +49,7 @@ LEASE_TTL_S = 30.0
 RUNNER_RESTARTS = 5
 
 
-class DeploymentRefused(ValueError):
+class DeploymentRefused(ControlRefused):
     """The request cannot be accepted as it is; the message says why."""
 
 
@@ -311,7 +311,7 @@ class QueenImpl:
             )
             self._on_finished(state.deployment_id)
             return self.journal.state(state.deployment_id).status()
-        kind, data = _control_event(action, reason, by)
+        kind, data = control_event(action, reason, by)
         self.journal.append(state.deployment_id, kind, data, actor=by)
         runner = find_actor(state.runner, self.namespace) if state.runner else None
         if runner is not None:
@@ -378,20 +378,3 @@ def _cluster_answers(owner: str) -> bool:
 
 
 Queen: Any = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(QueenImpl)
-
-
-def _control_event(action: str, reason: str, by: str) -> tuple[EventKind, dict[str, Any]]:
-    if action == "pause":
-        return EventKind.PAUSED, {"reason": reason}
-    if action == "resume":
-        return EventKind.RESUMED, {}
-    if action in ("promote", "promote_full"):
-        return EventKind.PROMOTE_REQUESTED, {"full": action == "promote_full"}
-    if action in ("abort", "rollback", "rollback_health"):
-        trigger = {"abort": RollbackTrigger.ABORT, "rollback": RollbackTrigger.MANUAL}.get(
-            action, RollbackTrigger.HEALTH
-        )
-        return EventKind.ROLLBACK_REQUESTED, {"trigger": trigger.value, "reason": reason or action, "by": by}
-    raise DeploymentRefused(
-        f"unknown action '{action}': use pause, resume, promote, promote_full, abort, rollback"
-    )

@@ -4,6 +4,10 @@
 #   RAY_AUTH_MODE=token bash cluster/start_head.sh [dashboard port, default 8265]
 set -euo pipefail
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+# A fresh machine has no token yet: make one (~/.ray/auth_token), or `ray start` refuses to start.
+if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ] && [ -z "${RAY_AUTH_TOKEN_PATH:-}" ]; then
+  ray get-auth-token --generate >/dev/null
+fi
 port=${1:-8265}
 ray start --head --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1 --dashboard-port "$port" \
   --disable-usage-stats

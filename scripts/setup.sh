@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine (Debian 12, Python 3.11, root or sudo).
 #   bash scripts/setup.sh          # what the quickstart needs: the Python packages, pinned
-#   bash scripts/setup.sh --test   # plus what the tests need: Docker engine, sshd, busybox (apt)
+#   bash scripts/setup.sh --test   # plus every program the tests start (apt), checked by name at the end
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
 if [ "${1:-}" = "--test" ]; then
   need=()
-  command -v dockerd >/dev/null || need+=(docker.io)
+  command -v dockerd >/dev/null || [ -x /usr/sbin/dockerd ] || need+=(docker.io)
   [ -x /bin/busybox ] || need+=(busybox-static)
   command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
-  command -v ip >/dev/null || need+=(iproute2)
+  command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
+  command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || need+=(prometheus)
   if [ ${#need[@]} -gt 0 ]; then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
+    # The Debian packages would start their own services (prometheus on :9090); the tests start their own.
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+    $SUDO rm -f /usr/sbin/policy-rc.d
   fi
 fi
 
@@ -23,4 +28,9 @@ fi
 "$PYTHON" -m pip install -q -U pip uv
 "$PYTHON" -m uv pip install --system -q -r requirements.lock
 "$PYTHON" -m uv pip install --system -q --no-deps -e .
+# pyenv puts new console scripts (ray, deploy-orchestrator) on PATH only after a rehash.
+if command -v pyenv >/dev/null; then pyenv rehash; fi
 echo "set-up done: $("$PYTHON" -c 'import ray; print("ray", ray.__version__)')"
+if [ "${1:-}" = "--test" ]; then
+  "$PYTHON" scripts/programs.py
+fi

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -53,7 +54,10 @@ def ray_head(tmp_path: Path, home: dict[str, str]) -> Iterator[dict[str, str]]:
     """A Ray cluster started the way the README says, stopped by killing only its own processes."""
     temp_dir = Path("/tmp") / f"rc{os.getpid()}"  # short: Ray's socket paths must fit in 107 bytes
     dashboard = free_port()
-    env = {**home, "RAY_AUTH_MODE": "token"}
+    # Token authentication with a token of the test's own: a fresh machine has no ~/.ray/auth_token.
+    token = tmp_path / "ray_auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**home, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     started = subprocess.run(
         [
             "ray",

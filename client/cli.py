@@ -1,0 +1,282 @@
+"""The command line: ``python orchestrator.py <command>`` (or ``deploy-orchestrator <command>``).
+
+It uses only the driver's public API (``client.driver``) and reads the journal directly where no cluster is
+needed (``status``, ``history``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from client.driver import DeploymentOrchestrator, ProgressCallback, read_journal
+from engine.config import ConfigError, load_config
+from engine.control import control_event
+from engine.models import DeploymentStatus, Phase
+from engine.requests import build_request
+
+EXIT_OK, EXIT_DEPLOYMENT_FAILED, EXIT_USAGE = 0, 1, 2
+USAGE = """Deployment orchestrator on Ray.
+
+python orchestrator.py quickstart
+python orchestrator.py deploy --service web --version 2.0.0 --command "python app.py" --strategy canary
+python orchestrator.py status|history|rollback|promote|pause|resume|abort ...
+"""
+
+
+def _scalar(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _pairs(items: list[str], what: str) -> dict[str, Any]:
+    """KEY=VALUE pairs; with --set, values are YAML scalars and dotted keys nest (a.b=1)."""
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what}: '{item}' is not KEY=VALUE")
+        if what != "--set":
+            result[key] = value
+            continue
+        *parents, leaf = key.split(".")
+        node = result
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = _scalar(value)
+    return result
+
+
+def _artifact_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    import shlex
+
+    import yaml
+
+    data: dict[str, Any] = {}
+    if args.artifact:
+        data = yaml.safe_load(Path(args.artifact).read_text()) or {}
+    if args.service:
+        data["name"] = args.service
+    if args.version:
+        data["version"] = args.version
+    if args.command:
+        data["command"] = shlex.split(args.command)
+    if args.workdir:
+        data["workingDir"] = args.workdir
+    if args.source:
+        data["source"] = args.source
+    data.setdefault("env", {}).update(_pairs(args.env or [], "--env"))
+    return data
+
+
+def _show(status: DeploymentStatus) -> str:
+    weights = " ".join(f"{rev}={pct}%" for rev, pct in sorted(status.weights.items())) or "-"
+    step = (
+        f"step {min(status.step_index + 1, status.step_count)}/{status.step_count} {status.step_name or ''}"
+    )
+    if status.step_count == 0 and not status.phase.terminal:
+        step = "planning" if status.phase is Phase.PROGRESSING else ""
+    text = (
+        f"{status.deployment_id} {status.target.key} {status.phase.value:<12} {step.strip():<28} [{weights}]"
+    )
+    if status.address:
+        text += f" at {status.address}"
+    if status.rollback_reason:
+        text += f"\n    rollback ({status.rollback_trigger.value if status.rollback_trigger else '?'}): "
+        text += status.rollback_reason
+    elif status.phase.terminal and status.message:
+        text += f"\n    {status.message}"
+    return text
+
+
+def progress_printer(stream: Any = None) -> ProgressCallback:
+    """Prints a line whenever the phase, step or weights change."""
+    out = stream or sys.stdout
+    started = time.monotonic()
+    last: list[tuple[Any, ...]] = [()]
+
+    def show(status: DeploymentStatus) -> None:
+        key = (status.phase, status.step_index, tuple(sorted(status.weights.items())))
+        if key != last[0]:
+            last[0] = key
+            print(f"[{time.monotonic() - started:6.1f}s] {_show(status)}", file=out, flush=True)
+
+    return show
+
+
+def _finish(status: DeploymentStatus, as_json: bool) -> int:
+    if as_json:
+        print(status.model_dump_json(indent=2))
+    return (
+        EXIT_OK
+        if status.phase in (Phase.SUCCEEDED, Phase.PROGRESSING, Phase.PAUSED, Phase.QUEUED)
+        else EXIT_DEPLOYMENT_FAILED
+    )
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    overrides = _pairs(args.set or [], "--set")
+    if args.replicas:
+        overrides["replicas"] = args.replicas
+    config = load_config(args.config)
+    request = build_request(
+        config, _artifact_from_args(args), args.strategy, args.environment, args.platform, **overrides
+    )
+    orch = DeploymentOrchestrator(config_path=args.config)
+    deployment_id = orch.submit_request(request)
+    if args.no_wait:
+        print(json.dumps({"deployment_id": deployment_id}) if args.json else deployment_id)
+        return EXIT_OK
+    result = orch.wait(deployment_id, args.timeout, None if args.json else progress_printer())
+    return _finish(result.status, args.json) if result.status.phase.terminal else EXIT_DEPLOYMENT_FAILED
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    journal = read_journal(args.config)
+    state = journal.find(args.deployment_id)
+    if args.json:
+        print(state.status().model_dump_json(indent=2))
+    else:
+        print(_show(state.status()))
+        for event in journal.events(state.deployment_id)[-args.events :]:
+            stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
+            print(f"  {stamp} {event.actor:<16} {event.kind.value:<18} {_brief(event.data)}")
+    return _finish(state.status(), False)
+
+
+def _brief(data: dict[str, Any]) -> str:
+    shown = {k: v for k, v in data.items() if k not in ("request", "plan", "stable_artifact")}
+    return json.dumps(shown, default=str)[:160]
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    journal = read_journal(args.config)
+    states = [
+        s
+        for s in journal.deployments(limit=100_000)
+        if not args.service or s.request.artifact.name == args.service
+    ][-args.limit :]
+    if args.json:
+        print(json.dumps([s.status().model_dump(mode="json") for s in states], indent=2))
+        return EXIT_OK
+    for state in states:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.submitted_at))
+        took = f"{(state.finished_at or time.time()) - state.submitted_at:7.1f}s"
+        print(
+            f"{started} {took} {state.request.artifact.version:<10} {state.request.strategy.type.value:<10} "
+            f"{_show(state.status())}"
+        )
+    ok, bad = journal.verify_chain()
+    print(
+        f"journal {journal.path}: {len(states)} shown, hash chain " + ("intact" if ok else f"BROKEN at {bad}")
+    )
+    return EXIT_OK
+
+
+def _cmd_control(args: argparse.Namespace) -> int:
+    action = "promote_full" if args.action == "promote" and args.full else args.action
+    reason = getattr(args, "reason", "") or ""
+    by = os.environ.get("USER", "cli")
+    if os.environ.get("RAY_ADDRESS"):
+        orch = DeploymentOrchestrator(config_path=args.config)
+        status = orch.control(args.deployment_id, action, reason, by)
+    else:  # no cluster named: journal it; the running deployment's runner reads it at its next step
+        journal = read_journal(args.config)
+        state = journal.find(args.deployment_id)
+        if not state.active:
+            print(f"deployment {state.deployment_id} already ended: {state.phase().value}", file=sys.stderr)
+            return EXIT_USAGE
+        kind, data = control_event(action, reason, by)
+        status = journal.append(state.deployment_id, kind, data, actor=by).status()
+    print(status.model_dump_json(indent=2) if args.json else _show(status))
+    return EXIT_OK
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from examples.quickstart import run_quickstart
+
+    return run_quickstart(config_path=args.config, keep=args.keep, step_seconds=args.step_seconds)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator.py", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", help="enterprise_config.yaml to use ($ORCH_CONFIG, else the repository's)"
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    deploy = sub.add_parser("deploy", help="deploy a revision and follow it to the end")
+    deploy.add_argument("--artifact", help="YAML/JSON file with the artifact (name, version, command, ...)")
+    deploy.add_argument("--service", help="artifact name (the service)")
+    deploy.add_argument("--version", help="artifact version")
+    deploy.add_argument("--command", help="the command that runs one replica (PORT is in its environment)")
+    deploy.add_argument("--workdir", help="working folder of the command")
+    deploy.add_argument("--source", help="where the artifact comes from (image, zip, URL)")
+    deploy.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment of the service")
+    deploy.add_argument("--strategy", default="canary", help="canary | blue_green | rolling")
+    deploy.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="strategy setting, e.g. --set stepDuration=30s --set initialTrafficPercentage=20",
+    )
+    deploy.add_argument("--replicas", type=int)
+    deploy.add_argument("--environment", default="development")
+    deploy.add_argument("--platform", default="local")
+    deploy.add_argument("--timeout", type=float, default=3600.0)
+    deploy.add_argument("--no-wait", action="store_true", help="print the deployment id and return")
+    deploy.add_argument("--json", action="store_true")
+    deploy.set_defaults(func=_cmd_deploy)
+    status = sub.add_parser("status", help="a deployment's status and recent events (from the journal)")
+    status.add_argument("deployment_id")
+    status.add_argument("--events", type=int, default=15)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_cmd_status)
+    history = sub.add_parser("history", help="past deployments (from the journal; no cluster needed)")
+    history.add_argument("--service")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(func=_cmd_history)
+    for action in ("rollback", "promote", "pause", "resume", "abort"):
+        control = sub.add_parser(action, help=f"{action} a running deployment")
+        control.add_argument("deployment_id")
+        if action in ("rollback", "abort", "pause"):
+            control.add_argument("--reason", default="")
+        if action == "promote":
+            control.add_argument("--full", action="store_true", help="skip the remaining steps")
+        control.add_argument("--json", action="store_true")
+        control.set_defaults(func=_cmd_control, action=action)
+    quick = sub.add_parser("quickstart", help="deploy the sample service: v1, a good canary, a bad canary")
+    quick.add_argument("--keep", action="store_true", help="leave the sample service running at the end")
+    quick.add_argument("--step-seconds", type=float, default=5.0, help="canary step duration")
+    quick.set_defaults(func=_cmd_quickstart)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as error:
+        print(f"configuration error:\n{error}", file=sys.stderr)
+    except (ValueError, KeyError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+    except ray.exceptions.RayTaskError as error:
+        print(f"error: {error.cause if hasattr(error, 'cause') else error}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def entry_point() -> None:
+    """The ``deploy-orchestrator`` command installed by pyproject.toml."""
+    sys.exit(main(sys.argv[1:]))
