@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+PG_BIN = "/usr/lib/postgresql/15/bin"  # Debian 12's PostgreSQL 15 keeps its server programs off PATH
 # program -> (Debian package or pip package that provides it, extra places to look)
 PROGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dockerd": ("apt: docker.io", ("/usr/sbin/dockerd",)),
@@ -22,6 +23,11 @@ PROGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "setsid": ("apt: util-linux", ()),
     "prometheus": ("apt: prometheus", ("/usr/bin/prometheus",)),
     "ray": ("pip: ray[default] (scripts/setup.sh)", ()),
+    "initdb": ("apt: postgresql", (f"{PG_BIN}/initdb",)),
+    "pg_ctl": ("apt: postgresql", (f"{PG_BIN}/pg_ctl",)),
+    "postgres": ("apt: postgresql", (f"{PG_BIN}/postgres",)),
+    "chromium": ("apt: chromium", ("/usr/bin/chromium",)),
+    "redis-server": ("apt: redis-server", ()),
 }
 
 

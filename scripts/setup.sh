@@ -14,6 +14,9 @@ if [ "${1:-}" = "--test" ]; then
   command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
   command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || need+=(prometheus)
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v redis-server >/dev/null || need+=(redis-server)
   if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     # The Debian packages would start their own services (prometheus on :9090); the tests start their own.
