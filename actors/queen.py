@@ -8,7 +8,6 @@ once, the rest wait in FIFO order, and at most one deployment per target (servic
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -27,10 +26,11 @@ from actors.common import (
     worker_name,
 )
 from actors.domain import WORKER_CLASSES
-from actors.runner import ASSIGNMENT, DeploymentRunner
+from actors.runner import DeploymentRunner
 from actors.telemetry import Telemetry
+from engine.admission import ALL, Admission, DeploymentRefused, RunnerLost
 from engine.config import load_config
-from engine.control import ControlRefused, control_event
+from engine.control import control_event
 from engine.journal import Journal
 from engine.models import (
     BlueGreenConfig,
@@ -46,11 +46,7 @@ log = logging.getLogger(__name__)
 
 SUPERVISION_INTERVAL_S = 5.0
 LEASE_TTL_S = 30.0
-RUNNER_RESTARTS = 5
-
-
-class DeploymentRefused(ControlRefused):
-    """The request cannot be accepted as it is; the message says why."""
+__all__ = ["DeploymentRefused", "JournalInUse", "Queen", "QueenImpl"]
 
 
 class JournalInUse(RuntimeError):
@@ -70,12 +66,16 @@ class QueenImpl:
         self.owner = f"{ray.get_runtime_context().gcs_address} {self.namespace}"
         self._take_lease()
         self.limit = max_concurrent or self.config.concurrency.max_concurrent_deployments
-        self.runs: dict[str, asyncio.Task[None]] = {}
-        self.finished: dict[str, asyncio.Event] = {}
         self.workers: dict[str, Any] = {}
-        self.standby: list[tuple[str, Any]] = []
-        self.warm_runners = self.config.concurrency.warm_runners
         self.telemetry = Telemetry(self.config.metrics.prometheus_port)
+        self.admission = Admission(
+            self.journal,
+            _RayRunners(self.namespace, self.journal_path),
+            limit=self.limit,
+            max_queued=self.config.concurrency.max_queued,
+            warm_runners=self.config.concurrency.warm_runners,
+            listener=self.telemetry,
+        )
         self.started = asyncio.Event()
         asyncio.get_running_loop().create_task(self._start())
 
@@ -95,18 +95,13 @@ class QueenImpl:
     # ------------------------------------------------------------------------------ start-up
     async def _start(self) -> None:
         self._ensure_workers()
-        for state in self.journal.deployments(active_only=True, limit=100_000):
-            if state.admitted_at is not None:
-                self._launch(state.deployment_id, state.runner or new_runner_name())
-        self._adopt_standby_runners()
-        self._admit()
-        self._refill()
+        self.admission.recover()
         self.started.set()
         asyncio.get_running_loop().create_task(self._supervise())
 
     async def warm(self, timeout_s: float) -> int:
         """Wait until every standby runner has started (bounded); returns how many are ready."""
-        refs = [handle.ready.remote() for _, handle in self.standby]
+        refs = [handle.ready.remote() for handle in self.admission.pool.handles()]
         if not refs:
             return 0
         done, _ = await asyncio.wait([asyncio.ensure_future(r) for r in refs], timeout=timeout_s)
@@ -146,127 +141,19 @@ class QueenImpl:
             try:
                 self._take_lease()
                 self._ensure_workers()
-                self._admit()
+                self.admission.admit()
             except Exception:  # supervision must go on whatever one round meets
                 log.exception("supervision round failed")
-
-    # ------------------------------------------------------------------------------ admission
-    def _admit(self) -> None:
-        active = self.journal.deployments(active_only=True, limit=100_000)
-        running = [s for s in active if s.admitted_at is not None]
-        busy = {s.request.target.key for s in running}
-        for state in active:
-            if len(running) >= self.limit:
-                break
-            if state.admitted_at is not None or state.request.target.key in busy:
-                continue
-            runner = self._take_runner()
-            self.journal.append(
-                state.deployment_id,
-                EventKind.ADMITTED,
-                {"limit": self.limit, "runner": runner},
-                actor="queen",
-            )
-            busy.add(state.request.target.key)
-            running.append(state)
-            self._launch(state.deployment_id, runner)
-        self._refill()
-        self.telemetry.set_load(running=len(running), queued=len(active) - len(running))
-
-    # ------------------------------------------------------------------------------ runners
-    def _start_runner(self, name: str) -> Any:
-        return DeploymentRunner.options(
-            name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True
-        ).remote(self.journal_path)
-
-    def _refill(self) -> None:
-        """Keep ``warm_runners`` runner processes started, idle or busy (busy ones come back to the pool when
-        their deployment ends), so that the first ``warm_runners`` concurrent deployments wait for no process
-        start and a steady flow of deployments starts none at all."""
-        while len(self.standby) + len(self.runs) < self.warm_runners:
-            name = new_runner_name()
-            self.standby.append((name, self._start_runner(name)))
-
-    def _take_runner(self) -> str:
-        if self.standby:
-            return self.standby.pop(0)[0]
-        return new_runner_name()  # started by _drive: a cold start
-
-    def _adopt_standby_runners(self) -> None:
-        """Standby runners started by a previous queen (before it restarted) are used, not leaked."""
-        assigned = {record["runner"] for record in self.journal.records(ASSIGNMENT)}
-        # An admission journaled just before a crash names its runner before the runner records it.
-        assigned |= {s.runner for s in self.journal.deployments(active_only=True, limit=100_000) if s.runner}
-        for name in ray.util.list_named_actors():
-            if isinstance(name, str) and name.startswith(RUNNER_PREFIX) and name not in assigned:
-                handle = find_actor(name, self.namespace)
-                if handle is not None and len(self.standby) + len(self.runs) < self.warm_runners:
-                    self.standby.append((name, handle))
-                elif handle is not None:
-                    kill_quietly(handle)
-
-    def _launch(self, deployment_id: str, runner: str) -> None:
-        if deployment_id in self.runs:
-            return
-        self.finished.setdefault(deployment_id, asyncio.Event())
-        self.runs[deployment_id] = asyncio.get_running_loop().create_task(self._drive(deployment_id, runner))
-
-    async def _drive(self, deployment_id: str, name: str) -> None:
-        """Assign the runner and await it; a runner lost for good is started again under the same name, finds
-        its assignment in the journal and resumes the deployment from there."""
-        runner, reusable = None, False
-        try:
-            for attempt in range(RUNNER_RESTARTS + 1):
-                runner = find_actor(name, self.namespace) or self._start_runner(name)
-                try:
-                    await runner.assign.remote(deployment_id)
-                    await runner.run.remote()
-                    reusable = True
-                    break
-                except RayActorError as error:
-                    log.warning("runner of %s lost (attempt %d): %s", deployment_id, attempt + 1, error)
-                    await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
-            else:
-                self._fail(deployment_id, f"its runner was lost {RUNNER_RESTARTS + 1} times")
-        finally:
-            if runner is not None:
-                self._release_runner(name, runner, reusable)
-            self.runs.pop(deployment_id, None)
-            self._on_finished(deployment_id)
-
-    def _release_runner(self, name: str, runner: Any, reusable: bool) -> None:
-        """A runner whose deployment ended goes back to the pool (up to ``warm_runners``); others stop."""
-        if reusable and len(self.standby) < self.warm_runners:
-            self.standby.append((name, runner))
-        else:
-            kill_quietly(runner)
-
-    def _fail(self, deployment_id: str, message: str) -> None:
-        if self.journal.state(deployment_id).active:
-            self.journal.append(
-                deployment_id, EventKind.FINISHED, {"outcome": "failed", "message": message}, actor="queen"
-            )
-
-    def _on_finished(self, deployment_id: str) -> None:
-        state = self.journal.state(deployment_id)
-        self.telemetry.finished(state)
-        event = self.finished.pop(deployment_id, None)
-        if event is not None:
-            event.set()
-        self._admit()
 
     # ------------------------------------------------------------------------------ public API
     async def submit(self, request: DeploymentRequest, deployment_id: str | None = None) -> str:
         await asyncio.wait_for(self.started.wait(), timeout=60)
         self._check_environment(request.environment)
-        active = self.journal.deployments(active_only=True, limit=100_000)
-        if len(active) >= self.limit + self.config.concurrency.max_queued:
-            raise DeploymentRefused(f"the queue is full ({len(active)} deployments waiting or running)")
+        self.admission.check_room()
         deployment_id = deployment_id or f"{request.artifact.name}-{uuid.uuid4().hex[:10]}"
         self.journal.submit(deployment_id, request, actor=request.requested_by)
         self.telemetry.submitted(request)
-        self.finished.setdefault(deployment_id, asyncio.Event())
-        self._admit()
+        self.admission.submitted(deployment_id)
         return deployment_id
 
     def _check_environment(self, name: str) -> None:
@@ -284,10 +171,7 @@ class QueenImpl:
     async def wait(self, deployment_id: str, timeout_s: float) -> DeploymentStatus:
         """Returns once the deployment is terminal or ``timeout_s`` has passed, whichever is first."""
         state = self.journal.find(deployment_id)
-        event = self.finished.get(state.deployment_id)
-        if state.active and event is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout=timeout_s)
+        await self.admission.wait(state.deployment_id, timeout_s)
         return self.journal.state(state.deployment_id).status()
 
     async def history(self, limit: int = 50, service: str | None = None) -> list[DeploymentStatus]:
@@ -309,7 +193,7 @@ class QueenImpl:
                 {"outcome": Phase.ABORTED.value, "message": f"{action} while queued: {reason}"},
                 actor=by,
             )
-            self._on_finished(state.deployment_id)
+            self.admission.ended(state.deployment_id)
             return self.journal.state(state.deployment_id).status()
         kind, data = control_event(action, reason, by)
         self.journal.append(state.deployment_id, kind, data, actor=by)
@@ -323,7 +207,7 @@ class QueenImpl:
         blue-green style as soon as it is ready (no analysis: the on-call engineer has decided)."""
         newer = [
             s
-            for s in self.journal.deployments(target_key=state.request.target.key, limit=100_000)
+            for s in self.journal.deployments(target_key=state.request.target.key, limit=ALL)
             if s.submitted_at > state.submitted_at and s.phase() is not Phase.ABORTED
         ]
         if newer:
@@ -360,7 +244,7 @@ class QueenImpl:
         counts = self.journal.phase_counts()
         return {
             "limit": self.limit,
-            "running": len(self.runs),
+            "running": len(self.admission.runs),
             "phases": {p.value: n for p, n in counts.items()},
             "time": time.time(),
         }
@@ -375,6 +259,39 @@ def _cluster_answers(owner: str) -> bool:
             return True
     except (OSError, ValueError):
         return False
+
+
+class _RayRunners:
+    """Runner actors for ``engine.admission``: the only place admission reaches Ray."""
+
+    def __init__(self, namespace: str, journal_path: str) -> None:
+        self.namespace = namespace
+        self.journal_path = journal_path
+
+    def new_name(self) -> str:
+        return new_runner_name()
+
+    def start(self, name: str) -> Any:
+        return DeploymentRunner.options(
+            name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True
+        ).remote(self.journal_path)
+
+    def find(self, name: str) -> Any | None:
+        return find_actor(name, self.namespace)
+
+    def live_names(self) -> list[str]:
+        names = ray.util.list_named_actors()  # this namespace's, in one call to the GCS
+        return [n for n in names if isinstance(n, str) and n.startswith(RUNNER_PREFIX)]
+
+    def stop(self, handle: Any) -> None:
+        kill_quietly(handle)
+
+    async def drive(self, handle: Any, deployment_id: str) -> None:
+        try:
+            await handle.assign.remote(deployment_id)
+            await handle.run.remote()
+        except RayActorError as error:
+            raise RunnerLost(str(error)) from error
 
 
 Queen: Any = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(QueenImpl)

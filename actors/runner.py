@@ -19,12 +19,13 @@ import ray
 
 from adapters import create_platform
 from adapters.http_probe import HttpSmokeTester
+from engine.admission import RUNNER_ASSIGNMENT
 from engine.journal import Journal
 from engine.models import DeploymentStatus
 from engine.reconciler import DeploymentReconciler
 
 log = logging.getLogger(__name__)
-ASSIGNMENT = "runner"
+ASSIGNMENT = RUNNER_ASSIGNMENT  # the record admission reads to know which runners are busy
 
 
 class DeploymentRunnerImpl:
