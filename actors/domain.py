@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -25,12 +26,14 @@ from engine.models import (
     Model,
     Phase,
     PlatformConfig,
+    RollbackTrigger,
     Strategy,
     StrategyType,
     Thresholds,
 )
 from engine.plans import build_plan
 from engine.platform import MetricSnapshot, PlatformError
+from engine.rollback_decision import record_rollback_decision
 from engine.state import Step
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,9 @@ class _Worker:
 
     async def ping(self) -> str:
         return type(self).__name__
+
+    async def pid(self) -> int:
+        return os.getpid()
 
     async def _queen_control(self, deployment_id: str, action: str, by: str, reason: str) -> Any:
         queen = find_actor(QUEEN_NAME, self.namespace)
@@ -213,6 +219,13 @@ class RollbackSystemImpl(_Worker):
 
     async def trigger_rollback(self, deployment_id: str, reason: str, by: str = "unknown") -> Any:
         return await self._queen_control(deployment_id, "rollback", by, reason)
+
+    async def decide_rollback(self, deployment_id: str, trigger: str, reason: str, proposed_by: str) -> bool:
+        """A runner proposes an automated rollback; the decision is recorded here, as DO-004. Returns False
+        when there was nothing to decide (the deployment ended, or its rollback was already recorded)."""
+        return record_rollback_decision(
+            self.journal, deployment_id, RollbackTrigger(trigger), reason, proposed_by
+        )
 
     async def monitor_deployment(
         self,

@@ -31,6 +31,7 @@ from actors.telemetry import Telemetry
 from engine.admission import ALL, Admission, DeploymentRefused, RunnerLost
 from engine.config import load_config
 from engine.control import control_event
+from engine.identity import queen_identity
 from engine.journal import Journal
 from engine.models import (
     BlueGreenConfig,
@@ -110,10 +111,10 @@ class QueenImpl:
     async def ready(self) -> dict[str, Any]:
         await asyncio.wait_for(self.started.wait(), timeout=60)
         return {
-            "journal": self.journal_path,
             "limit": self.limit,
             "namespace": self.namespace,
             "workers": sorted(self.workers),
+            **queen_identity(self.config, self.journal_path),  # a driver attaches only if they are its own
         }
 
     def _ensure_workers(self) -> None:

@@ -17,15 +17,20 @@ from typing import Any
 
 import ray
 
+from actors.common import find_actor, worker_name
 from adapters import create_platform
 from adapters.http_probe import HttpSmokeTester
 from engine.admission import RUNNER_ASSIGNMENT
 from engine.journal import Journal
-from engine.models import DeploymentStatus
+from engine.models import DeploymentStatus, RollbackTrigger
 from engine.reconciler import DeploymentReconciler
+from engine.rollback_decision import ROLLBACK_SYSTEM, DelegatingDecider
 
 log = logging.getLogger(__name__)
 ASSIGNMENT = RUNNER_ASSIGNMENT  # the record admission reads to know which runners are busy
+# How long a rollback may wait for DO-004's decision before the runner records it itself: short, because the
+# candidate may be failing live traffic meanwhile (an answer takes about a millisecond).
+ROLLBACK_DECISION_TIMEOUT_S = 2.0
 
 
 class DeploymentRunnerImpl:
@@ -40,6 +45,7 @@ class DeploymentRunnerImpl:
 
         self.journal = Journal(journal_path)
         self.name = ray.get_runtime_context().get_actor_name() or f"runner@{os.getpid()}"
+        self.namespace = ray.get_runtime_context().namespace
         self.deployment_id: str | None = None
         self.reconciler: DeploymentReconciler | None = None
         self._wake = threading.Event()
@@ -57,8 +63,23 @@ class DeploymentRunnerImpl:
     def _bind(self, deployment_id: str) -> None:
         self.deployment_id = deployment_id
         self.reconciler = DeploymentReconciler(
-            self.journal, deployment_id, create_platform, smoke=HttpSmokeTester(), actor=self.name
+            self.journal,
+            deployment_id,
+            create_platform,
+            smoke=HttpSmokeTester(),
+            actor=self.name,
+            rollback_decider=DelegatingDecider(self._ask_rollback_system, self.journal, self.name),
         )
+
+    def _ask_rollback_system(
+        self, deployment_id: str, trigger: RollbackTrigger, reason: str, proposed_by: str
+    ) -> None:
+        """DO-004 decides and records the rollback; called from the run's thread, which may block briefly."""
+        handle = find_actor(worker_name(ROLLBACK_SYSTEM), self.namespace)
+        if handle is None:
+            raise RuntimeError(f"{ROLLBACK_SYSTEM} is not running")
+        ref = handle.decide_rollback.remote(deployment_id, trigger.value, reason, proposed_by)
+        ray.get(ref, timeout=ROLLBACK_DECISION_TIMEOUT_S)
 
     async def ready(self) -> str:
         return self.name

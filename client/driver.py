@@ -21,6 +21,7 @@ import ray
 
 from actors.common import DOMAIN_WORKERS, QUEEN_NAME, find_actor, kill_quietly, worker_name
 from engine.config import load_config
+from engine.identity import identity_mismatch, queen_identity
 from engine.journal import Journal
 from engine.models import (
     Artifact,
@@ -38,6 +39,14 @@ REPO = Path(__file__).resolve().parent.parent
 CALL_TIMEOUT_S = 60.0
 log = logging.getLogger("orchestrator")
 ProgressCallback = Callable[[DeploymentStatus], None]
+
+
+class ClusterUnreachable(RuntimeError):
+    """The Ray cluster named by the address cannot be joined; the message says what to check."""
+
+
+class OrchestratorMismatch(RuntimeError):
+    """The queen running in this namespace uses another journal or configuration than this driver."""
 
 
 class DeploymentOrchestrator:
@@ -78,7 +87,12 @@ class DeploymentOrchestrator:
                 "num_cpus": num_cpus or os.cpu_count() or 2,
                 "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO)}},
             }
-        ray.init(address=address or "local", **options)
+        try:
+            ray.init(address=address or "local", **options)
+        except (ConnectionError, ray.exceptions.AuthenticationError) as error:
+            if address is None:
+                raise
+            raise ClusterUnreachable(connection_problem(address, error)) from error
         return address is None
 
     def _queen(self, max_concurrent: int | None) -> Any:
@@ -90,9 +104,12 @@ class DeploymentOrchestrator:
                 name=QUEEN_NAME, namespace=self.namespace, lifetime="detached", get_if_exists=True
             ).remote(self.config_path, self.journal_path, max_concurrent)
         try:
-            ray.get(queen.ready.remote(), timeout=CALL_TIMEOUT_S * 2)
+            running = ray.get(queen.ready.remote(), timeout=CALL_TIMEOUT_S * 2)
         except ray.exceptions.RayActorError as error:
             raise RuntimeError(f"the orchestrator could not start: {error}") from error
+        problem = identity_mismatch(running, queen_identity(self.config, self.journal_path), self.namespace)
+        if problem is not None:
+            raise OrchestratorMismatch(problem)
         return queen
 
     def _get(self, ref: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
@@ -312,6 +329,33 @@ class DeploymentOrchestrator:
         kill_quietly(self.queen)
         if stop_ray:
             ray.shutdown()
+
+
+def connection_problem(address: str, error: BaseException) -> str:
+    """Why joining the cluster failed, and what to set: Ray 2.60 itself says only "Failed to connect"
+    when the cluster wants a token this client does not send."""
+    causes: list[str] = []
+    cause: BaseException | None = error
+    while cause is not None and len(causes) < 5:
+        causes.append(f"{type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(causes)
+    mode = os.environ.get("RAY_AUTH_MODE")
+    setting = f"RAY_AUTH_MODE is '{mode}' here" if mode else "RAY_AUTH_MODE is not set here"
+    token_help = (
+        "set RAY_AUTH_MODE=token (the cluster's mode) and give this client the cluster's token: "
+        "RAY_AUTH_TOKEN_PATH=<file>, RAY_AUTH_TOKEN, or ~/.ray/auth_token (`ray get-auth-token` on the "
+        "head node prints it)"
+    )
+    if any(mark in text for mark in ("AuthenticationError", "InvalidAuthToken", "Unauthenticated")):
+        return (
+            f"the Ray cluster at {address} refused this client: it uses token authentication and this "
+            f"client sent no valid token ({setting}). To connect, {token_help}"
+        )
+    return (
+        f"could not connect to the Ray cluster at {address} ({causes[0]}). Check that it runs "
+        f"(`ray status --address {address}`); if it uses token authentication ({setting}), {token_help}"
+    )
 
 
 def read_journal(config_path: str | None = None, journal_path: str | None = None) -> Journal:

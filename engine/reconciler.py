@@ -34,6 +34,7 @@ from engine.platform import (
     RevisionStatus,
     TransientPlatformError,
 )
+from engine.rollback_decision import JournalDecider, RollbackDecider
 from engine.state import DeploymentState, EventKind, Role, Step, StepKind
 from engine.timing import TimedAdapter
 
@@ -87,8 +88,11 @@ class DeploymentReconciler:
         smoke: SmokeTester | None = None,
         actor: str = "runner",
         tick_s: float = 0.5,
+        rollback_decider: RollbackDecider | None = None,
     ) -> None:
         self.journal = journal
+        # Automated rollbacks are proposed here and decided (and journaled) by the rollback system, DO-004.
+        self.rollback_decider = rollback_decider or JournalDecider(journal, actor)
         self.deployment_id = deployment_id
         self.clock = clock or SystemClock()
         self.smoke = smoke
@@ -458,8 +462,8 @@ class DeploymentReconciler:
 
     # ------------------------------------------------------------------------------- rollback
     def _request_rollback(self, trigger: RollbackTrigger, reason: str) -> None:
-        log.warning("%s: rollback (%s): %s", self.deployment_id, trigger.value, reason)
-        self._append(EventKind.ROLLBACK_REQUESTED, trigger=trigger.value, reason=reason, by=self.actor)
+        log.warning("%s: rollback proposed (%s): %s", self.deployment_id, trigger.value, reason)
+        self.rollback_decider.decide(self.deployment_id, trigger, reason, self.actor)
 
     def _roll_back(self, state: DeploymentState) -> float:
         """Traffic back to stable first (fast path, no analysis), then the new revision removed."""

@@ -59,6 +59,8 @@ class RollbackRequest(Model):
     reason: str
     by: str = "system"
     at: float = 0.0
+    proposed_by: str | None = None  # an automated rollback: the runner that proposed it (DO-004 decides)
+    fallback: str | None = None  # why the runner recorded it itself (DO-004 did not answer)
 
 
 class DeploymentState(Model):

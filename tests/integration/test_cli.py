@@ -22,6 +22,7 @@ from engine.config import write_isolated_config
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
+GCS_ADDRESS = "TEST_RAY_GCS_ADDRESS"  # in ray_head's environment: the address a driver joins
 
 
 def free_port() -> int:
@@ -53,7 +54,7 @@ def home(tmp_path: Path) -> dict[str, str]:
 def ray_head(tmp_path: Path, home: dict[str, str]) -> Iterator[dict[str, str]]:
     """A Ray cluster started the way the README says, stopped by killing only its own processes."""
     temp_dir = Path("/tmp") / f"rc{os.getpid()}"  # short: Ray's socket paths must fit in 107 bytes
-    dashboard = free_port()
+    dashboard, gcs = free_port(), free_port()
     # Token authentication with a token of the test's own: a fresh machine has no ~/.ray/auth_token.
     token = tmp_path / "ray_auth_token"
     token.write_text(secrets.token_hex(32))
@@ -63,7 +64,7 @@ def ray_head(tmp_path: Path, home: dict[str, str]) -> Iterator[dict[str, str]]:
             "ray",
             "start",
             "--head",
-            f"--port={free_port()}",
+            f"--port={gcs}",
             f"--dashboard-port={dashboard}",
             "--dashboard-host=127.0.0.1",
             "--node-ip-address=127.0.0.1",
@@ -78,7 +79,7 @@ def ray_head(tmp_path: Path, home: dict[str, str]) -> Iterator[dict[str, str]]:
     )
     assert started.returncode == 0, started.stderr[-2000:]
     try:
-        yield {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}"}
+        yield {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}", GCS_ADDRESS: f"127.0.0.1:{gcs}"}
     finally:
         for process in psutil.process_iter(["cmdline"]):
             if str(temp_dir) in " ".join(process.info["cmdline"] or []):
@@ -187,3 +188,21 @@ def test_impossible_strategy_is_refused_before_anything_starts(home: dict[str, s
     assert result.returncode == 2
     assert "stepPercentage" in result.stderr or "step_percentage" in result.stderr
     assert time.monotonic() - started < 60
+
+
+def test_a_token_cluster_joined_without_token_auth_names_ray_auth_mode(ray_head: dict[str, str]) -> None:
+    """Ray itself says only "Failed to connect to Ray cluster" (issue 8, finding 5)."""
+    address = ray_head[GCS_ADDRESS]
+    bare = {k: v for k, v in ray_head.items() if not k.startswith("RAY_AUTH")}
+    refused = cli(*_sample_args("authsvc", "1.0.0"), env={**bare, "RAY_ADDRESS": address}, timeout=240)
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-3000:]
+    assert f"the Ray cluster at {address} refused this client" in refused.stderr
+    assert "RAY_AUTH_MODE is not set here" in refused.stderr
+    assert "RAY_AUTH_TOKEN_PATH" in refused.stderr and "ray get-auth-token" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # The mode set but no token at hand: named the same way.
+    missing = {**bare, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "token"}
+    missing["RAY_AUTH_TOKEN_PATH"] = "/nonexistent"
+    no_token = cli(*_sample_args("authsvc", "1.0.0"), env=missing, timeout=240)
+    assert no_token.returncode == 2, no_token.stderr[-3000:]
+    assert "RAY_AUTH_MODE is 'token' here" in no_token.stderr and "RAY_AUTH_TOKEN_PATH" in no_token.stderr
