@@ -71,9 +71,10 @@ class ParsedFileCache(Generic[M]):
     ``RACY_S`` before it was read: a write in the same clock tick could otherwise keep all three. Callers must
     not modify what ``read`` returns (it is shared); read uncached to modify."""
 
-    def __init__(self, model: type[M], entries: int = 256) -> None:
+    def __init__(self, model: type[M], entries: int = 256, clock: Callable[[], float] = time.time) -> None:
         self._model = model
         self._most = entries
+        self._now = clock
         self._entries: dict[str, tuple[tuple[int, int, int], M]] = {}
         self._lock = threading.Lock()
 
@@ -90,7 +91,7 @@ class ParsedFileCache(Generic[M]):
         if hit is not None and hit[0] == signature:
             return hit[1]
         parsed = self._model.model_validate_json(path.read_bytes())
-        if time.time() - stat.st_mtime_ns / 1e9 > RACY_S:
+        if self._now() - stat.st_mtime_ns / 1e9 > RACY_S:
             with self._lock:
                 if len(self._entries) >= self._most:
                     self._entries.clear()

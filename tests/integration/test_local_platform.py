@@ -197,12 +197,18 @@ def test_shifting_weights_fails_no_request(local_env: tuple[RoutedPlatform, Targ
 
     sender = threading.Thread(target=load, daemon=True)
     sender.start()
+
+    def answered(more: int) -> None:
+        """Requests keep flowing: ``more`` answers (or failures) after this point."""
+        seen = len(answers) + len(failures)
+        wait_until(lambda: len(answers) + len(failures) >= seen + more, 30, f"{more} more requests")
+
     try:
         for canary_weight in (10, 50, 90, 100, 30, 100):
             platform.set_traffic(target, {stable: 100 - canary_weight, canary: canary_weight})
-            time.sleep(0.3)
+            answered(10)
         platform.remove_revision(target, stable)  # blue-green's last step: the old revision goes
-        time.sleep(0.5)
+        answered(20)
     finally:
         stop.set()
         sender.join(timeout=10)

@@ -51,6 +51,18 @@ def platform_revisions(orch: Any, service: str) -> dict[str, int]:
         platform.close()
 
 
+def more_traffic(traffic: TrafficGenerator, requests: int = 40, timeout_s: float = 60) -> Any:
+    """The counts once at least ``requests`` more requests have been answered (or failed) than now."""
+    start = TrafficGenerator.total(traffic.snapshot())
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        counts = traffic.snapshot()
+        if TrafficGenerator.total(counts) >= start + requests:
+            return counts
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {requests} requests in {timeout_s}s: {traffic.snapshot()}")
+
+
 def wait_for(orch: Any, deployment_id: str, predicate: Any, timeout_s: float = 60) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -66,8 +78,7 @@ def test_good_canary_is_promoted_under_live_traffic(orchestrator: Any) -> None:
     first = first_revision(orchestrator, "canary-good")
     with live_traffic(first.status.address) as traffic:
         result = orchestrator.deploy(sample_artifact("canary-good", "2.0.0"), canary(), ENV, timeout_s=120)
-        time.sleep(1)
-    counts = traffic.snapshot()
+        counts = more_traffic(traffic, 40)  # after the old revision's removal, too
     assert result.success, result.status
     assert result.status.weights == {"2-0-0": 100}
     assert platform_revisions(orchestrator, "canary-good") == {"2-0-0": 2}
@@ -87,18 +98,50 @@ def test_bad_canary_is_rolled_back_automatically(orchestrator: Any) -> None:
         result = orchestrator.deploy(
             sample_artifact("canary-bad", "2.0.0", error_rate=0.5), canary(), ENV, timeout_s=120
         )
-        time.sleep(1.5)
-        before = traffic.snapshot()
-        time.sleep(1.5)
-    after = traffic.snapshot()
+        before = more_traffic(traffic, 8)  # requests in flight at the switch have been answered
+        after = more_traffic(traffic, 60)
     assert result.status.phase is Phase.ROLLED_BACK, result.status
     assert result.status.rollback_trigger is RollbackTrigger.METRICS
     assert "error rate" in (result.status.rollback_reason or "")
+    # The runner proposed it; the rollback system (DO-004) decided and recorded it.
+    requests = rollback_requests(orchestrator, result.deployment_id)
+    assert [(e.actor, e.data["proposed_by"]) for e in requests] == [("DO-004", result.status.runner)]
     assert result.status.weights == {"1-0-0": 100}
     assert platform_revisions(orchestrator, "canary-bad") == {"1-0-0": 2}
     # After the rollback every request goes to the stable revision and none fails.
     assert TrafficGenerator.total(after, "2.0.0") == TrafficGenerator.total(before, "2.0.0")
     assert TrafficGenerator.failed(after, "1.0.0") == 0
+
+
+def rollback_requests(orch: Any, deployment_id: str) -> list[Any]:
+    events = orch_journal(orch).events(deployment_id)
+    return [e for e in events if e.kind is EventKind.ROLLBACK_REQUESTED]
+
+
+def test_a_stalled_rollback_system_does_not_hold_a_rollback_back(orchestrator: Any) -> None:
+    """DO-004 stopped (SIGSTOP: alive but mute): the runner records the rollback itself after its short
+    deadline and says so; the bad canary is rolled back all the same."""
+    first = first_revision(orchestrator, "mute-do4")
+    rollback_system = orchestrator.worker("DO-004")
+    pid = ray.get(rollback_system.pid.remote(), timeout=30)
+    with live_traffic(first.status.address):
+        deployment_id = orchestrator.submit(
+            sample_artifact("mute-do4", "2.0.0", error_rate=0.5), canary(), ENV
+        )
+        wait_for(orchestrator, deployment_id, lambda s: s.weights.get("2-0-0") == 20)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            result = orchestrator.wait(deployment_id, 120)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    assert result.status.phase is Phase.ROLLED_BACK, result.status
+    assert result.status.weights == {"1-0-0": 100}
+    [request] = rollback_requests(orchestrator, deployment_id)
+    assert request.actor == result.status.runner
+    assert request.data["fallback"].startswith("DO-004 did not answer (GetTimeoutError")
+    # DO-004, woken, finds the decision made and records nothing more.
+    assert ray.get(rollback_system.ping.remote(), timeout=60) == "RollbackSystemImpl"
+    assert len(rollback_requests(orchestrator, deployment_id)) == 1
 
 
 def test_blue_green_switches_without_failed_requests(orchestrator: Any) -> None:
@@ -116,8 +159,7 @@ def test_blue_green_switches_without_failed_requests(orchestrator: Any) -> None:
     }
     with live_traffic(first.status.address) as traffic:
         result = orchestrator.deploy(sample_artifact("bg-switch", "2.0.0"), strategy, ENV, timeout_s=120)
-        time.sleep(1)
-    counts = traffic.snapshot()
+        counts = more_traffic(traffic, 40)
     assert result.success, result.status
     assert TrafficGenerator.failed(counts) == 0
     assert TrafficGenerator.total(counts, "2.0.0") > 0
@@ -153,7 +195,7 @@ def test_rolling_update_without_failed_requests(orchestrator: Any) -> None:
         result = orchestrator.deploy(
             sample_artifact("rolling", "2.0.0"), {"type": "rolling", "replicas": 3}, ENV, timeout_s=120
         )
-        time.sleep(1)
+        more_traffic(traffic, 40)
     assert result.success, result.status
     assert TrafficGenerator.failed(traffic.snapshot()) == 0
     assert platform_revisions(orchestrator, "rolling") == {"2-0-0": 3}
@@ -173,27 +215,52 @@ def test_rolling_update_without_failed_requests(orchestrator: Any) -> None:
 
 def test_pause_resume_promote_and_abort(orchestrator: Any) -> None:
     first = first_revision(orchestrator, "controls")
+    step_s = 3.0
     with live_traffic(first.status.address):
-        slow = canary(step_ms=60_000, steps=4)
-        deployment_id = orchestrator.submit(sample_artifact("controls", "2.0.0"), slow, ENV)
+        deployment_id = orchestrator.submit(
+            sample_artifact("controls", "2.0.0"), canary(step_ms=int(step_s * 1000), steps=4), ENV
+        )
         wait_for(orchestrator, deployment_id, lambda s: s.weights.get("2-0-0") == 20)
-        assert orchestrator.pause(deployment_id).phase is Phase.PAUSED
-        time.sleep(1)
-        assert orchestrator.status(deployment_id).phase is Phase.PAUSED
+        paused = orchestrator.pause(deployment_id)
+        assert paused.phase is Phase.PAUSED
+        _held_while_paused(orchestrator, deployment_id, paused, hold_s=2 * step_s)
         assert orchestrator.resume(deployment_id).phase is Phase.PROGRESSING
-        orchestrator.promote(deployment_id, full=True)
-        promoted = orchestrator.wait(deployment_id, 60)
+        resumed = orchestrator.wait(deployment_id, 120)
+        assert resumed.success, resumed.status
+        assert resumed.status.weights == {"2-0-0": 100}
+        slow = canary(step_ms=60_000, steps=4)
+        promoted_id = orchestrator.submit(sample_artifact("controls", "3.0.0"), slow, ENV)
+        wait_for(orchestrator, promoted_id, lambda s: s.weights.get("3-0-0") == 20)
+        orchestrator.promote(promoted_id, full=True)
+        promoted = orchestrator.wait(promoted_id, 60)  # the rest of its four 60 s steps skipped
         assert promoted.success, promoted.status
-        assert promoted.status.weights == {"2-0-0": 100}
-        aborted_id = orchestrator.submit(sample_artifact("controls", "3.0.0"), slow, ENV)
-        wait_for(orchestrator, aborted_id, lambda s: s.weights.get("3-0-0") == 20)
+        assert promoted.status.weights == {"3-0-0": 100}
+        aborted_id = orchestrator.submit(sample_artifact("controls", "4.0.0"), slow, ENV)
+        wait_for(orchestrator, aborted_id, lambda s: s.weights.get("4-0-0") == 20)
         orchestrator.abort(aborted_id, reason="wrong build")
         aborted = orchestrator.wait(aborted_id, 60)
     assert aborted.status.phase is Phase.ABORTED
-    assert aborted.status.weights == {"2-0-0": 100}
-    assert platform_revisions(orchestrator, "controls") == {"2-0-0": 2}
+    assert aborted.status.weights == {"3-0-0": 100}
+    assert platform_revisions(orchestrator, "controls") == {"3-0-0": 2}
     with pytest.raises(ray.exceptions.RayTaskError, match="already ended"):
         orchestrator.resume(aborted_id)
+
+
+def _held_while_paused(orch: Any, deployment_id: str, paused: Any, hold_s: float) -> None:
+    """Watch a canary paused early in a step until ``hold_s`` (longer than the step) has passed since the
+    pause: a runner ignoring the pause would have completed the step and moved the weights by then."""
+    journal = orch_journal(orch)
+    pause = max((e for e in journal.events(deployment_id) if e.kind is EventKind.PAUSED), key=lambda e: e.seq)
+    assert paused.weights.get("2-0-0", 0) < 100
+    deadline = time.monotonic() + 120
+    while time.time() < pause.at + hold_s and time.monotonic() < deadline:
+        status = orch.status(deployment_id)
+        assert status.phase is Phase.PAUSED, status
+        assert (status.weights, status.step_index) == (paused.weights, paused.step_index), status
+        time.sleep(0.2)
+    assert time.time() >= pause.at + hold_s, "the pause was not watched for long enough"
+    since = [e.kind for e in journal.events(deployment_id) if e.seq > pause.seq]
+    assert EventKind.WEIGHTS_SET not in since and EventKind.STEP_COMPLETED not in since, since
 
 
 def test_health_failure_of_the_canary_rolls_back(orchestrator: Any) -> None:
@@ -264,8 +331,12 @@ def test_runners_go_back_to_the_pool_and_drive_the_next_deployment(orchestrator:
         assert result.success, result.status
         runners.append(result.status.runner)
     assert len(set(runners)) < len(runners), runners  # the pool holds 2: a third deployment reuses one
+    history = orchestrator.history(service="pooled")
+    assert [(s.target.service, s.candidate_revision or s.stable_revision, s.phase) for s in history] == [
+        ("pooled", revision, Phase.SUCCEEDED) for revision in ("1-0-0", "1-0-1", "1-0-2")
+    ]
     assigned = {r["deployment_id"] for r in orch_journal(orchestrator).records("runner")}
-    assert not assigned & {s.deployment_id for s in orchestrator.history(service="pooled")}
+    assert not assigned & {s.deployment_id for s in history}  # every runner was freed
 
 
 def test_fifteen_deployments_at_most_ten_at_once(orchestrator: Any) -> None:
@@ -411,7 +482,7 @@ def test_rolling_back_a_finished_deployment_restores_the_previous_revision(orche
         assert second.success, second.status
         restoring = orchestrator.rollback(second.deployment_id, reason="customers report a bug")
         restored = orchestrator.wait(restoring.deployment_id, 120)
-        time.sleep(1)
+        more_traffic(traffic, 40)
     assert restored.success, restored.status
     assert restored.status.weights == {"1-0-0": 100}
     assert platform_revisions(orchestrator, "undo") == {"1-0-0": 2}
