@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import uuid
 from typing import Any
 
@@ -25,6 +26,8 @@ DOMAIN_WORKERS = {
 
 
 RUNNER_PREFIX = "runner-"
+QUEEN_LEASE = "queen"  # the journal lease held by the queen that drives the journal's deployments
+LEASE_TTL_S = 30.0
 
 
 def new_runner_name() -> str:
@@ -56,3 +59,14 @@ def kill_quietly(handle: Any) -> None:
         ray.kill(handle, no_restart=True)
     except (RayActorError, ValueError) as error:
         log.debug("actor already gone: %s", error)
+
+
+def cluster_answers(owner: str) -> bool:
+    """Whether the Ray cluster holding a lease still runs: its GCS accepts a connection (an embedded
+    cluster ends with its driver, and its lease must not block the next one for the whole TTL)."""
+    host, _, port = owner.split(" ")[0].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 import uuid
 from typing import Any
@@ -19,7 +18,10 @@ from ray.exceptions import RayActorError
 
 from actors.common import (
     DOMAIN_WORKERS,
+    LEASE_TTL_S,
+    QUEEN_LEASE,
     RUNNER_PREFIX,
+    cluster_answers,
     find_actor,
     kill_quietly,
     new_runner_name,
@@ -46,15 +48,11 @@ from engine.state import DeploymentState, EventKind
 log = logging.getLogger(__name__)
 
 SUPERVISION_INTERVAL_S = 5.0
-LEASE_TTL_S = 30.0
 __all__ = ["DeploymentRefused", "JournalInUse", "Queen", "QueenImpl"]
 
 
 class JournalInUse(RuntimeError):
     """Another orchestrator drives this journal's deployments."""
-
-
-QUEEN_LEASE = "queen"
 
 
 class QueenImpl:
@@ -81,12 +79,12 @@ class QueenImpl:
         asyncio.get_running_loop().create_task(self._start())
 
     def _take_lease(self) -> None:
-        holder = self.journal.acquire_lease(QUEEN_LEASE, self.owner, LEASE_TTL_S, alive=_cluster_answers)
+        holder = self.journal.acquire_lease(QUEEN_LEASE, self.owner, LEASE_TTL_S, alive=cluster_answers)
         if holder is not None:
             raise JournalInUse(
                 f"the journal {self.journal_path} is driven by another orchestrator (Ray cluster at "
-                f"{holder}); connect to it with RAY_ADDRESS, give this one its own journal (journal.path or "
-                f"ORCH_HOME), or wait {LEASE_TTL_S:g}s after the other one stops"
+                f"{holder}); connect to it with RAY_ADDRESS={holder.split(' ')[0]}, give this one its own "
+                f"journal (journal.path or ORCH_HOME), or wait {LEASE_TTL_S:g}s after the other one stops"
             )
 
     async def release(self) -> None:
@@ -249,17 +247,6 @@ class QueenImpl:
             "phases": {p.value: n for p, n in counts.items()},
             "time": time.time(),
         }
-
-
-def _cluster_answers(owner: str) -> bool:
-    """Whether the Ray cluster holding a lease still runs: its GCS accepts a connection (an embedded
-    cluster ends with its driver, and its lease must not block the next one for the whole TTL)."""
-    host, _, port = owner.split(" ")[0].rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
-    except (OSError, ValueError):
-        return False
 
 
 class _RayRunners:

@@ -17,10 +17,17 @@ from typing import Any
 
 import ray
 
-from client.driver import DeploymentOrchestrator, ProgressCallback, read_journal
+from client.background import deploy_in_background
+from client.driver import (
+    DeploymentOrchestrator,
+    ProgressCallback,
+    connect_to_running,
+    read_journal,
+    running_cluster,
+)
 from engine.config import ConfigError, load_config
 from engine.control import control_event
-from engine.models import DeploymentStatus, Phase
+from engine.models import DeploymentRequest, DeploymentStatus, Phase
 from engine.requests import build_request
 
 EXIT_OK, EXIT_DEPLOYMENT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -131,6 +138,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     request = build_request(
         config, _artifact_from_args(args), args.strategy, args.environment, args.platform, **overrides
     )
+    if args.no_wait and not os.environ.get("RAY_ADDRESS"):
+        return _deploy_embedded_no_wait(request, args)
     orch = DeploymentOrchestrator(config_path=args.config)
     deployment_id = orch.submit_request(request)
     if args.no_wait:
@@ -138,6 +147,32 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         return EXIT_OK
     result = orch.wait(deployment_id, args.timeout, None if args.json else progress_printer())
     return _finish(result.status, args.json) if result.status.phase.terminal else EXIT_DEPLOYMENT_FAILED
+
+
+def _deploy_embedded_no_wait(request: DeploymentRequest, args: argparse.Namespace) -> int:
+    """No cluster named and nobody waits: an embedded Ray would end with this command, so the deployment goes
+    to the orchestrator already driving this journal, or to a driver left in the background that holds the
+    embedded Ray until the deployment ends."""
+    address = running_cluster(args.config)
+    orch = connect_to_running(args.config) if address else None
+    if orch is not None:
+        deployment_id = orch.submit_request(request)
+        shown: dict[str, Any] = {"deployment_id": deployment_id, "ray_address": address}
+        note = (
+            f"submitted to the orchestrator already running for this journal (Ray cluster at {address}); "
+            "if that cluster stops first, the deployment waits in the journal for the next orchestrator"
+        )
+    else:
+        started = deploy_in_background(request, args.config)
+        deployment_id = started.deployment_id
+        shown = {"deployment_id": deployment_id, "background_pid": started.pid, "log": str(started.log)}
+        note = (
+            f"embedded Ray: a background driver (pid {started.pid}) holds it until the deployment ends; "
+            f"its log: {started.log}"
+        )
+    print(json.dumps(shown) if args.json else deployment_id)
+    print(note, file=sys.stderr)
+    return EXIT_OK
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -186,10 +221,10 @@ def _cmd_control(args: argparse.Namespace) -> int:
     action = "promote_full" if args.action == "promote" and args.full else args.action
     reason = getattr(args, "reason", "") or ""
     by = os.environ.get("USER", "cli")
-    if os.environ.get("RAY_ADDRESS"):
-        orch = DeploymentOrchestrator(config_path=args.config)
+    orch = connect_to_running(args.config)  # one control path: through the queen whenever one runs
+    if orch is not None:
         status = orch.control(args.deployment_id, action, reason, by)
-    else:  # no cluster named: journal it; the running deployment's runner reads it at its next step
+    else:
         journal = read_journal(args.config)
         state = journal.find(args.deployment_id)
         if not state.active:
@@ -197,6 +232,13 @@ def _cmd_control(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         kind, data = control_event(action, reason, by)
         status = journal.append(state.deployment_id, kind, data, actor=by).status()
+        print(
+            f"note: no orchestrator runs for the journal {journal.path} (RAY_ADDRESS is not set and no Ray "
+            f"cluster holds the journal): the {action} request was written to the journal only; it takes "
+            f"effect when an orchestrator drives {state.deployment_id} again (the next driver or `deploy` "
+            "started with this configuration resumes it)",
+            file=sys.stderr,
+        )
     print(status.model_dump_json(indent=2) if args.json else _show(status))
     return EXIT_OK
 

@@ -19,7 +19,16 @@ from typing import Any
 
 import ray
 
-from actors.common import DOMAIN_WORKERS, QUEEN_NAME, find_actor, kill_quietly, worker_name
+from actors.common import (
+    DOMAIN_WORKERS,
+    LEASE_TTL_S,
+    QUEEN_LEASE,
+    QUEEN_NAME,
+    cluster_answers,
+    find_actor,
+    kill_quietly,
+    worker_name,
+)
 from engine.config import load_config
 from engine.identity import identity_mismatch, queen_identity
 from engine.journal import Journal
@@ -362,3 +371,33 @@ def read_journal(config_path: str | None = None, journal_path: str | None = None
     """The journal, read straight from its file: history and status need no Ray cluster."""
     config = load_config(config_path)
     return Journal(journal_path or config.journal_path())
+
+
+def running_cluster(config_path: str | None = None) -> str | None:
+    """The address of the Ray cluster whose queen drives this configuration's journal, if it still answers
+    (the embedded Ray of a `deploy` or of a background driver in another process, for instance)."""
+    held = read_journal(config_path).lease(QUEEN_LEASE)
+    if held is None or time.time() - float(held["renewed_at"]) > LEASE_TTL_S:
+        return None
+    owner = str(held["owner"])
+    return owner.split(" ")[0] if cluster_answers(owner) else None
+
+
+def connect_to_running(config_path: str | None = None) -> DeploymentOrchestrator | None:
+    """A driver on the cluster named by RAY_ADDRESS, else on the one whose queen drives this journal; None
+    when neither exists (no orchestrator runs for this journal)."""
+    address = os.environ.get("RAY_ADDRESS") or running_cluster(config_path)
+    if address is None:
+        return None
+    if "RAY_AUTH_MODE" not in os.environ and _token_at_hand():
+        # Ray 2.60 turns token authentication on for the clusters it starts when a token exists (ray.init's
+        # embedded one, `ray start --head`); a client must ask for the same mode or it is refused.
+        os.environ["RAY_AUTH_MODE"] = "token"
+    return DeploymentOrchestrator(address=address, config_path=config_path)
+
+
+def _token_at_hand() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return Path(path).is_file()

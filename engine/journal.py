@@ -288,6 +288,14 @@ class Journal:
             db.execute("INSERT OR REPLACE INTO records VALUES ('lease', ?, ?)", (name, body))
         return None
 
+    def lease(self, name: str) -> dict[str, Any] | None:
+        """The last holder of lease ``name`` (``owner``, ``renewed_at``), fresh or not, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT data FROM records WHERE kind = 'lease' AND key = ?", (name,)
+            ).fetchone()
+        return json.loads(row[0]) if row is not None else None
+
     def release_lease(self, name: str, owner: str) -> None:
         with self._transaction() as db:
             row = db.execute("SELECT data FROM records WHERE kind = 'lease' AND key = ?", (name,)).fetchone()

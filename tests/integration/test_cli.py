@@ -12,13 +12,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from engine.config import write_isolated_config
+from engine.config import load_config, write_isolated_config
+from engine.journal import Journal
+from engine.models import Phase
+from engine.requests import build_request
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -206,3 +210,122 @@ def test_a_token_cluster_joined_without_token_auth_names_ray_auth_mode(ray_head:
     no_token = cli(*_sample_args("authsvc", "1.0.0"), env=missing, timeout=240)
     assert no_token.returncode == 2, no_token.stderr[-3000:]
     assert "RAY_AUTH_MODE is 'token' here" in no_token.stderr and "RAY_AUTH_TOKEN_PATH" in no_token.stderr
+
+
+def _journal(env: dict[str, str]) -> Journal:
+    return Journal(Path(env["ORCH_HOME"]) / "journal.db")
+
+
+def _until(what: str, condition: Callable[[], Any], timeout_s: float = 240) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"not within {timeout_s}s: {what}")
+
+
+def _phase(env: dict[str, str], deployment_id: str) -> Phase:
+    return _journal(env).state(deployment_id).phase()
+
+
+def _at_weight(env: dict[str, str], deployment_id: str, revision: str, weight: int) -> bool:
+    return _journal(env).state(deployment_id).weights.get(revision) == weight
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+def background(home: dict[str, str]) -> Iterator[list[int]]:
+    """The pids of the background drivers a test starts: stopped (SIGTERM: Ray's reaper then stops their
+    embedded cluster) if the test ends before they do, and the sample service removed."""
+    pids: list[int] = []
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).send_signal(signal.SIGTERM)
+        _teardown(home, "bgsvc")
+
+
+def _no_wait(env: dict[str, str], pids: list[int], version: str, *extra: str) -> tuple[dict[str, Any], str]:
+    done = cli(*_sample_args("bgsvc", version, "--replicas", "1", "--no-wait", "--json", *extra), env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    shown = json.loads(done.stdout)
+    if "background_pid" in shown:
+        pids.append(int(shown["background_pid"]))
+    return shown, done.stderr
+
+
+SLOW_CANARY = ("--set", "stepDuration=60s", "--set", "initialTrafficPercentage=20")
+
+
+def _control(env: dict[str, str], *args: str) -> str:
+    done = cli(*args, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "journal only" not in done.stderr  # it went through the queen
+    return done.stdout
+
+
+def test_embedded_no_wait_keeps_a_background_driver_and_controls_reach_its_queen(
+    home: dict[str, str], background: list[int]
+) -> None:
+    """Issue 8, finding 5: with the embedded Ray, `deploy --no-wait` used to stall as soon as it returned.
+    Then the CLI's pause, resume, promote, abort and rollback, all through the running queen."""
+    first, note = _no_wait(home, background, "1.0.0", "--strategy", "rolling")
+    assert f"background driver (pid {first['background_pid']})" in note and Path(first["log"]).is_file()
+    _until("1.0.0 live", lambda: _phase(home, first["deployment_id"]) is Phase.SUCCEEDED)
+    _until("the first background driver gone", lambda: _gone(first["background_pid"]), 120)
+    assert "ended succeeded" in Path(first["log"]).read_text()
+
+    second, _ = _no_wait(home, background, "2.0.0", *SLOW_CANARY)  # a new driver: the first one left
+    v2 = second["deployment_id"]
+    _until("2.0.0 at 20%", lambda: _at_weight(home, v2, "2-0-0", 20))
+    third, attached = _no_wait(home, background, "3.0.0", *SLOW_CANARY)  # joins the running orchestrator
+    fourth, _ = _no_wait(home, background, "4.0.0", *SLOW_CANARY)
+    assert "already running for this journal" in attached and "background_pid" not in third
+    assert "paused" in _control(home, "pause", v2[:12], "--reason", "look at the graphs")
+    assert _journal(home).state(v2).paused
+    assert "progressing" in _control(home, "resume", v2)
+    _control(home, "promote", v2, "--full")  # four 60 s steps skipped
+    _until("2.0.0 promoted", lambda: _phase(home, v2) is Phase.SUCCEEDED, 120)
+    v3, v4 = third["deployment_id"], fourth["deployment_id"]
+    _until("3.0.0 at 20%", lambda: _at_weight(home, v3, "3-0-0", 20))
+    _control(home, "abort", v3, "--reason", "wrong build")
+    _until("3.0.0 aborted", lambda: _phase(home, v3) is Phase.ABORTED, 120)
+    _until("4.0.0 at 20%", lambda: _at_weight(home, v4, "4-0-0", 20))
+    _control(home, "rollback", v4, "--reason", "customers complain")
+    _until("4.0.0 rolled back", lambda: _phase(home, v4) is Phase.ROLLED_BACK, 120)
+    assert _journal(home).state(v4).weights == {"2-0-0": 100}
+    _until("the second background driver gone", lambda: _gone(second["background_pid"]), 120)
+    ended = cli("resume", v4, env=home, timeout=60)
+    assert ended.returncode == 2 and "already ended: rolled_back" in ended.stderr
+
+
+def test_a_control_request_without_any_orchestrator_says_it_only_wrote_the_journal(
+    home: dict[str, str],
+) -> None:
+    request = build_request(
+        load_config(home["ORCH_CONFIG"]), {"name": "idle", "version": "1.0.0"}, "canary", "development"
+    )
+    _journal(home).submit("idle-1", request, actor="test")
+    paused = cli("pause", "idle-1", env=home, timeout=60)
+    assert paused.returncode == 0, paused.stderr
+    assert "the pause request was written to the journal only" in paused.stderr
+    assert "no orchestrator runs for the journal" in paused.stderr
+    assert _journal(home).state("idle-1").paused
+
+
+def test_quickstart_runs_as_the_readme_says(home: dict[str, str]) -> None:
+    done = cli("quickstart", "--step-seconds", "3", env=home, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    assert "quickstart passed: promoted the good canary, rolled back the faulty one" in done.stdout
+    rows = [(s.request.artifact.version, s.phase()) for s in _journal(home).deployments()]
+    assert rows == [("1.0.0", Phase.SUCCEEDED), ("2.0.0", Phase.SUCCEEDED), ("3.0.0", Phase.ROLLED_BACK)]
