@@ -390,10 +390,19 @@ def connect_to_running(config_path: str | None = None) -> DeploymentOrchestrator
     if address is None:
         return None
     if "RAY_AUTH_MODE" not in os.environ and _token_at_hand():
-        # Ray 2.60 turns token authentication on for the clusters it starts when a token exists (ray.init's
-        # embedded one, `ray start --head`); a client must ask for the same mode or it is refused.
-        os.environ["RAY_AUTH_MODE"] = "token"
+        _ask_for_token_auth()
     return DeploymentOrchestrator(address=address, config_path=config_path)
+
+
+def _ask_for_token_auth() -> None:
+    """Ray 2.60 turns token authentication on for the clusters it starts when a token exists (ray.init's
+    embedded one, `ray start --head`); a client must ask for the same mode or it is refused. Ray reads the
+    mode into its cached configuration when it is imported, so the cache is refreshed, as Ray itself does
+    when it turns the mode on for a cluster it starts."""
+    from ray._raylet import Config  # type: ignore[attr-defined]
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
 
 
 def _token_at_hand() -> bool:
