@@ -33,7 +33,6 @@ from actors.telemetry import Telemetry
 from engine.admission import ALL, Admission, DeploymentRefused, RunnerLost
 from engine.config import load_config
 from engine.control import control_event
-from engine.identity import queen_identity
 from engine.journal import Journal
 from engine.models import (
     BlueGreenConfig,
@@ -43,6 +42,7 @@ from engine.models import (
     Strategy,
     StrategyType,
 )
+from engine.one_journal import queen_identity
 from engine.state import DeploymentState, EventKind
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,6 @@ from actors.common import (
     worker_name,
 )
 from engine.config import load_config
-from engine.identity import identity_mismatch, queen_identity
 from engine.journal import Journal
 from engine.models import (
     Artifact,
@@ -42,6 +41,7 @@ from engine.models import (
     PlatformConfig,
     Strategy,
 )
+from engine.one_journal import identity_mismatch, queen_identity
 from engine.requests import build_request
 
 REPO = Path(__file__).resolve().parent.parent

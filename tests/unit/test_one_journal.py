@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from engine.config import load_config, write_isolated_config
-from engine.identity import config_fingerprint, identity_mismatch, queen_identity
+from engine.one_journal import config_fingerprint, identity_mismatch, queen_identity
 
 
 def test_the_same_journal_and_configuration_may_attach(tmp_path: Path) -> None:
