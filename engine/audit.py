@@ -313,6 +313,13 @@ class Checkpointer:
                 )
         return self._key
 
+    def public_key(self) -> Ed25519PublicKey | None:
+        """The public key, without making a key when there is none yet."""
+        if self._key is not None:
+            return self._key.public_key()
+        public = public_key_path(self.key_path)
+        return load_public_key(public) if public.exists() else None
+
     def due(self) -> bool:
         head = self.journal.head()
         if head is None or head[0] <= self.last_seq:
@@ -532,8 +539,7 @@ def prune_expired(
     dry_run: bool = False,
 ) -> PruneResult:
     """Remove the entries past retention, anchoring what remains with a signed checkpoint first."""
-    public = checkpointer.key().public_key()
-    check = verify_trail(journal, checkpointer.store.all(), public)
+    check = verify_trail(journal, checkpointer.store.all(), checkpointer.public_key())
     if not check.ok:
         raise ValueError(f"refusing to prune a trail that does not verify: {check.problem}")
     cut = prune_cut(journal, keep_days, checkpointer.clock())
