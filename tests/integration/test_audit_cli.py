@@ -89,7 +89,7 @@ def test_a_new_users_trail_verifies_and_tampering_is_caught(new_user: dict[str, 
     verified = cli("audit", "verify", "--json", env=new_user, timeout=60)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     intact = json.loads(verified.stdout)
-    assert intact["ok"] and intact["signedSeq"] == intact["lastSeq"]  # the queen signed at shutdown
+    assert intact["ok"] and intact["signed_seq"] == intact["last_seq"]  # the queen signed at shutdown
     journal = tmp_path / "journal.db"
     pristine = tmp_path / "pristine.db"
     copy_db(journal, pristine)
@@ -103,10 +103,10 @@ def test_a_new_users_trail_verifies_and_tampering_is_caught(new_user: dict[str, 
     copy_db(pristine, journal)
     assert cli("audit", "verify", env=new_user, timeout=60).returncode == 0
     with sqlite3.connect(journal) as db:  # the last rows deleted
-        db.execute("DELETE FROM events WHERE seq > ?", (intact["lastSeq"] - 3,))
+        db.execute("DELETE FROM events WHERE seq > ?", (intact["last_seq"] - 3,))
     cut = cli("audit", "verify", env=new_user, timeout=60)
     assert cut.returncode == 1, cut.stdout + cut.stderr
-    assert "the tail was cut" in cut.stdout and f"covers seq {intact['lastSeq']}" in cut.stdout
+    assert "the tail was cut" in cut.stdout and f"covers seq {intact['last_seq']}" in cut.stdout
 
 
 def test_token_commands_and_refusals_on_the_command_line(new_user: dict[str, str], tmp_path: Path) -> None:

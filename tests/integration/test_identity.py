@@ -12,6 +12,7 @@ import ray
 
 from actors.common import QUEEN_NAME, worker_name
 from engine.identity import AccessDenied
+from engine.models import Environment
 from engine.state import EventKind
 from tests.integration.conftest import orch_journal, sample_artifact
 
@@ -62,7 +63,7 @@ def test_calls_without_a_token_are_refused_inside_the_actors_and_audited(orchest
     with pytest.raises(AccessDenied, match="no token"):
         get(actor(orchestrator, worker_name("DO-004")).trigger_rollback.remote("anything", "x", "mallory"))
     with pytest.raises(AccessDenied, match="no token"):
-        get(actor(orchestrator, worker_name("DO-001")).register_environment.remote({"name": "rogue"}))
+        get(actor(orchestrator, worker_name("DO-001")).register_environment.remote(Environment(name="rogue")))
     with pytest.raises(AccessDenied, match="unknown token"):
         get(queen.submit.remote(request, token="orch_0badc0de_" + "x" * 43))
     assert refusals_since(orchestrator, since) == [
@@ -126,7 +127,11 @@ def test_a_caller_without_the_role_is_refused_where_they_lack_it(
     with pytest.raises(AccessDenied, match="only its own actors"):
         get(rollbacks.on_unhealthy.remote(sandbox_deployment, "fake", token=vic))
     with pytest.raises(AccessDenied, match="vic lacks the admin role in environment 'prod-2'"):
-        get(actor(orchestrator, worker_name("DO-001")).register_environment.remote({"name": "prod-2"}, vic))
+        get(
+            actor(orchestrator, worker_name("DO-001")).register_environment.remote(
+                Environment(name="prod-2"), vic
+            )
+        )
     with pytest.raises(AccessDenied, match="vic lacks the admin role in every environment"):
         get(queen.issue_token.remote("vic-2", token=vic))
     assert [what for _, what, _ in refusals_since(orchestrator, since)] == [
