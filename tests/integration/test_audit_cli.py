@@ -8,7 +8,6 @@ import json
 import os
 import sqlite3
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,20 +15,11 @@ import pytest
 
 from client.local import local_person
 from engine.config import write_isolated_config
+from tests.integration.test_cli import _teardown as teardown
+from tests.integration.test_cli import cli
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-
-
-def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "orchestrator.py", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture
@@ -46,16 +36,6 @@ def copy_db(source: Path, target: Path) -> None:
     """A consistent copy (WAL included), made the way SQLite means it to be."""
     with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
         src.backup(dst)
-
-
-def teardown(env: dict[str, str], service: str) -> None:
-    code = (
-        "from adapters import create_platform; from engine.config import load_config; "
-        "from engine.models import Target; p = create_platform(load_config().platform('local')); "
-        f"t = Target(service='{service}', environment='development'); "
-        "[p.remove_revision(t, r.revision) for r in p.list_revisions(t)]; p.router.remove_frontend(t)"
-    )
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=60)
 
 
 def test_a_new_users_trail_verifies_and_tampering_is_caught(new_user: dict[str, str], tmp_path: Path) -> None:
