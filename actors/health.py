@@ -65,9 +65,8 @@ class HealthMonitorImpl:
         self.threshold = unhealthy_threshold
         self.notify = notify  # an actor handle with ``on_unhealthy(key, reason)``
         self.notify_key = notify_key
-        self.notify_token = (
-            notify_token  # the orchestrator's service secret: ``on_unhealthy`` is its call only
-        )
+        # The orchestrator's service secret: ``on_unhealthy`` accepts the orchestrator's own calls only.
+        self.notify_token = notify_token
         self.endpoints = {url: EndpointHealth(url=url) for url in urls}
         self.checked_at: float | None = None
         self._notified = False

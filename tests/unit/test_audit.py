@@ -8,6 +8,7 @@ import itertools
 import json
 import sqlite3
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -306,9 +307,15 @@ def test_a_configuration_change_is_recorded_once_per_version(journal: Journal, t
     assert changes[1]["previous_sha256"] == changes[0]["sha256"] != changes[1]["sha256"]
 
 
-def test_the_fingerprint_names_the_git_commit_in_a_checkout() -> None:
-    from engine.config import DEFAULT_CONFIG_FILE
-
-    fingerprint = config_fingerprint(DEFAULT_CONFIG_FILE)
-    assert len(fingerprint["sha256"]) == 64
-    assert fingerprint["git_commit"] and len(fingerprint["git_commit"]) == 40
+def test_the_fingerprint_names_the_git_commit_in_a_checkout(tmp_path: Path) -> None:
+    config = tmp_path / "enterprise_config.yaml"
+    config.write_text("namespace: a\n")
+    assert config_fingerprint(config)["git_commit"] is None  # not a checkout: the content hash alone
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for command in (["init", "-q"], ["add", config.name], ["commit", "-qm", "config"]):
+        subprocess.run([*git, *command], check=True, timeout=30)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+    fingerprint = config_fingerprint(config)
+    assert fingerprint["git_commit"] == head.strip() and fingerprint["git_dirty"] is False
+    config.write_text("namespace: b\n")
+    assert config_fingerprint(config)["git_dirty"] is True
