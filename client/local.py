@@ -21,11 +21,9 @@ from engine.audit import (
     PruneResult,
     Verification,
     export_jsonl,
-    load_public_key,
     prune_expired,
-    public_key_path,
     retention_days,
-    verify_trail,
+    verify_configured,
 )
 from engine.config import EnterpriseConfig, load_config
 from engine.identity import (
@@ -127,10 +125,7 @@ class LocalJournal:
     def verify(self, public_key: str | Path | None = None) -> Verification:
         """Verify the trail with the public key given, else the one beside the configured signing key.
         Needs no token: an auditor may run it on a copy, and it shows no content."""
-        key_file = Path(public_key) if public_key else public_key_path(self.config.audit_key_path())
-        checkpoints = self.checkpointer().store.all()
-        public = load_public_key(key_file) if public_key or key_file.exists() else None
-        return verify_trail(self.journal, checkpoints, public)
+        return verify_configured(self.config, self.journal, Path(public_key) if public_key else None)
 
     def export(self, out: TextIO, after_seq: int = 0) -> int:
         self.require(AccessRole.VIEWER, "audit export")

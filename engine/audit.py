@@ -490,6 +490,16 @@ def verify_trail(
     )
 
 
+def verify_configured(
+    config: EnterpriseConfig, journal: Journal, public_key: Path | None = None
+) -> Verification:
+    """Verify ``journal`` with the configured checkpoint store and the public key given, else the one beside
+    the configured signing key (what ``audit verify`` and a compliance check of the trail use)."""
+    key_file = public_key or public_key_path(config.audit_key_path())
+    public = load_public_key(key_file) if public_key is not None or key_file.exists() else None
+    return verify_trail(journal, CheckpointStore(config.audit_checkpoints_path()).all(), public)
+
+
 # --------------------------------------------------------------------------------------------
 # Retention
 # --------------------------------------------------------------------------------------------
