@@ -46,8 +46,9 @@ class DeploymentOrchestrator:
     """The driver API. Every call goes to the queen actor; history also reads the journal without Ray.
 
     Every call carries the caller's personal token: ``token=``, else ``$ORCH_TOKEN``, else the file
-    ``$ORCH_HOME/token``. An embedded orchestrator on a journal that has no admin yet makes the first admin
-    token there itself (the quickstart works for a new user); the actors check the token and the role."""
+    ``$ORCH_HOME/token``. Without a cluster named (embedded, or a local Ray), on a journal that has no admin
+    yet, it makes the first admin token there itself (the quickstart works for a new user); the actors check
+    the token and the role."""
 
     def __init__(
         self,
@@ -63,9 +64,10 @@ class DeploymentOrchestrator:
         self.journal_path = str(journal_path or self.config.journal_path())
         self.namespace = self.config.namespace
         self._token = find_token(token)
-        embedded = self._connect(address, num_cpus)
-        if self._token is None and embedded:
+        # On this machine's journal (no cluster named), a new user gets the first admin token made for them.
+        if self._token is None and not (address or os.environ.get("RAY_ADDRESS")):
             self._token = bootstrap_if_new(self.config, self.journal_path)
+        embedded = self._connect(address, num_cpus)
         self.queen = self._queen(max_concurrent)
         if embedded:  # the local Ray ends with this process: hand the journal over at once, not after a TTL
             atexit.register(self._release)
