@@ -66,7 +66,7 @@ def test_a_token_is_verified_and_only_its_hash_is_stored(journal: Journal, tmp_p
     assert store.lookup(issued.token).person == "alice"
     journal.close()
     blob = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("journal.db"))
-    secret = issued.token.rsplit("_", 1)[1]
+    secret = issued.token.split("_", 2)[2]
     assert secret.encode() not in blob and issued.token.encode() not in blob
     assert issued.record.sha256.encode() in blob  # what is kept instead
 
@@ -217,7 +217,7 @@ def test_refusals_are_audited_with_who_what_and_why_but_never_the_token(journal:
     assert "no token" in str(seen[0]["reason"]) and "unknown token" in str(seen[1]["reason"])
     assert "revoked" in str(seen[2]["reason"]) and seen[3]["role"] == "admin"
     text = json.dumps([e.data for e in journal.events()])
-    assert all(t.rsplit("_", 1)[1] not in text for t in (alice.token, zoe.token, bogus))
+    assert all(t.split("_", 2)[2] not in text for t in (alice.token, zoe.token, bogus))
 
 
 def test_a_request_is_recorded_as_requested_by_the_tokens_person(journal: Journal) -> None:
@@ -280,3 +280,35 @@ def test_records_in_the_journal_hold_no_secret(journal: Journal, tmp_path: Path)
     issued = access.bootstrap("ops", by="ops")
     rows = sqlite3.connect(tmp_path / "journal.db").execute("SELECT data FROM records").fetchall()
     assert rows and all(issued.token not in row[0] for row in rows)
+
+
+# --------------------------------------------------------------------------------------------- client side
+def test_the_caller_token_comes_from_the_argument_then_the_variable_then_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from client.local import find_token
+
+    monkeypatch.setenv("ORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("ORCH_TOKEN", raising=False)
+    assert find_token() is None
+    save_token(tmp_path / "token", "from-file")
+    assert find_token() == "from-file"
+    monkeypatch.setenv("ORCH_TOKEN", "from-variable")
+    assert find_token() == "from-variable"
+    assert find_token("from-argument") == "from-argument"
+
+
+def test_a_new_journal_gets_its_first_admin_token_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from client.local import bootstrap_if_new, local_person
+
+    monkeypatch.setenv("ORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("USER", "ops")
+    token = bootstrap_if_new(config(access={}), tmp_path / "journal.db")
+    assert token is not None and (tmp_path / "token").read_text().strip() == token
+    assert stat.S_IMODE((tmp_path / "token").stat().st_mode) == 0o600
+    assert bootstrap_if_new(config(access={}), tmp_path / "journal.db") is None  # an admin exists now
+    assert TokenStore(Journal(tmp_path / "journal.db")).lookup(token).person == local_person() == "ops"
+    monkeypatch.setenv("USER", "orchestrator")
+    assert local_person() == "admin"  # a reserved name is not taken
