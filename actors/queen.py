@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import uuid
 from typing import Any
@@ -31,8 +32,10 @@ from actors.domain import WORKER_CLASSES
 from actors.runner import DeploymentRunner
 from actors.telemetry import Telemetry
 from engine.admission import ALL, Admission, DeploymentRefused, RunnerLost
+from engine.audit import AuditKeeper
 from engine.config import load_config
 from engine.control import control_event
+from engine.identity import AccessControl, AccessRole
 from engine.journal import Journal
 from engine.models import (
     BlueGreenConfig,
@@ -56,7 +59,13 @@ class JournalInUse(RuntimeError):
 
 
 class QueenImpl:
-    def __init__(self, config_path: str | None, journal_path: str | None, max_concurrent: int | None) -> None:
+    def __init__(
+        self,
+        config_path: str | None,
+        journal_path: str | None,
+        max_concurrent: int | None,
+        service_secret: str | None = None,
+    ) -> None:
         self.config = load_config(config_path)
         self.config_path = config_path
         self.namespace = ray.get_runtime_context().namespace
@@ -64,12 +73,17 @@ class QueenImpl:
         self.journal = Journal(self.journal_path)
         self.owner = f"{ray.get_runtime_context().gcs_address} {self.namespace}"
         self._take_lease()
+        # The secret the orchestrator's own actors call each other with: given by the driver that created
+        # this queen, so that Ray restarting it (with the same arguments) keeps the workers' copy valid.
+        self.service_secret = service_secret or secrets.token_urlsafe(32)
+        self.access = AccessControl(self.config, self.journal, self.service_secret)
+        self.audit = AuditKeeper(self.config, self.journal)
         self.limit = max_concurrent or self.config.concurrency.max_concurrent_deployments
         self.workers: dict[str, Any] = {}
         self.telemetry = Telemetry(self.config.metrics.prometheus_port)
         self.admission = Admission(
             self.journal,
-            _RayRunners(self.namespace, self.journal_path),
+            _RayRunners(self.namespace, self.journal_path, self.service_secret),
             limit=self.limit,
             max_queued=self.config.concurrency.max_queued,
             warm_runners=self.config.concurrency.warm_runners,
@@ -87,8 +101,10 @@ class QueenImpl:
                 f"journal (journal.path or ORCH_HOME), or wait {LEASE_TTL_S:g}s after the other one stops"
             )
 
-    async def release(self) -> None:
+    async def release(self, token: str | None = None) -> None:
         """Let another orchestrator take this journal over (called on a clean shutdown)."""
+        self.access.require(token, AccessRole.ADMIN, action="release")
+        self.audit.shutdown()
         self.journal.release_lease(QUEEN_LEASE, self.owner)
 
     # ------------------------------------------------------------------------------ start-up
@@ -129,7 +145,7 @@ class QueenImpl:
                 handle = (
                     WORKER_CLASSES[code]
                     .options(name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True)
-                    .remote(self.config_path, self.journal_path)
+                    .remote(self.config_path, self.journal_path, self.service_secret)
                 )
             self.workers[code] = handle
 
@@ -141,11 +157,15 @@ class QueenImpl:
                 self._take_lease()
                 self._ensure_workers()
                 self.admission.admit()
+                self.audit.tick()
             except Exception:  # supervision must go on whatever one round meets
                 log.exception("supervision round failed")
 
     # ------------------------------------------------------------------------------ public API
-    async def submit(self, request: DeploymentRequest, deployment_id: str | None = None) -> str:
+    async def submit(
+        self, request: DeploymentRequest, deployment_id: str | None = None, token: str | None = None
+    ) -> str:
+        request = self.access.checked_request(token, request, action="submit")
         await asyncio.wait_for(self.started.wait(), timeout=60)
         self._check_environment(request.environment)
         self.admission.check_room()
@@ -164,25 +184,35 @@ class QueenImpl:
                 f"environment: unknown environment '{name}'; known: {', '.join(sorted(known))}"
             )
 
-    async def status(self, deployment_id: str) -> DeploymentStatus:
+    async def status(self, deployment_id: str, token: str | None = None) -> DeploymentStatus:
+        self.access.require(token, AccessRole.VIEWER, deployment=deployment_id, action="status")
         return self.journal.find(deployment_id).status()
 
-    async def wait(self, deployment_id: str, timeout_s: float) -> DeploymentStatus:
+    async def wait(self, deployment_id: str, timeout_s: float, token: str | None = None) -> DeploymentStatus:
         """Returns once the deployment is terminal or ``timeout_s`` has passed, whichever is first."""
+        self.access.require(token, AccessRole.VIEWER, deployment=deployment_id, action="wait")
         state = self.journal.find(deployment_id)
         await self.admission.wait(state.deployment_id, timeout_s)
         return self.journal.state(state.deployment_id).status()
 
-    async def history(self, limit: int = 50, service: str | None = None) -> list[DeploymentStatus]:
+    async def history(
+        self, limit: int = 50, service: str | None = None, token: str | None = None
+    ) -> list[DeploymentStatus]:
+        self.access.require(token, AccessRole.VIEWER, action="history")
         states = self.journal.deployments(limit=limit if service is None else 100_000)
         chosen = [s for s in states if service is None or s.request.artifact.name == service]
         return [s.status() for s in chosen[-limit:]]
 
-    async def control(self, deployment_id: str, action: str, by: str, reason: str = "") -> DeploymentStatus:
+    async def control(
+        self, deployment_id: str, action: str, by: str, reason: str = "", token: str | None = None
+    ) -> DeploymentStatus:
         """pause | resume | promote | promote_full | abort | rollback, journaled, then the runner woken."""
+        by = self.access.require(
+            token, AccessRole.DEPLOYER, deployment=deployment_id, action=action
+        ).acting_as(by)
         state = self.journal.find(deployment_id)
         if not state.active and action == "rollback" and state.phase() is Phase.SUCCEEDED:
-            return await self._redeploy_previous(state, by, reason)
+            return await self._redeploy_previous(state, by, reason, token)
         if not state.active:
             raise DeploymentRefused(f"deployment {state.deployment_id} already ended: {state.phase().value}")
         if state.admitted_at is None and action in ("abort", "rollback", "rollback_health"):
@@ -201,7 +231,9 @@ class QueenImpl:
             runner.wake.remote()
         return self.journal.state(state.deployment_id).status()
 
-    async def _redeploy_previous(self, state: DeploymentState, by: str, reason: str) -> DeploymentStatus:
+    async def _redeploy_previous(
+        self, state: DeploymentState, by: str, reason: str, token: str | None
+    ) -> DeploymentStatus:
         """Rolling back a deployment that already succeeded: the revision it replaced comes back, switched in
         blue-green style as soon as it is ready (no analysis: the on-call engineer has decided)."""
         newer = [
@@ -227,19 +259,21 @@ class QueenImpl:
         request = state.request.model_copy(
             update={"artifact": previous, "strategy": strategy, "requested_by": by}
         )
-        new_id = await self.submit(request, f"{state.deployment_id}-rollback")
+        new_id = await self.submit(request, f"{state.deployment_id}-rollback", token)
         self.journal.append(
             new_id, EventKind.NOTE, {"message": f"rollback of {state.deployment_id}: {reason}"}, actor=by
         )
         return self.journal.state(new_id).status()
 
-    async def worker(self, code: str) -> Any:
+    async def worker(self, code: str, token: str | None = None) -> Any:
+        self.access.require(token, None, action="worker")  # each worker checks the role of its own calls
         if code not in DOMAIN_WORKERS:
             raise ValueError(f"unknown domain worker {code}: known are {', '.join(DOMAIN_WORKERS)}")
         self._ensure_workers()
         return self.workers[code]
 
-    async def overview(self) -> dict[str, Any]:
+    async def overview(self, token: str | None = None) -> dict[str, Any]:
+        self.access.require(token, AccessRole.VIEWER, action="overview")
         counts = self.journal.phase_counts()
         return {
             "limit": self.limit,
@@ -248,13 +282,27 @@ class QueenImpl:
             "time": time.time(),
         }
 
+    # ------------------------------------------------------------------------------ tokens (admin)
+    async def issue_token(self, person: str, token: str | None = None) -> str:
+        """A new token for ``person``, returned once (only its hash is kept)."""
+        return self.access.issue_token(token, person).token
+
+    async def revoke_token(
+        self, token_id: str | None = None, person: str | None = None, token: str | None = None
+    ) -> list[dict[str, Any]]:
+        return [r.public() for r in self.access.revoke_token(token, token_id, person)]
+
+    async def tokens(self, token: str | None = None) -> list[dict[str, Any]]:
+        return self.access.list_tokens(token)
+
 
 class _RayRunners:
     """Runner actors for ``engine.admission``: the only place admission reaches Ray."""
 
-    def __init__(self, namespace: str, journal_path: str) -> None:
+    def __init__(self, namespace: str, journal_path: str, service_secret: str) -> None:
         self.namespace = namespace
         self.journal_path = journal_path
+        self.service_secret = service_secret
 
     def new_name(self) -> str:
         return new_runner_name()
@@ -262,7 +310,7 @@ class _RayRunners:
     def start(self, name: str) -> Any:
         return DeploymentRunner.options(
             name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True
-        ).remote(self.journal_path)
+        ).remote(self.journal_path, self.service_secret)
 
     def find(self, name: str) -> Any | None:
         return find_actor(name, self.namespace)

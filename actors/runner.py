@@ -36,7 +36,7 @@ ROLLBACK_DECISION_TIMEOUT_S = 2.0
 class DeploymentRunnerImpl:
     """Re-reads the journal and the platform after every (re)start: nothing it needs lives only in memory."""
 
-    def __init__(self, journal_path: str) -> None:
+    def __init__(self, journal_path: str, service_secret: str | None = None) -> None:
         # A standby runner pays its imports now, not on a deployment's critical path (the local platform's;
         # other platforms' clients are imported when first used).
         import adapters.haproxy
@@ -46,6 +46,7 @@ class DeploymentRunnerImpl:
         self.journal = Journal(journal_path)
         self.name = ray.get_runtime_context().get_actor_name() or f"runner@{os.getpid()}"
         self.namespace = ray.get_runtime_context().namespace
+        self.service_secret = service_secret  # how it asks DO-004 to decide its rollbacks (a system call)
         self.deployment_id: str | None = None
         self.reconciler: DeploymentReconciler | None = None
         self._wake = threading.Event()
@@ -78,7 +79,9 @@ class DeploymentRunnerImpl:
         handle = find_actor(worker_name(ROLLBACK_SYSTEM), self.namespace)
         if handle is None:
             raise RuntimeError(f"{ROLLBACK_SYSTEM} is not running")
-        ref = handle.decide_rollback.remote(deployment_id, trigger.value, reason, proposed_by)
+        ref = handle.decide_rollback.remote(
+            deployment_id, trigger.value, reason, proposed_by, token=self.service_secret
+        )
         ray.get(ref, timeout=ROLLBACK_DECISION_TIMEOUT_S)
 
     async def ready(self) -> str:

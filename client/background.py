@@ -23,6 +23,7 @@ from pathlib import Path
 from client.driver import REPO, DeploymentOrchestrator, read_journal
 from engine.admission import ALL
 from engine.background_hold import hold_remaining
+from engine.identity import read_token_file
 from engine.journal import UnknownDeploymentError
 from engine.models import DeploymentRequest
 from engine.paths import orchestrator_home
@@ -39,7 +40,9 @@ class BackgroundDeployment:
     log: Path
 
 
-def deploy_in_background(request: DeploymentRequest, config_path: str | None = None) -> BackgroundDeployment:
+def deploy_in_background(
+    request: DeploymentRequest, config_path: str | None = None, token_file: str | None = None
+) -> BackgroundDeployment:
     """Start a background driver for ``request`` and return once the deployment is journaled; raises
     RuntimeError with the driver's last log lines if it stops before that."""
     deployment_id = f"{request.artifact.name}-{uuid.uuid4().hex[:10]}"
@@ -51,6 +54,7 @@ def deploy_in_background(request: DeploymentRequest, config_path: str | None = N
     log_file = folder / f"{deployment_id}.log"
     command = [sys.executable, "-m", "client.background", "--request", str(request_file)]
     command += ["--deployment-id", deployment_id] + (["--config", config_path] if config_path else [])
+    command += ["--token-file", token_file] if token_file else []  # the file's path, never the token
     paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     with open(log_file, "ab") as output:
@@ -119,13 +123,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--request", required=True, help="the validated request as JSON (read, removed)")
     parser.add_argument("--deployment-id", required=True)
     parser.add_argument("--config")
+    parser.add_argument("--token-file", help="the caller's token file (else $ORCH_TOKEN, $ORCH_HOME/token)")
     args = parser.parse_args(argv)
     request_file = Path(args.request)
     request = DeploymentRequest.model_validate_json(request_file.read_text())
     request_file.unlink()
     log.info("pid %d: starting the embedded Ray and the orchestrator", os.getpid())
     try:
-        orch = DeploymentOrchestrator(config_path=args.config)
+        token = read_token_file(Path(args.token_file)) if args.token_file else None
+        orch = DeploymentOrchestrator(config_path=args.config, token=token)
     except (RuntimeError, ValueError) as error:
         log.error("the orchestrator did not start: %s", error)
         return 2

@@ -152,6 +152,7 @@ class EventKind(str, Enum):
     ROLLBACK_STARTED = "rollback_started"
     FINISHED = "finished"
     NOTE = "note"
+    AUDIT = "audit"  # an audit entry of no deployment's state (engine/audit.py): its data names the action
 
 
 class Event(Model):
@@ -295,4 +296,5 @@ _APPLY = {
     EventKind.ROLLBACK_STARTED: _rollback_started,
     EventKind.FINISHED: _finished,
     EventKind.NOTE: _note,
+    EventKind.AUDIT: _nothing,
 }

@@ -57,17 +57,21 @@ def test_a_driver_with_another_configuration_on_the_same_journal_is_refused(
 def test_a_namespace_of_its_own_gives_its_own_queen_and_journal(orchestrator: Any, tmp_path: Path) -> None:
     from orchestrator import DeploymentOrchestrator
 
+    from engine.config import load_config
+    from engine.identity import AccessControl
+
     namespace = f"{orchestrator.namespace}-b"
     own = _config(tmp_path / "own", namespace, concurrency={"warmRunners": 0})
-    second = DeploymentOrchestrator(config_path=own)
+    # Its own journal has its own people: its first admin token (the session's file stays the session's).
+    journal = Journal(tmp_path / "own" / "journal.db")
+    token = AccessControl(load_config(own), journal).bootstrap("second-admin", by="second-admin").token
+    second = DeploymentOrchestrator(config_path=own, token=token)
     try:
         assert second.namespace == namespace
         rolling = {"type": "rolling", "replicas": 1}
         result = second.deploy(sample_artifact("own-ns", "1.0.0"), rolling, "development", timeout_s=180)
         assert result.success, result.status
-        assert [s.deployment_id for s in Journal(tmp_path / "own" / "journal.db").deployments()] == [
-            result.deployment_id
-        ]
+        assert [s.deployment_id for s in journal.deployments()] == [result.deployment_id]
         assert all(s.request.artifact.name != "own-ns" for s in orch_journal(orchestrator).deployments())
     finally:
         _remove(second, "own-ns")
