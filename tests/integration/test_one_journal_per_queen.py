@@ -55,10 +55,9 @@ def test_a_driver_with_another_configuration_on_the_same_journal_is_refused(
 
 
 def test_a_namespace_of_its_own_gives_its_own_queen_and_journal(orchestrator: Any, tmp_path: Path) -> None:
-    from orchestrator import DeploymentOrchestrator
-
     from engine.config import load_config
     from engine.identity import AccessControl
+    from orchestrator import DeploymentOrchestrator
 
     namespace = f"{orchestrator.namespace}-b"
     own = _config(tmp_path / "own", namespace, concurrency={"warmRunners": 0})
