@@ -422,11 +422,13 @@ def connect_to_running(
 ) -> DeploymentOrchestrator | None:
     """A driver on the cluster named by RAY_ADDRESS, else on the one whose queen drives this journal; None
     when neither exists (no orchestrator runs for this journal)."""
-    address = os.environ.get("RAY_ADDRESS") or running_cluster(config_path)
+    address = os.environ.get("RAY_ADDRESS") or None
     if address is None:
-        return None
-    if "RAY_AUTH_MODE" not in os.environ and _token_at_hand():
-        _ask_for_token_auth()
+        address = running_cluster(config_path)
+        if address is None:
+            return None
+        if "RAY_AUTH_MODE" not in os.environ and _token_at_hand():
+            _ask_for_token_auth()  # a cluster found on this machine: Ray's own default for local clusters
     return DeploymentOrchestrator(address=address, config_path=config_path, token=token)
 
 
