@@ -201,6 +201,16 @@ class LocalProcessBackend:
             state.replicas = [r for r in state.replicas if r.revision != revision]
             self._write(target, state)
 
+    def stop_replica(self, target: Target, revision: str, index: int) -> None:
+        """Stop one replica's process; its record stays (dead), so the next ensure starts it on its port."""
+        with file_lock(self._lock_path(target), PLATFORM):
+            doomed = [
+                (r.pid, r.start_time)
+                for r in self._read(target).replicas
+                if r.revision == revision and r.index == index
+            ]
+            stop_processes(doomed, self.stop_grace_s)
+
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         """Tail of every replica's output; the files outlive a removed revision for post-mortems."""
         records = {r.index: r for r in self._read(target).replicas if r.revision == revision}

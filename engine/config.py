@@ -34,6 +34,7 @@ from engine.models import (
     StrategyType,
 )
 from engine.paths import orchestrator_home
+from engine.supervision import SupervisionSettings
 
 CONFIG_ENV_VAR = "ORCH_CONFIG"
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "enterprise_config.yaml"
@@ -107,6 +108,7 @@ class EnterpriseConfig(Model):
     roles: dict[str, list[str]] = Field(default_factory=dict, description="approver group -> members")
     namespace: str = Field(default="deploy-orchestrator", min_length=1, description="Ray namespace")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    supervision: SupervisionSettings = Field(default_factory=SupervisionSettings)
 
     _source: Path | None = PrivateAttr(default=None)
 
