@@ -513,7 +513,7 @@ class DeploymentReconciler:
                     target=target, artifact=artifact, replicas=replicas, deployment_id=state.deployment_id
                 )
             )
-            return False
+            return self._stable_lost(state, stable)
         if status is None or status.ready_replicas == 0:
             return self._stable_lost(state, stable)
         return True
@@ -616,8 +616,8 @@ class DeploymentReconciler:
         target = state.request.target
         router = self.adapter.live_state(target, state.candidate_revision or "").router
         if router is None or not router.running:
-            why = router.detail if router is not None else "no router is recorded"
-            return f"the router of {target.key} is down ({why})"
+            why = (router.detail if router is not None else "") or "not running"
+            return f"the router of {target.key} is down: {why}"
         return None
 
     def _every_revision_down(self, state: DeploymentState) -> str | None:

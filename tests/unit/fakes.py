@@ -94,7 +94,7 @@ class FakePlatform:
         current.ready = spec.revision not in self.never_ready
         # Dead replicas are started again (they die at once when their restarts fail).
         current.dead = set(range(spec.replicas)) if spec.revision in self.restart_fails else set()
-        self.router_up = True  # like the real one: the router is (re)started first
+        self._start_router()  # like the real one: a dead router is started first
         status = self.revision_status(spec.target, spec.revision)
         assert status is not None
         return status
@@ -125,7 +125,7 @@ class FakePlatform:
             if weight > 0 and (revision is None or revision.alive == 0):
                 raise PlatformError("fake", target.key, f"revision '{name}' has no running replica")
         self._advance()
-        self.router_up = True
+        self._start_router()
         self.calls.append(f"traffic {sorted(weights.items())}")
         self.weights = {k: v for k, v in weights.items()}
         return self.traffic(target)
@@ -163,6 +163,11 @@ class FakePlatform:
     def live_state(self, target: Target, revision: str, deep: bool = False) -> LiveState:
         self._check_reachable()
         current = self.revisions.get(revision)
+        if self.supervision is SupervisionMode.REPORT:  # a platform that heals itself reports counts only
+            desired = current.replicas if current else 0
+            return LiveState(
+                revision=revision, desired_replicas=desired, ready_replicas=current.alive if current else 0
+            )
         indexes = range(current.replicas) if current else range(0)
         answering = (self.router_up and self.router_answers) if deep else None
         router = RouterLiveness(running=self.router_up, answering=answering)
@@ -180,7 +185,9 @@ class FakePlatform:
     def restore_router(self, target: Target, weights: dict[str, int], restart: bool = False) -> TrafficState:
         self._check_reachable()
         self.calls.append(f"{'restart' if restart else 'restore'} router {sorted(weights.items())}")
-        self.router_up = self.router_answers = True
+        if restart:
+            self.router_up = False
+        self._start_router()
         self.weights = dict(weights)
         return self.traffic(target)
 
@@ -188,6 +195,14 @@ class FakePlatform:
         self.calls.append(f"restart {spec.revision}#{index}")
         self.revisions[spec.revision].unhealthy.discard(index)
         return self.ensure_revision(spec)
+
+    def _start_router(self) -> None:
+        """A router started again counts from zero, as HAProxy's counters do."""
+        if not self.router_up:
+            for revision in self.revisions.values():
+                revision.requests = revision.errors = 0
+            self._last = self.clock.now()
+        self.router_up = self.router_answers = True
 
     # ---- faults a test injects ------------------------------------------------------------------
     def kill_router(self) -> None:
