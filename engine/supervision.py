@@ -526,13 +526,16 @@ def restore_serving(
     with ``weights`` when they are complete; returns what was done. The reconciler's way back from a
     platform fault."""
     done: list[str] = []
+    hung = False
     for revision, artifact in artifacts.items():
-        observed = adapter.live_state(target, revision)
+        observed = adapter.live_state(target, revision, deep=True)
+        router = observed.router
+        hung = hung or (router is not None and router.running and router.answering is False)
         if observed.dead:
             spec = RevisionSpec(target=target, artifact=artifact, replicas=len(observed.replicas))
             status = adapter.ensure_revision(spec)
             done.append(f"{revision} started again ({status.running_replicas}/{status.desired_replicas})")
     if sum(weights.values()) == 100:
-        applied = adapter.restore_router(target, weights)
-        done.append(f"router serving {applied.weights}")
+        applied = adapter.restore_router(target, weights, restart=hung)
+        done.append(f"router {'restarted' if hung else 'serving'} with {applied.weights}")
     return "; ".join(done) or "nothing to restore"

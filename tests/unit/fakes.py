@@ -69,6 +69,12 @@ class FakePlatform:
         if self.unreachable:
             raise TransientPlatformError("fake", "fake://endpoint", self.unreachable)
 
+    def _check_router_answers(self) -> None:
+        """Calls that go through the router's runtime API fail while it runs but does not answer."""
+        self._check_reachable()
+        if self.router_up and not self.router_answers:
+            raise TransientPlatformError("haproxy", "fake.sock", "runtime API: timed out")
+
     def _advance(self) -> None:
         elapsed = self.clock.now() - (self._last or self.clock.now())
         self._last = self.clock.now()
@@ -117,7 +123,7 @@ class FakePlatform:
         return [s for name in self.revisions if (s := self.revision_status(target, name)) is not None]
 
     def set_traffic(self, target: Target, weights: dict[str, int]) -> TrafficState:
-        self._check_reachable()
+        self._check_router_answers()
         if sum(weights.values()) != 100:
             raise ValueError("weights must sum to 100")
         for name, weight in weights.items():
@@ -131,7 +137,7 @@ class FakePlatform:
         return self.traffic(target)
 
     def traffic(self, target: Target) -> TrafficState:
-        self._check_reachable()
+        self._check_router_answers()
         weights = dict(self.weights) if self.router_up else {}
         return TrafficState(weights=weights, address="http://127.0.0.1:18000")
 
@@ -141,7 +147,7 @@ class FakePlatform:
         self.weights.pop(revision, None)
 
     def metrics(self, target: Target, revision: str | None = None) -> dict[str, MetricSnapshot]:
-        self._check_reachable()
+        self._check_router_answers()
         self._advance()
         self.metrics_asked.append(revision)
         return {

@@ -95,6 +95,18 @@ def test_the_window_after_a_restore_is_judged_on_a_fresh_baseline(tmp_path: Path
     assert before.step_baseline["requests"] > 0
 
 
+def test_a_router_that_stops_answering_mid_canary_is_restarted_and_the_candidate_promoted(
+    tmp_path: Path,
+) -> None:
+    world, deployment_id, _ = canary_analysing(tmp_path, 40)
+    world.platform.router_answers = False
+    assert world.run(deployment_id) is Phase.SUCCEEDED
+    fault = next(e for e in world.journal.events(deployment_id) if e.kind is EventKind.PLATFORM_FAULT)
+    assert "runtime API" in fault.data["reason"]
+    assert "restart router [('1-0-0', 60), ('2-0-0', 40)]" in world.platform.calls
+    assert EventKind.ROLLBACK_REQUESTED not in kinds(world, deployment_id)
+
+
 def test_every_revision_down_at_once_is_a_platform_fault_and_both_come_back(tmp_path: Path) -> None:
     world, deployment_id, _reconciler = canary_analysing(tmp_path)
     world.platform.kill("1-0-0")
