@@ -210,7 +210,8 @@ def test_redeploying_the_live_version_whose_processes_died_deploys_it_again(
     again = scenario.deploy("1.0.0", FIRST)
     assert again.phase() is Phase.SUCCEEDED, again.status()
     assert again.plan and again.plan[0].kind is StepKind.DEPLOY, "a no-op: the dead revision was called live"
-    assert again.address is not None and serves(again.address)
+    address = again.address or ""  # HAProxy's own checks find the restarted replicas up within a second or so
+    wait_for("the service to serve again", lambda: serves(address), HEAL_DEADLINE_S)
     healthy = scenario.deploy("1.0.0", FIRST)
     assert healthy.plan == [] and healthy.message == "1-0-0 is live"
 
@@ -227,7 +228,8 @@ def test_a_canary_rolled_back_onto_a_stable_whose_replicas_are_gone_recreates_it
     assert state.phase() is Phase.ROLLED_BACK, state.status()
     assert scenario.weights() == {"1-0-0": 100}
     assert scenario.revisions() == {"1-0-0"}
-    assert state.address is not None and serves(state.address)
+    address = state.address or ""
+    wait_for("the recreated stable to serve", lambda: serves(address), HEAL_DEADLINE_S)
 
 
 def test_a_rollback_that_cannot_complete_fails_by_its_deadline_saying_what_is_left(
