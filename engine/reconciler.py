@@ -108,6 +108,7 @@ class DeploymentReconciler:
         self._unhealthy_checks = 0
         self._smoked_at: float | None = None
         self._waiting_noted = False
+        self._restore_error: str | None = None
 
     # ------------------------------------------------------------------------------- plumbing
     @property
@@ -557,8 +558,13 @@ class DeploymentReconciler:
         if self.clock.now() - (state.platform_fault_since or self.clock.now()) <= deadline:
             return False
         left, weights = self._left_behind(state)
-        message = f"platform fault not resolved within the progress deadline of {deadline:g}s: "
-        self._finish(Phase.FAILED, f"{message}{state.platform_fault}; {left}", weights)
+        fault = state.platform_fault
+        if self._restore_error:
+            fault = f"{fault} (restoring it failed: {self._restore_error})"
+        message = (
+            f"platform fault not resolved within the progress deadline of {deadline:g}s: {fault}; {left}"
+        )
+        self._finish(Phase.FAILED, message, weights)
         return True
 
     def _restore_platform(self, state: DeploymentState) -> float:
@@ -578,7 +584,8 @@ class DeploymentReconciler:
             fresh = step is not None and step.kind in WINDOW_STEPS and state.step_started_at is not None
             baseline = baseline_of(self._candidate_metrics(state)) if fresh else {}
         except PlatformError as error:  # not restored yet (a transient one is retried the same way)
-            return self._on_platform_fault(state, f"{state.platform_fault}; restoring failed: {error}")
+            self._restore_error = str(error)
+            return self._on_platform_fault(state, str(error))
         down = self.clock.now() - since
         self._append(
             EventKind.PLATFORM_RESTORED,
@@ -636,8 +643,10 @@ class DeploymentReconciler:
         if repairable is None or stable is None or weights.get(stable, 0) == 0:
             return False
         observed = repairable.live_state(state.request.target, stable)
+        if any(r.alive for r in observed.replicas):
+            return False
         artifact = self._stable_artifact()
-        if artifact is None or any(r.alive for r in observed.replicas):
+        if artifact is None:  # not deployed by us: set_traffic says what is wrong
             return False
         if self._elapsed(state) > state.request.strategy.progress_deadline / 1000:
             cause = f"stable revision {stable} has no running replica and did not start again"

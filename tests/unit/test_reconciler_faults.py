@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.models import Phase
+from engine.platform import PlatformError
 from engine.reconciler import DeploymentReconciler
 from engine.state import EventKind, StepKind
 from tests.unit.test_reconciler import CANARY, World
@@ -150,6 +151,21 @@ def test_a_platform_not_restored_by_the_progress_deadline_fails_naming_the_fault
     finished = world.journal.events(deployment_id)[-1]
     assert finished.data["weights"] == {"2-0-0": 10, "1-0-0": 90}
     assert world.clock.now() - (state.platform_fault_since or 0) < 120  # ended by its deadline, not later
+
+
+def test_a_router_that_cannot_be_started_again_fails_the_deployment_by_its_deadline(tmp_path: Path) -> None:
+    world, deployment_id, _ = canary_analysing(tmp_path, 40, progressDeadline=30_000)
+
+    def port_taken(target: object, weights: dict[str, int], restart: bool = False) -> None:
+        raise PlatformError("haproxy", "127.0.0.1:18000", "port 18000 is already in use")
+
+    world.platform.restore_router = port_taken  # type: ignore[method-assign,assignment]
+    world.platform.kill_router()
+    assert world.run(deployment_id) is Phase.FAILED
+    state = world.journal.state(deployment_id)
+    assert state.rollback is None
+    assert "the router of web.staging is down" in state.message
+    assert "restoring it failed: haproxy at 127.0.0.1:18000: port 18000 is already in use" in state.message
 
 
 def test_redeploying_a_live_revision_whose_replicas_died_deploys_it_again(tmp_path: Path) -> None:
