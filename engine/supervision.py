@@ -322,7 +322,7 @@ class TargetSupervisor:
             return [Repair(RepairKind.REPORT, "replicas", f"{ready}/{desired} ready again")]
         return self._report_once(f"{ready}/{desired} replicas ready")
 
-    def unreachable(self, error: PlatformError) -> list[Repair]:
+    def unreachable(self, error: Exception) -> list[Repair]:
         return self._report_once(f"the platform does not answer: {error}")
 
     def _report_once(self, found: str) -> list[Repair]:
@@ -335,36 +335,38 @@ class TargetSupervisor:
     def apply(
         self,
         repairs: list[Repair],
-        adapter: PlatformAdapter,
+        adapter: PlatformAdapter | None,
         now: float,
         on_crash_loop: Callable[[CrashLoop], None],
     ) -> list[Drift]:
-        """Carry the repairs out in order (replicas before the router, so that it has servers to serve)."""
+        """Carry the repairs out in order (replicas before the router, so that it has servers to serve).
+        ``adapter`` is None when none could be made: then there are only reports."""
         order = list(RepairKind)
-        drifts: list[Drift] = []
-        for repair in sorted(repairs, key=lambda r: order.index(r.kind)):
-            if repair.kind is RepairKind.CRASH_LOOP:
-                on_crash_loop(self._crash_loop(repair))
-                window = self.settings.crash_loop_window / 1000
-                done = (
-                    f"crash loop ({repair.restarts} restarts within {window:g}s): no restart until it slides"
-                )
-                drifts.append(Drift(repair.subject, repair.found, done, crash_loop=True))
-                continue
-            if repair.kind is RepairKind.REPORT:
-                done = (
-                    "nothing: the platform heals itself"
-                    if adapter.supervision is SupervisionMode.REPORT
-                    else "nothing"
-                )
-                drifts.append(Drift(repair.subject, repair.found, done))
-                continue
-            drifts.append(
-                Drift(
-                    repair.subject, repair.found, self._repair(repair, cast(RepairablePlatform, adapter), now)
-                )
+        return [
+            self._carry_out(r, adapter, now, on_crash_loop)
+            for r in sorted(repairs, key=lambda r: order.index(r.kind))
+        ]
+
+    def _carry_out(
+        self,
+        repair: Repair,
+        adapter: PlatformAdapter | None,
+        now: float,
+        on_crash_loop: Callable[[CrashLoop], None],
+    ) -> Drift:
+        if repair.kind is RepairKind.CRASH_LOOP:
+            on_crash_loop(self._crash_loop(repair))
+            window = self.settings.crash_loop_window / 1000
+            done = f"crash loop ({repair.restarts} restarts within {window:g}s): no restart until it slides"
+            return Drift(repair.subject, repair.found, done, crash_loop=True)
+        if repair.kind is RepairKind.REPORT or adapter is None:
+            heals = adapter is not None and adapter.supervision is SupervisionMode.REPORT
+            return Drift(
+                repair.subject, repair.found, "nothing: the platform heals itself" if heals else "nothing"
             )
-        return drifts
+        return Drift(
+            repair.subject, repair.found, self._repair(repair, cast(RepairablePlatform, adapter), now)
+        )
 
     def _repair(self, repair: Repair, adapter: RepairablePlatform, now: float) -> str:
         live = self.live
@@ -484,7 +486,11 @@ class SupervisorStateManager:
 
     def _check(self, supervisor: TargetSupervisor, deep: bool, now: float) -> None:
         live = supervisor.live
-        adapter = self._adapter(live.platform)
+        try:
+            adapter = self._adapter(live.platform)
+        except (PlatformError, ValueError) as error:  # its settings no longer make an adapter
+            self._record(supervisor, supervisor.unreachable(error), None, now)
+            return
         if adapter.supervision is SupervisionMode.NONE:
             return
         try:
@@ -502,7 +508,7 @@ class SupervisorStateManager:
         self._record(supervisor, repairs, adapter, now)
 
     def _record(
-        self, supervisor: TargetSupervisor, repairs: list[Repair], adapter: PlatformAdapter, now: float
+        self, supervisor: TargetSupervisor, repairs: list[Repair], adapter: PlatformAdapter | None, now: float
     ) -> None:
         live = supervisor.live
         for drift in supervisor.apply(repairs, adapter, now, self.on_crash_loop):

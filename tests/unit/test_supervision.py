@@ -237,3 +237,15 @@ def test_settings_come_from_the_configuration_with_clear_errors() -> None:
         EnterpriseConfig.from_mapping({"supervision": {"interval": "1s", "healthInterval": 500}}, "x.yaml")
     with pytest.raises(ConfigError, match=r"supervision\.unhealthyChecks: must be at least 1, got 0"):
         EnterpriseConfig.from_mapping({"supervision": {"unhealthyChecks": 0}}, "x.yaml")
+
+
+def test_a_platform_whose_settings_make_no_adapter_is_reported_once(tmp_path: Path) -> None:
+    sup = Supervised(tmp_path)
+
+    def refuse(config: Any) -> Any:
+        raise ValueError("settings.baseUrl: not a URL")
+
+    sup.manager._factory = refuse
+    sup.rounds(5)
+    [drift] = sup.drifts()
+    assert "settings.baseUrl: not a URL" in drift["found"] and drift["done"] == "nothing"
