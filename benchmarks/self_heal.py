@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     folder = Path(tempfile.mkdtemp(prefix="orch-heal-"))
     os.environ["ORCH_HOME"] = str(folder)
-    config_path = write_isolated_config(folder, (17800, 17899), (36000, 37999), namespace="orch-heal-bench")
+    config_path = write_isolated_config(folder, (17800, 17899), (38000, 39999), namespace="orch-heal-bench")
     orch = DeploymentOrchestrator(config_path=config_path, num_cpus=2)
     services = [f"heal-{i:02d}" for i in range(args.trials)]
     try:

@@ -34,6 +34,7 @@ from tests.integration.environments import (
     wait_for,
 )
 from tests.integration.scenarios import FIRST, Harness, ScenarioEnv, canary_strategy
+from tests.integration.supervision_checks import replaced_and_up
 from tests.integration.test_orchestrator import ENV, first_revision, live_traffic
 from tests.integration.test_orchestrator import wait_for as wait_for_status
 
@@ -71,17 +72,6 @@ def kill_replicas(
 def kill_router(config: PlatformConfig, target: Target) -> None:
     pid, _ = router_process(Path(config.settings["stateDir"]), config.type, target)
     os.kill(pid, signal.SIGKILL)
-
-
-def replaced_and_up(config: PlatformConfig, target: Target, revision: str, index: int, old_pid: str) -> bool:
-    """A new process runs as replica ``index`` and the router's own health check finds it up."""
-    platform: Any = create_platform(config)
-    try:
-        [replica] = [r for r in platform.backend.list_replicas(target, revision) if r.index == index]
-        [live] = [r for r in platform.live_state(target, revision, deep=True).replicas if r.index == index]
-    finally:
-        platform.close()
-    return replica.ident != old_pid and live.alive and live.healthy is True
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,7 +132,7 @@ def test_one_of_two_replicas_killed_at_rest_is_replaced_without_a_failed_request
         [victim] = kill_replicas(config, target, "1-0-0", {0})
         wait_for(
             "replica 0 replaced and up in the router",
-            lambda: replaced_and_up(config, target, "1-0-0", 0, victim),
+            lambda: replaced_and_up(config, target, 0, victim),
             HEAL_DEADLINE_S,
         )
         after = TrafficGenerator.total(traffic.snapshot())
