@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from adapters import create_platform
-from engine.models import PlatformConfig, Target
+from engine.models import Phase, PlatformConfig, Target
 from engine.state import EventKind
 from engine.supervision import SupervisionSettings
 from examples.traffic import TrafficGenerator
 from tests.integration.environments import router_process, serves, supervising, wait_for
-from tests.integration.scenarios import Harness
+from tests.integration.scenarios import FIRST, Harness
 
 HEAL_DEADLINE_S = 90.0  # generous: only "never" fails; benchmarks/self_heal.py measures how fast
 
@@ -32,6 +32,13 @@ class LiveService:
     config: PlatformConfig
     address: str
     kill_replica: Callable[[int], str]  # kills replica ``index`` the platform's way; returns its old ident
+
+
+def deploy_first(harness: Harness) -> str:
+    """The first revision (1.0.0) through the engine; returns the address it is served on."""
+    first = harness.deploy("1.0.0", FIRST)
+    assert first.phase() is Phase.SUCCEEDED and first.address, first.status()
+    return first.address
 
 
 def drifts(harness: Harness) -> list[dict[str, Any]]:

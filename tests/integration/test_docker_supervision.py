@@ -10,15 +10,14 @@ from typing import Any
 import pytest
 
 from adapters.docker_backend import LABEL_INDEX
-from engine.models import Phase
 from tests.integration.environments import (
     docker_scenario_config,
     labelled_containers,
     routed_scenario_env,
     sample_container,
 )
-from tests.integration.scenarios import FIRST, Harness
-from tests.integration.supervision_checks import LiveService, SupervisionAtRest
+from tests.integration.scenarios import Harness
+from tests.integration.supervision_checks import LiveService, SupervisionAtRest, deploy_first
 from tests.integration.test_docker_platform import docker_engine
 from tests.integration.test_docker_scenarios import tear_down
 
@@ -48,8 +47,6 @@ class TestDockerSupervision(SupervisionAtRest):
             return str(victim.id)[:12]
 
         try:
-            first = harness.deploy("1.0.0", FIRST)
-            assert first.phase() is Phase.SUCCEEDED, first.status()
-            yield LiveService(harness, config, first.address or "", kill_container)
+            yield LiveService(harness, config, deploy_first(harness), kill_container)
         finally:
             tear_down(config, environment, tmp_path / "state" / "docker" / "haproxy", (SERVICE,))

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from adapters import create_platform
-from engine.models import Phase
 from tests.integration.environments import HOSTS, SshHosts, routed_scenario_env, sample_process
-from tests.integration.scenarios import FIRST, Harness
-from tests.integration.supervision_checks import LiveService, SupervisionAtRest
+from tests.integration.scenarios import Harness
+from tests.integration.supervision_checks import LiveService, SupervisionAtRest, deploy_first
 from tests.integration.test_vm_platform import ssh_hosts
 from tests.integration.test_vm_scenarios import ENVIRONMENT, tear_down
 
@@ -50,8 +49,6 @@ class TestVmSupervision(SupervisionAtRest):
             return victim.ident
 
         try:
-            first = harness.deploy("1.0.0", FIRST)
-            assert first.phase() is Phase.SUCCEEDED, first.status()
-            yield LiveService(harness, config, first.address or "", kill_process)
+            yield LiveService(harness, config, deploy_first(harness), kill_process)
         finally:
             tear_down(config, roots, tmp_path / "state" / "vm" / "haproxy", (SERVICE,))
