@@ -284,6 +284,7 @@ class HAProxyRouter:
         self._reported: dict[tuple[str, int, int, str, str], Counters] = {}
         self._reported_lock = threading.Lock()
         self._states = ParsedFileCache(RouterState)
+        self._paths: dict[tuple[str, str], Path] = {}
 
     # ---- public interface ---------------------------------------------------------------
     def _check_binary(self, binary: str) -> None:
@@ -763,7 +764,10 @@ class HAProxyRouter:
         write_json_atomic(self._path(target, "json"), state.model_dump_json(indent=1))
 
     def _path(self, target: Target, suffix: str) -> Path:
-        return self.state_dir / f"{target.key}.{suffix}"
+        key = (target.key, suffix)
+        if key not in self._paths:  # kept: a path join costs more than the stat it is made for
+            self._paths[key] = self.state_dir / f"{target.key}.{suffix}"
+        return self._paths[key]
 
     def _socket_path(self, target: Target) -> str:
         """The runtime API socket; a unix socket path is limited to 107 bytes, so long ones move to /tmp."""

@@ -141,6 +141,7 @@ class LocalProcessBackend:
         self.host = str(settings.get("replicaHost", "127.0.0.1"))
         self.stop_grace_s = float(settings.get("stopGraceSeconds", STOP_GRACE_S))
         self._states = ParsedFileCache(TargetState)
+        self._paths: dict[str, Path] = {}
 
     # ---- public interface ---------------------------------------------------------------
     def validate(self) -> None:
@@ -330,7 +331,9 @@ class LocalProcessBackend:
 
     # ---- state --------------------------------------------------------------------------
     def _state_path(self, target: Target) -> Path:
-        return self.state_dir / f"{target.key}.json"
+        if target.key not in self._paths:  # kept: a path join costs more than the stat it is made for
+            self._paths[target.key] = self.state_dir / f"{target.key}.json"
+        return self._paths[target.key]
 
     def _lock_path(self, target: Target) -> Path:
         return self.state_dir / f"{target.key}.lock"

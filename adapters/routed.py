@@ -176,7 +176,10 @@ class RoutedPlatform:
         health = router.servers if router is not None else {}
         replicas = [
             ReplicaLiveness(
-                index=r.index, address=r.address, alive=r.alive, healthy=health.get(_resolved(r.address))
+                index=r.index,
+                address=r.address,
+                alive=r.alive,
+                healthy=health.get(_resolved(r.address)) if health else None,
             )
             for r in self.backend.list_replicas(target, revision)
         ]

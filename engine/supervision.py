@@ -230,6 +230,7 @@ class TargetSupervisor:
         self.unhealthy: dict[int, int] = {}
         self.router_silent = 0
         self.reported: str | None = None  # the last state reported (self-healing platforms, unreachable)
+        self.platform_key = live.platform.model_dump_json()
 
     # ---- decisions ----------------------------------------------------------------------------
     def decide(self, observed: LiveState, deep: bool, now: float) -> list[Repair]:
@@ -478,16 +479,17 @@ class SupervisorStateManager:
             current = self._targets[live.target.key] = TargetSupervisor(live, self.settings)
         return current
 
-    def _adapter(self, platform: PlatformConfig) -> PlatformAdapter:
-        key = platform.model_dump_json()
+    def _adapter(self, supervisor: TargetSupervisor) -> PlatformAdapter:
+        """One adapter per platform configuration, kept (its caches are what make a check cheap)."""
+        key = supervisor.platform_key
         if key not in self._adapters:
-            self._adapters[key] = self._factory(platform)
+            self._adapters[key] = self._factory(supervisor.live.platform)
         return self._adapters[key]
 
     def _check(self, supervisor: TargetSupervisor, deep: bool, now: float) -> None:
         live = supervisor.live
         try:
-            adapter = self._adapter(live.platform)
+            adapter = self._adapter(supervisor)
         except (PlatformError, ValueError) as error:  # its settings no longer make an adapter
             self._record(supervisor, supervisor.unreachable(error), None, now)
             return
