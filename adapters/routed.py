@@ -131,8 +131,9 @@ class RoutedPlatform:
         with self._lock(target):
             grouped = _group(self.backend.list_replicas(target))
             for revision, percent in weights.items():
-                alive = [r for r in grouped.get(revision, []) if r.alive]
-                if percent > 0 and not alive:
+                if percent > 0 and revision not in grouped:
+                    raise ValueError(f"revision '{revision}' does not exist on {self.platform}")
+                if percent > 0 and not any(r.alive for r in grouped[revision]):
                     # The platform's state, not the caller's input: the engine restores it or gives up.
                     cause = f"revision '{revision}' has no running replica"
                     raise PlatformError(self.platform, target.key, cause)
