@@ -12,6 +12,9 @@ budget or back-off of one trial slows the next:
 - supervision_cores_at_rest: CPU of the DO-001 process while every service is at rest, above an idle Ray actor
   process measured beside it in the same window (what Ray costs per process), in cores.
 
+Each kill comes after a random pause of one to two supervision intervals, so that it lands at a random phase
+of the supervisor's rounds (trials one right after another would meet the round that just repaired the last).
+
 Goal (exit status 1 when missed): every router serves again within 2 s; no failed request in a replica trial.
 Writes benchmarks/results/self_heal.json (with the commit and the arguments).
     python3 benchmarks/self_heal.py              # 5 trials of each, 30 s at rest
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -80,8 +84,14 @@ def router_pid(config: PlatformConfig, target: Target) -> int:
     return int(json.loads(state.read_text())["pid"])
 
 
-def router_trial(config: PlatformConfig, target: Target, address: str) -> float:
+def random_phase(interval_s: float) -> None:
+    """A pause of one to two supervision intervals: the kill lands at a random phase of the rounds."""
+    time.sleep(random.uniform(interval_s, 2 * interval_s))
+
+
+def router_trial(config: PlatformConfig, target: Target, address: str, interval_s: float) -> float:
     assert serves(address), f"{target.key} does not serve before the trial"
+    random_phase(interval_s)
     os.kill(router_pid(config, target), signal.SIGKILL)
     return poll(lambda: serves(address), f"{target.key} serving again")
 
@@ -97,10 +107,11 @@ def replica_state(config: PlatformConfig, target: Target) -> tuple[str, bool]:
     return replica.ident, live.alive and live.healthy is True
 
 
-def replica_trial(config: PlatformConfig, target: Target, address: str) -> dict[str, Any]:
+def replica_trial(config: PlatformConfig, target: Target, address: str, interval_s: float) -> dict[str, Any]:
     traffic = TrafficGenerator(address + "/", rps=40, threads=4, max_seconds=120).start()
     try:
         poll(lambda: TrafficGenerator.total(traffic.snapshot()) >= 20, "traffic flowing")
+        random_phase(interval_s)
         victim, _ = replica_state(config, target)
         os.kill(int(victim), signal.SIGKILL)
 
@@ -176,8 +187,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         probes = IdleProbes(2)
         rest = at_rest(args.rest_seconds, probes)
         targets = [Target(service=s, environment=ENV) for s in services]
-        routers = [router_trial(config, t, a) for t, a in zip(targets, addresses, strict=True)]
-        replicas = [replica_trial(config, t, a) for t, a in zip(targets, addresses, strict=True)]
+        interval_s = orch.config.supervision.interval / 1000
+        routers = [router_trial(config, t, a, interval_s) for t, a in zip(targets, addresses, strict=True)]
+        replicas = [replica_trial(config, t, a, interval_s) for t, a in zip(targets, addresses, strict=True)]
     finally:
         orch.shutdown()  # first: its supervisor would otherwise restart what the clean-up removes
         cleanup(orch, services)
