@@ -111,10 +111,10 @@ class LiveTarget:
     artifact: Artifact
     replicas: int
     weights: dict[str, int]
+    revision: str = ""  # the artifact's, computed once (a round asks for it at every check)
 
-    @property
-    def revision(self) -> str:
-        return self.artifact.revision
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "revision", self.artifact.revision)
 
     @classmethod
     def of(cls, state: DeploymentState) -> LiveTarget:
@@ -442,7 +442,7 @@ class SupervisorStateManager:
             if live.target.key in self._busy:
                 continue
             try:
-                self._check(self._supervisor(live), deep, now)
+                self._check(self._targets[live.target.key], deep, now)
             except Exception:  # a bug or a client library's own error: the other targets still get checked
                 log.exception("supervision of %s failed", live.target.key)
         return self.settings.interval / 1000
@@ -470,13 +470,13 @@ class SupervisorStateManager:
         self._live = [LiveTarget.of(state) for state in self.journal.live_deployments()]
         self._busy = self.journal.busy_targets()
         self._seen_seq = seq
-        keys = {live.target.key for live in self._live}
-        self._targets = {key: s for key, s in self._targets.items() if key in keys}
+        self._targets = {live.target.key: self._supervisor(live) for live in self._live}
 
     def _supervisor(self, live: LiveTarget) -> TargetSupervisor:
+        """The target's supervisor, kept (with its restart budgets) while the same deployment is live."""
         current = self._targets.get(live.target.key)
         if current is None or current.live != live:  # a new deployment made another revision live
-            current = self._targets[live.target.key] = TargetSupervisor(live, self.settings)
+            return TargetSupervisor(live, self.settings)
         return current
 
     def _adapter(self, supervisor: TargetSupervisor) -> PlatformAdapter:
@@ -512,6 +512,8 @@ class SupervisorStateManager:
     def _record(
         self, supervisor: TargetSupervisor, repairs: list[Repair], adapter: PlatformAdapter | None, now: float
     ) -> None:
+        if not repairs:
+            return
         live = supervisor.live
         for drift in supervisor.apply(repairs, adapter, now, self.on_crash_loop):
             data: dict[str, Any] = {
