@@ -152,6 +152,7 @@ class EventKind(str, Enum):
     ROLLBACK_STARTED = "rollback_started"
     FINISHED = "finished"
     NOTE = "note"
+    AUDIT = "audit"  # an audit entry of no deployment's state (engine/audit.py): its data names the action
     DRIFT = "drift"  # supervision: what was found on the platform and what was done; no fact changes
     PLATFORM_FAULT = "platform_fault"  # the router or the platform API failed: analysis paused
     PLATFORM_RESTORED = "platform_restored"  # the platform serves again: analysis on a fresh window
@@ -317,6 +318,7 @@ _APPLY = {
     EventKind.ROLLBACK_STARTED: _rollback_started,
     EventKind.FINISHED: _finished,
     EventKind.NOTE: _note,
+    EventKind.AUDIT: _nothing,
     EventKind.DRIFT: _nothing,
     EventKind.PLATFORM_FAULT: _platform_fault,
     EventKind.PLATFORM_RESTORED: _platform_restored,
