@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 import uuid
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.common import QUEEN_NAME, call, find_actor, kill_quietly
+from actors.common import QUEEN_NAME, call, find_actor, kill_quietly, worker_name
 from actors.health import HealthMonitor, HealthReport
 from adapters import create_platform
 from engine.analysis import Measurement, judge
@@ -36,6 +37,7 @@ from engine.plans import build_plan
 from engine.platform import MetricSnapshot, PlatformError
 from engine.rollback_decision import record_rollback_decision
 from engine.state import Step
+from engine.supervision import SupervisorStateManager
 
 log = logging.getLogger(__name__)
 MONITOR_CALL_TIMEOUT_S = 10.0
@@ -96,11 +98,24 @@ def _spread_over_nodes(count: int) -> list[Any]:
 
 # ---------------------------------------------------------------------------------------- DO-001
 class EnvironmentCoordinatorImpl(_Worker):
-    """DO-001: the environment registry, readiness and parallel health monitoring."""
+    """DO-001: the environment registry, readiness, parallel health monitoring, and the supervision of
+    every live revision (engine/supervision.py) in a thread of its own: its rounds block on files and
+    platform calls, never on this actor's event loop."""
 
     def __init__(self, config_path: str | None, journal_path: str, service_secret: str | None = None) -> None:
         super().__init__(config_path, journal_path, service_secret)
         self.monitors: dict[str, list[Any]] = {}
+        self._stop_supervision = threading.Event()
+        if self.config.supervision.enabled:
+            supervisor = SupervisorStateManager(
+                Journal(journal_path),  # its own connection: the thread never waits on the actor's
+                create_platform,
+                self.config.supervision,
+                actor=worker_name("DO-001"),
+            )
+            threading.Thread(
+                target=supervisor.run, args=(self._stop_supervision,), name="supervision", daemon=True
+            ).start()
 
     async def environments(self, token: str | None = None) -> list[Environment]:
         self.access.require(token, AccessRole.VIEWER, action="environments")

@@ -14,6 +14,7 @@ Settings (camelCase or snake_case): ``baseUrl`` (default ``$DOCKER_HOST`` or the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -245,6 +246,19 @@ class DockerBackend:
     def remove_revision(self, target: Target, revision: str) -> None:
         self._remove_containers(self._containers(target, revision))
 
+    def stop_replica(self, target: Target, revision: str, index: int) -> None:
+        """Stop one replica's container and keep it (exited): the next ensure replaces it on its port."""
+        for container in self._containers(target, revision):
+            if container_labels(container).get(LABEL_INDEX) == str(index):
+                self._stop_container(str(container.id))
+
+    def _stop_container(self, container_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            self._call(
+                f"stop container {container_id[:12]}",
+                lambda client: client.api.stop(container_id, timeout=self.settings.stop_timeout),
+            )
+
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         containers = sorted(
             self._containers(target, revision),
@@ -303,13 +317,7 @@ class DockerBackend:
                 future.result()
 
     def _remove_container(self, container_id: str) -> None:
-        try:
-            self._call(
-                f"stop container {container_id[:12]}",
-                lambda client: client.api.stop(container_id, timeout=self.settings.stop_timeout),
-            )
-        except NotFound:
-            return
+        self._stop_container(container_id)
         try:
             self._call(
                 f"remove container {container_id[:12]}",

@@ -53,7 +53,13 @@ from adapters.localhost import (
     write_json_atomic,
 )
 from engine.models import Target
-from engine.platform import MetricSnapshot, PlatformError, TrafficState, TransientPlatformError
+from engine.platform import (
+    MetricSnapshot,
+    PlatformError,
+    RouterLiveness,
+    TrafficState,
+    TransientPlatformError,
+)
 
 MAX_WEIGHT = 256
 DEFAULT_SLOTS = 128
@@ -236,6 +242,11 @@ def parse_servers_state(text: str) -> dict[str, dict[str, str]]:
     return servers
 
 
+def _checked_up(status: str) -> bool:
+    """A server's ``show stat`` status: UP (also "UP 1/2", going down) or unchecked counts as up."""
+    return status.startswith("UP") or status == "no check"
+
+
 def slot_counters(row: dict[str, str]) -> Counters:
     """Requests and failed requests of one server row of ``show stat`` (see the module docstring)."""
 
@@ -273,6 +284,7 @@ class HAProxyRouter:
         self._reported: dict[tuple[str, int, int, str, str], Counters] = {}
         self._reported_lock = threading.Lock()
         self._states = ParsedFileCache(RouterState)
+        self._paths: dict[tuple[str, str], Path] = {}
 
     # ---- public interface ---------------------------------------------------------------
     def _check_binary(self, binary: str) -> None:
@@ -383,6 +395,38 @@ class HAProxyRouter:
             for suffix in ("cfg", "pid", "json"):
                 with contextlib.suppress(OSError):
                     os.unlink(self._path(target, suffix))
+
+    def liveness(self, target: Target, deep: bool = False) -> RouterLiveness | None:
+        """pid + start time of the recorded HAProxy (a ``stat`` and a /proc read: the state file's last parse
+        is reused); with ``deep``, one runtime API round trip for the slots in use: it answers, and which
+        servers its own health checks find up."""
+        state = self._read(target, shared=True)
+        if state is None:
+            return None
+        if not is_same_process(state.pid, state.start_time):
+            return RouterLiveness(running=False, detail=f"HAProxy (pid {state.pid}) is not running")
+        if not deep:
+            return RouterLiveness(running=True)
+        try:
+            rows = self._backend_rows(state)
+        except TransientPlatformError as error:
+            return RouterLiveness(running=True, answering=False, detail=error.cause)
+        servers = {
+            slot.address: _checked_up(rows.get(f"s{number}", {}).get("status", ""))
+            for number, slot in state.slots.items()
+        }
+        return RouterLiveness(running=True, answering=True, servers=servers)
+
+    def restart(self, target: Target) -> str:
+        """A HAProxy that runs but does not answer is stopped, then started again from its recorded slots."""
+        with file_lock(self._path(target, "lock"), "haproxy"):
+            state = self._read(target)
+            if state is None:
+                raise self._error(self._endpoint(target), "no router is recorded for this target")
+            self._stop(state.pid, state.start_time)
+            self._start(target, state)
+            self._write(target, state)
+            return self._address(state)
 
     def close(self) -> None:
         """Nothing to release: HAProxy is meant to outlive this instance."""
@@ -720,7 +764,10 @@ class HAProxyRouter:
         write_json_atomic(self._path(target, "json"), state.model_dump_json(indent=1))
 
     def _path(self, target: Target, suffix: str) -> Path:
-        return self.state_dir / f"{target.key}.{suffix}"
+        key = (target.key, suffix)
+        if key not in self._paths:  # kept: a path join costs more than the stat it is made for
+            self._paths[key] = self.state_dir / f"{target.key}.{suffix}"
+        return self._paths[key]
 
     def _socket_path(self, target: Target) -> str:
         """The runtime API socket; a unix socket path is limited to 107 bytes, so long ones move to /tmp."""

@@ -52,10 +52,12 @@ from pydantic import Field
 
 from engine.models import Model, Target
 from engine.platform import (
+    LiveState,
     MetricSnapshot,
     PlatformError,
     RevisionSpec,
     RevisionStatus,
+    SupervisionMode,
     TrafficState,
     TransientPlatformError,
 )
@@ -218,6 +220,7 @@ class KubernetesPlatform:
     """The PlatformAdapter for Kubernetes; see the module docstring for the design."""
 
     platform = PLATFORM
+    supervision = SupervisionMode.REPORT  # Deployments heal themselves; drift is only reported
 
     def __init__(self, state_dir: Path, settings: dict[str, Any]) -> None:
         self._state_dir = state_dir
@@ -578,6 +581,17 @@ class KubernetesPlatform:
         if deployment is None:
             return None
         return self._status_of(deployment, self._pod_endpoints(target).get(revision))
+
+    def live_state(self, target: Target, revision: str, deep: bool = False) -> LiveState:
+        """Ready against desired replicas of the revision's Deployment (one read): the cluster's own
+        controllers heal it, the orchestrator only reports."""
+        deployment = self._read_deployment(target, self._revision_name(target, revision))
+        if deployment is None:
+            return LiveState(revision=revision, desired_replicas=0, ready_replicas=0)
+        status = self._status_of(deployment)
+        return LiveState(
+            revision=revision, desired_replicas=status.desired_replicas, ready_replicas=status.ready_replicas
+        )
 
     def list_revisions(self, target: Target) -> list[RevisionStatus]:
         endpoints = self._pod_endpoints(target)

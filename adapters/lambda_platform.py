@@ -52,10 +52,12 @@ from pydantic import BaseModel, Field, field_validator
 
 from engine.models import DurationMs, Model, Target
 from engine.platform import (
+    LiveState,
     MetricSnapshot,
     PlatformError,
     RevisionSpec,
     RevisionStatus,
+    SupervisionMode,
     TrafficState,
     TransientPlatformError,
 )
@@ -176,6 +178,7 @@ class LambdaPlatform:
 
     platform = PLATFORM
     scales_itself = True  # one published version serves any load: replica counts do not apply
+    supervision = SupervisionMode.NONE  # nothing runs between invocations
 
     def __init__(self, state_dir: Path, settings: dict[str, Any]) -> None:
         # Nothing is kept locally: the API is the state. The folder exists for the registry's sake only.
@@ -622,6 +625,10 @@ class LambdaPlatform:
             servers_up=1 if active else 0,
             servers_total=1,
         )
+
+    def live_state(self, target: Target, revision: str, deep: bool = False) -> LiveState:
+        """Nothing of ours runs between invocations: there is nothing to watch."""
+        return LiveState(revision=revision)
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         """The last ``lines`` log lines of the revision's versions; empty when there are none."""

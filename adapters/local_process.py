@@ -141,6 +141,7 @@ class LocalProcessBackend:
         self.host = str(settings.get("replicaHost", "127.0.0.1"))
         self.stop_grace_s = float(settings.get("stopGraceSeconds", STOP_GRACE_S))
         self._states = ParsedFileCache(TargetState)
+        self._paths: dict[str, Path] = {}
 
     # ---- public interface ---------------------------------------------------------------
     def validate(self) -> None:
@@ -200,6 +201,16 @@ class LocalProcessBackend:
             stop_processes([(r.pid, r.start_time) for r in doomed], self.stop_grace_s)
             state.replicas = [r for r in state.replicas if r.revision != revision]
             self._write(target, state)
+
+    def stop_replica(self, target: Target, revision: str, index: int) -> None:
+        """Stop one replica's process; its record stays (dead), so the next ensure starts it on its port."""
+        with file_lock(self._lock_path(target), PLATFORM):
+            doomed = [
+                (r.pid, r.start_time)
+                for r in self._read(target).replicas
+                if r.revision == revision and r.index == index
+            ]
+            stop_processes(doomed, self.stop_grace_s)
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         """Tail of every replica's output; the files outlive a removed revision for post-mortems."""
@@ -320,7 +331,9 @@ class LocalProcessBackend:
 
     # ---- state --------------------------------------------------------------------------
     def _state_path(self, target: Target) -> Path:
-        return self.state_dir / f"{target.key}.json"
+        if target.key not in self._paths:  # kept: a path join costs more than the stat it is made for
+            self._paths[target.key] = self.state_dir / f"{target.key}.json"
+        return self._paths[target.key]
 
     def _lock_path(self, target: Target) -> Path:
         return self.state_dir / f"{target.key}.lock"

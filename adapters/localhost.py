@@ -28,8 +28,12 @@ def process_start_time(pid: int) -> int | None:
     """Start time of a live process, or None when it is gone (a zombie counts as gone)."""
     if pid <= 0:
         return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+    try:  # a bare descriptor: supervision asks this of every process it watches, every second
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            stat = os.read(fd, 4096).decode(errors="replace")
+        finally:
+            os.close(fd)
     except OSError:
         return None
     # The command name may contain spaces and parentheses: the fields that follow start after the last ')'.

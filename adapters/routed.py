@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import http.client
 import inspect
+import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -16,10 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from engine.models import Target
 from engine.platform import (
+    LiveState,
     MetricSnapshot,
+    PlatformError,
     Replica,
+    ReplicaLiveness,
     RevisionSpec,
     RevisionStatus,
+    SupervisionMode,
     TrafficRouter,
     TrafficState,
     WorkloadBackend,
@@ -72,6 +78,8 @@ def _group(replicas: Iterable[Replica]) -> dict[str, list[Replica]]:
 class RoutedPlatform:
     """``PlatformAdapter`` from a ``WorkloadBackend`` and a ``TrafficRouter``."""
 
+    supervision = SupervisionMode.REPAIR  # the router and the replicas are ours: nobody else restarts them
+
     def __init__(self, backend: WorkloadBackend, router: TrafficRouter) -> None:
         self.backend = backend
         self.router = router
@@ -123,9 +131,12 @@ class RoutedPlatform:
         with self._lock(target):
             grouped = _group(self.backend.list_replicas(target))
             for revision, percent in weights.items():
-                alive = [r for r in grouped.get(revision, []) if r.alive]
-                if percent > 0 and not alive:
-                    raise ValueError(f"revision '{revision}' has no running replica on {self.platform}")
+                if percent > 0 and revision not in grouped:
+                    raise ValueError(f"revision '{revision}' does not exist on {self.platform}")
+                if percent > 0 and not any(r.alive for r in grouped[revision]):
+                    # The platform's state, not the caller's input: the engine restores it or gives up.
+                    cause = f"revision '{revision}' has no running replica"
+                    raise PlatformError(self.platform, target.key, cause)
             # A 0% entry for a revision that is gone changes nothing (a rollback may name a dead canary).
             in_force = {rev: pct for rev, pct in weights.items() if rev in grouped}
             return self._register(target, in_force, [r for g in grouped.values() for r in g], ready_only=True)
@@ -158,6 +169,33 @@ class RoutedPlatform:
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         return self.backend.logs(target, revision, lines)
+
+    def live_state(self, target: Target, revision: str, deep: bool = False) -> LiveState:
+        """The router's process (and with ``deep`` its socket and health checks) and each replica's process
+        or container: no HTTP probe."""
+        router = self.router.liveness(target, deep)
+        health = router.servers if router is not None else {}
+        replicas = [
+            ReplicaLiveness(
+                index=r.index,
+                address=r.address,
+                alive=r.alive,
+                healthy=health.get(_resolved(r.address)) if health else None,
+            )
+            for r in self.backend.list_replicas(target, revision)
+        ]
+        return LiveState(revision=revision, router=router, replicas=replicas)
+
+    def restore_router(self, target: Target, weights: dict[str, int], restart: bool = False) -> TrafficState:
+        with self._lock(target):
+            if restart:
+                self.router.restart(target)
+            # A revision with no running replica keeps its weight but has no server: the others serve.
+            return self._register(target, weights, self.backend.list_replicas(target))
+
+    def restart_replica(self, spec: RevisionSpec, index: int) -> RevisionStatus:
+        self.backend.stop_replica(spec.target, spec.revision, index)
+        return self.ensure_revision(spec)
 
     def close(self) -> None:
         self.backend.close()
@@ -204,6 +242,20 @@ class RoutedPlatform:
         """One composite operation per target at a time in this process (the parts lock across processes)."""
         with self._locks_guard:
             return self._locks.setdefault(target.key, threading.RLock())
+
+
+def _resolved(address: str) -> str:
+    """The address as the router knows its servers: hosts are registered by their IPv4 address."""
+    host, _, port = address.rpartition(":")
+    try:
+        ipaddress.ip_address(host)
+        return address
+    except ValueError:
+        pass
+    try:
+        return f"{socket.getaddrinfo(host, int(port), socket.AF_INET)[0][4][0]}:{port}"
+    except (OSError, ValueError):
+        return address
 
 
 def _now(snapshots: dict[str, MetricSnapshot]) -> float:

@@ -544,6 +544,13 @@ class VmBackend:
         _check_revision(revision)
         self._on_every_host(lambda index: self._remove_from_host(self._sessions[index], target, revision))
 
+    def stop_replica(self, target: Target, revision: str, index: int) -> None:
+        """Stop the revision's process on host ``index``; the release stays, so ensure starts it again."""
+        _check_revision(revision)
+        session = self._session(index)
+        stop_s = max(1, int(self._settings.stop_timeout))
+        session.run("stop", self.release_dir(session.host, target, revision), stop_s)
+
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         _check_revision(revision)
 

@@ -372,8 +372,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with_startup = wave["cpu_end"] - cpu0 + startup[1] - bare * (window + startup[0])
     walls = wave["walls"]
     latency = rollback_latency(orch, journal, folder, min(args.step_seconds, 5.0))
+    orch.shutdown()  # first: its supervisor would otherwise restart what the clean-up removes
     cleanup(orch, [*services, "rollback-probe"])
-    orch.shutdown()
     return {
         "services": args.services,
         "warm_runners": warm,

@@ -36,6 +36,7 @@ from engine.models import (
     StrategyType,
 )
 from engine.paths import orchestrator_home
+from engine.supervision import SupervisionSettings
 
 CONFIG_ENV_VAR = "ORCH_CONFIG"
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "enterprise_config.yaml"
@@ -113,6 +114,7 @@ class EnterpriseConfig(Model):
         default_factory=dict, description="environment (or pattern) -> role -> people (engine/identity.py)"
     )
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    supervision: SupervisionSettings = Field(default_factory=SupervisionSettings)
 
     _source: Path | None = PrivateAttr(default=None)
 

@@ -284,6 +284,32 @@ class Journal:
                 return Artifact.model_validate(event.data["stable_artifact"])
         return None
 
+    def last_seq(self) -> int:
+        """The newest event's sequence number (0 for an empty journal): a cheap "has anything changed"."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def live_deployments(self) -> list[DeploymentState]:
+        """Per target, the newest deployment that succeeded: it made the revision that should be live.
+        Kept parsed while unchanged (supervision reads these at every round)."""
+        query = (
+            "SELECT d.deployment_id, d.snapshot FROM deployments d JOIN ("
+            " SELECT target_key, MAX(submitted_seq) AS newest FROM deployments WHERE phase = ?"
+            " GROUP BY target_key) n ON d.target_key = n.target_key AND d.submitted_seq = n.newest"
+            " ORDER BY d.submitted_seq"
+        )
+        with self._lock:
+            rows = self._db.execute(query, (Phase.SUCCEEDED.value,)).fetchall()
+            return [self._parse(r[0], r[1]) for r in rows]
+
+    def busy_targets(self) -> set[str]:
+        """Targets with an admitted deployment that has not ended: their runner owns them."""
+        query = "SELECT DISTINCT target_key FROM deployments WHERE active = 1 AND phase != ?"
+        with self._lock:
+            rows = self._db.execute(query, (Phase.QUEUED.value,)).fetchall()
+        return {str(r[0]) for r in rows}
+
     def put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
         """Small durable registries (registered environments, health monitors), keyed by (kind, key)."""
         body = json.dumps(data, sort_keys=True, default=str)

@@ -8,6 +8,7 @@ is a no-op, and ``revision_status``/``traffic`` read the platform's actual state
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Protocol, runtime_checkable
 
 from pydantic import Field
@@ -71,9 +72,50 @@ class MetricSnapshot(Model):
     servers_total: int = 0
 
 
+class SupervisionMode(str, Enum):
+    """What the orchestrator does about a live revision on a platform (declared by each adapter)."""
+
+    REPAIR = "repair"  # we run the router and the replicas: a dead one is started again by us
+    REPORT = "report"  # the platform heals itself (Kubernetes): its state is reported, never repaired
+    NONE = "none"  # nothing of ours runs between deployments (Lambda)
+
+
+class RouterLiveness(Model):
+    """Our traffic router of a target, checked cheaply: its process, and on a deep check its socket."""
+
+    running: bool
+    answering: bool | None = Field(default=None, description="The runtime API answered; None: not asked")
+    servers: dict[str, bool] = Field(
+        default_factory=dict, description="Deep check: server address -> the router's own health check is up"
+    )
+    detail: str = ""
+
+
+class ReplicaLiveness(Model):
+    index: int
+    address: str
+    alive: bool = Field(description="Its process or container runs (pid + start time, container state)")
+    healthy: bool | None = Field(default=None, description="The router's health check; None: not known")
+
+
+class LiveState(Model):
+    """The platform's actual state of one live revision, read without probing it over HTTP."""
+
+    revision: str
+    router: RouterLiveness | None = Field(default=None, description="None: no router of ours (any more)")
+    replicas: list[ReplicaLiveness] = Field(default_factory=list, description="Replicas we run (REPAIR)")
+    desired_replicas: int | None = Field(default=None, description="What a self-healing platform wants")
+    ready_replicas: int | None = None
+
+    @property
+    def dead(self) -> list[int]:
+        return [r.index for r in self.replicas if not r.alive]
+
+
 @runtime_checkable
 class PlatformAdapter(Protocol):
     platform: str
+    supervision: SupervisionMode
 
     def validate(self) -> None:
         """Check connectivity, credentials and required features; raise PlatformError before any change."""
@@ -104,6 +146,10 @@ class PlatformAdapter(Protocol):
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         """Recent logs of a revision, for a failed deployment's report."""
+
+    def live_state(self, target: Target, revision: str, deep: bool = False) -> LiveState:
+        """Cheap liveness of a live revision for supervision (pid + start time, container state; with
+        ``deep`` also the router's socket and its own health checks): no HTTP probe of the replicas."""
 
     def close(self) -> None:
         """Release client resources (not the platform's objects)."""
@@ -150,6 +196,9 @@ class WorkloadBackend(Protocol):
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         """Recent output of the revision's replicas."""
 
+    def stop_replica(self, target: Target, revision: str, index: int) -> None:
+        """Stop one replica but keep it known (as exited), so that ``ensure_replicas`` starts it again."""
+
     def close(self) -> None:
         """Release client resources."""
 
@@ -174,3 +223,22 @@ class TrafficRouter(Protocol):
 
     def remove_frontend(self, target: Target) -> None:
         """Stop the router of a target; no-op when not running."""
+
+    def liveness(self, target: Target, deep: bool = False) -> RouterLiveness | None:
+        """Whether the target's router runs (and with ``deep``, answers, and which servers its own health
+        checks find up); None when the target has no router."""
+
+    def restart(self, target: Target) -> str:
+        """Stop the router (one that runs but does not answer) and start it again from its recorded state."""
+
+
+@runtime_checkable
+class RepairablePlatform(PlatformAdapter, Protocol):
+    """What an adapter whose ``supervision`` is REPAIR offers the supervisor beyond ``PlatformAdapter``."""
+
+    def restore_router(self, target: Target, weights: dict[str, int], restart: bool = False) -> TrafficState:
+        """Start the target's router again (``restart``: stop a hung one first) and give it ``weights``
+        over the replicas that run; a revision with weight but no running replica gets no server."""
+
+    def restart_replica(self, spec: RevisionSpec, index: int) -> RevisionStatus:
+        """Replace one replica that runs but is unhealthy: stop it, start it again, register it."""

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from engine.analysis import Measurement, Verdict, baseline_of, judge
 from engine.journal import Journal
@@ -30,18 +30,23 @@ from engine.platform import (
     MetricSnapshot,
     PlatformAdapter,
     PlatformError,
+    RepairablePlatform,
     RevisionSpec,
     RevisionStatus,
+    SupervisionMode,
     TransientPlatformError,
 )
 from engine.rollback_decision import JournalDecider, RollbackDecider
 from engine.state import DeploymentState, EventKind, Role, Step, StepKind
+from engine.supervision import restore_serving
 from engine.timing import TimedAdapter
 
 log = logging.getLogger(__name__)
 
 MAX_TRANSIENT_RETRIES = 6
 UNHEALTHY_CHECKS = 3
+PLATFORM_FAULT_BACKOFF_S = 5.0  # the longest wait between two attempts to restore a faulty platform
+WINDOW_STEPS = (StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE)
 
 
 class Clock(Protocol):
@@ -106,6 +111,8 @@ class DeploymentReconciler:
         self._transient_failures = 0
         self._unhealthy_checks = 0
         self._smoked_at: float | None = None
+        self._waiting_noted = False
+        self._restore_error: str | None = None
 
     # ------------------------------------------------------------------------------- plumbing
     @property
@@ -146,6 +153,8 @@ class DeploymentReconciler:
             self._transient_failures = 0
             return delay
         except TransientPlatformError as error:
+            if state.planned and state.rollback is None:
+                return self._on_platform_fault(state, str(error))
             self._transient_failures += 1
             if self._transient_failures <= MAX_TRANSIENT_RETRIES:
                 backoff = min(30.0, 0.5 * 2 ** (self._transient_failures - 1))
@@ -160,9 +169,12 @@ class DeploymentReconciler:
 
     def _on_permanent_error(self, state: DeploymentState, error: Exception) -> float:
         reason = f"{type(error).__name__}: {error}" if not isinstance(error, PlatformError) else str(error)
-        if not state.planned or state.rollback_started:
-            # Nothing was changed yet (validation), or rolling back itself failed: stop here, say why.
+        if not state.planned:  # nothing was changed yet (validation): stop here, say why
             self._finish(Phase.FAILED, reason)
+            return 0.0
+        if state.rollback_started:  # rolling back itself failed: say what is left and where traffic goes
+            left, weights = self._left_behind(state)
+            self._finish(Phase.FAILED, f"rolling back failed: {reason}; {left}", weights)
             return 0.0
         self._request_rollback(RollbackTrigger.ERROR, reason)
         return 0.0
@@ -178,6 +190,8 @@ class DeploymentReconciler:
             return self._plan(state)
         if state.paused:
             return self._while_paused(state)
+        if state.platform_fault is not None:
+            return self._restore_platform(state)
         step = state.current_step()
         if step is None:
             self._finish(Phase.SUCCEEDED, f"{state.candidate_revision or state.stable_revision} is live")
@@ -216,7 +230,7 @@ class DeploymentReconciler:
         traffic = adapter.traffic(request.target)
         serving = {rev: w for rev, w in traffic.weights.items() if w > 0}
         stable = max(serving, key=lambda rev: serving[rev]) if serving else None
-        if stable == candidate and serving.get(candidate) == 100:
+        if stable == candidate and serving.get(candidate) == 100 and self._runs_healthy(state, candidate):
             plan: list[Step] = []
             stable = None
         else:
@@ -335,6 +349,8 @@ class DeploymentReconciler:
 
     def _step_set_weight(self, state: DeploymentState, step: Step) -> StepOutcome:
         weights = self._weights_for(state, step.weight)
+        if self._stable_restarted(state, weights):
+            return Wait(self.tick_s)
         applied = self.adapter.set_traffic(state.request.target, weights)
         self._append(EventKind.WEIGHTS_SET, weights=applied.weights, address=applied.address)
         return Done()
@@ -377,6 +393,8 @@ class DeploymentReconciler:
     def _step_analyze(self, state: DeploymentState, step: Step) -> StepOutcome:
         _, failure, _, interval = self._thresholds(state)
         snapshot = self._candidate_metrics(state)
+        if self._platform_at_fault(state, snapshot):
+            return Wait(0.0)
         unhealthy = self._health(state, snapshot)
         if unhealthy is not None:
             return unhealthy
@@ -404,7 +422,10 @@ class DeploymentReconciler:
         return Wait(interval)
 
     def _step_validate(self, state: DeploymentState, step: Step) -> StepOutcome:
-        unhealthy = self._health(state, self._candidate_metrics(state))
+        snapshot = self._candidate_metrics(state)
+        if self._platform_at_fault(state, snapshot):
+            return Wait(0.0)
+        unhealthy = self._health(state, snapshot)
         if unhealthy is not None:
             return unhealthy
         if step.smoke and self._smoked_at is None and self.smoke is not None:
@@ -466,7 +487,10 @@ class DeploymentReconciler:
         self.rollback_decider.decide(self.deployment_id, trigger, reason, self.actor)
 
     def _roll_back(self, state: DeploymentState) -> float:
-        """Traffic back to stable first (fast path, no analysis), then the new revision removed."""
+        """Traffic back to stable first (fast path, no analysis), then the new revision removed; within
+        the progress deadline, or the deployment fails saying what is left running and where traffic goes."""
+        if self._rollback_overdue(state):
+            return 0.0
         target = state.request.target
         stable, candidate = state.stable_revision, state.candidate_revision
         if stable and self._route_to_stable(state, stable) is False:
@@ -487,34 +511,197 @@ class DeploymentReconciler:
             self._append(EventKind.WEIGHTS_SET, weights=applied.weights, address=applied.address)
         replicas = self._wanted(state.request.strategy.replicas)
         artifact = self._stable_artifact()
-        if artifact is not None and (status is None or status.desired_replicas < replicas):
+        lost = status is None or status.desired_replicas < replicas or status.running_replicas < replicas
+        if artifact is not None and lost:  # gone, scaled down, or dead: recreated from the journaled artifact
             self.adapter.ensure_revision(
                 RevisionSpec(
                     target=target, artifact=artifact, replicas=replicas, deployment_id=state.deployment_id
                 )
             )
-            return False
+            return self._stable_lost(state, stable)
         if status is None or status.ready_replicas == 0:
             return self._stable_lost(state, stable)
         return True
 
     def _stable_lost(self, state: DeploymentState, stable: str) -> bool:
-        waited = self.clock.now() - (state.rollback.at if state.rollback else self.clock.now())
-        if waited > state.request.strategy.progress_deadline / 1000:
-            raise PlatformError(
-                self.adapter.platform,
-                state.request.target.key,
-                f"stable revision {stable} has no ready replica to roll back to",
-            )
+        """Waiting for the stable revision to become ready (said once in the journal; bounded by
+        ``_rollback_overdue``)."""
+        if not self._waiting_noted:
+            self._waiting_noted = True
+            self._append(EventKind.NOTE, message=f"rolling back: waiting for a ready replica of {stable}")
         return False
 
-    def _finish(self, outcome: Phase, message: str) -> None:
-        weights: dict[str, int] = {}
-        try:
-            weights = self.adapter.traffic(self.state().request.target).weights
-        except PlatformError as error:
-            log.warning("%s: could not read final weights: %s", self.deployment_id, error)
+    def _finish(self, outcome: Phase, message: str, weights: dict[str, int] | None = None) -> None:
+        if weights is None:
+            weights = {}
+            try:
+                weights = self.adapter.traffic(self.state().request.target).weights
+            except PlatformError as error:
+                log.warning("%s: could not read final weights: %s", self.deployment_id, error)
         self._append(EventKind.FINISHED, outcome=outcome.value, message=message, weights=weights)
+
+    # ------------------------------------------------------------------------------- platform faults
+    def _repairable(self) -> RepairablePlatform | None:
+        """The adapter when it runs the router and the replicas itself (the platforms it declares REPAIR)."""
+        adapter = self.adapter
+        return cast(RepairablePlatform, adapter) if adapter.supervision is SupervisionMode.REPAIR else None
+
+    def _on_platform_fault(self, state: DeploymentState, reason: str) -> float:
+        """The platform (router, API), not the candidate, failed: analysis pauses (journaled once), and the
+        next passes restore it, backing off; past the progress deadline the deployment fails, naming it."""
+        if state.platform_fault is None:
+            log.warning("%s: platform fault, analysis paused: %s", self.deployment_id, reason)
+            state = self._append(EventKind.PLATFORM_FAULT, reason=reason, weights=state.weights)
+        if self._fault_overdue(state):
+            return 0.0
+        self._transient_failures += 1
+        return min(PLATFORM_FAULT_BACKOFF_S, 0.2 * 2 ** (self._transient_failures - 1))
+
+    def _fault_overdue(self, state: DeploymentState) -> bool:
+        deadline = state.request.strategy.progress_deadline / 1000
+        if self.clock.now() - (state.platform_fault_since or self.clock.now()) <= deadline:
+            return False
+        left, weights = self._left_behind(state)
+        fault = state.platform_fault
+        if self._restore_error:
+            fault = f"{fault} (restoring it failed: {self._restore_error})"
+        message = (
+            f"platform fault not resolved within the progress deadline of {deadline:g}s: {fault}; {left}"
+        )
+        self._finish(Phase.FAILED, message, weights)
+        return True
+
+    def _restore_platform(self, state: DeploymentState) -> float:
+        """Replicas that died with the platform and the router (with the journaled weights) come back, then
+        the analysis resumes on a fresh window: a restarted router counts from zero."""
+        if self._fault_overdue(state):
+            return 0.0
+        since = state.platform_fault_since or self.clock.now()
+        done = "the platform answers again"
+        repairable = self._repairable()
+        try:
+            if repairable is not None:
+                done = restore_serving(
+                    repairable, state.request.target, self._artifacts(state), state.weights
+                )
+            step = state.current_step()
+            fresh = step is not None and step.kind in WINDOW_STEPS and state.step_started_at is not None
+            baseline = baseline_of(self._candidate_metrics(state)) if fresh else {}
+        except PlatformError as error:  # not restored yet (a transient one is retried the same way)
+            self._restore_error = str(error)
+            return self._on_platform_fault(state, str(error))
+        down = self.clock.now() - since
+        self._append(
+            EventKind.PLATFORM_RESTORED,
+            restored=f"platform restored after {down:.1f}s: {done}",
+            fresh_window=fresh,
+            baseline=baseline,
+            down_s=round(down, 3),
+        )
+        self._unhealthy_checks = self._transient_failures = 0
+        self._step_platform_start = self._platform_seconds()
+        return 0.0
+
+    def _artifacts(self, state: DeploymentState) -> dict[str, Artifact]:
+        """The journaled artifacts of the revisions this deployment runs (to start dead replicas again)."""
+        artifacts: dict[str, Artifact] = {}
+        stable = self._stable_artifact()
+        if state.stable_revision and stable is not None:
+            artifacts[state.stable_revision] = stable
+        if state.candidate_revision:
+            artifacts[state.candidate_revision] = state.request.artifact
+        return artifacts
+
+    def _platform_at_fault(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> bool:
+        """A candidate that looks down may be the platform's fault: our router not running, or every
+        revision (stable too) down at once. Looked for only then, so a healthy check costs nothing more."""
+        if self._repairable() is None or (snapshot is not None and snapshot.servers_up > 0):
+            return False
+        reason = self._router_down(state) or self._every_revision_down(state)
+        if reason is None:
+            return False
+        self._on_platform_fault(state, reason)
+        return True
+
+    def _router_down(self, state: DeploymentState) -> str | None:
+        target = state.request.target
+        router = self.adapter.live_state(target, state.candidate_revision or "").router
+        if router is None or not router.running:
+            why = (router.detail if router is not None else "") or "not running"
+            return f"the router of {target.key} is down: {why}"
+        return None
+
+    def _every_revision_down(self, state: DeploymentState) -> str | None:
+        stable = state.stable_revision
+        if stable is None or stable == state.candidate_revision:
+            return None
+        snapshot = self.adapter.metrics(state.request.target, stable).get(stable)
+        if snapshot is None or snapshot.servers_total == 0 or snapshot.servers_up > 0:
+            return None
+        return f"every revision is down at once ({state.candidate_revision} and {stable}: no server up)"
+
+    def _stable_restarted(self, state: DeploymentState, weights: dict[str, int]) -> bool:
+        """Traffic is about to go to a stable revision whose replicas all died: start them again from its
+        journaled artifact first (returns True while they start; the step's deadline bounds it)."""
+        stable, repairable = state.stable_revision, self._repairable()
+        if repairable is None or stable is None or weights.get(stable, 0) == 0:
+            return False
+        observed = repairable.live_state(state.request.target, stable)
+        if any(r.alive for r in observed.replicas):
+            return False
+        artifact = self._stable_artifact()
+        if artifact is None:  # not deployed by us: set_traffic says what is wrong
+            return False
+        if self._elapsed(state) > state.request.strategy.progress_deadline / 1000:
+            cause = f"stable revision {stable} has no running replica and did not start again"
+            raise PlatformError(self.adapter.platform, state.request.target.key, cause)
+        replicas = len(observed.replicas) or self._wanted(state.request.strategy.replicas)
+        spec = RevisionSpec(
+            target=state.request.target,
+            artifact=artifact,
+            replicas=replicas,
+            deployment_id=self.deployment_id,
+        )
+        repairable.ensure_revision(spec)
+        self._append(EventKind.NOTE, message=f"stable {stable} had no running replica: started again")
+        return True
+
+    def _runs_healthy(self, state: DeploymentState, revision: str) -> bool:
+        """ "Already live" means running with every wanted replica ready behind a router that answers (its
+        weights were just read from it); anything less is deployed again."""
+        status = self.adapter.revision_status(state.request.target, revision)
+        wanted = self._wanted(state.request.strategy.replicas)
+        return status is not None and status.desired_replicas == wanted and status.ready_replicas >= wanted
+
+    def _rollback_overdue(self, state: DeploymentState) -> bool:
+        deadline = state.request.strategy.progress_deadline / 1000
+        started = state.rollback.at if state.rollback is not None else self.clock.now()
+        if self.clock.now() - started <= deadline:
+            return False
+        left, weights = self._left_behind(state)
+        stable = state.stable_revision or "no stable revision"
+        message = f"rollback to {stable} did not complete within the progress deadline of {deadline:g}s; "
+        self._finish(Phase.FAILED, message + left, weights)
+        return True
+
+    def _left_behind(self, state: DeploymentState) -> tuple[str, dict[str, int]]:
+        """What is left running and where traffic goes, for a deployment that ends without completing:
+        read from the platform, or the journal's last word when the platform does not answer."""
+        target = state.request.target
+        try:
+            revisions = self.adapter.list_revisions(target)
+            weights, source = self.adapter.traffic(target).weights, "in force"
+            running = ", ".join(
+                f"{r.revision} ({r.ready_replicas}/{r.desired_replicas} ready)" for r in revisions
+            )
+        except (PlatformError, ValueError, OSError) as error:
+            weights, source = dict(state.weights), "as last journaled"
+            running = f"unknown (the platform does not answer: {error})"
+        shares = ", ".join(f"{rev} {pct}%" for rev, pct in weights.items() if pct > 0) or "no revision"
+        return (
+            f"still running on {self.adapter.platform}: {running or 'nothing'}; traffic ({source}): {shares}",
+            weights,
+        )
 
 
 def _rollback_outcome(state: DeploymentState) -> Phase:

@@ -86,6 +86,8 @@ class DeploymentState(Model):
     rollback: RollbackRequest | None = None
     rollback_started: bool = False
     consecutive_failures: int = 0
+    platform_fault: str | None = None  # analysis paused: the platform (not the candidate) is at fault
+    platform_fault_since: float | None = None
     outcome: Phase | None = None
     message: str = ""
     finished_at: float | None = None
@@ -153,6 +155,13 @@ class EventKind(str, Enum):
     FINISHED = "finished"
     NOTE = "note"
     AUDIT = "audit"  # an audit entry of no deployment's state (engine/audit.py): its data names the action
+    DRIFT = "drift"  # supervision: what was found on the platform and what was done; no fact changes
+    PLATFORM_FAULT = "platform_fault"  # the router or the platform API failed: analysis paused
+    PLATFORM_RESTORED = "platform_restored"  # the platform serves again: analysis on a fresh window
+
+
+# Kinds that may follow a terminal event: they record, they change no deployment fact.
+AFTER_TERMINAL = frozenset({EventKind.NOTE, EventKind.DRIFT})
 
 
 class Event(Model):
@@ -168,7 +177,7 @@ class Event(Model):
 def fold(state: DeploymentState, event: Event, in_place: bool = False) -> DeploymentState:
     """Apply one event to the facts; events after a terminal one change nothing. ``in_place`` changes
     ``state`` itself (for a state nobody else holds) rather than a deep copy of it."""
-    if state.outcome is not None and event.kind is not EventKind.NOTE:
+    if state.outcome is not None and event.kind not in AFTER_TERMINAL:
         return state
     new = state if in_place else state.model_copy(deep=True)
     new.updated_at = event.at
@@ -276,6 +285,21 @@ def _note(s: DeploymentState, e: Event) -> None:
         s.message = str(e.data["message"])
 
 
+def _platform_fault(s: DeploymentState, e: Event) -> None:
+    s.platform_fault = str(e.data.get("reason", "platform fault"))
+    if s.platform_fault_since is None:
+        s.platform_fault_since = e.at
+    s.message = f"analysis paused: {s.platform_fault}"
+
+
+def _platform_restored(s: DeploymentState, e: Event) -> None:
+    s.platform_fault = s.platform_fault_since = None
+    s.message = str(e.data.get("restored", ""))
+    if e.data.get("fresh_window"):  # counters restart (a new router): judge from a new baseline
+        s.step_started_at = e.at
+        s.step_baseline = dict(e.data.get("baseline", {}))
+
+
 def _nothing(s: DeploymentState, e: Event) -> None:
     return None
 
@@ -297,4 +321,7 @@ _APPLY = {
     EventKind.FINISHED: _finished,
     EventKind.NOTE: _note,
     EventKind.AUDIT: _nothing,
+    EventKind.DRIFT: _nothing,
+    EventKind.PLATFORM_FAULT: _platform_fault,
+    EventKind.PLATFORM_RESTORED: _platform_restored,
 }

@@ -135,6 +135,6 @@ def run_quickstart(config_path: str | None = None, keep: bool = False, step_seco
     finally:
         if traffic is not None:
             traffic.stop()
+        orch.shutdown()  # first: its supervisor would otherwise restart what the clean-up removes
         if not keep:
             _cleanup(orch)
-        orch.shutdown()

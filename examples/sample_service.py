@@ -13,6 +13,8 @@ Environment:
 - ``HEALTH_FAIL_FILE`` / ``ERROR_FILE``: while the named file exists, /health answers 503 / every other
   request answers 500. A test turns a running revision bad (and good again) by creating (removing) the file.
 - ``STARTUP_DELAY_MS``: sleep before listening (a slow start for readiness tests).
+- ``CRASH_FILE``: while the named file exists, the service exits at start (status 3) instead of listening:
+  every restart crashes again (a crash loop).
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
+    crash_file = os.environ.get("CRASH_FILE", "")
+    if crash_file and os.path.exists(crash_file):
+        print(f"sample-service {BEHAVIOUR.version}: {crash_file} exists, crashing", flush=True)
+        raise SystemExit(3)
     startup_delay_s = max(0.0, _float_env("STARTUP_DELAY_MS", 0.0)) / 1000.0
     if startup_delay_s:
         time.sleep(startup_delay_s)

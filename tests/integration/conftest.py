@@ -37,8 +37,8 @@ def orchestrator(orch_home: Path) -> Iterator[Any]:
     orch = DeploymentOrchestrator(config_path=config, num_cpus=2)
     assert (orch_home / "token").exists()
     yield orch
+    orch.shutdown(stop_ray=False)  # first: a supervisor still running would restart what is removed
     _remove_everything(orch)
-    orch.shutdown(stop_ray=False)
     ray.shutdown()
 
 

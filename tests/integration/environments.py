@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -41,8 +42,10 @@ from adapters.http_probe import HttpSmokeTester
 from adapters.kubernetes_platform import KubernetesPlatform
 from adapters.lambda_platform import LambdaPlatform
 from adapters.localhost import is_same_process
+from engine.journal import Journal
 from engine.models import Artifact, PlatformConfig, Target
 from engine.platform import PlatformAdapter
+from engine.supervision import SupervisionSettings, SupervisorStateManager
 from examples.traffic import TrafficGenerator
 from tests.integration.k8s_emulator import FakeController, KubeEmulator
 from tests.integration.scenarios import ScenarioEnv
@@ -134,6 +137,35 @@ def recorded_processes(folder: Path, key: str | None = None) -> list[tuple[int, 
     return found
 
 
+def router_process(state_dir: Path, platform_type: str, target: Target) -> tuple[int, int]:
+    """(pid, start time) of a target's HAProxy, as its router recorded them under a platform's stateDir."""
+    data = json.loads((state_dir / platform_type / "haproxy" / f"{target.key}.json").read_text())
+    return int(data["pid"]), int(data["start_time"])
+
+
+def serves(address: str) -> bool:
+    """The service answers 200 through its router (at the root path)."""
+    try:
+        return http_get(address + "/", timeout=1.0)[0] == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+@contextmanager
+def supervising(journal: Journal, settings: SupervisionSettings) -> Iterator[SupervisorStateManager]:
+    """The supervisor's rounds over a journal's live targets in a background thread, as DO-001 runs them."""
+    manager = SupervisorStateManager(journal, create_platform, settings, actor="test-supervisor")
+    stop = threading.Event()
+    thread = threading.Thread(target=manager.run, args=(stop,), name="test-supervisor", daemon=True)
+    thread.start()
+    try:
+        yield manager
+    finally:
+        stop.set()
+        thread.join(60)
+        manager.close()
+
+
 def kill_pids(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -181,6 +213,16 @@ def live_traffic(adapter: PlatformAdapter, target: Target) -> Iterator[TrafficGe
     finally:
         counts = traffic.stop()
         assert TrafficGenerator.total(counts) > 0
+
+
+def local_scenario_config(state_dir: Path) -> PlatformConfig:
+    """The local platform as the scenarios configure it (ports of their own)."""
+    settings = {
+        "stateDir": str(state_dir),
+        "frontendPortRange": [19500, 19999],
+        "replicaPortRange": [45000, 47999],
+    }
+    return PlatformConfig(type="local", settings=settings)
 
 
 def routed_scenario_env(

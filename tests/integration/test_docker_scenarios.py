@@ -59,15 +59,17 @@ class TestDockerScenarios(PlatformScenarios):
         assert all(container.status == "running" for container in containers)
 
 
-def tear_down(config: PlatformConfig, environment: str, haproxy_dir: Path) -> None:
+def tear_down(
+    config: PlatformConfig, environment: str, haproxy_dir: Path, services: tuple[str, ...] = SERVICES
+) -> None:
     """Remove through the adapter, then insist that no container and no HAProxy of the test is left."""
     routers = recorded_processes(haproxy_dir)
     try:
         remove_through_adapter(
-            config, [Target(service=service, environment=environment) for service in SERVICES]
+            config, [Target(service=service, environment=environment) for service in services]
         )
     finally:
-        left_containers = [c.name for s in SERVICES for c in labelled_containers(s, environment)]
+        left_containers = [c.name for s in services for c in labelled_containers(s, environment)]
         remove_containers(left_containers)
         left_routers = kill_surviving(routers)
     assert not left_containers, f"containers left behind: {left_containers}"

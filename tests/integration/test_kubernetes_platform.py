@@ -28,8 +28,11 @@ from adapters.kubernetes_platform import (
     dns_name,
     replica_counts,
 )
-from engine.models import Artifact, Target
-from engine.platform import PlatformError, RevisionSpec, TransientPlatformError
+from engine.journal import Journal
+from engine.models import Artifact, DeploymentRequest, PlatformConfig, Strategy, Target
+from engine.platform import PlatformError, RevisionSpec, SupervisionMode, TransientPlatformError
+from engine.state import EventKind
+from engine.supervision import SupervisorStateManager
 from tests.integration.contract import ContractEnv, PlatformContract, deploy, wait_ready
 from tests.integration.environments import closed_port, prometheus_server
 from tests.integration.k8s_emulator import FakeController, KubeEmulator
@@ -590,3 +593,37 @@ def test_deploy_helper_works_with_a_fresh_controller(k8s: K8s) -> None:
         adapter=k8s.adapter(), target=TARGET, make_artifact=make_artifact, settle=k8s.controller.settle
     )
     assert deploy(env, "1.0.0", replicas=2).ready_replicas == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Supervision: the cluster heals itself, the orchestrator reports
+# --------------------------------------------------------------------------------------------
+def test_live_state_is_reported_as_drift_and_never_repaired(k8s: K8s, tmp_path: Path) -> None:
+    adapter = k8s.adapter()
+    _deploy_ready(k8s, adapter, "1.0.0", replicas=2)
+    assert adapter.supervision is SupervisionMode.REPORT
+    live = adapter.live_state(TARGET, "1-0-0")
+    assert (live.desired_replicas, live.ready_replicas, live.router) == (2, 2, None)
+    journal = Journal(tmp_path / "journal.db")
+    request = DeploymentRequest(
+        artifact=make_artifact("1.0.0"),
+        strategy=Strategy.model_validate({"type": "rolling", "replicas": 2}),
+        environment=TARGET.environment,
+        platform=PlatformConfig(type="kubernetes", settings=k8s.settings),
+    )
+    journal.submit("live", request, actor="test")
+    journal.append("live", EventKind.ADMITTED, {})
+    journal.append("live", EventKind.FINISHED, {"outcome": "succeeded", "weights": {"1-0-0": 100}})
+    manager = SupervisorStateManager(journal, lambda config: k8s.adapter(**config.settings))
+    name = adapter._revision_name(TARGET, "1-0-0")
+    k8s.apps.patch_namespaced_deployment_status(name, k8s.namespace, {"status": {"readyReplicas": 1}})
+    manager.update()
+    manager.update()  # unchanged: not journaled twice
+    k8s.controller.settle()  # the cluster's own controller heals it
+    manager.update()
+    drifts = [e.data for e in journal.events("live") if e.kind is EventKind.DRIFT]
+    assert [(d["found"], d["done"]) for d in drifts] == [
+        ("1/2 replicas ready", "nothing: the platform heals itself"),
+        ("2/2 ready again", "nothing: the platform heals itself"),
+    ]
+    assert k8s.deployment(name)["spec"]["replicas"] == 2  # nothing was changed by the orchestrator

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.models import PlatformConfig, Target
-from tests.integration.environments import remove_through_adapter, routed_scenario_env, sample_process
+from engine.models import Target
+from tests.integration.environments import (
+    local_scenario_config,
+    remove_through_adapter,
+    routed_scenario_env,
+    sample_process,
+)
 from tests.integration.scenarios import PlatformScenarios, ScenarioEnv
 
 SERVICES = ("sc-good", "sc-bad", "sc-bg", "sc-roll", "sc-crash")
@@ -17,14 +22,7 @@ SERVICES = ("sc-good", "sc-bad", "sc-bg", "sc-roll", "sc-crash")
 class TestLocalScenarios(PlatformScenarios):
     @pytest.fixture
     def scenario_env(self, tmp_path: Path) -> Iterator[ScenarioEnv]:
-        config = PlatformConfig(
-            type="local",
-            settings={
-                "stateDir": str(tmp_path / "state"),
-                "frontendPortRange": [19500, 19999],
-                "replicaPortRange": [45000, 47999],
-            },
-        )
+        config = local_scenario_config(tmp_path / "state")
         yield routed_scenario_env(config, sample_process, tmp_path)
         remove_through_adapter(
             config, [Target(service=service, environment="staging") for service in SERVICES]

@@ -59,10 +59,12 @@ class TestVmScenarios(PlatformScenarios):
             assert sorted(path.name for path in releases.iterdir()) == ["2-0-0"], host
 
 
-def tear_down(config: PlatformConfig, roots: Path, haproxy_dir: Path) -> None:
+def tear_down(
+    config: PlatformConfig, roots: Path, haproxy_dir: Path, services: tuple[str, ...] = SERVICES
+) -> None:
     """Remove through the adapter, then insist that no replica process and no HAProxy of the test is left."""
     routers = recorded_processes(haproxy_dir)
-    targets = [Target(service=service, environment=ENVIRONMENT) for service in SERVICES]
+    targets = [Target(service=service, environment=ENVIRONMENT) for service in services]
     try:
         remove_through_adapter(config, targets, check_gone=True)
     finally:

@@ -6,11 +6,16 @@ from dataclasses import dataclass, field
 
 from engine.models import Target
 from engine.platform import (
+    LiveState,
     MetricSnapshot,
     PlatformError,
+    ReplicaLiveness,
     RevisionSpec,
     RevisionStatus,
+    RouterLiveness,
+    SupervisionMode,
     TrafficState,
+    TransientPlatformError,
 )
 
 
@@ -31,6 +36,12 @@ class FakeRevision:
     ready: bool = True
     requests: int = 0
     errors: int = 0
+    dead: set[int] = field(default_factory=set)  # indexes whose process is gone
+    unhealthy: set[int] = field(default_factory=set)  # alive, but failing the router's health checks
+
+    @property
+    def alive(self) -> int:
+        return self.replicas - len(self.dead)
 
 
 @dataclass
@@ -47,11 +58,28 @@ class FakePlatform:
     calls: list[str] = field(default_factory=list)
     metrics_asked: list[str | None] = field(default_factory=list)
     platform: str = "fake"
+    supervision: SupervisionMode = SupervisionMode.REPAIR
+    router_up: bool = True  # False: our router's process is gone (no traffic, no counters)
+    router_answers: bool = True  # False: it runs, but its runtime API does not answer
+    unreachable: str | None = None  # every call raises a TransientPlatformError with this cause
+    restart_fails: set[str] = field(default_factory=set)  # revisions whose replicas die again at once
     _last: float = 0.0
+
+    def _check_reachable(self) -> None:
+        if self.unreachable:
+            raise TransientPlatformError("fake", "fake://endpoint", self.unreachable)
+
+    def _check_router_answers(self) -> None:
+        """Calls that go through the router's runtime API fail while it runs but does not answer."""
+        self._check_reachable()
+        if self.router_up and not self.router_answers:
+            raise TransientPlatformError("haproxy", "fake.sock", "runtime API: timed out")
 
     def _advance(self) -> None:
         elapsed = self.clock.now() - (self._last or self.clock.now())
         self._last = self.clock.now()
+        if not self.router_up:
+            return
         for name, weight in self.weights.items():
             revision = self.revisions.get(name)
             if revision is None:
@@ -65,10 +93,14 @@ class FakePlatform:
             raise PlatformError("fake", "fake://endpoint", self.fail_validate)
 
     def ensure_revision(self, spec: RevisionSpec) -> RevisionStatus:
+        self._check_reachable()
         self.calls.append(f"ensure {spec.revision} x{spec.replicas}")
         current = self.revisions.setdefault(spec.revision, FakeRevision(replicas=spec.replicas))
         current.replicas = spec.replicas
         current.ready = spec.revision not in self.never_ready
+        # Dead replicas are started again (they die at once when their restarts fail).
+        current.dead = set(range(spec.replicas)) if spec.revision in self.restart_fails else set()
+        self._start_router()  # like the real one: a dead router is started first
         status = self.revision_status(spec.target, spec.revision)
         assert status is not None
         return status
@@ -77,12 +109,13 @@ class FakePlatform:
         current = self.revisions.get(revision)
         if current is None:
             return None
-        ready = current.replicas if current.ready else 0
+        self._check_reachable()
+        ready = current.alive if current.ready else 0
         return RevisionStatus(
             revision=revision,
             desired_replicas=current.replicas,
             ready_replicas=ready,
-            running_replicas=current.replicas,
+            running_replicas=current.alive,
             endpoints=[f"127.0.0.1:{9000 + i}" for i in range(ready)],
         )
 
@@ -90,15 +123,23 @@ class FakePlatform:
         return [s for name in self.revisions if (s := self.revision_status(target, name)) is not None]
 
     def set_traffic(self, target: Target, weights: dict[str, int]) -> TrafficState:
+        self._check_router_answers()
         if sum(weights.values()) != 100:
             raise ValueError("weights must sum to 100")
+        for name, weight in weights.items():
+            revision = self.revisions.get(name)
+            if weight > 0 and (revision is None or revision.alive == 0):
+                raise PlatformError("fake", target.key, f"revision '{name}' has no running replica")
         self._advance()
+        self._start_router()
         self.calls.append(f"traffic {sorted(weights.items())}")
         self.weights = {k: v for k, v in weights.items()}
         return self.traffic(target)
 
     def traffic(self, target: Target) -> TrafficState:
-        return TrafficState(weights=dict(self.weights), address="http://127.0.0.1:18000")
+        self._check_router_answers()
+        weights = dict(self.weights) if self.router_up else {}
+        return TrafficState(weights=weights, address="http://127.0.0.1:18000")
 
     def remove_revision(self, target: Target, revision: str) -> None:
         self.calls.append(f"remove {revision}")
@@ -106,14 +147,15 @@ class FakePlatform:
         self.weights.pop(revision, None)
 
     def metrics(self, target: Target, revision: str | None = None) -> dict[str, MetricSnapshot]:
+        self._check_router_answers()
         self._advance()
         self.metrics_asked.append(revision)
         return {
             name: MetricSnapshot(
                 at=self.clock.now(),
-                requests=r.requests,
-                errors=r.errors,
-                servers_up=r.replicas,
+                requests=r.requests if self.router_up else 0,
+                errors=r.errors if self.router_up else 0,
+                servers_up=r.alive - len(r.unhealthy - r.dead) if self.router_up else 0,
                 servers_total=r.replicas,
             )
             for name, r in self.revisions.items()
@@ -122,6 +164,59 @@ class FakePlatform:
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         return ""
+
+    # ---- supervision (RepairablePlatform) -------------------------------------------------------
+    def live_state(self, target: Target, revision: str, deep: bool = False) -> LiveState:
+        self._check_reachable()
+        current = self.revisions.get(revision)
+        if self.supervision is SupervisionMode.REPORT:  # a platform that heals itself reports counts only
+            desired = current.replicas if current else 0
+            return LiveState(
+                revision=revision, desired_replicas=desired, ready_replicas=current.alive if current else 0
+            )
+        indexes = range(current.replicas) if current else range(0)
+        answering = (self.router_up and self.router_answers) if deep else None
+        router = RouterLiveness(running=self.router_up, answering=answering)
+        replicas = [
+            ReplicaLiveness(
+                index=i,
+                address=f"127.0.0.1:{9000 + i}",
+                alive=current is not None and i not in current.dead,
+                healthy=(current is not None and i not in current.unhealthy) if answering else None,
+            )
+            for i in indexes
+        ]
+        return LiveState(revision=revision, router=router, replicas=replicas)
+
+    def restore_router(self, target: Target, weights: dict[str, int], restart: bool = False) -> TrafficState:
+        self._check_reachable()
+        self.calls.append(f"{'restart' if restart else 'restore'} router {sorted(weights.items())}")
+        if restart:
+            self.router_up = False
+        self._start_router()
+        self.weights = dict(weights)
+        return self.traffic(target)
+
+    def restart_replica(self, spec: RevisionSpec, index: int) -> RevisionStatus:
+        self.calls.append(f"restart {spec.revision}#{index}")
+        self.revisions[spec.revision].unhealthy.discard(index)
+        return self.ensure_revision(spec)
+
+    def _start_router(self) -> None:
+        """A router started again counts from zero, as HAProxy's counters do."""
+        if not self.router_up:
+            for revision in self.revisions.values():
+                revision.requests = revision.errors = 0
+            self._last = self.clock.now()
+        self.router_up = self.router_answers = True
+
+    # ---- faults a test injects ------------------------------------------------------------------
+    def kill_router(self) -> None:
+        self.router_up = False
+
+    def kill(self, revision: str, *indexes: int) -> None:
+        current = self.revisions[revision]
+        current.dead |= set(indexes or range(current.replicas))
 
     def close(self) -> None:
         return None
