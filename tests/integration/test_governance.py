@@ -53,6 +53,20 @@ def nothing_deployed(orch: Any, service: str, environment: str) -> None:
         assert not kinds & {EventKind.PLANNED, EventKind.WEIGHTS_SET}, kinds
 
 
+def cli(orch: Any, *args: str) -> str:
+    """The command line with no cluster named (RAY_ADDRESS empty): it reads and writes the journal."""
+    done = subprocess.run(
+        [sys.executable, "orchestrator.py", "--config", orch.config_path, *args],
+        cwd=REPO,
+        env={**os.environ, "RAY_ADDRESS": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def wait_phase(orch: Any, deployment_id: str, phase: Phase, timeout_s: float = 60) -> Any:
     deadline = time.monotonic() + timeout_s
     status = orch.status(deployment_id)
@@ -121,7 +135,14 @@ def test_a_rejection_ends_it_before_anything_runs(orchestrator: Any) -> None:
     )
     deployment_id = orchestrator.submit(sample_artifact("gov-reject", "1.0.0"), ROLLING, environment)
     orchestrator.approve(deployment_id, "bob", "release-managers")
-    orchestrator.reject(deployment_id, "carol", "prod-team", "not during the sale")
+    # From the command line without a cluster: straight into the journal; the queen's round ends it.
+    listed = cli(orchestrator, "approvals", "--environment", environment)
+    assert (
+        deployment_id in listed
+        and "awaiting approval from prod-team (approved: release-managers: bob)" in listed
+    )
+    reject = ["reject", deployment_id[:14], "--group", "prod-team", "--person", "carol"]
+    cli(orchestrator, *reject, "--comment", "not during the sale")
     result = orchestrator.wait(deployment_id, timeout_s=30)
     assert result.status.phase is Phase.ABORTED
     assert result.status.message == "rejected by carol for prod-team: not during the sale"
@@ -290,23 +311,7 @@ def test_the_compliance_report_of_a_passing_nasa_pot10_deployment(
         "ivan",
     ]
 
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "orchestrator.py",
-            "--config",
-            orchestrator.config_path,
-            "report",
-            deployment_id[:14],
-        ],
-        cwd=REPO,
-        env={**os.environ, "RAY_ADDRESS": ""},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert cli.returncode == 0, cli.stderr
-    markdown = cli.stdout
+    markdown = cli(orchestrator, "report", deployment_id[:14])
     assert f"# Compliance report: deployment {deployment_id}" in markdown
     assert "nasa-pot10, score 95% (needs 95%): **PASSED**, enforced at deploy time" in markdown
     assert "- **Change record**: CHG-2041: web 1.0.0: first release" in markdown
