@@ -30,6 +30,7 @@ from engine.artifacts import (
     check_signature,
     check_source,
     load_public_key,
+    public_key_pem,
     run_scanner,
 )
 from engine.compliance import checks_payload, evaluate, facts_for_deployment, gate_applies
@@ -140,8 +141,11 @@ def policy_for(config: EnterpriseConfig, environment: Environment, version: Conf
     return Governance(
         environment=environment,
         features=config.features_for(environment),
+        # As PEM, whatever the file's form (a file: reference is read now): the record holds the key itself.
         trusted_keys={
-            key_id: config.trusted_keys[key_id] for key_id in chosen if key_id in config.trusted_keys
+            key_id: public_key_pem(load_public_key(config.trusted_keys[key_id]))
+            for key_id in chosen
+            if key_id in config.trusted_keys
         },
         vulnerability_scanner=scanner if security.vulnerability_scanning else None,
         config_version=version,
