@@ -431,6 +431,14 @@ def pipeline_report(
     )
 
 
+class UnknownReport(KeyError):
+    def __init__(self, report_id: str) -> None:
+        super().__init__(f"no deployment or pipeline '{report_id}' in the journal")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 PIPELINE_RECORD = "pipeline"  # a pipeline's journal record: {"deployments": [ids], "approvals": [subjects]}
 
 
@@ -442,7 +450,7 @@ def report(journal: Journal, report_id: str) -> ComplianceReport:
         pass
     record = journal.record(PIPELINE_RECORD, report_id)
     if record is None:
-        raise KeyError(f"no deployment or pipeline '{report_id}' in the journal")
+        raise UnknownReport(report_id)
     deployments = [str(d) for d in record.get("deployments", [])]
     return pipeline_report(journal, report_id, deployments, [str(a) for a in record.get("approvals", [])])
 
