@@ -338,3 +338,20 @@ def test_the_compliance_report_of_a_passing_nasa_pot10_deployment(
         in markdown
     )
     assert "head hash `" in markdown and report.audit.intact
+
+
+def test_deciding_without_a_token_is_refused_inside_the_queen_and_audited(orchestrator: Any) -> None:
+    from actors.common import QUEEN_NAME
+    from engine.identity import AccessDenied
+
+    environment = two_groups(orchestrator, "gov-guarded")
+    deployment_id = orchestrator.submit(sample_artifact("gov-guarded", "1.0.0"), ROLLING, environment)
+    queen = ray.get_actor(QUEEN_NAME, namespace=orchestrator.namespace)  # bypassing the driver
+    with pytest.raises(AccessDenied, match="approve refused: no token"):
+        ray.get(queen.approve.remote(deployment_id, "bob", "release-managers", "sneaky"), timeout=60)
+    with pytest.raises(AccessDenied, match="approvals refused: no token"):
+        ray.get(queen.approval_requests.remote(), timeout=60)
+    audited = [e.data for e in orch_journal(orchestrator).events() if e.kind is EventKind.AUDIT]
+    assert {"approve", "approvals"} <= {str(d.get("attempted")) for d in audited}
+    assert orchestrator.approvals(deployment_id)[0].decisions == []
+    orchestrator.abort(deployment_id, "test over")
