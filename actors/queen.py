@@ -31,10 +31,23 @@ from actors.common import (
 from actors.domain import WORKER_CLASSES
 from actors.runner import DeploymentRunner
 from actors.telemetry import Telemetry
+from adapters.git_version import config_version
 from engine.admission import ALL, Admission, DeploymentRefused, RunnerLost
+from engine.approvals import ApprovalRequest, Approvals
+from engine.artifacts import ArtifactRegistry
 from engine.audit import AuditKeeper
 from engine.config import load_config
 from engine.control import control_event
+from engine.governance import (
+    ApprovalGate,
+    ConfigVersions,
+    decide_as,
+    environment_of,
+    governed,
+    open_requests,
+    refusals,
+    subject_of,
+)
 from engine.identity import AccessControl, AccessRole
 from engine.journal import Journal
 from engine.models import (
@@ -81,6 +94,10 @@ class QueenImpl:
         self.limit = max_concurrent or self.config.concurrency.max_concurrent_deployments
         self.workers: dict[str, Any] = {}
         self.telemetry = Telemetry(self.config.metrics.prometheus_port)
+        self.approvals = Approvals(self.journal, self.config.roles)
+        self.approval_gate = ApprovalGate(self.journal, self.approvals)
+        self.artifacts = ArtifactRegistry(self.journal)
+        self.config_versions = ConfigVersions(self.config, config_version)
         self.admission = Admission(
             self.journal,
             _RayRunners(self.namespace, self.journal_path, self.service_secret),
@@ -88,6 +105,7 @@ class QueenImpl:
             max_queued=self.config.concurrency.max_queued,
             warm_runners=self.config.concurrency.warm_runners,
             listener=self.telemetry,
+            gate=self.approval_gate,
         )
         self.started = asyncio.Event()
         asyncio.get_running_loop().create_task(self._start())
@@ -168,12 +186,63 @@ class QueenImpl:
         request = self.access.checked_request(token, request, action="submit")
         await asyncio.wait_for(self.started.wait(), timeout=60)
         self._check_environment(request.environment)
+        request = await self._governed(request)
         self.admission.check_room()
         deployment_id = deployment_id or f"{request.artifact.name}-{uuid.uuid4().hex[:10]}"
-        self.journal.submit(deployment_id, request, actor=request.requested_by)
+        state = self.journal.submit(deployment_id, request, actor=request.requested_by)
+        self.artifacts.register(request.artifact, request.requested_by)
+        self.approval_gate.request(state)
         self.telemetry.submitted(request)
         self.admission.submitted(deployment_id)
         return deployment_id
+
+    async def _governed(self, request: DeploymentRequest) -> DeploymentRequest:
+        """The request with the policy in force recorded in it; refused, naming every setting at fault,
+        when it could never pass (before anything is recorded or changed)."""
+        environment = environment_of(self.config, self.journal.records("environment"), request.environment)
+        version = await asyncio.to_thread(self.config_versions.for_environment, environment)  # may call git
+        governed_request = governed(self.config, request, environment, version)
+        problems = refusals(governed_request, self.config.roles)
+        conflict = self.artifacts.conflict(request.artifact)
+        if conflict is not None:
+            problems.append(conflict)
+        if problems:
+            raise DeploymentRefused("; ".join(problems))
+        return governed_request
+
+    async def approve(
+        self, subject: str, person: str | None, group: str, comment: str = "", token: str | None = None
+    ) -> ApprovalRequest:
+        """One group's approval of a deployment (or any subject, e.g. a pipeline stage), by the token's
+        person; a deployment whose approval completes is admitted at once."""
+        decided = decide_as(self.access, token, self.approvals, subject, person, group, comment, approve=True)
+        self.admission.admit()
+        return decided
+
+    async def reject(
+        self, subject: str, person: str | None, group: str, comment: str = "", token: str | None = None
+    ) -> ApprovalRequest:
+        """A rejection ends the subject's approval; a deployment waiting for it ends, aborted."""
+        decided = decide_as(
+            self.access, token, self.approvals, subject, person, group, comment, approve=False
+        )
+        self.admission.admit()
+        return decided
+
+    async def approval_requests(
+        self,
+        subject: str | None = None,
+        pending_only: bool = True,
+        environment: str | None = None,
+        token: str | None = None,
+    ) -> list[ApprovalRequest]:
+        """One subject's approval, or the requests (pending ones by default), oldest first."""
+        self.access.require(token, AccessRole.VIEWER, environment, action="approvals")
+        if subject is not None:
+            return [self.approvals.status(subject_of(self.journal, subject))]
+        if pending_only:
+            return open_requests(self.journal, self.approvals, environment)
+        return self.approvals.list(environment)
 
     def _check_environment(self, name: str) -> None:
         known = set(self.config.environments) | {

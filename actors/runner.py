@@ -10,6 +10,7 @@ deployment is terminal, so a runner that Ray restarts after a crash finds its de
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -18,9 +19,10 @@ from typing import Any
 import ray
 
 from actors.common import find_actor, worker_name
-from adapters import create_platform
+from adapters import content_digests, create_platform
 from adapters.http_probe import HttpSmokeTester
 from engine.admission import RUNNER_ASSIGNMENT
+from engine.governance import feature_enabled, preflight
 from engine.journal import Journal
 from engine.models import DeploymentStatus, RollbackTrigger
 from engine.reconciler import DeploymentReconciler
@@ -31,6 +33,19 @@ ASSIGNMENT = RUNNER_ASSIGNMENT  # the record admission reads to know which runne
 # How long a rollback may wait for DO-004's decision before the runner records it itself: short, because the
 # candidate may be failing live traffic meanwhile (an answer takes about a millisecond).
 ROLLBACK_DECISION_TIMEOUT_S = 2.0
+_DEBUG_HANDLER = logging.StreamHandler()  # the worker's stderr: its log file
+_DEBUG_HANDLER.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+
+def debug_logging(on: bool) -> None:
+    """The debugLogging feature of the deployment a runner drives: every step of it logged, or not."""
+    for name in ("engine", "adapters"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.DEBUG if on else logging.NOTSET)
+        if on and _DEBUG_HANDLER not in logger.handlers:
+            logger.addHandler(_DEBUG_HANDLER)
+        elif not on:
+            logger.removeHandler(_DEBUG_HANDLER)
 
 
 class DeploymentRunnerImpl:
@@ -63,6 +78,11 @@ class DeploymentRunnerImpl:
 
     def _bind(self, deployment_id: str) -> None:
         self.deployment_id = deployment_id
+        state = self.journal.state(deployment_id)
+        debug_logging(feature_enabled(state, "debug_logging"))
+        checks = functools.partial(
+            preflight, self.journal, content=content_digests(state.request.platform), actor=self.name
+        )
         self.reconciler = DeploymentReconciler(
             self.journal,
             deployment_id,
@@ -70,6 +90,7 @@ class DeploymentRunnerImpl:
             smoke=HttpSmokeTester(),
             actor=self.name,
             rollback_decider=DelegatingDecider(self._ask_rollback_system, self.journal, self.name),
+            preflight=checks,
         )
 
     def _ask_rollback_system(

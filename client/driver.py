@@ -31,6 +31,9 @@ from actors.common import (
     worker_name,
 )
 from client.local import bootstrap_if_new, find_token
+from engine.approvals import ApprovalRequest
+from engine.artifacts import ArtifactEntry, ArtifactRegistry
+from engine.compliance import ComplianceReport, report
 from engine.config import load_config
 from engine.journal import Journal
 from engine.models import (
@@ -240,6 +243,34 @@ class DeploymentOrchestrator:
 
     def abort(self, deployment_id: str, reason: str = "aborted", by: str | None = None) -> DeploymentStatus:
         return self.control(deployment_id, "abort", reason, by)
+
+    # ------------------------------------------------------------------------------ governance
+    def approve(self, subject: str, person: str | None, group: str, comment: str = "") -> ApprovalRequest:
+        """An approval for ``group`` of a deployment (id or unique prefix) or another subject (a pipeline
+        stage), by the person whose token this driver holds (``person``, when given, must be them). A
+        deployment is admitted as soon as every group has approved."""
+        ref = self.queen.approve.remote(subject, person, group, comment, token=self._token)
+        return self._get(ref)  # type: ignore[no-any-return]
+
+    def reject(self, subject: str, person: str | None, group: str, comment: str = "") -> ApprovalRequest:
+        """A rejection for ``group``: the approval ends, and a deployment waiting for it too."""
+        ref = self.queen.reject.remote(subject, person, group, comment, token=self._token)
+        return self._get(ref)  # type: ignore[no-any-return]
+
+    def approvals(
+        self, subject: str | None = None, pending_only: bool = True, environment: str | None = None
+    ) -> list[ApprovalRequest]:
+        """One subject's approval, or the requests awaiting a decision (all: ``pending_only=False``)."""
+        ref = self.queen.approval_requests.remote(subject, pending_only, environment, token=self._token)
+        return self._get(ref)  # type: ignore[no-any-return]
+
+    def artifacts(self, service: str) -> list[ArtifactEntry]:
+        """A service's versions (digest, source, build, signer, checks) and where each is live now."""
+        return ArtifactRegistry(Journal(self.journal_path)).versions(service)
+
+    def report(self, report_id: str) -> ComplianceReport:
+        """The compliance report of a deployment or a pipeline (``.markdown()``, ``.to_json()``)."""
+        return report(Journal(self.journal_path), report_id)
 
     # ------------------------------------------------------------------------------ domain workers
     def register_environment(self, environment: Environment | dict[str, Any]) -> Environment:

@@ -19,6 +19,7 @@ import logging
 from typing import Any, Protocol
 
 from engine.control import ControlRefused
+from engine.governance import Gate
 from engine.state import DeploymentState, EventKind
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,18 @@ class AdmissionJournal(Protocol):
     ) -> DeploymentState: ...
 
     def records(self, kind: str) -> list[dict[str, Any]]: ...
+
+
+class AdmissionGate(Protocol):
+    """Whether a queued deployment may be admitted (the approval gate, ``engine.governance.ApprovalGate``):
+    OPEN, WAITING (it keeps its place and holds its target), or ENDED (ended by the gate, journaled)."""
+
+    def check(self, state: DeploymentState) -> Gate: ...
+
+
+class _AlwaysOpen:
+    def check(self, state: DeploymentState) -> Gate:
+        return Gate.OPEN
 
 
 class AdmissionListener(Protocol):
@@ -165,6 +178,7 @@ class Admission:
         listener: AdmissionListener | None = None,
         restarts: int = RUNNER_RESTARTS,
         actor: str = "queen",
+        gate: AdmissionGate | None = None,
     ) -> None:
         self.journal = journal
         self.runners = runners
@@ -174,6 +188,7 @@ class Admission:
         self.listener = listener or _Silent()
         self.restarts = restarts
         self.actor = actor
+        self.gate = gate or _AlwaysOpen()
         self.pool = RunnerPool(runners, warm_runners)
         self.runs: dict[str, asyncio.Task[None]] = {}
         self._ended: dict[str, asyncio.Event] = {}
@@ -211,7 +226,7 @@ class Admission:
 
     def admit(self) -> list[str]:
         """Admit queued deployments in FIFO order while there is room; returns the ids admitted now."""
-        active = self._active()
+        active, waiting = self._gated(self._active())
         running = [s for s in active if s.admitted_at is not None]
         busy = {s.request.target.key for s in running}
         admitted: list[str] = []
@@ -219,6 +234,9 @@ class Admission:
             if len(running) >= self.limit:
                 break
             if state.admitted_at is not None or state.request.target.key in busy:
+                continue
+            if state.deployment_id in waiting:  # it holds its target: the target's deployments keep order
+                busy.add(state.request.target.key)
                 continue
             runner = self.pool.take()
             self.journal.append(
@@ -232,13 +250,32 @@ class Admission:
         self.listener.set_load(running=len(running), queued=len(active) - len(running))
         return admitted
 
+    def _gated(self, active: list[DeploymentState]) -> tuple[list[DeploymentState], set[str]]:
+        """Every queued deployment's gate looked at, whatever the limit or its target: one the gate ends
+        (a rejected or expired approval) ends now. Returns the deployments still active and the ids still
+        waiting at their gate."""
+        kept: list[DeploymentState] = []
+        waiting: set[str] = set()
+        for state in active:
+            gate = Gate.OPEN if state.admitted_at is not None else self.gate.check(state)
+            if gate is Gate.ENDED:
+                self._notify_ended(state.deployment_id)
+                continue
+            if gate is Gate.WAITING:
+                waiting.add(state.deployment_id)
+            kept.append(state)
+        return kept, waiting
+
     def ended(self, deployment_id: str) -> None:
         """A deployment is terminal (its run ended, or it was ended while queued): wake its waiters, admit."""
+        self._notify_ended(deployment_id)
+        self.admit()
+
+    def _notify_ended(self, deployment_id: str) -> None:
         self.listener.finished(self.journal.state(deployment_id))
         event = self._ended.pop(deployment_id, None)
         if event is not None:
             event.set()
-        self.admit()
 
     async def wait(self, deployment_id: str, timeout_s: float) -> None:
         """Returns once the deployment is terminal or ``timeout_s`` has passed, whichever is first."""

@@ -12,6 +12,7 @@ import pytest
 
 from engine.models import Artifact
 from examples.quickstart import sample_artifact as quickstart_artifact
+from tests.integration.governance_kit import GovernanceKit, add_governance
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,6 +34,7 @@ def orchestrator(orch_home: Path) -> Iterator[Any]:
     config = write_isolated_config(
         orch_home, namespace=f"orch-test-{os.getpid()}", prometheus_port=free_port()
     )
+    add_governance(config, orch_home)  # a trusted signing key and a scanner (governance_kit.py)
     # Embedded on a new journal: the driver makes the first admin token in $ORCH_HOME/token and uses it.
     orch = DeploymentOrchestrator(config_path=config, num_cpus=2)
     assert (orch_home / "token").exists()
@@ -40,6 +42,11 @@ def orchestrator(orch_home: Path) -> Iterator[Any]:
     orch.shutdown(stop_ray=False)  # first: a supervisor still running would restart what is removed
     _remove_everything(orch)
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def governance_kit(orchestrator: Any, orch_home: Path) -> GovernanceKit:
+    return GovernanceKit(orch_home)
 
 
 @pytest.fixture(scope="session")
