@@ -57,8 +57,10 @@ class HealthMonitorImpl:
         unhealthy_threshold: int,
         notify: Any | None = None,
         notify_key: str = "",
+        ca_file: str | None = None,
     ) -> None:
         self.name = name
+        self.ca_file = ca_file  # HTTPS endpoints are verified against it
         self.interval_s = interval_s
         self.timeout_s = min(timeout_s, interval_s)
         self.threshold = unhealthy_threshold
@@ -71,7 +73,7 @@ class HealthMonitorImpl:
 
     async def _loop(self) -> None:
         while True:
-            results = await probe_all(list(self.endpoints), self.timeout_s)
+            results = await probe_all(list(self.endpoints), self.timeout_s, self.ca_file)
             for result in results:
                 self.endpoints[result.url] = apply_probe(self.endpoints[result.url], result, self.threshold)
             self.checked_at = time.time()

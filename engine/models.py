@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from engine.quantities import parse_bytes, parse_cpu, show_bytes
 from engine.secrets import REFERENCE, looks_secret
 
 SUPPORTED_PLATFORMS = ("local", "docker", "kubernetes", "lambda", "vm")
@@ -315,6 +316,40 @@ class SecuritySettings(Model):
     audit_retention_days: int = Field(default=365, ge=1)
 
 
+Cores = Annotated[float, BeforeValidator(parse_cpu), Field(gt=0, le=1024)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(gt=0)]
+
+
+class ReplicaResources(Model):
+    """What one replica may use: CPU in cores ('500m', 0.5), memory and disk in bytes ('512Mi', '1Gi')."""
+
+    cpu: Cores | None = None
+    memory: Bytes | None = None
+    disk: Bytes | None = None
+
+    def described(self) -> str:
+        parts = [f"{self.cpu:g} CPU" if self.cpu else "", show_bytes(self.memory) if self.memory else ""]
+        parts.append(f"{show_bytes(self.disk)} disk" if self.disk else "")
+        return ", ".join(part for part in parts if part) or "no limits"
+
+
+class ResourceSettings(ReplicaResources):
+    """An environment's ``resources:``: per replica, and how many replicas a revision may have."""
+
+    min_replicas: int | None = Field(default=None, ge=1)
+    max_replicas: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> ResourceSettings:
+        if self.min_replicas and self.max_replicas and self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) is above maxReplicas ({self.max_replicas})")
+        return self
+
+    @property
+    def per_replica(self) -> ReplicaResources:
+        return ReplicaResources(cpu=self.cpu, memory=self.memory, disk=self.disk)
+
+
 class Environment(Model):
     name: Name
     compliance_level: ComplianceLevel = ComplianceLevel.STANDARD
@@ -324,6 +359,7 @@ class Environment(Model):
     health_check_timeout: DurationMs = 2_000
     unhealthy_threshold: int = Field(default=3, ge=1)
     endpoints: list[str] = Field(default_factory=list)
+    resources: ResourceSettings = ResourceSettings()
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,11 +8,12 @@ is a no-op, and ``revision_status``/``traffic`` read the platform's actual state
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Protocol, runtime_checkable
 
 from pydantic import Field
 
-from engine.models import Artifact, Model, Target
+from engine.models import Artifact, Model, ReplicaResources, Target
 
 
 class PlatformError(Exception):
@@ -29,11 +30,76 @@ class TransientPlatformError(PlatformError):
     """A failure worth retrying with bounded backoff: timeouts, 5xx, throttling."""
 
 
+# --------------------------------------------------------------------------------------------
+# What a platform can do, declared by its adapter (the engine asks these, never hasattr)
+# --------------------------------------------------------------------------------------------
+class Resource(str, Enum):
+    CPU = "cpu"
+    MEMORY = "memory"
+    DISK = "disk"
+
+
+class PlatformCapabilities(Model):
+    """Declared by each adapter from its own kind and settings, never probed by the engine."""
+
+    scales_itself: bool = Field(default=False, description="One revision object serves any load (Lambda)")
+    serves_tls: bool = Field(default=False, description="Can serve the target's endpoint over HTTPS only")
+    tls_by_provider: bool = Field(
+        default=False, description="HTTPS with the provider's own certificate, not the environment's"
+    )
+    network_policy: bool = Field(default=False, description="Admits traffic only from allowed sources")
+    limits: frozenset[Resource] = Field(default=frozenset(), description="Enforced per replica")
+    capacity: frozenset[Resource] = Field(default=frozenset(), description="Checked before a change")
+    notes: list[str] = Field(default_factory=list, description="What is not done here, and why")
+
+
+class TlsMaterial(Model):
+    """The environment's certificate, by reference: file paths (or a Kubernetes Secret's name), never the key
+    itself, so that a spec can be journaled and logged."""
+
+    certificate_file: str = Field(description="PEM: the server certificate, then any intermediates")
+    key_file: str = Field(description="PEM: its private key (read only where the endpoint is served)")
+    ca_file: str | None = Field(default=None, description="PEM: the CA our own clients verify against")
+    kubernetes_secret: str | None = Field(
+        default=None, description="An existing kubernetes.io/tls Secret to use instead of the files"
+    )
+
+
+class NetworkPolicySpec(Model):
+    """Who may reach a target's replicas: the gateway (when there is one) and these namespaces."""
+
+    from_gateway: bool = True
+    allowed_namespaces: list[str] = Field(default_factory=list)
+
+
+class Serving(Model):
+    """How a target's endpoint is served, from its environment's settings. ``tls`` None: plain HTTP."""
+
+    tls: TlsMaterial | None = None
+    network_policy: NetworkPolicySpec | None = None
+
+
+class CapacityPool(Model):
+    """Room left where some of a new revision's replicas will run: a host, a VM host, a namespace quota.
+
+    ``None`` means not limited there (or not known to be); the engine compares, the adapter only reports."""
+
+    name: str = Field(description="Where, as said in a refusal: 'host', 'vm host web-1', 'ResourceQuota q'")
+    replicas: int = Field(ge=0, description="How many of the new replicas land here")
+    memory_free: int | None = None
+    disk_free: int | None = None
+    cpus: float | None = Field(default=None, description="The most CPU one replica can get here (cores)")
+    cpu_free: float | None = Field(default=None, description="CPU left to hand out (a quota), in cores")
+    pods_free: int | None = None
+
+
 class RevisionSpec(Model):
     target: Target
     artifact: Artifact
     replicas: int = Field(ge=0)
     deployment_id: str = ""
+    resources: ReplicaResources | None = Field(default=None, description="Per replica; None: no limits")
+    serving: Serving | None = Field(default=None, description="None: the target's serving stays as it is")
 
     @property
     def revision(self) -> str:
@@ -74,6 +140,10 @@ class MetricSnapshot(Model):
 @runtime_checkable
 class PlatformAdapter(Protocol):
     platform: str
+    capabilities: PlatformCapabilities
+
+    def capacity(self, target: Target, replicas: int) -> list[CapacityPool]:
+        """Room for ``replicas`` more replicas of the target, where they would run (changes nothing)."""
 
     def validate(self) -> None:
         """Check connectivity, credentials and required features; raise PlatformError before any change."""
@@ -134,6 +204,10 @@ class WorkloadBackend(Protocol):
     """Runs replicas of revisions; knows nothing of traffic."""
 
     platform: str
+    capabilities: PlatformCapabilities
+
+    def capacity(self, target: Target, replicas: int) -> list[CapacityPool]:
+        """Room for ``replicas`` more replicas, where they would run (changes nothing)."""
 
     def validate(self) -> None:
         """Connectivity, credentials, features; PlatformError before any change."""
@@ -158,8 +232,13 @@ class WorkloadBackend(Protocol):
 class TrafficRouter(Protocol):
     """Splits one target's traffic over server addresses by weight and reports per-server metrics."""
 
-    def ensure_frontend(self, target: Target) -> str:
-        """Start (or find again) the router for the target; returns the address users reach."""
+    serves_tls: bool
+
+    def ensure_frontend(
+        self, target: Target, health_path: str | None = None, serving: Serving | None = None
+    ) -> str:
+        """Start (or find again) the router for the target; returns the address users reach. A health path
+        or serving given changes the running router's (``serving`` None keeps the one in force)."""
 
     def set_backends(
         self, target: Target, servers: dict[str, list[str]], weights: dict[str, int]

@@ -271,7 +271,7 @@ class DeploymentReconciler:
 
     def _wanted(self, replicas: int) -> int:
         """Platforms that scale by themselves (Lambda) run one revision object whatever count is asked."""
-        return min(replicas, 1) if getattr(self.adapter, "scales_itself", False) else replicas
+        return min(replicas, 1) if self.adapter.capabilities.scales_itself else replicas
 
     def _elapsed(self, state: DeploymentState) -> float:
         return self.clock.now() - (state.step_started_at or self.clock.now())
