@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from engine.models import Target
 from engine.platform import (
+    CapacityPool,
     MetricSnapshot,
+    PlatformCapabilities,
     PlatformError,
     RevisionSpec,
     RevisionStatus,
@@ -47,6 +49,8 @@ class FakePlatform:
     calls: list[str] = field(default_factory=list)
     metrics_asked: list[str | None] = field(default_factory=list)
     platform: str = "fake"
+    capabilities: PlatformCapabilities = field(default_factory=PlatformCapabilities)
+    pools: list[CapacityPool] = field(default_factory=list)
     _last: float = 0.0
 
     def _advance(self) -> None:
@@ -59,6 +63,10 @@ class FakePlatform:
             served = int(self.rps * elapsed * weight / 100)
             revision.requests += served
             revision.errors += int(served * self.error_rates.get(name, 0.0))
+
+    def capacity(self, target: Target, replicas: int) -> list[CapacityPool]:
+        self.calls.append(f"capacity x{replicas}")
+        return [pool.model_copy(update={"replicas": replicas}) for pool in self.pools]
 
     def validate(self) -> None:
         if self.fail_validate:
