@@ -11,7 +11,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.common import QUEEN_NAME, call, find_actor, kill_quietly
+from actors.common import QUEEN_NAME, call, find_actor, kill_quietly, worker_name
 from actors.health import HealthMonitor, HealthReport
 from adapters import create_platform
 from engine.analysis import Measurement, judge
@@ -31,6 +31,14 @@ from engine.models import (
 )
 from engine.plans import build_plan
 from engine.platform import MetricSnapshot, PlatformError
+from engine.readiness import (
+    EnvironmentStatus,
+    EnvironmentStatusChange,
+    ReadinessReport,
+    assess,
+    environment_status,
+    record_environment_status,
+)
 from engine.state import Step
 
 log = logging.getLogger(__name__)
@@ -90,6 +98,7 @@ class EnvironmentCoordinatorImpl(_Worker):
     def __init__(self, config_path: str | None, journal_path: str) -> None:
         super().__init__(config_path, journal_path)
         self.monitors: dict[str, list[Any]] = {}
+        self.monitor_health: dict[str, dict[str, bool]] = {}
 
     async def environments(self) -> list[Environment]:
         registered = [Environment.model_validate(r) for r in self.journal.records("environment")]
@@ -127,6 +136,7 @@ class EnvironmentCoordinatorImpl(_Worker):
             raise ValueError(f"environment '{name}' has no endpoints and no live services to monitor")
         await self.stop_monitoring(name)
         chunks = [targets[i : i + per_monitor] for i in range(0, len(targets), per_monitor)]
+        watcher = find_actor(ray.get_runtime_context().get_actor_name() or "", self.namespace)
         monitors = []
         for index, (chunk, strategy) in enumerate(zip(chunks, _spread_over_nodes(len(chunks)), strict=True)):
             monitors.append(
@@ -138,6 +148,8 @@ class EnvironmentCoordinatorImpl(_Worker):
                     environment.health_check_interval / 1000,
                     environment.health_check_timeout / 1000,
                     environment.unhealthy_threshold,
+                    ca_file=environment.security.tls.ca,
+                    watcher=watcher,
                 )
             )
         await _started(monitors)
@@ -158,8 +170,45 @@ class EnvironmentCoordinatorImpl(_Worker):
         )
 
     async def stop_monitoring(self, name: str) -> None:
+        self.monitor_health.pop(name, None)
         for monitor in self.monitors.pop(name, []):
             kill_quietly(monitor)
+
+    async def on_health_change(self, monitor: str, healthy: bool, reason: str) -> None:
+        """A monitor's endpoints flipped: the environment is ready when every monitor's are healthy; a change
+        of that is journaled (and handed to alerting)."""
+        name = monitor.rsplit(":", 1)[0]
+        flags = self.monitor_health.setdefault(name, {})
+        flags[monitor] = healthy
+        status = EnvironmentStatus.READY if all(flags.values()) else EnvironmentStatus.NOT_READY
+        await asyncio.to_thread(
+            record_environment_status, self.journal, name, status, reason, worker_name("DO-001")
+        )
+
+    async def environment_readiness(
+        self, name: str, platform: PlatformConfig, replicas: int = 1
+    ) -> ReadinessReport:
+        """Would ``replicas`` new replicas go to the environment on this platform now? TLS, NetworkPolicy and
+        replica limits against what the platform declares, then its room (free memory, disk, quota) for
+        them. A change of the environment's status (ready, capacity short) is journaled."""
+        environment = await self._environment(name)
+        adapter = await asyncio.to_thread(create_platform, platform)
+        try:
+            report = await asyncio.to_thread(assess, environment, adapter, replicas)
+        finally:
+            await asyncio.to_thread(adapter.close)
+        if report.room or report.ready:
+            status = EnvironmentStatus.READY if report.ready else EnvironmentStatus.CAPACITY_SHORT
+            reason = "; ".join(report.problems) or f"room for {replicas} replica(s) on {platform.type}"
+            await asyncio.to_thread(
+                record_environment_status, self.journal, name, status, reason, worker_name("DO-001")
+            )
+        return report
+
+    async def environment_status(self, name: str) -> EnvironmentStatusChange | None:
+        """The environment's last recorded status (ready, not ready, capacity short), or None."""
+        await self._environment(name)
+        return environment_status(self.journal, name)
 
 
 # ---------------------------------------------------------------------------------------- DO-002

@@ -29,6 +29,7 @@ from actors.common import (
 from actors.domain import WORKER_CLASSES
 from actors.runner import ASSIGNMENT, DeploymentRunner
 from actors.telemetry import Telemetry
+from adapters import platform_capabilities
 from adapters.git_version import config_version
 from engine.approvals import ApprovalRequest, Approvals
 from engine.artifacts import ArtifactRegistry
@@ -44,6 +45,7 @@ from engine.models import (
     Strategy,
     StrategyType,
 )
+from engine.readiness import with_capabilities
 from engine.state import DeploymentState, EventKind
 
 log = logging.getLogger(__name__)
@@ -297,6 +299,8 @@ class QueenImpl:
             version = await asyncio.to_thread(config_version, self.config.source, self.config.sha256)
             self.config_version = version
         governed_request = governed(self.config, request, environment, self.config_version)
+        capabilities = await asyncio.to_thread(platform_capabilities, request.platform)
+        governed_request = with_capabilities(governed_request, capabilities)
         problems = refusals(governed_request, self.config.roles)
         conflict = self.artifacts.conflict(request.artifact)
         if conflict is not None:

@@ -879,10 +879,13 @@ class KubernetesPlatform:
 
     def _network_policy_body(self, target: Target, policy: NetworkPolicySpec) -> dict[str, Any]:
         peers: list[dict[str, Any]] = []
-        if policy.from_gateway and self._gateway is not None:
-            pods = self._gateway.pod_labels or {LABEL_GATEWAY_NAME: self._gateway.name}
-            namespace = {"matchLabels": {LABEL_NAMESPACE_NAME: self._gateway_namespace()}}
-            peers.append({"namespaceSelector": namespace, "podSelector": {"matchLabels": dict(pods)}})
+        gateway = self._policy_gateway(policy)
+        if gateway is not None:
+            pods = {LABEL_GATEWAY_NAME: gateway[0]}
+            if self._gateway is not None and self._gateway.pod_labels and gateway[0] == self._gateway.name:
+                pods = dict(self._gateway.pod_labels)
+            namespace = {"matchLabels": {LABEL_NAMESPACE_NAME: gateway[1]}}
+            peers.append({"namespaceSelector": namespace, "podSelector": {"matchLabels": pods}})
         if policy.allowed_namespaces:
             names = sorted(set(policy.allowed_namespaces))
             match = {"key": LABEL_NAMESPACE_NAME, "operator": "In", "values": names}
@@ -903,6 +906,14 @@ class KubernetesPlatform:
                 "ingress": ingress,
             },
         }
+
+    def _policy_gateway(self, policy: NetworkPolicySpec) -> tuple[str, str] | None:
+        """(name, namespace) of the gateway whose pods are admitted: the environment's, else ours."""
+        if policy.gateway_name:
+            return policy.gateway_name, policy.gateway_namespace or self._namespace
+        if self._gateway is not None:
+            return self._gateway.name, self._gateway_namespace()
+        return None
 
     def _ensure_network_policy(self, target: Target, policy: NetworkPolicySpec) -> None:
         body = self._network_policy_body(target, policy)
@@ -1002,7 +1013,7 @@ class KubernetesPlatform:
         return listener
 
     def _ensure_https_listener(self, target: Target, tls: TlsMaterial) -> None:
-        secret = tls.kubernetes_secret or self._ensure_tls_secret(target, tls)
+        secret = self._ensure_tls_secret(target, tls)
         self._set_listener(target, self._listener_body(target, secret))
         self._attach_route(target, self._listener_name(target))
 

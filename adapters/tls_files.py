@@ -44,7 +44,15 @@ class ServerPair:
         return hashlib.sha256(self.combined).hexdigest()[:16]
 
 
-def _read(path: str, what: str) -> bytes:
+def read_reference(reference: str, what: str) -> bytes:
+    """The bytes behind a reference: a path, ``file:/path`` or ``env:NAME`` (the PEM text in a variable of
+    the process that serves). Errors name the reference, never what is behind it."""
+    if reference.startswith("env:"):
+        value = os.environ.get(reference[4:])
+        if value is None:
+            raise TlsFileError(f"the TLS {what} {reference}: the environment variable is not set here")
+        return value.encode()
+    path = reference.removeprefix("file:")
     try:
         return Path(path).expanduser().read_bytes()
     except OSError as exc:
@@ -53,30 +61,27 @@ def _read(path: str, what: str) -> bytes:
 
 def load_server_pair(material: TlsMaterial, now: datetime.datetime | None = None) -> ServerPair:
     """Read and check the certificate and key: both PEM, the key matches the certificate, the certificate is
-    valid now. Raises TlsFileError naming the file."""
-    chain = _read(material.certificate_file, "certificate")
-    key_bytes = _read(material.key_file, "key")
+    valid now. Raises TlsFileError naming the reference."""
+    chain = read_reference(material.certificate, "certificate")
+    key_bytes = read_reference(material.key, "key")
     try:
         certificate = x509.load_pem_x509_certificates(chain)[0]
     except ValueError:
-        raise TlsFileError(f"TLS certificate {material.certificate_file} is not a PEM certificate") from None
+        raise TlsFileError(f"TLS certificate {material.certificate} is not a PEM certificate") from None
     try:
         key = serialization.load_pem_private_key(key_bytes, password=None)
     except (ValueError, TypeError):
         # TypeError: the key is encrypted; HAProxy could not read it without a passphrase either.
-        raise TlsFileError(f"TLS key {material.key_file} is not an unencrypted PEM private key") from None
+        raise TlsFileError(f"TLS key {material.key} is not an unencrypted PEM private key") from None
     public = serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(
-        serialization.Encoding.PEM, public
-    ) != certificate.public_key().public_bytes(serialization.Encoding.PEM, public):
-        raise TlsFileError(
-            f"TLS key {material.key_file} does not belong to certificate {material.certificate_file}"
-        )
+    ours = key.public_key().public_bytes(serialization.Encoding.PEM, public)
+    if ours != certificate.public_key().public_bytes(serialization.Encoding.PEM, public):
+        raise TlsFileError(f"TLS key {material.key} does not belong to certificate {material.certificate}")
     moment = now or datetime.datetime.now(datetime.UTC)
     start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
     if not start <= moment <= end:
         raise TlsFileError(
-            f"TLS certificate {material.certificate_file} is valid from {start:%Y-%m-%d} to {end:%Y-%m-%d}, "
+            f"TLS certificate {material.certificate} is valid from {start:%Y-%m-%d} to {end:%Y-%m-%d}, "
             "not now"
         )
     return ServerPair(chain=chain, key=key_bytes)
@@ -101,9 +106,10 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def client_context(ca_file: str | None) -> ssl.SSLContext:
-    """A client context that verifies the server's certificate and name against ``ca_file`` (or the
-    system's CAs when None)."""
+    """A client context that verifies the server's certificate and name against ``ca_file`` (a path or
+    ``file:/path``; the system's CAs when None)."""
+    path = str(Path(ca_file.removeprefix("file:")).expanduser()) if ca_file else None
     try:
-        return ssl.create_default_context(cafile=str(Path(ca_file).expanduser()) if ca_file else None)
+        return ssl.create_default_context(cafile=path)
     except (OSError, ssl.SSLError) as exc:
         raise TlsFileError(f"cannot use the CA file {ca_file}: {exc}") from None

@@ -153,6 +153,14 @@ class Journal:
         )
         return new
 
+    def append_event(
+        self, subject: str, kind: EventKind, data: dict[str, Any] | None = None, actor: str = "system"
+    ) -> int:
+        """Append one chained event that belongs to no deployment's state (audit entries: refusals, tokens,
+        configuration changes, checkpoints). Returns its sequence number."""
+        with self._transaction() as db:
+            return self._insert(db, subject, self._now(), kind, actor, data or {})
+
     def _insert(
         self,
         db: sqlite3.Connection,

@@ -388,6 +388,11 @@ class TlsSettings(Model):
     key: Annotated[str | None, AfterValidator(_no_inline_pem)] = Field(
         default=None, description="The private key: file:/path or env:NAME, never the key itself"
     )
+    ca: Annotated[str | None, AfterValidator(_no_inline_pem)] = Field(
+        default=None,
+        description="The CA our own probes (health monitors, smoke tests) verify the endpoint against: "
+        "a path or file:/path; default: the system's CAs",
+    )
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> TlsSettings:
@@ -527,6 +532,30 @@ class ResourceSettings(ReplicaResources):
         return ReplicaResources(cpu=self.cpu, memory=self.memory, disk=self.disk)
 
 
+# --------------------------------------------------------------------------------------------
+# What a platform can do, declared by its adapter (engine/platform.py's protocol asks for it; the engine asks
+# these, never hasattr). Here because a request's governance records them when it is submitted.
+# --------------------------------------------------------------------------------------------
+class Resource(str, Enum):
+    CPU = "cpu"
+    MEMORY = "memory"
+    DISK = "disk"
+
+
+class PlatformCapabilities(Model):
+    """Declared by each adapter from its own kind and settings, never probed by the engine."""
+
+    scales_itself: bool = Field(default=False, description="One revision object serves any load (Lambda)")
+    serves_tls: bool = Field(default=False, description="Can serve the target's endpoint over HTTPS only")
+    tls_by_provider: bool = Field(
+        default=False, description="HTTPS with the provider's own certificate, not the environment's"
+    )
+    network_policy: bool = Field(default=False, description="Admits traffic only from allowed sources")
+    limits: frozenset[Resource] = Field(default=frozenset(), description="Enforced per replica")
+    capacity: frozenset[Resource] = Field(default=frozenset(), description="Checked before a change")
+    notes: list[str] = Field(default_factory=list, description="What is not done here, and why")
+
+
 class Environment(Model):
     name: Name
     compliance_level: ComplianceLevel = ComplianceLevel.STANDARD
@@ -617,6 +646,9 @@ class Governance(Model):
 
     environment: Environment
     features: Features
+    capabilities: PlatformCapabilities | None = Field(
+        default=None, description="What the request's platform declared it can do, when submitted"
+    )
     trusted_keys: dict[str, str] = Field(default_factory=dict, description="key id -> ed25519 public key")
     vulnerability_scanner: ScannerConfig | None = None
     config_version: ConfigVersion = Field(default_factory=ConfigVersion)

@@ -8,17 +8,11 @@ is a no-op, and ``revision_status``/``traffic`` read the platform's actual state
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Protocol, runtime_checkable
 
 from pydantic import Field
 
-from engine.models import Artifact, Model, ReplicaResources, Target
-
-# Capabilities declared per platform type, asked before any change (engine/governance.py). The work that makes
-# an adapter serve HTTPS or write NetworkPolicies adds its platform here.
-SERVES_TLS: frozenset[str] = frozenset()  # no adapter terminates TLS yet
-ENFORCES_NETWORK_POLICY: frozenset[str] = frozenset()  # no adapter writes NetworkPolicies yet
+from engine.models import Artifact, Model, PlatformCapabilities, ReplicaResources, Resource, Target
 
 
 class PlatformError(Exception):
@@ -36,44 +30,27 @@ class TransientPlatformError(PlatformError):
 
 
 # --------------------------------------------------------------------------------------------
-# What a platform can do, declared by its adapter (the engine asks these, never hasattr)
+# How a target's endpoint is served (the capabilities, ``PlatformCapabilities``, are in engine/models.py:
+# each request's governance records them)
 # --------------------------------------------------------------------------------------------
-class Resource(str, Enum):
-    CPU = "cpu"
-    MEMORY = "memory"
-    DISK = "disk"
-
-
-class PlatformCapabilities(Model):
-    """Declared by each adapter from its own kind and settings, never probed by the engine."""
-
-    scales_itself: bool = Field(default=False, description="One revision object serves any load (Lambda)")
-    serves_tls: bool = Field(default=False, description="Can serve the target's endpoint over HTTPS only")
-    tls_by_provider: bool = Field(
-        default=False, description="HTTPS with the provider's own certificate, not the environment's"
-    )
-    network_policy: bool = Field(default=False, description="Admits traffic only from allowed sources")
-    limits: frozenset[Resource] = Field(default=frozenset(), description="Enforced per replica")
-    capacity: frozenset[Resource] = Field(default=frozenset(), description="Checked before a change")
-    notes: list[str] = Field(default_factory=list, description="What is not done here, and why")
+__all__ = ["PlatformCapabilities", "Resource"]
 
 
 class TlsMaterial(Model):
-    """The environment's certificate, by reference: file paths (or a Kubernetes Secret's name), never the key
-    itself, so that a spec can be journaled and logged."""
+    """The environment's certificate by reference (a path, ``file:/path`` or ``env:NAME``), never the key
+    itself, so that a spec can be journaled and logged; resolved only where the endpoint is served."""
 
-    certificate_file: str = Field(description="PEM: the server certificate, then any intermediates")
-    key_file: str = Field(description="PEM: its private key (read only where the endpoint is served)")
-    ca_file: str | None = Field(default=None, description="PEM: the CA our own clients verify against")
-    kubernetes_secret: str | None = Field(
-        default=None, description="An existing kubernetes.io/tls Secret to use instead of the files"
-    )
+    certificate: str = Field(description="PEM: the server certificate, then any intermediates")
+    key: str = Field(description="PEM: its private key")
+    ca: str | None = Field(default=None, description="PEM: the CA our own clients verify against")
 
 
 class NetworkPolicySpec(Model):
-    """Who may reach a target's replicas: the gateway (when there is one) and these namespaces."""
+    """Who may reach a target's replicas: a gateway's pods (None: the platform's own gateway, if it has one)
+    and the pods of these namespaces."""
 
-    from_gateway: bool = True
+    gateway_name: str | None = None
+    gateway_namespace: str | None = None
     allowed_namespaces: list[str] = Field(default_factory=list)
 
 

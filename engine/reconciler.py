@@ -21,6 +21,7 @@ from engine.journal import Journal
 from engine.models import (
     DEFAULT_ANALYSIS_INTERVAL_MS,
     Artifact,
+    Environment,
     FailureThresholds,
     Phase,
     PlatformConfig,
@@ -36,6 +37,15 @@ from engine.platform import (
     RevisionStatus,
     TransientPlatformError,
 )
+from engine.readiness import (
+    EnvironmentStatus,
+    declared_problems,
+    needs_room,
+    readiness_notes,
+    record_environment_status,
+    serving_for,
+)
+from engine.resources import peak_extra_replicas, shortages
 from engine.state import DeploymentState, EventKind, Role, Step, StepKind
 from engine.timing import TimedAdapter
 
@@ -224,8 +234,15 @@ class DeploymentReconciler:
     def _plan(self, state: DeploymentState) -> float:
         started = self._platform_seconds()
         adapter = self.adapter
-        adapter.validate()
         request = state.request
+        environment = request.governance.environment if request.governance else None
+        if environment is not None:  # what the platform declared: asked before the platform itself
+            refused = declared_problems(
+                environment, adapter.platform, adapter.capabilities, request.strategy.replicas
+            )
+            if refused:
+                return self._refuse(refused)
+        adapter.validate()
         candidate = request.artifact.revision
         traffic = adapter.traffic(request.target)
         serving = {rev: w for rev, w in traffic.weights.items() if w > 0}
@@ -237,6 +254,8 @@ class DeploymentReconciler:
             if stable == candidate:
                 stable = next((rev for rev in serving if rev != candidate), None)
             plan = build_plan(request.strategy, has_stable=stable is not None)
+        if environment is not None and self._not_ready(state, environment, plan, stable):
+            return 0.0
         self._append(
             EventKind.PLANNED,
             plan=[step.model_dump(mode="json") for step in plan],
@@ -248,6 +267,54 @@ class DeploymentReconciler:
             platform_s=round(self._platform_seconds() - started, 6),
         )
         return 0.0
+
+    def _not_ready(
+        self, state: DeploymentState, environment: Environment, plan: list[Step], stable: str | None
+    ) -> bool:
+        """Room for the plan's peak on the platform (the environment's status journaled when it changes);
+        True when the deployment was refused for lack of it. What the platform will not enforce is noted."""
+        need = environment.resources.per_replica
+        shortages_found: list[str] = []
+        if needs_room(need):
+            status = self.adapter.revision_status(state.request.target, stable) if stable else None
+            extra = peak_extra_replicas(plan, status.desired_replicas if status else 0)
+            pools = self.adapter.capacity(state.request.target, extra) if extra > 0 else []
+            shortages_found = shortages(environment.name, need, pools)
+        if shortages_found:
+            reason = "; ".join(shortages_found)
+            record_environment_status(
+                self.journal, environment.name, EnvironmentStatus.CAPACITY_SHORT, reason, self.actor
+            )
+            self._refuse(shortages_found)
+            return True
+        record_environment_status(
+            self.journal, environment.name, EnvironmentStatus.READY, "room for the deployment", self.actor
+        )
+        notes = readiness_notes(environment, self.adapter.platform, self.adapter.capabilities)
+        if notes:
+            self._append(EventKind.NOTE, message="; ".join(notes))
+        return False
+
+    def _refuse(self, problems: list[str]) -> float:
+        """End the deployment before any change, saying why."""
+        self._append(
+            EventKind.FINISHED,
+            outcome=Phase.FAILED.value,
+            message="refused before any change: " + "; ".join(problems),
+        )
+        return 0.0
+
+    def _spec(self, state: DeploymentState, artifact: Artifact, replicas: int) -> RevisionSpec:
+        """A revision as the environment wants it served: its limits per replica, TLS, who may reach it."""
+        environment = state.request.governance.environment if state.request.governance else None
+        return RevisionSpec(
+            target=state.request.target,
+            artifact=artifact,
+            replicas=replicas,
+            deployment_id=state.deployment_id,
+            resources=environment.resources.per_replica if environment else None,
+            serving=serving_for(environment) if environment else None,
+        )
 
     def _artifact_of(self, target_key: str, revision: str | None) -> dict[str, object] | None:
         """The artifact of the newest deployment of this target that made ``revision`` live."""
@@ -309,14 +376,7 @@ class DeploymentReconciler:
         if status is None or status.desired_replicas != wanted or status.running_replicas < wanted:
             if artifact is None:
                 return Done() if status is None else self._scale_unknown(state, status, step)
-            self.adapter.ensure_revision(
-                RevisionSpec(
-                    target=target,
-                    artifact=artifact,
-                    replicas=step.replicas,
-                    deployment_id=state.deployment_id,
-                )
-            )
+            self.adapter.ensure_revision(self._spec(state, artifact, step.replicas))
             status = self.adapter.revision_status(target, revision or "")
         if status is not None and status.ready and status.desired_replicas == wanted:
             return Done()
@@ -503,11 +563,7 @@ class DeploymentReconciler:
         replicas = self._wanted(state.request.strategy.replicas)
         artifact = self._stable_artifact()
         if artifact is not None and (status is None or status.desired_replicas < replicas):
-            self.adapter.ensure_revision(
-                RevisionSpec(
-                    target=target, artifact=artifact, replicas=replicas, deployment_id=state.deployment_id
-                )
-            )
+            self.adapter.ensure_revision(self._spec(state, artifact, replicas))
             return False
         if status is None or status.ready_replicas == 0:
             return self._stable_lost(state, stable)

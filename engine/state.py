@@ -163,6 +163,7 @@ class EventKind(str, Enum):
     APPROVAL_EXPIRED = "approval_expired"
     ARTIFACT_VERIFIED = "artifact_verified"
     COMPLIANCE_CHECKED = "compliance_checked"
+    ENVIRONMENT_STATUS = "environment_status"  # of no deployment: subject "environment:<name>"
 
 
 class Event(Model):
@@ -318,4 +319,5 @@ _APPLY = {
     EventKind.APPROVAL_EXPIRED: _approval,
     EventKind.ARTIFACT_VERIFIED: _nothing,
     EventKind.COMPLIANCE_CHECKED: _nothing,
+    EventKind.ENVIRONMENT_STATUS: _nothing,
 }

@@ -67,9 +67,7 @@ def read_limits(folders: list[Path]) -> dict[str, str]:
 
 def tls_of(certificates: CertificateFiles) -> Serving:
     material = TlsMaterial(
-        certificate_file=str(certificates.certificate),
-        key_file=str(certificates.key),
-        ca_file=str(certificates.ca),
+        certificate=str(certificates.certificate), key=str(certificates.key), ca=str(certificates.ca)
     )
     return Serving(tls=material)
 
@@ -132,9 +130,7 @@ def test_a_key_that_does_not_match_is_refused_naming_the_files(
 ) -> None:
     platform, target, _ = local
     other = make_certificates(tmp_path / "other")
-    serving = Serving(
-        tls=TlsMaterial(certificate_file=str(certificates.certificate), key_file=str(other.key))
-    )
+    serving = Serving(tls=TlsMaterial(certificate=str(certificates.certificate), key=str(other.key)))
     spec = RevisionSpec(target=target, artifact=sample_artifact("1.0.0"), replicas=1, serving=serving)
     with pytest.raises(PlatformError) as raised:
         platform.ensure_revision(spec)
