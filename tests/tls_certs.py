@@ -5,8 +5,10 @@ trusts only it must fail)."""
 from __future__ import annotations
 
 import datetime
+import http.client
 import ipaddress
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +87,28 @@ def make_certificates(folder: Path, days: int = 2) -> CertificateFiles:
     made.certificate.write_bytes(server.public_bytes(serialization.Encoding.PEM))
     _write_key(made.key, key)
     return made
+
+
+def https_get(port: int, ca: Path, path: str = "/") -> tuple[int, str]:
+    """GET https://127.0.0.1:port, verified against ``ca``: (status, the X-Version header)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.getheader("X-Version", "")
+    finally:
+        connection.close()
+
+
+def plain_http_is_not_served(port: int) -> bool:
+    """True when a plain-HTTP request to the port gets no HTTP answer (the port speaks TLS only)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/")
+        connection.getresponse()
+    except (http.client.HTTPException, OSError):
+        return True
+    finally:
+        connection.close()
+    return False

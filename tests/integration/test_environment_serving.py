@@ -11,7 +11,6 @@ over real platforms: processes and Docker containers behind a real HAProxy, on 1
 from __future__ import annotations
 
 import functools
-import http.client
 import json
 import ssl
 import subprocess
@@ -44,7 +43,7 @@ from tests.integration.environments import (
 )
 from tests.integration.scenarios import FIRST, Harness, ScenarioEnv, canary_strategy
 from tests.integration.test_docker_platform import docker_engine
-from tests.tls_certs import CertificateFiles, make_certificates
+from tests.tls_certs import CertificateFiles, https_get, make_certificates, plain_http_is_not_served
 
 pytestmark = pytest.mark.integration
 
@@ -83,29 +82,6 @@ def https_traffic(ca: Path, adapter: PlatformAdapter, target: Target) -> Iterato
         yield traffic
     finally:
         traffic.stop()
-
-
-def https_get(port: int, ca: Path) -> tuple[int, str]:
-    context = ssl.create_default_context(cafile=str(ca))
-    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
-    try:
-        connection.request("GET", "/")
-        response = connection.getresponse()
-        return response.status, response.getheader("X-Version", "")
-    finally:
-        connection.close()
-
-
-def plain_http_is_not_served(port: int) -> bool:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", "/")
-        connection.getresponse()
-    except (http.client.HTTPException, OSError):
-        return True
-    finally:
-        connection.close()
-    return False
 
 
 def serves_https_only_and_promotes_a_canary(env: ScenarioEnv, certificates: CertificateFiles) -> None:
