@@ -20,6 +20,9 @@ from typing import Any
 import ray
 
 from actors.common import DOMAIN_WORKERS, QUEEN_NAME, find_actor, kill_quietly, worker_name
+from engine.approvals import ApprovalRequest
+from engine.artifacts import ArtifactEntry, ArtifactRegistry
+from engine.compliance import ComplianceReport, report
 from engine.config import load_config
 from engine.journal import Journal
 from engine.models import (
@@ -198,6 +201,30 @@ class DeploymentOrchestrator:
 
     def abort(self, deployment_id: str, reason: str = "aborted", by: str | None = None) -> DeploymentStatus:
         return self.control(deployment_id, "abort", reason, by)
+
+    # ------------------------------------------------------------------------------ governance
+    def approve(self, subject: str, person: str, group: str, comment: str = "") -> ApprovalRequest:
+        """``person``'s approval for ``group`` of a deployment (id or unique prefix) or another subject (a
+        pipeline stage). A deployment is admitted as soon as every group has approved."""
+        return self._get(self.queen.approve.remote(subject, person, group, comment))  # type: ignore[no-any-return]
+
+    def reject(self, subject: str, person: str, group: str, comment: str = "") -> ApprovalRequest:
+        """``person``'s rejection for ``group``: the approval ends, and a deployment waiting for it too."""
+        return self._get(self.queen.reject.remote(subject, person, group, comment))  # type: ignore[no-any-return]
+
+    def approvals(
+        self, subject: str | None = None, pending_only: bool = True, environment: str | None = None
+    ) -> list[ApprovalRequest]:
+        """One subject's approval, or the requests awaiting a decision (all: ``pending_only=False``)."""
+        return self._get(self.queen.approval_requests.remote(subject, pending_only, environment))  # type: ignore[no-any-return]
+
+    def artifacts(self, service: str) -> list[ArtifactEntry]:
+        """A service's versions (digest, source, build, signer, checks) and where each is live now."""
+        return ArtifactRegistry(Journal(self.journal_path)).versions(service)
+
+    def report(self, report_id: str) -> ComplianceReport:
+        """The compliance report of a deployment or a pipeline (``.markdown()``, ``.to_json()``)."""
+        return report(Journal(self.journal_path), report_id)
 
     # ------------------------------------------------------------------------------ domain workers
     def register_environment(self, environment: Environment | dict[str, Any]) -> Environment:
