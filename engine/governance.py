@@ -44,6 +44,7 @@ from engine.models import (
     Features,
     Governance,
     Phase,
+    PlatformCapabilities,
 )
 from engine.readiness import declared_problems
 from engine.state import DeploymentState, EventKind
@@ -170,11 +171,10 @@ def refusals(request: DeploymentRequest, roles: Mapping[str, Sequence[str]]) -> 
 
 def _platform_refusals(request: DeploymentRequest, governance: Governance) -> list[str]:
     """TLS, NetworkPolicy and replica limits against what the platform declared it can do (recorded with
-    the governance by the queen; a request recorded without them is judged by its runner before planning)."""
-    if governance.capabilities is None:
-        return []
+    the governance by the queen); a platform that declared nothing is taken to do none of it."""
+    capabilities = governance.capabilities or PlatformCapabilities()
     return declared_problems(
-        governance.environment, request.platform.type, governance.capabilities, request.strategy.replicas
+        governance.environment, request.platform.type, capabilities, request.strategy.replicas
     )
 
 
