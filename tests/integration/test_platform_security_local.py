@@ -10,6 +10,7 @@ control groups.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import stat
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from adapters.cgroups import CgroupLimiter
+from adapters.http_probe import HttpSmokeTester, ProbeResult, probe_all
 from adapters.routed import RoutedPlatform
 from engine.models import ReplicaResources, Target
 from engine.platform import PlatformError, RevisionSpec, Serving, TlsMaterial
@@ -71,6 +73,12 @@ def tls_of(certificates: CertificateFiles) -> Serving:
     return Serving(tls=material)
 
 
+async def probe_pair(url: str, certificates: CertificateFiles) -> tuple[ProbeResult, ProbeResult]:
+    (trusted,) = await probe_all([url], 5.0, str(certificates.ca))
+    (untrusted,) = await probe_all([url], 5.0, str(certificates.other_ca))
+    return trusted, untrusted
+
+
 def test_tls_frontend_serves_https_only(
     local: tuple[RoutedPlatform, Target, Path], certificates: CertificateFiles
 ) -> None:
@@ -87,6 +95,14 @@ def test_tls_frontend_serves_https_only(
     assert plain_http_is_not_served(port)  # the port speaks TLS only: no HTTP answer to plain HTTP
     with pytest.raises(ssl.SSLCertVerificationError):
         https_get(port, certificates.other_ca)
+
+    # Our own clients verify the certificate against the environment's CA: the smoke tester, the monitors.
+    base = f"https://127.0.0.1:{port}"
+    assert HttpSmokeTester(ca_file=str(certificates.ca)).smoke([base], "/health", 4) == (4, 0)
+    assert HttpSmokeTester(ca_file=str(certificates.other_ca)).smoke([base], "/health", 4) == (0, 4)
+    trusted, untrusted = asyncio.run(probe_pair(f"{base}/health", certificates))
+    assert trusted.healthy and trusted.status == 200
+    assert not untrusted.healthy and "certificate verify failed" in (untrusted.error or "").lower()
 
     pem = state_dir / "haproxy" / f"{target.key}.pem"
     assert stat.S_IMODE(pem.stat().st_mode) == 0o600
