@@ -171,7 +171,7 @@ class QueenImpl:
 
     # ------------------------------------------------------------------------------ admission
     def _admit(self) -> None:
-        active = self.journal.deployments(active_only=True, limit=100_000)
+        active, waiting = self._approval_gates(self.journal.deployments(active_only=True, limit=100_000))
         running = [s for s in active if s.admitted_at is not None]
         busy = {s.request.target.key for s in running}
         for state in active:
@@ -179,10 +179,7 @@ class QueenImpl:
                 break
             if state.admitted_at is not None or state.request.target.key in busy:
                 continue
-            gate = self.approval_gate.check(state)
-            if gate is Gate.ENDED:  # rejected or expired: it ended just now
-                self._notify_finished(state.deployment_id)
-            if gate is not Gate.OPEN:  # a waiting one holds its target: the target's deployments keep order
+            if state.deployment_id in waiting:  # it holds its target: the target's deployments keep order
                 busy.add(state.request.target.key)
                 continue
             runner = self._take_runner()
@@ -197,6 +194,20 @@ class QueenImpl:
             self._launch(state.deployment_id, runner)
         self._refill()
         self.telemetry.set_load(running=len(running), queued=len(active) - len(running))
+
+    def _approval_gates(self, active: list[DeploymentState]) -> tuple[list[DeploymentState], set[str]]:
+        """Every queued deployment's approval looked at, whatever the limit or its target: one rejected or
+        expired ends now. Returns the deployments still active and the ids still awaiting approval."""
+        kept, waiting = [], set()
+        for state in active:
+            gate = Gate.OPEN if state.admitted_at is not None else self.approval_gate.check(state)
+            if gate is Gate.ENDED:
+                self._notify_finished(state.deployment_id)
+                continue
+            if gate is Gate.WAITING:
+                waiting.add(state.deployment_id)
+            kept.append(state)
+        return kept, waiting
 
     # ------------------------------------------------------------------------------ runners
     def _start_runner(self, name: str) -> Any:

@@ -99,7 +99,7 @@ def _show(status: DeploymentStatus) -> str:
     if status.rollback_reason:
         text += f"\n    rollback ({status.rollback_trigger.value if status.rollback_trigger else '?'}): "
         text += status.rollback_reason
-    elif status.phase.terminal and status.message:
+    elif (status.phase.terminal or status.phase is Phase.AWAITING_APPROVAL) and status.message:
         text += f"\n    {status.message}"
     return text
 
@@ -124,7 +124,8 @@ def _finish(status: DeploymentStatus, as_json: bool) -> int:
         print(status.model_dump_json(indent=2))
     return (
         EXIT_OK
-        if status.phase in (Phase.SUCCEEDED, Phase.PROGRESSING, Phase.PAUSED, Phase.QUEUED)
+        if status.phase
+        in (Phase.SUCCEEDED, Phase.PROGRESSING, Phase.PAUSED, Phase.QUEUED, Phase.AWAITING_APPROVAL)
         else EXIT_DEPLOYMENT_FAILED
     )
 
