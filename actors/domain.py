@@ -197,7 +197,7 @@ class EnvironmentCoordinatorImpl(_Worker):
             report = await asyncio.to_thread(assess, environment, adapter, replicas)
         finally:
             await asyncio.to_thread(adapter.close)
-        if report.room or report.ready:
+        if report.room_checked:
             status = EnvironmentStatus.READY if report.ready else EnvironmentStatus.CAPACITY_SHORT
             reason = "; ".join(report.problems) or f"room for {replicas} replica(s) on {platform.type}"
             await asyncio.to_thread(

@@ -207,6 +207,7 @@ class ReadinessReport(Model):
     platform: str
     replicas: int
     ready: bool
+    room_checked: bool = Field(default=False, description="The platform was asked for room (resources set)")
     problems: list[str] = Field(default_factory=list, description="Why a deployment would be refused")
     notes: list[str] = Field(default_factory=list, description="What the platform will not do, said plainly")
     room: list[CapacityPool] = Field(default_factory=list, description="What the platform reported")
@@ -218,17 +219,19 @@ def assess(environment: Environment, adapter: PlatformAdapter, replicas: int) ->
     capabilities = adapter.capabilities
     problems = declared_problems(environment, adapter.platform, capabilities, replicas)
     room: list[CapacityPool] = []
+    checked = False
     if not problems:
         adapter.validate()
         need = environment.resources.per_replica
         if needs_room(need):
             room = adapter.capacity(Target(service="readiness", environment=environment.name), replicas)
-            problems = shortages(environment.name, need, room)
+            problems, checked = shortages(environment.name, need, room), True
     return ReadinessReport(
         environment=environment.name,
         platform=adapter.platform,
         replicas=replicas,
         ready=not problems,
+        room_checked=checked,
         problems=problems,
         notes=readiness_notes(environment, adapter.platform, capabilities),
         room=room,

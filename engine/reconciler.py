@@ -274,22 +274,20 @@ class DeploymentReconciler:
         """Room for the plan's peak on the platform (the environment's status journaled when it changes);
         True when the deployment was refused for lack of it. What the platform will not enforce is noted."""
         need = environment.resources.per_replica
-        shortages_found: list[str] = []
+        extra = 0
         if needs_room(need):
             status = self.adapter.revision_status(state.request.target, stable) if stable else None
             extra = peak_extra_replicas(plan, status.desired_replicas if status else 0)
-            pools = self.adapter.capacity(state.request.target, extra) if extra > 0 else []
-            shortages_found = shortages(environment.name, need, pools)
-        if shortages_found:
-            reason = "; ".join(shortages_found)
-            record_environment_status(
-                self.journal, environment.name, EnvironmentStatus.CAPACITY_SHORT, reason, self.actor
+        if extra > 0:  # room was asked for: its answer is the environment's status now
+            shortages_found = shortages(
+                environment.name, need, self.adapter.capacity(state.request.target, extra)
             )
-            self._refuse(shortages_found)
-            return True
-        record_environment_status(
-            self.journal, environment.name, EnvironmentStatus.READY, "room for the deployment", self.actor
-        )
+            status_now = EnvironmentStatus.CAPACITY_SHORT if shortages_found else EnvironmentStatus.READY
+            reason = "; ".join(shortages_found) or f"room for {extra} more replica(s) of {need.described()}"
+            record_environment_status(self.journal, environment.name, status_now, reason, self.actor)
+            if shortages_found:
+                self._refuse(shortages_found)
+                return True
         notes = readiness_notes(environment, self.adapter.platform, self.adapter.capabilities)
         if notes:
             self._append(EventKind.NOTE, message="; ".join(notes))

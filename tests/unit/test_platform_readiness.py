@@ -31,6 +31,7 @@ from engine.quantities import parse_bytes, parse_cpu, show_bytes
 from engine.readiness import (
     EnvironmentStatus,
     EnvironmentStatusChange,
+    assess,
     declared_problems,
     environment_status,
     record_environment_status,
@@ -298,3 +299,19 @@ def test_what_a_platform_does_not_enforce_is_said_in_the_deployments_events(tmp_
 def test_replicas_outside_the_limits_are_refused_in_the_request() -> None:
     with pytest.raises(ValidationError):
         Environment.model_validate({"name": "production", "resources": {"maxReplicas": 0}})
+
+
+def test_readiness_on_demand_reports_room_and_what_is_not_done(tmp_path: Path) -> None:
+    clock = FakeClock()
+    room = [CapacityPool(name="host", replicas=0, memory_free=300 * MiB, disk_free=2**40, cpus=2)]
+    unconfined = PlatformCapabilities(capacity=frozenset(Resource), notes=["not confined: no cgroups"])
+    platform = FakePlatform(clock=clock, capabilities=unconfined, pools=room)
+    report = assess(environment(resources={"memory": "128Mi"}), platform, replicas=2)
+    assert report.ready and report.room_checked and report.problems == []
+    assert report.notes == ["fake does not limit memory per replica (not confined: no cgroups)"]
+    short = assess(environment(resources={"memory": "256Mi"}), platform, replicas=2)
+    assert not short.ready
+    assert short.problems == ["production: needs 2 x 256 MiB memory, host has 300 MiB free"]
+    unchecked = assess(environment(), platform, replicas=2)
+    assert unchecked.ready and not unchecked.room_checked
+    assert [call for call in platform.calls if call.startswith("ensure")] == []  # nothing changed
