@@ -12,7 +12,12 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import Field
 
-from engine.models import Artifact, Model, PlatformCapabilities, ReplicaResources, Resource, Target
+from engine.models import Artifact, Model, ReplicaResources, Target
+
+# The capabilities an adapter declares live with the models (each request's governance records them) and are
+# part of this protocol: re-exported here.
+from engine.models import PlatformCapabilities as PlatformCapabilities
+from engine.models import Resource as Resource
 
 
 class PlatformError(Exception):
@@ -30,10 +35,8 @@ class TransientPlatformError(PlatformError):
 
 
 # --------------------------------------------------------------------------------------------
-# How a target's endpoint is served (the capabilities, ``PlatformCapabilities``, are in engine/models.py:
-# each request's governance records them)
+# How a target's endpoint is served, and the room a platform reports
 # --------------------------------------------------------------------------------------------
-__all__ = ["PlatformCapabilities", "Resource"]
 
 
 class TlsMaterial(Model):

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import ray
 
+from adapters import create_platform
 from adapters.localhost import memory_available
 from engine.models import Environment, PlatformConfig
 from engine.readiness import EnvironmentStatus
@@ -36,7 +37,13 @@ def test_an_https_environment_is_deployed_and_monitored_over_https(orchestrator:
         "key": f"file:{certificates.key}",
         "ca": str(certificates.ca),
     }
-    environment = register(orchestrator, "secure-actors", security={"tlsRequired": True, "tls": tls})
+    environment = register(
+        orchestrator,
+        "secure-actors",
+        security={"tlsRequired": True, "tls": tls},
+        healthCheckInterval="500ms",
+        healthCheckTimeout="400ms",
+    )
     result = orchestrator.deploy(sample_artifact("tls-actors", "1.0.0"), ROLLING, environment, "local")
     assert result.success, result.status
     address = result.status.address
@@ -56,7 +63,24 @@ def test_an_https_environment_is_deployed_and_monitored_over_https(orchestrator:
     assert [e.url for r in health.monitors for e in r.endpoints] == [f"{address}/health"]
     status = orchestrator.environment_status(environment)
     assert status is not None and status.status is EnvironmentStatus.READY
-    orchestrator.worker("DO-001").stop_monitoring.remote(environment)
+
+    # The service goes away: the monitors see it, DO-001 journals the environment as not ready.
+    platform = create_platform(orchestrator.config.platform("local"))
+    try:
+        platform.remove_revision(result.status.target, "1-0-0")
+    finally:
+        platform.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = orchestrator.environment_status(environment)
+        if status is not None and status.status is EnvironmentStatus.NOT_READY:
+            break
+        time.sleep(0.5)
+    assert status is not None and status.status is EnvironmentStatus.NOT_READY, status
+    assert "failed checks" in status.reason
+    events = orch_journal(orchestrator).events(f"environment:{environment}")
+    assert [e.data["status"] for e in events] == ["ready", "not_ready"]
+    ray.get(orchestrator.worker("DO-001").stop_monitoring.remote(environment), timeout=30)
 
 
 def test_a_deployment_that_cannot_fit_is_refused_and_the_environment_says_so(orchestrator: Any) -> None:
