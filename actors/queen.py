@@ -54,6 +54,7 @@ from engine.models import (
     Strategy,
     StrategyType,
 )
+from engine.platform import PlatformError
 from engine.readiness import with_capabilities
 from engine.state import DeploymentState, EventKind
 
@@ -319,7 +320,10 @@ class QueenImpl:
             version = await asyncio.to_thread(config_version, self.config.source, self.config.sha256)
             self.config_version = version
         governed_request = governed(self.config, request, environment, self.config_version)
-        capabilities = await asyncio.to_thread(platform_capabilities, request.platform)
+        try:  # what the platform declares it can do: its adapter, made from the settings (no call to it)
+            capabilities = await asyncio.to_thread(platform_capabilities, request.platform)
+        except (ValueError, PlatformError) as error:
+            raise DeploymentRefused(f"platform '{request.platform.type}': {error}") from None
         governed_request = with_capabilities(governed_request, capabilities)
         problems = refusals(governed_request, self.config.roles)
         conflict = self.artifacts.conflict(request.artifact)
