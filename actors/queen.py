@@ -37,6 +37,7 @@ from engine.config import load_config
 from engine.control import ControlRefused, control_event
 from engine.governance import (
     ApprovalGate,
+    ConfigVersions,
     Gate,
     decide,
     environment_of,
@@ -95,7 +96,7 @@ class QueenImpl:
         self.approvals = Approvals(self.journal, self.config.roles)
         self.approval_gate = ApprovalGate(self.journal, self.approvals)
         self.artifacts = ArtifactRegistry(self.journal)
-        self.config_version: Any = None  # cached once the loaded file is found committed in git
+        self.config_versions = ConfigVersions(self.config, config_version)
         self.started = asyncio.Event()
         asyncio.get_running_loop().create_task(self._start())
 
@@ -316,10 +317,8 @@ class QueenImpl:
         """The request with the policy in force recorded in it; refused, naming every setting at fault,
         when it could never pass (before anything is recorded or changed)."""
         environment = environment_of(self.config, self.journal.records("environment"), request.environment)
-        if self.config_version is None or self.config_version.git_state != "committed":
-            version = await asyncio.to_thread(config_version, self.config.source, self.config.sha256)
-            self.config_version = version
-        governed_request = governed(self.config, request, environment, self.config_version)
+        version = await asyncio.to_thread(self.config_versions.for_environment, environment)  # may call git
+        governed_request = governed(self.config, request, environment, version)
         try:  # what the platform declares it can do: its adapter, made from the settings (no call to it)
             capabilities = await asyncio.to_thread(platform_capabilities, request.platform)
         except (ValueError, PlatformError) as error:

@@ -173,12 +173,11 @@ def load_private_key(data: bytes, password: bytes | None = None) -> Ed25519Priva
     return key
 
 
-def public_key_pem(key: Ed25519PrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode("ascii")
-    )
+def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
 
 
 def private_key_pem(key: Ed25519PrivateKey) -> bytes:

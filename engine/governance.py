@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +31,7 @@ from engine.artifacts import (
     check_signature,
     check_source,
     load_public_key,
+    public_key_pem,
     run_scanner,
 )
 from engine.compliance import checks_payload, evaluate, facts_for_deployment, gate_applies
@@ -50,6 +52,7 @@ from engine.readiness import declared_problems
 from engine.state import DeploymentState, EventKind
 
 _NASA = ComplianceLevel.NASA_POT10
+_STRICT = ComplianceLevel.STRICT
 # What nasa-pot10 cannot do without (its gate's mandatory rules depend on them).
 _NASA_FEATURES = ("approvals", "artifact_verification", "compliance_gate")
 
@@ -140,12 +143,40 @@ def policy_for(config: EnterpriseConfig, environment: Environment, version: Conf
     return Governance(
         environment=environment,
         features=config.features_for(environment),
+        # As PEM, whatever the file's form (a file: reference is read now): the record holds the key itself.
         trusted_keys={
-            key_id: config.trusted_keys[key_id] for key_id in chosen if key_id in config.trusted_keys
+            key_id: public_key_pem(load_public_key(config.trusted_keys[key_id]))
+            for key_id in chosen
+            if key_id in config.trusted_keys
         },
         vulnerability_scanner=scanner if security.vulnerability_scanning else None,
         config_version=version,
     )
+
+
+class ConfigVersions:
+    """The configuration's version recorded with each deployment: its digest always; the git commit holding
+    exactly that content where the compliance rules look at it (strict and above, or complianceScanning),
+    looked up (``lookup``: a git call) until found, then kept."""
+
+    def __init__(
+        self, config: EnterpriseConfig, lookup: Callable[[Path | None, str | None], ConfigVersion]
+    ) -> None:
+        self.config = config
+        self.lookup = lookup
+        self.committed: ConfigVersion | None = None
+
+    def for_environment(self, environment: Environment) -> ConfigVersion:
+        asked = environment.security.compliance_scanning or environment.compliance_level.rank >= _STRICT.rank
+        if not asked:
+            path = str(self.config.source) if self.config.source else None
+            return ConfigVersion(path=path, sha256=self.config.sha256, git_state="not looked up below strict")
+        if self.committed is None:
+            found = self.lookup(self.config.source, self.config.sha256)
+            if found.git_state != "committed":
+                return found
+            self.committed = found
+        return self.committed
 
 
 def governed(
@@ -202,10 +233,7 @@ def _approval_refusals(governance: Governance, where: str, roles: Mapping[str, S
 
 
 def signatures_required(environment: Environment) -> bool:
-    return (
-        environment.security.require_signed_artifacts
-        or environment.compliance_level.rank >= ComplianceLevel.STRICT.rank
-    )
+    return environment.security.require_signed_artifacts or environment.compliance_level.rank >= _STRICT.rank
 
 
 def _artifact_refusals(request: DeploymentRequest, governance: Governance, where: str) -> list[str]:

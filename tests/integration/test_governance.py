@@ -38,6 +38,12 @@ def register(orch: Any, name: str, **settings: Any) -> str:
     return name
 
 
+def two_groups(orch: Any, name: str) -> str:
+    """An environment whose deployments release-managers and prod-team must both approve."""
+    workflow = {"required": True, "approvers": ["release-managers", "prod-team"]}
+    return register(orch, name, approvalWorkflow=workflow)
+
+
 def nothing_deployed(orch: Any, service: str, environment: str) -> None:
     """No replica process and no HAProxy were started for the target, and no step was planned."""
     platform = create_platform(orch.config.platform("local"))
@@ -51,6 +57,20 @@ def nothing_deployed(orch: Any, service: str, environment: str) -> None:
     for state in journal.deployments(target_key=target.key):
         kinds = {event.kind for event in journal.events(state.deployment_id)}
         assert not kinds & {EventKind.PLANNED, EventKind.WEIGHTS_SET}, kinds
+
+
+def cli(orch: Any, *args: str) -> str:
+    """The command line with no cluster named (RAY_ADDRESS empty): it reads and writes the journal."""
+    done = subprocess.run(
+        [sys.executable, "orchestrator.py", "--config", orch.config_path, *args],
+        cwd=REPO,
+        env={**os.environ, "RAY_ADDRESS": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def wait_phase(orch: Any, deployment_id: str, phase: Phase, timeout_s: float = 60) -> Any:
@@ -67,11 +87,7 @@ def wait_phase(orch: Any, deployment_id: str, phase: Phase, timeout_s: float = 6
 # Approvals
 # --------------------------------------------------------------------------------------------
 def test_a_deployment_waits_queued_until_every_group_approves_then_runs(orchestrator: Any) -> None:
-    environment = register(
-        orchestrator,
-        "gov-approve",
-        approvalWorkflow={"required": True, "approvers": ["release-managers", "prod-team"]},
-    )
+    environment = two_groups(orchestrator, "gov-approve")
     deployment_id = orchestrator.submit(sample_artifact("gov-wait", "1.0.0"), ROLLING, environment)
     time.sleep(3)  # more than enough for an admission: it must not happen
     status = orchestrator.status(deployment_id)
@@ -87,9 +103,7 @@ def test_a_deployment_waits_queued_until_every_group_approves_then_runs(orchestr
         orchestrator.approve(deployment_id, "bob", "prod-team")
     time.sleep(1)
     assert orchestrator.status(deployment_id).phase is Phase.AWAITING_APPROVAL
-    decided = orchestrator.approve(
-        deployment_id[:12], "alice", "prod-team", "go"
-    )  # a prefix, as the CLI takes
+    decided = orchestrator.approve(deployment_id[:12], "alice", "prod-team", "go")  # a prefix works too
     assert decided.state is ApprovalState.APPROVED
 
     result = orchestrator.wait(deployment_id, timeout_s=120)
@@ -99,11 +113,7 @@ def test_a_deployment_waits_queued_until_every_group_approves_then_runs(orchestr
 
 
 def test_one_person_cannot_approve_for_two_groups(orchestrator: Any) -> None:
-    environment = register(
-        orchestrator,
-        "gov-approve2",
-        approvalWorkflow={"required": True, "approvers": ["release-managers", "prod-team"]},
-    )
+    environment = two_groups(orchestrator, "gov-approve2")
     deployment_id = orchestrator.submit(sample_artifact("gov-twice", "1.0.0"), ROLLING, environment)
     orchestrator.approve(deployment_id, "alice", "release-managers")  # alice is in both groups
     with pytest.raises(ApprovalRefused, match=r"alice already approved .* for release-managers"):
@@ -114,14 +124,17 @@ def test_one_person_cannot_approve_for_two_groups(orchestrator: Any) -> None:
 
 
 def test_a_rejection_ends_it_before_anything_runs(orchestrator: Any) -> None:
-    environment = register(
-        orchestrator,
-        "gov-reject",
-        approvalWorkflow={"required": True, "approvers": ["release-managers", "prod-team"]},
-    )
+    environment = two_groups(orchestrator, "gov-reject")
     deployment_id = orchestrator.submit(sample_artifact("gov-reject", "1.0.0"), ROLLING, environment)
     orchestrator.approve(deployment_id, "bob", "release-managers")
-    orchestrator.reject(deployment_id, "carol", "prod-team", "not during the sale")
+    # From the command line without a cluster: straight into the journal; the queen's round ends it.
+    listed = cli(orchestrator, "approvals", "--environment", environment)
+    assert (
+        deployment_id in listed
+        and "awaiting approval from prod-team (approved: release-managers: bob)" in listed
+    )
+    reject = ["reject", deployment_id[:14], "--group", "prod-team", "--person", "carol"]
+    cli(orchestrator, *reject, "--comment", "not during the sale")
     result = orchestrator.wait(deployment_id, timeout_s=30)
     assert result.status.phase is Phase.ABORTED
     assert result.status.message == "rejected by carol for prod-team: not during the sale"
@@ -291,23 +304,7 @@ def test_the_compliance_report_of_a_passing_nasa_pot10_deployment(
         "ivan",
     ]
 
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "orchestrator.py",
-            "--config",
-            orchestrator.config_path,
-            "report",
-            deployment_id[:14],
-        ],
-        cwd=REPO,
-        env={**os.environ, "RAY_ADDRESS": ""},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert cli.returncode == 0, cli.stderr
-    markdown = cli.stdout
+    markdown = cli(orchestrator, "report", deployment_id[:14])
     assert f"# Compliance report: deployment {deployment_id}" in markdown
     assert "nasa-pot10, score 95% (needs 95%): **PASSED**, enforced at deploy time" in markdown
     assert "- **Change record**: CHG-2041: web 1.0.0: first release" in markdown

@@ -211,3 +211,28 @@ def test_a_deployment_report_says_who_what_when_and_each_rule(tmp_path: Path) ->
     assert f"head hash `{journal.head()[1]}`" in markdown
     assert "| approvals-complete | FAILED | yes | 15 | no approval was requested from prod-team |" in markdown
     assert '"kind": "deployment"' in report.to_json()
+
+
+def test_a_pipeline_report_covers_its_deployments_and_its_approve_stages(tmp_path: Path) -> None:
+    from engine.approvals import Approvals
+    from engine.compliance import PIPELINE_RECORD, report
+
+    journal = Journal(tmp_path / "journal.db")
+    deployment_id = _deployment(journal, level="standard")
+    approvals = Approvals(journal, {"prod-team": ["alice"]})
+    approvals.request("pipeline-7.approve-prod", "production", ["prod-team"], 4e9, requested_by="bob")
+    approvals.approve("pipeline-7.approve-prod", "alice", "prod-team", "go")
+    journal.put_record(
+        PIPELINE_RECORD,
+        "pipeline-7",
+        {"deployments": [deployment_id], "approvals": ["pipeline-7.approve-prod"]},
+    )
+    found = report(journal, "pipeline-7")
+    assert found.kind == "pipeline" and [d.deployment_id for d in found.deployments] == [deployment_id]
+    assert [a.state.value for a in found.approvals] == ["approved"]
+    markdown = found.markdown()
+    assert "# Compliance report: pipeline pipeline-7" in markdown
+    assert "## Pipeline approvals" in markdown and "- approve by alice for prod-team at " in markdown
+    assert report(journal, deployment_id[:4]).kind == "deployment"  # an id prefix finds the deployment
+    with pytest.raises(KeyError, match="no deployment or pipeline 'nothing'"):
+        report(journal, "nothing")

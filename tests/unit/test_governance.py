@@ -20,6 +20,7 @@ from engine.models import (
     Artifact,
     ConfigVersion,
     DeploymentRequest,
+    Environment,
     Phase,
     PlatformConfig,
     Strategy,
@@ -375,3 +376,25 @@ def test_debug_logging_logs_each_step_of_the_environment_s_deployments(
     finally:
         debug_logging(False)
     assert any(f"{deployment_id}: step 1/" in r.getMessage() for r in caplog.records) is logged
+
+
+def test_the_configuration_s_commit_is_looked_up_where_its_rule_applies_until_found(tmp_path: Path) -> None:
+    from engine.governance import ConfigVersions
+
+    config = _config(NASA, scanners=SCANNER)
+    calls: list[str] = []
+    answers = iter([ConfigVersion(sha256="c" * 64, git_state="not committed"), COMMITTED])
+
+    def lookup(path: Path | None, sha256: str | None) -> ConfigVersion:
+        calls.append("git")
+        return next(answers)
+
+    versions = ConfigVersions(config, lookup)
+    development = Environment(name="development")
+    assert versions.for_environment(development).git_state == "not looked up below strict"
+    assert calls == []  # a development deployment costs no git call
+    production = config.environment("production")
+    assert versions.for_environment(production).git_state == "not committed"
+    assert versions.for_environment(production) == COMMITTED  # committed meanwhile: found on the next one
+    assert versions.for_environment(production) == COMMITTED
+    assert calls == ["git", "git"]

@@ -294,3 +294,26 @@ def test_an_isolated_copy_keeps_the_scanner_s_relative_paths_working(tmp_path: P
     scanner = copy.scanners.vulnerability
     assert scanner is not None and scanner.working_dir == str(DEFAULT_CONFIG_FILE.resolve().parent)
     assert (Path(scanner.working_dir) / scanner.command[1]).exists()
+
+
+def test_a_request_built_for_an_environment_takes_its_strategy_overrides() -> None:
+    from engine.requests import build_request
+
+    config = load_config(DEFAULT_CONFIG_FILE)
+    artifact = {"name": "web", "version": "2.0.0", "command": ["true"]}
+    production = build_request(
+        config, artifact, "canary", "production", change_record={"id": "C-1", "summary": "s"}
+    )
+    assert production.strategy.canary is not None and production.strategy.canary.step_duration == 600_000
+    assert production.change_record is not None and production.change_record.id == "C-1"
+    staging = build_request(
+        config,
+        artifact,
+        "canary",
+        "staging",
+        stepPercentage=25,
+        changeRecord={"id": "C-2", "summary": "camelCase"},
+    )
+    assert staging.strategy.canary is not None and staging.strategy.canary.step_duration == 300_000
+    assert staging.strategy.canary.step_percentage == 25
+    assert staging.change_record is not None and staging.change_record.summary == "camelCase"
