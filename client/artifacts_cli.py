@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.driver import read_journal
+from client.local import LocalJournal
 from engine.artifacts import (
     ArtifactEntry,
     ArtifactRegistry,
@@ -31,12 +31,13 @@ from engine.artifacts import (
     public_key_pem,
     sign,
 )
+from engine.identity import AccessRole
 from engine.models import Artifact
 
 PASSWORD_ENV = "ORCH_SIGNING_KEY_PASSWORD"
 
 
-def artifacts_command(words: list[str], config: str | None) -> int:
+def artifacts_command(words: list[str], local: LocalJournal) -> int:
     if words[:1] == ["sign"]:
         return _sign(_sign_parser().parse_args(words[1:]))
     if words[:1] == ["keygen"]:
@@ -45,7 +46,8 @@ def artifacts_command(words: list[str], config: str | None) -> int:
     listing.add_argument("service")
     listing.add_argument("--json", action="store_true")
     args = listing.parse_args(words)
-    entries = ArtifactRegistry(read_journal(config)).versions(args.service)
+    local.require(AccessRole.VIEWER, "artifacts")
+    entries = ArtifactRegistry(local.journal).versions(args.service)
     if args.json:
         print(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
     else:

@@ -25,13 +25,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from engine.approvals import ApprovalRequest, Approvals, ApprovalState
 from engine.artifacts import Check
-from engine.journal import Journal, UnknownDeploymentError
+from engine.audit import CheckpointStore, Verification, public_key_path, verify_trail
+from engine.audit import load_public_key as load_audit_key
+from engine.config import EnterpriseConfig
+from engine.journal import GENESIS, Journal, UnknownDeploymentError
 from engine.models import ChangeRecord, ComplianceLevel, ConfigVersion, Governance, Model
 from engine.state import DeploymentState, EventKind
 
@@ -84,24 +88,51 @@ REQUIRED_SCORE: dict[ComplianceLevel, float] = {
 # Facts
 # --------------------------------------------------------------------------------------------
 class AuditStatus(Model):
-    """The audit trail's state: whether its hash chain verifies, and its head."""
+    """The audit trail's state: whether its hash chain (and the signed checkpoints, when known) verify."""
 
     intact: bool
     events: int
     head_seq: int
     head_hash: str
     first_bad_seq: int | None = None
+    signed_seq: int | None = Field(default=None, description="The last entry a signed checkpoint covers")
+    summary: str = ""
     checked_at: float
 
 
-def audit_status(journal: Journal, clock: Callable[[], float] = time.time) -> AuditStatus:
-    """The one place the compliance gate and reports ask whether the audit trail is intact (today the
-    journal's hash chain; signed checkpoints join here)."""
-    intact, bad = journal.verify_chain()
-    seq, digest = journal.head()
+def audit_status(
+    journal: Journal,
+    clock: Callable[[], float] = time.time,
+    *,
+    checkpoints: str | None = None,
+    public_key: str | None = None,
+) -> AuditStatus:
+    """The one place the compliance gate and reports ask whether the audit trail is intact: the journal's
+    hash chain from its pruning anchor, and its signed checkpoints (engine/audit.py's ``verify_trail``) when
+    their store and public key are given (``trail_paths``). An unreadable store or key is not intact."""
+    try:
+        stored = CheckpointStore(Path(checkpoints)).all() if checkpoints else []
+        key_file = Path(public_key) if public_key else None
+        public = load_audit_key(key_file) if key_file is not None and key_file.exists() else None
+        verification = verify_trail(journal, stored, public)
+    except ValueError as error:
+        verification = Verification(ok=False, problem=str(error))
+    seq, digest = journal.head() or (0, GENESIS)
     return AuditStatus(
-        intact=intact, events=seq, head_seq=seq, head_hash=digest, first_bad_seq=bad, checked_at=clock()
+        intact=verification.ok,
+        events=verification.entries,
+        head_seq=seq,
+        head_hash=digest,
+        first_bad_seq=verification.first_bad_seq,
+        signed_seq=verification.signed_seq,
+        summary=verification.summary(),
+        checked_at=clock(),
     )
+
+
+def trail_paths(config: EnterpriseConfig) -> tuple[str, str]:
+    """Where the configuration keeps the audit trail's signed checkpoints and the key that checks them."""
+    return str(config.audit_checkpoints_path()), str(public_key_path(config.audit_key_path()))
 
 
 class ComplianceFacts(Model):
@@ -222,9 +253,13 @@ def _tls(facts: ComplianceFacts) -> tuple[bool, str]:
 
 def _audit(facts: ComplianceFacts) -> tuple[bool, str]:
     audit = facts.audit
+    head = f"head {audit.head_seq} {audit.head_hash}"
     if not audit.intact:
-        return False, f"the journal's hash chain is broken at event {audit.first_bad_seq}"
-    return True, f"hash chain verified over {audit.events} events; head {audit.head_seq} {audit.head_hash}"
+        return (
+            False,
+            f"{audit.summary or 'the hash chain is broken'} (first bad entry {audit.first_bad_seq}); {head}",
+        )
+    return True, f"{audit.summary or f'hash chain verified over {audit.events} events'}; {head}"
 
 
 _EVALUATE: dict[Rule, Callable[[ComplianceFacts], tuple[bool, str]]] = {
@@ -323,7 +358,12 @@ def facts_for_deployment(
         tls_required=environment.security.tls_required if environment else False,
         platform=request.platform.type,
         serves_tls=bool(governance and governance.capabilities and governance.capabilities.serves_tls),
-        audit=audit_status(journal, clock),
+        audit=audit_status(
+            journal,
+            clock,
+            checkpoints=governance.audit_checkpoints if governance else None,
+            public_key=governance.audit_public_key if governance else None,
+        ),
     )
 
 
@@ -406,19 +446,31 @@ def deployment_evidence(journal: Journal, state: DeploymentState) -> DeploymentE
     )
 
 
-def deployment_report(journal: Journal, deployment_id: str) -> ComplianceReport:
+def _trail(journal: Journal, config: EnterpriseConfig | None) -> AuditStatus:
+    checkpoints, public_key = trail_paths(config) if config is not None else (None, None)
+    return audit_status(journal, checkpoints=checkpoints, public_key=public_key)
+
+
+def deployment_report(
+    journal: Journal, deployment_id: str, config: EnterpriseConfig | None = None
+) -> ComplianceReport:
+    """A deployment's report; with ``config`` the trail's signed checkpoints are verified too."""
     state = journal.find(deployment_id)
     return ComplianceReport(
         kind="deployment",
         id=state.deployment_id,
         generated_at=time.time(),
         deployments=[deployment_evidence(journal, state)],
-        audit=audit_status(journal),
+        audit=_trail(journal, config),
     )
 
 
 def pipeline_report(
-    journal: Journal, pipeline_id: str, deployment_ids: Sequence[str], approval_subjects: Sequence[str] = ()
+    journal: Journal,
+    pipeline_id: str,
+    deployment_ids: Sequence[str],
+    approval_subjects: Sequence[str] = (),
+    config: EnterpriseConfig | None = None,
 ) -> ComplianceReport:
     """One report over a pipeline's deployments and its approve stages' approvals."""
     approvals = Approvals(journal)
@@ -428,24 +480,33 @@ def pipeline_report(
         generated_at=time.time(),
         deployments=[deployment_evidence(journal, journal.find(d)) for d in deployment_ids],
         approvals=[a for a in (approvals.find(s) for s in approval_subjects) if a is not None],
-        audit=audit_status(journal),
+        audit=_trail(journal, config),
     )
+
+
+class UnknownReport(KeyError):
+    def __init__(self, report_id: str) -> None:
+        super().__init__(f"no deployment or pipeline '{report_id}' in the journal")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 PIPELINE_RECORD = "pipeline"  # a pipeline's journal record: {"deployments": [ids], "approvals": [subjects]}
 
 
-def report(journal: Journal, report_id: str) -> ComplianceReport:
+def report(journal: Journal, report_id: str, config: EnterpriseConfig | None = None) -> ComplianceReport:
     """The report of a deployment (id or unique prefix) or of a pipeline (its id)."""
     try:
-        return deployment_report(journal, report_id)
+        return deployment_report(journal, report_id, config)
     except UnknownDeploymentError:
         pass
     record = journal.record(PIPELINE_RECORD, report_id)
     if record is None:
-        raise KeyError(f"no deployment or pipeline '{report_id}' in the journal")
+        raise UnknownReport(report_id)
     deployments = [str(d) for d in record.get("deployments", [])]
-    return pipeline_report(journal, report_id, deployments, [str(a) for a in record.get("approvals", [])])
+    subjects = [str(a) for a in record.get("approvals", [])]
+    return pipeline_report(journal, report_id, deployments, subjects, config)
 
 
 def _stamp(at: float | None) -> str:
@@ -521,7 +582,7 @@ def render_markdown(report: ComplianceReport) -> str:
         f"Generated {_stamp(report.generated_at)}. Overall: **{'PASSED' if report.passed else 'FAILED'}**.",
         "",
         f"Audit trail: {trail}, {audit.events} events, head hash `{audit.head_hash}` "
-        f"(event {audit.head_seq}).",
+        f"(event {audit.head_seq}). {audit.summary}",
         "",
     ]
     for deployment in report.deployments:

@@ -34,8 +34,9 @@ from engine.artifacts import (
     public_key_pem,
     run_scanner,
 )
-from engine.compliance import checks_payload, evaluate, facts_for_deployment, gate_applies
+from engine.compliance import checks_payload, evaluate, facts_for_deployment, gate_applies, trail_paths
 from engine.config import EnterpriseConfig
+from engine.identity import AccessControl, AccessRole
 from engine.journal import Journal
 from engine.models import (
     ComplianceLevel,
@@ -137,6 +138,7 @@ def environment_of(
 def policy_for(config: EnterpriseConfig, environment: Environment, version: ConfigVersion) -> Governance:
     security = environment.security
     chosen = security.trusted_keys or sorted(config.trusted_keys)
+    checkpoints, public_key = trail_paths(config)
     scanner = config.scanners.vulnerability
     if scanner is not None and scanner.working_dir is None and config.source is not None:
         scanner = scanner.model_copy(update={"working_dir": str(config.source.parent)})
@@ -151,6 +153,8 @@ def policy_for(config: EnterpriseConfig, environment: Environment, version: Conf
         },
         vulnerability_scanner=scanner if security.vulnerability_scanning else None,
         config_version=version,
+        audit_checkpoints=checkpoints,
+        audit_public_key=public_key,
     )
 
 
@@ -346,6 +350,34 @@ def decide(
         raise ApprovalRefused(f"deployment {whole} already ended ({state.phase().value}): {state.message}")
     decision = approvals.approve if approve else approvals.reject
     return decision(whole, person, group, comment)
+
+
+def decide_as(
+    access: AccessControl,
+    token: str | None,
+    approvals: Approvals,
+    subject: str,
+    person: str | None,
+    group: str,
+    comment: str,
+    approve: bool,
+) -> ApprovalRequest:
+    """A decision by the token's person (the orchestrator's own actors relay the person they name): one
+    decides for oneself only. A refused decision is audited with the person, never the token."""
+    action = "approve" if approve else "reject"
+    principal = access.require(token, None, action=action)  # who: group membership is checked below
+    who = principal.acting_as(person or "")
+    try:
+        if person and person != who:
+            raise ApprovalRefused(
+                f"person: the token is {who}'s, not {person}'s: one decides for oneself only"
+            )
+        return decide(approvals.journal, approvals, subject, who, group, comment, approve)
+    except ApprovalRefused as refusal:
+        found = approvals.find(subject_of(approvals.journal, subject))
+        environment = found.environment if found else None
+        access.refused(principal, action, AccessRole.APPROVER, environment, subject[:80], str(refusal))
+        raise
 
 
 def open_requests(

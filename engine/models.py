@@ -652,6 +652,8 @@ class Governance(Model):
     trusted_keys: dict[str, str] = Field(default_factory=dict, description="key id -> ed25519 public key")
     vulnerability_scanner: ScannerConfig | None = None
     config_version: ConfigVersion = Field(default_factory=ConfigVersion)
+    audit_checkpoints: str | None = Field(default=None, description="The audit trail's signed checkpoints")
+    audit_public_key: str | None = Field(default=None, description="The public key that checks them")
 
     @property
     def approval_groups(self) -> list[str]:

@@ -30,7 +30,9 @@ def register(orch: Any, name: str, **settings: Any) -> str:
     return name
 
 
-def test_an_https_environment_is_deployed_and_monitored_over_https(orchestrator: Any, tmp_path: Path) -> None:
+def test_an_https_environment_is_deployed_and_monitored_over_https(
+    orchestrator: Any, admin_token: str, tmp_path: Path
+) -> None:
     certificates = make_certificates(tmp_path / "certs")
     tls = {
         "certificate": str(certificates.certificate),
@@ -80,7 +82,7 @@ def test_an_https_environment_is_deployed_and_monitored_over_https(orchestrator:
     assert "failed checks" in status.reason
     events = orch_journal(orchestrator).events(f"environment:{environment}")
     assert [e.data["status"] for e in events] == ["ready", "not_ready"]
-    ray.get(orchestrator.worker("DO-001").stop_monitoring.remote(environment), timeout=30)
+    ray.get(orchestrator.worker("DO-001").stop_monitoring.remote(environment, token=admin_token), timeout=30)
 
 
 def test_a_deployment_that_cannot_fit_is_refused_and_the_environment_says_so(orchestrator: Any) -> None:

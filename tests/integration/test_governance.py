@@ -33,6 +33,22 @@ APPROVERS = {
 }
 
 
+@pytest.fixture(scope="module")
+def people(orchestrator: Any, orch_home: Path) -> dict[str, Any]:
+    """A driver per person, each holding that person's own token (issued by the session's admin); the token
+    is in ORCH_HOME/tokens/PERSON as well, for the command line."""
+    from orchestrator import DeploymentOrchestrator
+
+    drivers: dict[str, Any] = {}
+    folder = orch_home / "tokens"
+    folder.mkdir(exist_ok=True)
+    for person in ("alice", "bob", "carol", "erin", "grace", "ivan"):
+        token = orchestrator.issue_token(person)
+        (folder / person).write_text(token + "\n")
+        drivers[person] = DeploymentOrchestrator(config_path=orchestrator.config_path, token=token)
+    return drivers
+
+
 def register(orch: Any, name: str, **settings: Any) -> str:
     orch.register_environment(Environment.model_validate({"name": name, **settings}))
     return name
@@ -59,10 +75,12 @@ def nothing_deployed(orch: Any, service: str, environment: str) -> None:
         assert not kinds & {EventKind.PLANNED, EventKind.WEIGHTS_SET}, kinds
 
 
-def cli(orch: Any, *args: str) -> str:
-    """The command line with no cluster named (RAY_ADDRESS empty): it reads and writes the journal."""
+def cli(orch: Any, *args: str, person: str | None = None) -> str:
+    """The command line with no cluster named (RAY_ADDRESS empty): it reads and writes the journal; with
+    ``person``, with that person's token (else the session admin's, in ORCH_HOME/token)."""
+    as_person = ["--token-file", str(Path(orch.config_path).parent / "tokens" / person)] if person else []
     done = subprocess.run(
-        [sys.executable, "orchestrator.py", "--config", orch.config_path, *args],
+        [sys.executable, "orchestrator.py", "--config", orch.config_path, *as_person, *args],
         cwd=REPO,
         env={**os.environ, "RAY_ADDRESS": ""},
         capture_output=True,
@@ -86,7 +104,9 @@ def wait_phase(orch: Any, deployment_id: str, phase: Phase, timeout_s: float = 6
 # --------------------------------------------------------------------------------------------
 # Approvals
 # --------------------------------------------------------------------------------------------
-def test_a_deployment_waits_queued_until_every_group_approves_then_runs(orchestrator: Any) -> None:
+def test_a_deployment_waits_queued_until_every_group_approves_then_runs(
+    orchestrator: Any, people: dict[str, Any]
+) -> None:
     environment = two_groups(orchestrator, "gov-approve")
     deployment_id = orchestrator.submit(sample_artifact("gov-wait", "1.0.0"), ROLLING, environment)
     time.sleep(3)  # more than enough for an admission: it must not happen
@@ -98,12 +118,16 @@ def test_a_deployment_waits_queued_until_every_group_approves_then_runs(orchestr
     (pending,) = [r for r in orchestrator.approvals() if r.subject == deployment_id]
     assert pending.groups == ["release-managers", "prod-team"]
 
-    orchestrator.approve(deployment_id, "bob", "release-managers", "release notes read")
+    with pytest.raises(ApprovalRefused, match="the token is bob's, not alice's"):
+        people["bob"].approve(deployment_id, "alice", "prod-team")  # one decides for oneself only
+    people["bob"].approve(deployment_id, "bob", "release-managers", "release notes read")
     with pytest.raises(ApprovalRefused, match="bob is not a member of prod-team"):
-        orchestrator.approve(deployment_id, "bob", "prod-team")
+        people["bob"].approve(deployment_id, None, "prod-team")
+    refusals = [e.data for e in orch_journal(orchestrator).events(deployment_id) if e.kind is EventKind.AUDIT]
+    assert [(r["action"], r["attempted"]) for r in refusals] == [("role_refused", "approve")] * 2
     time.sleep(1)
     assert orchestrator.status(deployment_id).phase is Phase.AWAITING_APPROVAL
-    decided = orchestrator.approve(deployment_id[:12], "alice", "prod-team", "go")  # a prefix works too
+    decided = people["alice"].approve(deployment_id[:12], None, "prod-team", "go")  # a prefix works too
     assert decided.state is ApprovalState.APPROVED
 
     result = orchestrator.wait(deployment_id, timeout_s=120)
@@ -112,36 +136,36 @@ def test_a_deployment_waits_queued_until_every_group_approves_then_runs(orchestr
     assert kinds.index(EventKind.ADMITTED) > max(i for i, k in enumerate(kinds) if k is EventKind.APPROVED)
 
 
-def test_one_person_cannot_approve_for_two_groups(orchestrator: Any) -> None:
+def test_one_person_cannot_approve_for_two_groups(orchestrator: Any, people: dict[str, Any]) -> None:
     environment = two_groups(orchestrator, "gov-approve2")
     deployment_id = orchestrator.submit(sample_artifact("gov-twice", "1.0.0"), ROLLING, environment)
-    orchestrator.approve(deployment_id, "alice", "release-managers")  # alice is in both groups
+    people["alice"].approve(deployment_id, "alice", "release-managers")  # alice is in both groups
     with pytest.raises(ApprovalRefused, match=r"alice already approved .* for release-managers"):
-        orchestrator.approve(deployment_id, "alice", "prod-team")
+        people["alice"].approve(deployment_id, "alice", "prod-team")
     assert orchestrator.status(deployment_id).phase is Phase.AWAITING_APPROVAL
     orchestrator.abort(deployment_id, "test over")
     assert orchestrator.status(deployment_id).phase is Phase.ABORTED
 
 
-def test_a_rejection_ends_it_before_anything_runs(orchestrator: Any) -> None:
+def test_a_rejection_ends_it_before_anything_runs(orchestrator: Any, people: dict[str, Any]) -> None:
     environment = two_groups(orchestrator, "gov-reject")
     deployment_id = orchestrator.submit(sample_artifact("gov-reject", "1.0.0"), ROLLING, environment)
-    orchestrator.approve(deployment_id, "bob", "release-managers")
+    people["bob"].approve(deployment_id, "bob", "release-managers")
     # From the command line without a cluster: straight into the journal; the queen's round ends it.
     listed = cli(orchestrator, "approvals", "--environment", environment)
     assert (
         deployment_id in listed
         and "awaiting approval from prod-team (approved: release-managers: bob)" in listed
     )
-    reject = ["reject", deployment_id[:14], "--group", "prod-team", "--person", "carol"]
-    cli(orchestrator, *reject, "--comment", "not during the sale")
+    reject = ["reject", deployment_id[:14], "--group", "prod-team", "--comment", "not during the sale"]
+    cli(orchestrator, *reject, person="carol")
     result = orchestrator.wait(deployment_id, timeout_s=30)
     assert result.status.phase is Phase.ABORTED
     assert result.status.message == "rejected by carol for prod-team: not during the sale"
     nothing_deployed(orchestrator, "gov-reject", environment)
 
 
-def test_an_expired_request_fails_it(orchestrator: Any) -> None:
+def test_an_expired_request_fails_it(orchestrator: Any, people: dict[str, Any]) -> None:
     environment = register(
         orchestrator, "gov-expire", approvalWorkflow={"required": True, "approvers": ["qa"], "expiry": "2s"}
     )
@@ -151,7 +175,7 @@ def test_an_expired_request_fails_it(orchestrator: Any) -> None:
     assert result.status.phase is Phase.FAILED, result.status
     assert result.status.message == "approval expired after 2s without qa"
     with pytest.raises(ApprovalRefused, match=r"already ended .*approval expired"):
-        orchestrator.approve(deployment_id, "erin", "qa")
+        people["erin"].approve(deployment_id, "erin", "qa")
     nothing_deployed(orchestrator, "gov-expire", environment)
 
 
@@ -277,7 +301,7 @@ POT10 = {
 
 
 def test_the_compliance_report_of_a_passing_nasa_pot10_deployment(
-    orchestrator: Any, governance_kit: GovernanceKit
+    orchestrator: Any, governance_kit: GovernanceKit, people: dict[str, Any]
 ) -> None:
     environment = register(orchestrator, "gov-pot10", **POT10)
     commit = _commit_configuration(orchestrator)
@@ -287,7 +311,7 @@ def test_the_compliance_report_of_a_passing_nasa_pot10_deployment(
     )
     wait_phase(orchestrator, deployment_id, Phase.AWAITING_APPROVAL)
     for group in ("prod-team", "security-team", "compliance-team"):
-        orchestrator.approve(deployment_id, APPROVERS[group], group, f"{group} agrees")
+        people[APPROVERS[group]].approve(deployment_id, None, group, f"{group} agrees")
     result = orchestrator.wait(deployment_id, timeout_s=120)
     assert result.success, result.status
 
@@ -315,3 +339,20 @@ def test_the_compliance_report_of_a_passing_nasa_pot10_deployment(
         in markdown
     )
     assert "head hash `" in markdown and report.audit.intact
+
+
+def test_deciding_without_a_token_is_refused_inside_the_queen_and_audited(orchestrator: Any) -> None:
+    from actors.common import QUEEN_NAME
+    from engine.identity import AccessDenied
+
+    environment = two_groups(orchestrator, "gov-guarded")
+    deployment_id = orchestrator.submit(sample_artifact("gov-guarded", "1.0.0"), ROLLING, environment)
+    queen = ray.get_actor(QUEEN_NAME, namespace=orchestrator.namespace)  # bypassing the driver
+    with pytest.raises(AccessDenied, match="approve refused: no token"):
+        ray.get(queen.approve.remote(deployment_id, "bob", "release-managers", "sneaky"), timeout=60)
+    with pytest.raises(AccessDenied, match="approvals refused: no token"):
+        ray.get(queen.approval_requests.remote(), timeout=60)
+    audited = [e.data for e in orch_journal(orchestrator).events() if e.kind is EventKind.AUDIT]
+    assert {"approve", "approvals"} <= {str(d.get("attempted")) for d in audited}
+    assert orchestrator.approvals(deployment_id)[0].decisions == []
+    orchestrator.abort(deployment_id, "test over")

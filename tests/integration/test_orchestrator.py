@@ -369,17 +369,22 @@ def test_a_second_orchestrator_on_the_same_journal_is_refused(orchestrator: Any)
     assert all(s.request.artifact.name != "intruder" for s in orch_journal(orchestrator).deployments())
 
 
-def _approve_staging_when_asked(orchestrator: Any, stop: threading.Event) -> None:
+def _approve_staging_when_asked(erin: Any, stop: threading.Event) -> None:
     """Staging's workflow asks qa: erin approves whatever waits there (the queen admits it at once)."""
     while not stop.wait(0.5):
-        for request in orchestrator.approvals(environment="staging"):
-            orchestrator.approve(request.subject, "erin", "qa", "tested")
+        for request in erin.approvals(environment="staging"):
+            erin.approve(request.subject, "erin", "qa", "tested")
 
 
 def test_pipeline_runs_its_stages_in_order(orchestrator: Any) -> None:
+    from orchestrator import DeploymentOrchestrator
+
     stage = {"strategy": {"type": "rolling", "replicas": 1}}
+    erin = DeploymentOrchestrator(
+        config_path=orchestrator.config_path, token=orchestrator.issue_token("erin")
+    )
     stop = threading.Event()
-    approver = threading.Thread(target=_approve_staging_when_asked, args=(orchestrator, stop), daemon=True)
+    approver = threading.Thread(target=_approve_staging_when_asked, args=(erin, stop), daemon=True)
     approver.start()
     try:
         status = orchestrator.run_pipeline(

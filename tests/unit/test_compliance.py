@@ -236,3 +236,24 @@ def test_a_pipeline_report_covers_its_deployments_and_its_approve_stages(tmp_pat
     assert report(journal, deployment_id[:4]).kind == "deployment"  # an id prefix finds the deployment
     with pytest.raises(KeyError, match="no deployment or pipeline 'nothing'"):
         report(journal, "nothing")
+
+
+def test_the_audit_trail_check_uses_the_signed_checkpoints_so_a_cut_tail_is_caught(tmp_path: Path) -> None:
+    from engine.audit import Checkpointer, CheckpointStore, public_key_path
+
+    journal = Journal(tmp_path / "journal.db")
+    deployment_id = _deployment(journal)
+    key, store = tmp_path / "audit" / "signing-key.pem", tmp_path / "audit" / "checkpoints.jsonl"
+    journal.append(deployment_id, EventKind.NOTE, {"message": "before the checkpoint"})
+    assert Checkpointer(journal, key, CheckpointStore(store)).checkpoint("manual") is not None
+    where = {"checkpoints": str(store), "public_key": str(public_key_path(key))}
+    signed = audit_status(journal, **where)
+    assert signed.intact and signed.signed_seq == journal.head()[0]  # type: ignore[index]
+    assert "signed up to seq" in signed.summary
+    with sqlite3.connect(tmp_path / "journal.db") as db:
+        db.execute("DELETE FROM events WHERE seq = (SELECT MAX(seq) FROM events)")  # cut the tail
+    assert audit_status(journal).intact  # the chain alone cannot tell
+    cut = audit_status(journal, **where)
+    assert not cut.intact and cut.summary.startswith("audit trail BROKEN")
+    result = evaluate(facts(audit=cut), NOW)
+    assert not result.passed and "audit-trail-intact [mandatory]: audit trail BROKEN" in result.explain()

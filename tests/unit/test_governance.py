@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from adapters import platform_capabilities
-from engine.approvals import Approvals
+from engine.approvals import ApprovalRefused, Approvals
 from engine.artifacts import digest_path, public_key_pem, sign
 from engine.config import EnterpriseConfig
 from engine.governance import ApprovalGate, Gate, feature_enabled, governed, preflight, refusals
@@ -398,3 +398,30 @@ def test_the_configuration_s_commit_is_looked_up_where_its_rule_applies_until_fo
     assert versions.for_environment(production) == COMMITTED  # committed meanwhile: found on the next one
     assert versions.for_environment(production) == COMMITTED
     assert calls == ["git", "git"]
+
+
+def test_a_decision_is_taken_by_the_token_s_person_and_a_refusal_is_audited(tmp_path: Path) -> None:
+    from engine.governance import decide_as
+    from engine.identity import AccessControl, AccessDenied, TokenStore
+
+    setup = Setup(tmp_path, NASA, scanners=SCANNER)
+    deployment_id = setup.submit(_artifact(tmp_path))
+    access = AccessControl(setup.config, setup.journal, service_secret="s3cret")
+    alice = TokenStore(setup.journal).issue("alice", by="admin").token
+    grace = TokenStore(setup.journal).issue("grace", by="admin").token
+    decided = decide_as(access, alice, setup.approvals, deployment_id, None, "prod-team", "ok", approve=True)
+    assert decided.approvals()["prod-team"].person == "alice"
+    with pytest.raises(AccessDenied, match="no token"):
+        decide_as(access, None, setup.approvals, deployment_id, "grace", "security-team", "", approve=True)
+    with pytest.raises(ApprovalRefused, match="the token is alice's, not grace's"):
+        decide_as(access, alice, setup.approvals, deployment_id, "grace", "security-team", "", approve=True)
+    refusal = [e for e in setup.journal.events(deployment_id) if e.kind is EventKind.AUDIT][-1]
+    assert (refusal.actor, refusal.data["attempted"], refusal.data["environment"]) == (
+        "alice",
+        "approve",
+        "production",
+    )
+    assert alice not in str(refusal.data) and grace not in str(refusal.data)
+    # The orchestrator's own actors (DO-006 relaying a person's decision) name the person.
+    relayed = decide_as(access, "s3cret", setup.approvals, deployment_id, "grace", "security-team", "", True)
+    assert relayed.state.value == "approved" and relayed.approvals()["security-team"].person == "grace"
