@@ -35,6 +35,14 @@ from engine.models import (
 )
 from engine.plans import build_plan
 from engine.platform import MetricSnapshot, PlatformError
+from engine.readiness import (
+    EnvironmentStatus,
+    EnvironmentStatusChange,
+    ReadinessReport,
+    assess,
+    environment_status,
+    record_environment_status,
+)
 from engine.rollback_decision import record_rollback_decision
 from engine.state import Step
 from engine.supervision import SupervisorStateManager
@@ -116,6 +124,7 @@ class EnvironmentCoordinatorImpl(_Worker):
             threading.Thread(
                 target=supervisor.run, args=(self._stop_supervision,), name="supervision", daemon=True
             ).start()
+        self.monitor_health: dict[str, dict[str, bool]] = {}
 
     async def environments(self, token: str | None = None) -> list[Environment]:
         self.access.require(token, AccessRole.VIEWER, action="environments")
@@ -160,6 +169,7 @@ class EnvironmentCoordinatorImpl(_Worker):
             raise ValueError(f"environment '{name}' has no endpoints and no live services to monitor")
         self._stop_monitors(name)
         chunks = [targets[i : i + per_monitor] for i in range(0, len(targets), per_monitor)]
+        watcher = find_actor(ray.get_runtime_context().get_actor_name() or "", self.namespace)
         monitors = []
         for index, (chunk, strategy) in enumerate(zip(chunks, _spread_over_nodes(len(chunks)), strict=True)):
             monitors.append(
@@ -171,6 +181,9 @@ class EnvironmentCoordinatorImpl(_Worker):
                     environment.health_check_interval / 1000,
                     environment.health_check_timeout / 1000,
                     environment.unhealthy_threshold,
+                    notify_token=self.service_secret,  # identifies the monitor's calls to on_health_change
+                    ca_file=environment.security.tls.ca,
+                    watcher=watcher,
                 )
             )
         await _started(monitors)
@@ -196,8 +209,50 @@ class EnvironmentCoordinatorImpl(_Worker):
         self._stop_monitors(name)
 
     def _stop_monitors(self, name: str) -> None:
+        self.monitor_health.pop(name, None)
         for monitor in self.monitors.pop(name, []):
             kill_quietly(monitor)
+
+    async def on_health_change(
+        self, monitor: str, healthy: bool, reason: str, token: str | None = None
+    ) -> None:
+        """A monitor's endpoints flipped: the environment is ready when every monitor's are healthy; a change
+        of that is journaled (and handed to alerting). Only our own monitors call it."""
+        self.access.require_system(token, action="on_health_change")
+        name = monitor.rsplit(":", 1)[0]
+        flags = self.monitor_health.setdefault(name, {})
+        flags[monitor] = healthy
+        status = EnvironmentStatus.READY if all(flags.values()) else EnvironmentStatus.NOT_READY
+        await asyncio.to_thread(
+            record_environment_status, self.journal, name, status, reason, worker_name("DO-001")
+        )
+
+    async def environment_readiness(
+        self, name: str, platform: PlatformConfig, replicas: int = 1, token: str | None = None
+    ) -> ReadinessReport:
+        """Would ``replicas`` new replicas go to the environment on this platform now? TLS, NetworkPolicy and
+        replica limits against what the platform declares, then its room (free memory, disk, quota) for
+        them. A change of the environment's status (ready, capacity short) is journaled."""
+        self.access.require(token, AccessRole.DEPLOYER, name, action="environment_readiness")
+        environment = await self._environment(name)
+        adapter = await asyncio.to_thread(create_platform, platform)
+        try:
+            report = await asyncio.to_thread(assess, environment, adapter, replicas)
+        finally:
+            await asyncio.to_thread(adapter.close)
+        if report.room_checked:
+            status = EnvironmentStatus.READY if report.ready else EnvironmentStatus.CAPACITY_SHORT
+            reason = "; ".join(report.problems) or f"room for {replicas} replica(s) on {platform.type}"
+            await asyncio.to_thread(
+                record_environment_status, self.journal, name, status, reason, worker_name("DO-001")
+            )
+        return report
+
+    async def environment_status(self, name: str, token: str | None = None) -> EnvironmentStatusChange | None:
+        """The environment's last recorded status (ready, not ready, capacity short), or None."""
+        self.access.require(token, AccessRole.VIEWER, name, action="environment_status")
+        await self._environment(name)
+        return environment_status(self.journal, name)
 
 
 # ---------------------------------------------------------------------------------------- DO-002

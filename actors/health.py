@@ -58,8 +58,13 @@ class HealthMonitorImpl:
         notify: Any | None = None,
         notify_key: str = "",
         notify_token: str | None = None,
+        ca_file: str | None = None,
+        watcher: Any | None = None,
     ) -> None:
         self.name = name
+        self.ca_file = ca_file  # HTTPS endpoints are verified against it
+        self.watcher = watcher  # an actor handle with ``on_health_change(monitor, healthy, reason)``
+        self._healthy: bool | None = None
         self.interval_s = interval_s
         self.timeout_s = min(timeout_s, interval_s)
         self.threshold = unhealthy_threshold
@@ -74,11 +79,12 @@ class HealthMonitorImpl:
 
     async def _loop(self) -> None:
         while True:
-            results = await probe_all(list(self.endpoints), self.timeout_s)
+            results = await probe_all(list(self.endpoints), self.timeout_s, self.ca_file)
             for result in results:
                 self.endpoints[result.url] = apply_probe(self.endpoints[result.url], result, self.threshold)
             self.checked_at = time.time()
             await self._maybe_notify()
+            self._tell_watcher()
             await asyncio.sleep(self.interval_s)
 
     async def _maybe_notify(self) -> None:
@@ -88,6 +94,20 @@ class HealthMonitorImpl:
         reason = "; ".join(f"{e.url}: {e.consecutive_failures} failed checks ({e.last_error})" for e in sick)
         self._notified = True
         self.notify.on_unhealthy.remote(self.notify_key, reason, token=self.notify_token)
+
+    def _tell_watcher(self) -> None:
+        """Every flip between healthy and unhealthy, not every probe: the watcher journals status changes."""
+        healthy = all(e.healthy for e in self.endpoints.values())
+        if self.watcher is None or healthy == self._healthy:
+            return
+        self._healthy = healthy
+        sick = [
+            f"{e.url}: {e.consecutive_failures} failed checks ({e.last_error})"
+            for e in self.endpoints.values()
+            if not e.healthy
+        ]
+        reason = "; ".join(sick) if sick else f"{len(self.endpoints)} endpoint(s) answer their health checks"
+        self.watcher.on_health_change.remote(self.name, healthy, reason, token=self.notify_token)
 
     async def report(self) -> HealthReport:
         return HealthReport(

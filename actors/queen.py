@@ -31,6 +31,7 @@ from actors.common import (
 from actors.domain import WORKER_CLASSES
 from actors.runner import DeploymentRunner
 from actors.telemetry import Telemetry
+from adapters import platform_capabilities
 from adapters.git_version import config_version
 from engine.admission import ALL, Admission, DeploymentRefused, RunnerLost
 from engine.approvals import ApprovalRequest, Approvals
@@ -59,6 +60,8 @@ from engine.models import (
     StrategyType,
 )
 from engine.one_journal import queen_identity
+from engine.platform import PlatformError
+from engine.readiness import with_capabilities
 from engine.state import DeploymentState, EventKind
 
 log = logging.getLogger(__name__)
@@ -202,6 +205,11 @@ class QueenImpl:
         environment = environment_of(self.config, self.journal.records("environment"), request.environment)
         version = await asyncio.to_thread(self.config_versions.for_environment, environment)  # may call git
         governed_request = governed(self.config, request, environment, version)
+        try:  # what the platform declares it can do: its adapter, made from the settings (no call to it)
+            capabilities = await asyncio.to_thread(platform_capabilities, request.platform)
+        except (ValueError, PlatformError) as error:
+            raise DeploymentRefused(f"platform '{request.platform.type}': {error}") from None
+        governed_request = with_capabilities(governed_request, capabilities)
         problems = refusals(governed_request, self.config.roles)
         conflict = self.artifacts.conflict(request.artifact)
         if conflict is not None:

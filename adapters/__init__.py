@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.artifacts import ContentDigests, path_digests
-from engine.models import Artifact, PlatformConfig
+from engine.models import Artifact, PlatformCapabilities, PlatformConfig
 from engine.paths import orchestrator_home
 from engine.platform import PlatformAdapter
 
@@ -59,3 +59,19 @@ def content_digests(config: PlatformConfig) -> ContentDigests:
         return None
 
     return digests
+
+
+_CAPABILITIES: dict[str, PlatformCapabilities] = {}
+
+
+def platform_capabilities(config: PlatformConfig) -> PlatformCapabilities:
+    """What a configured platform declares it can do: its adapter's ``capabilities``, made without any call to
+    the platform (adapters only read their settings when made). Kept per configuration in this process."""
+    key = config.model_dump_json()
+    if key not in _CAPABILITIES:
+        adapter = create_platform(config)
+        try:
+            _CAPABILITIES[key] = adapter.capabilities
+        finally:
+            adapter.close()
+    return _CAPABILITIES[key]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import threading
 import time
@@ -32,9 +33,17 @@ from pydantic.alias_generators import to_camel
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import Timeout as RequestsTimeout
 
-from adapters.localhost import reserve_port
-from engine.models import Artifact, Target
-from engine.platform import PlatformError, Replica, RevisionSpec, TransientPlatformError
+from adapters.localhost import memory_available, reserve_port
+from engine.models import Artifact, ReplicaResources, Target
+from engine.platform import (
+    CapacityPool,
+    PlatformCapabilities,
+    PlatformError,
+    Replica,
+    Resource,
+    RevisionSpec,
+    TransientPlatformError,
+)
 from engine.secrets import runtime_env
 
 PLATFORM = "docker"
@@ -165,6 +174,17 @@ class DockerBackend:
         self._port_lock = threading.Lock()
         # Removals run in threads, and any of them may drop a broken client.
         self._client_lock = threading.Lock()
+        # An engine on this machine (its unix socket) has this machine's free memory and disk; a remote one's
+        # cannot be read through the API.
+        self._local_engine = self.base_url.startswith("unix://")
+        notes = ["docker: disk use is not limited (the storage driver has no per-container quota here)"]
+        if not self._local_engine:
+            notes.append(f"docker: the engine at {self.base_url} is remote: its free memory, disk unknown")
+        self.capabilities = PlatformCapabilities(
+            limits=frozenset({Resource.CPU, Resource.MEMORY}),
+            capacity=frozenset(Resource) if self._local_engine else frozenset({Resource.CPU}),
+            notes=notes,
+        )
 
     # ----------------------------------------------------------------------------------------
     # Client and error handling
@@ -236,6 +256,16 @@ class DockerBackend:
         except NotFound as exc:
             raise self._error(f"network '{self.settings.network}' not found") from exc
 
+    def capacity(self, target: Target, replicas: int) -> list[CapacityPool]:
+        """The engine's host: its cores (from the engine); free memory and disk when it is this machine."""
+        info = self._call("read the engine's info", lambda client: client.info())
+        pool = CapacityPool(name="host", replicas=replicas, cpus=float(info.get("NCPU") or 0) or None)
+        if self._local_engine:
+            root = Path(str(info.get("DockerRootDir") or self.state_dir))
+            pool.memory_free = memory_available()
+            pool.disk_free = shutil.disk_usage(root if root.is_dir() else self.state_dir).free
+        return [pool]
+
     def ensure_replicas(self, spec: RevisionSpec) -> list[Replica]:
         # A missing or wrong image fails before anything is touched.
         image = self._resolve_image(spec.artifact) if spec.replicas > 0 else ""
@@ -253,6 +283,7 @@ class DockerBackend:
         for index in range(spec.replicas):
             container = by_index.get(index)
             if container is not None and container_state(container) == "running":
+                self._apply_limits(container.id, spec.resources)
                 replicas.append(self._replica(container))
                 continue
             preferred_port = None
@@ -417,6 +448,7 @@ class DockerBackend:
             "environment": {**runtime_env(artifact), "PORT": str(port)},
             # The orchestrator decides what happens to a dead replica, not the engine.
             "restart_policy": {"Name": "no"},
+            **{option: value for option, value in _limit_options(spec.resources).items() if value},
         }
         if artifact.command:
             options["command"] = list(artifact.command)
@@ -428,6 +460,32 @@ class DockerBackend:
             options["network"] = self.settings.network
             options["ports"] = {f"{port}/tcp": (self.settings.replica_host, port)}
         return options
+
+    def _apply_limits(self, container_id: str, resources: ReplicaResources | None) -> None:
+        """A running replica gets new limits in place (``docker update``), without a restart. (A limit taken
+        away is left in force until the replica is replaced.)"""
+        wanted = {key: value for key, value in _limit_options(resources).items() if value}
+        if not wanted:
+            return
+        full = self._call(f"inspect container {container_id[:12]}", lambda c: c.containers.get(container_id))
+        host = full.attrs.get("HostConfig") or {}
+        in_force = {"nano_cpus": host.get("NanoCpus"), "mem_limit": host.get("Memory")}
+        in_force["memswap_limit"] = host.get("MemorySwap")
+        if all(in_force[key] == value for key, value in wanted.items()):
+            return
+        # The SDK's update_container has no NanoCpus (what --cpus sets): the engine's own endpoint does.
+        names = {"nano_cpus": "NanoCpus", "mem_limit": "Memory", "memswap_limit": "MemorySwap"}
+        body = {names[key]: value for key, value in wanted.items()}
+        what = f"update the limits of container {container_id[:12]}"
+
+        def update(client: Any) -> None:
+            api = client.api
+            url = f"{api.base_url}/v{api.api_version}/containers/{container_id}/update"
+            response = api.post(url, json=body, timeout=self.settings.timeout)
+            if response.status_code >= 400:
+                raise self._error(f"{what}: HTTP {response.status_code}: {response.text.strip()[:300]}")
+
+        self._call(what, update)
 
     def _create(self, name: str, options: dict[str, Any]) -> Any:
         try:
@@ -474,3 +532,14 @@ class DockerBackend:
             except OSError:
                 return False
         return True
+
+
+def _limit_options(resources: ReplicaResources | None) -> dict[str, int]:
+    """The container's CPU and memory limits (``--cpus``, ``--memory``; swap no further than memory)."""
+    cpu = resources.cpu if resources else None
+    memory = resources.memory if resources else None
+    return {
+        "nano_cpus": round(cpu * 1e9) if cpu else 0,
+        "mem_limit": memory or 0,
+        "memswap_limit": memory or 0,
+    }

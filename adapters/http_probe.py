@@ -1,8 +1,13 @@
-"""HTTP probes against the services themselves: health checks (async, aiohttp) and smoke tests (sync)."""
+"""HTTP probes against the services themselves: health checks (async, aiohttp) and smoke tests (sync).
+
+HTTPS addresses are verified against ``ca_file`` (the environment's CA; the system's CAs when None): a
+certificate that does not chain to it, or does not name the host, is a failed probe, never a pass.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -10,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 
+from adapters.tls_files import client_context
 from engine.models import Model
 
 
@@ -41,15 +47,16 @@ async def probe(session: aiohttp.ClientSession, url: str, timeout_s: float) -> P
         return ProbeResult(url=url, healthy=False, error=type(error).__name__ + ": " + str(error)[:200])
 
 
-async def probe_all(urls: list[str], timeout_s: float) -> list[ProbeResult]:
-    """Every URL at once; bounded by ``timeout_s`` each."""
-    async with aiohttp.ClientSession() as session:
+async def probe_all(urls: list[str], timeout_s: float, ca_file: str | None = None) -> list[ProbeResult]:
+    """Every URL at once; bounded by ``timeout_s`` each; HTTPS verified against ``ca_file``."""
+    connector = aiohttp.TCPConnector(ssl=client_context(ca_file))
+    async with aiohttp.ClientSession(connector=connector) as session:
         return list(await asyncio.gather(*(probe(session, url, timeout_s) for url in urls)))
 
 
-def _get(url: str, timeout_s: float) -> bool:
+def _get(url: str, timeout_s: float, context: ssl.SSLContext | None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:
             response.read()
             return 200 <= response.status < 400
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError):
@@ -57,15 +64,19 @@ def _get(url: str, timeout_s: float) -> bool:
 
 
 class HttpSmokeTester:
-    """Sends smoke requests straight to a revision's replicas, before it gets any user traffic."""
+    """Sends smoke requests straight to a revision's replicas, before it gets any user traffic. An endpoint
+    is ``host:port`` (plain HTTP, as replicas listen) or a URL base (``https://host:port``, verified against
+    ``ca_file``)."""
 
-    def __init__(self, timeout_s: float = 2.0, parallel: int = 8) -> None:
+    def __init__(self, timeout_s: float = 2.0, parallel: int = 8, ca_file: str | None = None) -> None:
         self.timeout_s = timeout_s
         self.parallel = parallel
+        self.context = client_context(ca_file)
 
     def smoke(self, endpoints: list[str], path: str, count: int) -> tuple[int, int]:
-        urls = [f"http://{endpoints[i % len(endpoints)]}{path}" for i in range(count)]
+        bases = [e if "://" in e else f"http://{e}" for e in endpoints]
+        urls = [f"{bases[i % len(bases)]}{path}" for i in range(count)]
         with ThreadPoolExecutor(max_workers=min(self.parallel, count)) as pool:
-            results = list(pool.map(lambda url: _get(url, self.timeout_s), urls))
+            results = list(pool.map(lambda url: _get(url, self.timeout_s, self.context), urls))
         ok = sum(results)
         return ok, len(results) - ok

@@ -35,6 +35,7 @@ an annotation so that an undo re-applies exactly what ran before.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -50,17 +51,25 @@ import urllib3
 from kubernetes import client, config
 from pydantic import Field
 
-from engine.models import Model, Target
+from adapters.tls_files import TlsFileError, load_server_pair
+from engine.models import Model, ReplicaResources, Target
 from engine.platform import (
+    CapacityPool,
     LiveState,
     MetricSnapshot,
+    NetworkPolicySpec,
+    PlatformCapabilities,
     PlatformError,
+    Resource,
     RevisionSpec,
     RevisionStatus,
+    Serving,
     SupervisionMode,
+    TlsMaterial,
     TrafficState,
     TransientPlatformError,
 )
+from engine.quantities import kubernetes_bytes, kubernetes_cpu, kubernetes_cpu_cores
 from engine.secrets import runtime_env
 
 PLATFORM = "kubernetes"
@@ -81,6 +90,8 @@ ANN_TEMPLATE = "deploy-orchestrator/template"
 ANN_PREVIOUS_TEMPLATE = "deploy-orchestrator/previous-template"
 ANN_REQUESTED_WEIGHTS = "deploy-orchestrator/requested-weights"
 GATEWAY_GROUP, GATEWAY_VERSION = "gateway.networking.k8s.io", "v1"
+LABEL_NAMESPACE_NAME = "kubernetes.io/metadata.name"  # set by the API server on every namespace
+LABEL_GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"  # on the pods of a Gateway (Istio, others)
 # JSON merge patch (RFC 7386): lists are replaced whole and null deletes a key. The client would otherwise
 # label a dict body as a JSON patch.
 MERGE_PATCH = "application/merge-patch+json"
@@ -96,6 +107,10 @@ class GatewaySettings(Model):
     namespace: str | None = Field(default=None, description="Default: the adapter's namespace")
     route_name: str = Field(default="{service}-{environment}", description="May use {service}, {environment}")
     hostname: str | None = None
+    https_port: int = Field(default=443, ge=1, le=65535, description="Of the HTTPS listener (tlsRequired)")
+    pod_labels: dict[str, str] | None = Field(
+        default=None, description="Labels of the gateway's pods, for NetworkPolicies (default: gateway-name)"
+    )
 
 
 class KubernetesSettings(Model):
@@ -229,6 +244,20 @@ class KubernetesPlatform:
         self._gateway = self._settings.gateway
         self._api_client: client.ApiClient | None = None
         self._host = self._settings.host or ""
+        notes = [
+            "kubernetes: room is checked against the namespace's ResourceQuotas (nodes are the scheduler's)"
+        ]
+        if self._gateway is None:
+            notes.append(
+                "kubernetes: HTTPS needs a gateway (settings.gateway): a Service alone serves no TLS"
+            )
+        self.capabilities = PlatformCapabilities(
+            serves_tls=self._gateway is not None,
+            network_policy=True,
+            limits=frozenset(Resource),
+            capacity=frozenset(Resource),
+            notes=notes,
+        )
 
     # ----------------------------------------------------------------------------------------
     # Client and error handling
@@ -437,6 +466,9 @@ class KubernetesPlatform:
             container["command"], container["args"] = artifact.command[:1], artifact.command[1:]
         if artifact.working_dir:
             container["workingDir"] = artifact.working_dir
+        if spec.resources is not None and (quantities := _resource_quantities(spec.resources)):
+            # Requests equal to limits: what the capacity check counted is what the replica may use.
+            container["resources"] = {"requests": quantities, "limits": dict(quantities)}
         pod_labels = {**labels, LABEL_MANAGED_BY: MANAGER, LABEL_REVISION: spec.revision}
         return {"metadata": {"labels": pod_labels}, "spec": {"containers": [container]}}
 
@@ -549,6 +581,8 @@ class KubernetesPlatform:
         if self._gateway is not None:
             labels = self._revision_labels(spec.target, spec.revision)
             self._ensure_service(self._service_body(name, labels, labels))
+        if spec.serving is not None:
+            self._ensure_serving(spec.target, spec.serving)
         return self._status_of(current)
 
     @staticmethod
@@ -613,6 +647,11 @@ class KubernetesPlatform:
             self._call_or_none(
                 self._core.delete_namespaced_service, name, self._namespace, _preload_content=False
             )
+        if (
+            not self._revision_deployments(target)
+            and self._read_deployment(target, self._target_name(target)) is None
+        ):
+            self._remove_serving(target)  # the service's last revision is gone: its policy and TLS go too
 
     # ----------------------------------------------------------------------------------------
     # Traffic
@@ -741,10 +780,10 @@ class KubernetesPlatform:
         name = self._gateway.route_name.format(service=target.service, environment=target.environment)
         return dns_name(name), self._namespace
 
-    def _route_body(self, target: Target, weights: dict[str, int]) -> dict[str, Any]:
+    def _route_body(self, target: Target, weights: dict[str, int], section: str | None) -> dict[str, Any]:
         assert self._gateway is not None
         name, _ = self._route_name(target)
-        parent = {"name": self._gateway.name, "namespace": self._gateway.namespace or self._namespace}
+        parent = self._parent_ref(section)
         backends = [
             {"name": self._revision_name(target, revision), "port": SERVICE_PORT, "weight": weight}
             for revision, weight in sorted(weights.items())
@@ -775,7 +814,7 @@ class KubernetesPlatform:
         for revision in weights:  # the backends must exist before the route points at them
             labels = self._revision_labels(target, revision)
             self._ensure_service(self._service_body(self._revision_name(target, revision), labels, labels))
-        body = self._route_body(target, weights)
+        body = self._route_body(target, weights, self._https_listener(target))
         name, namespace = self._route_name(target)
         args = (GATEWAY_GROUP, GATEWAY_VERSION, namespace, "httproutes")
         if self._read_route(target) is None:
@@ -807,8 +846,299 @@ class KubernetesPlatform:
         hostnames = route.get("spec", {}).get("hostnames") or []
         gateway_ns = self._gateway.namespace or self._namespace
         address = f"http://{hostnames[0]}" if hostnames else f"gateway://{gateway_ns}/{self._gateway.name}"
+        parents = route.get("spec", {}).get("parentRefs") or [{}]
+        if parents[0].get("sectionName"):  # attached to our HTTPS listener only
+            port = "" if self._gateway.https_port == 443 else f":{self._gateway.https_port}"
+            address = (
+                f"https://{hostnames[0]}{port}" if hostnames else f"{address}#{parents[0]['sectionName']}"
+            )
         # Gateway API weights are relative; report them as percentages.
         return TrafficState(weights=percentages(weights), address=address)
+
+    # ----------------------------------------------------------------------------------------
+    # Serving: who may reach the pods (NetworkPolicy) and HTTPS (a Gateway listener with a Secret)
+    # ----------------------------------------------------------------------------------------
+    @property
+    def _networking(self) -> client.NetworkingV1Api:
+        return client.NetworkingV1Api(self._client())
+
+    def _gateway_namespace(self) -> str:
+        assert self._gateway is not None
+        return self._gateway.namespace or self._namespace
+
+    def _ensure_serving(self, target: Target, serving: Serving) -> None:
+        """The target's NetworkPolicy and HTTPS listener as ``serving`` says; idempotent, absent when not
+        asked for."""
+        if serving.network_policy is not None:
+            self._ensure_network_policy(target, serving.network_policy)
+        else:
+            self._delete_network_policy(target)
+        if serving.tls is not None:
+            if self._gateway is None:
+                raise PlatformError(
+                    PLATFORM, self.endpoint, f"{target.key}: HTTPS needs a gateway (settings.gateway)"
+                )
+            self._ensure_https_listener(target, serving.tls)
+        elif self._gateway is not None:
+            self._remove_https_listener(target)
+
+    def _remove_serving(self, target: Target) -> None:
+        self._delete_network_policy(target)
+        if self._gateway is not None:
+            self._remove_https_listener(target)
+
+    # ---- NetworkPolicy ----------------------------------------------------------------------
+    def _policy_name(self, target: Target) -> str:
+        return dns_name(self._target_name(target), "ingress")
+
+    def _network_policy_body(self, target: Target, policy: NetworkPolicySpec) -> dict[str, Any]:
+        peers: list[dict[str, Any]] = []
+        gateway = self._policy_gateway(policy)
+        if gateway is not None:
+            pods = {LABEL_GATEWAY_NAME: gateway[0]}
+            if self._gateway is not None and self._gateway.pod_labels and gateway[0] == self._gateway.name:
+                pods = dict(self._gateway.pod_labels)
+            namespace = {"matchLabels": {LABEL_NAMESPACE_NAME: gateway[1]}}
+            peers.append({"namespaceSelector": namespace, "podSelector": {"matchLabels": pods}})
+        if policy.allowed_namespaces:
+            names = sorted(set(policy.allowed_namespaces))
+            match = {"key": LABEL_NAMESPACE_NAME, "operator": "In", "values": names}
+            peers.append({"namespaceSelector": {"matchExpressions": [match]}})
+        # No peer at all admits nothing: the policy then isolates the pods, as configured.
+        ingress = [{"from": peers, "ports": [{"protocol": "TCP", "port": CONTAINER_PORT}]}] if peers else []
+        selector = {LABEL_NAME: target.service, LABEL_ENVIRONMENT: target.environment}
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": self._policy_name(target),
+                "labels": {**self._target_labels(target, "policy"), LABEL_MANAGED_BY: MANAGER},
+            },
+            "spec": {
+                "podSelector": {"matchLabels": selector},
+                "policyTypes": ["Ingress"],
+                "ingress": ingress,
+            },
+        }
+
+    def _policy_gateway(self, policy: NetworkPolicySpec) -> tuple[str, str] | None:
+        """(name, namespace) of the gateway whose pods are admitted: the environment's, else ours."""
+        if policy.gateway_name:
+            return policy.gateway_name, policy.gateway_namespace or self._namespace
+        if self._gateway is not None:
+            return self._gateway.name, self._gateway_namespace()
+        return None
+
+    def _ensure_network_policy(self, target: Target, policy: NetworkPolicySpec) -> None:
+        body = self._network_policy_body(target, policy)
+        name = body["metadata"]["name"]
+        current = self._call_or_none(
+            self._networking.read_namespaced_network_policy, name, self._namespace, _preload_content=False
+        )
+        if current is None:
+            self._call(self._networking.create_namespaced_network_policy, self._namespace, body)
+            return
+        spec = json.loads(current.data or b"{}").get("spec") or {}
+        if (
+            spec.get("podSelector") != body["spec"]["podSelector"]
+            or (spec.get("ingress") or []) != (body["spec"]["ingress"])
+        ):
+            self._call(
+                self._networking.patch_namespaced_network_policy,
+                name,
+                self._namespace,
+                {"spec": body["spec"]},
+                _content_type=MERGE_PATCH,
+            )
+
+    def _delete_network_policy(self, target: Target) -> None:
+        self._call_or_none(
+            self._networking.delete_namespaced_network_policy,
+            self._policy_name(target),
+            self._namespace,
+            _preload_content=False,
+        )
+
+    # ---- HTTPS listener ---------------------------------------------------------------------
+    def _listener_name(self, target: Target) -> str:
+        return dns_name("https", self._target_name(target))
+
+    def _secret_name(self, target: Target) -> str:
+        return dns_name(self._target_name(target), "tls")
+
+    def _read_gateway(self) -> dict[str, Any] | None:
+        assert self._gateway is not None
+        gateway = self._call_or_none(
+            self._custom.get_namespaced_custom_object,
+            GATEWAY_GROUP,
+            GATEWAY_VERSION,
+            self._gateway_namespace(),
+            "gateways",
+            self._gateway.name,
+        )
+        return dict(gateway) if gateway is not None else None
+
+    def _listeners(self, required: bool) -> list[dict[str, Any]]:
+        """The Gateway's listeners; a missing Gateway has none, or is an error when ``required``."""
+        assert self._gateway is not None
+        gateway = self._read_gateway()
+        if gateway is None and required:
+            raise PlatformError(
+                PLATFORM,
+                self.endpoint,
+                f"Gateway {self._gateway_namespace()}/{self._gateway.name} does not exist (HTTPS is served "
+                "by a listener on it)",
+            )
+        return list(((gateway or {}).get("spec") or {}).get("listeners") or [])
+
+    def _https_listener(self, target: Target) -> str | None:
+        """Our HTTPS listener's name when the Gateway has it (the route then attaches to it only)."""
+        wanted = self._listener_name(target)
+        return wanted if any(item.get("name") == wanted for item in self._listeners(required=False)) else None
+
+    def _parent_ref(self, section: str | None) -> dict[str, Any]:
+        assert self._gateway is not None
+        parent: dict[str, Any] = {"name": self._gateway.name, "namespace": self._gateway_namespace()}
+        if section:
+            parent["sectionName"] = section
+        return parent
+
+    def _listener_body(self, target: Target, secret: str) -> dict[str, Any]:
+        assert self._gateway is not None
+        if self._gateway_namespace() == self._namespace:
+            routes: dict[str, Any] = {"from": "Same"}
+        else:
+            routes = {
+                "from": "Selector",
+                "selector": {"matchLabels": {LABEL_NAMESPACE_NAME: self._namespace}},
+            }
+        listener: dict[str, Any] = {
+            "name": self._listener_name(target),
+            "protocol": "HTTPS",
+            "port": self._gateway.https_port,
+            "tls": {
+                "mode": "Terminate",
+                "certificateRefs": [{"group": "", "kind": "Secret", "name": secret}],
+            },
+            "allowedRoutes": {"namespaces": routes, "kinds": [{"kind": "HTTPRoute"}]},
+        }
+        if self._gateway.hostname:
+            listener["hostname"] = self._gateway.hostname
+        return listener
+
+    def _ensure_https_listener(self, target: Target, tls: TlsMaterial) -> None:
+        secret = self._ensure_tls_secret(target, tls)
+        self._set_listener(target, self._listener_body(target, secret))
+        self._attach_route(target, self._listener_name(target))
+
+    def _remove_https_listener(self, target: Target) -> None:
+        if self._https_listener(target) is None:
+            return
+        self._attach_route(target, None)
+        self._set_listener(target, None)
+        self._call_or_none(
+            self._core.delete_namespaced_secret,
+            self._secret_name(target),
+            self._gateway_namespace(),
+            _preload_content=False,
+        )
+
+    def _set_listener(self, target: Target, listener: dict[str, Any] | None) -> None:
+        """Put (or take away) our listener on the shared Gateway. Listeners are one list: read, change ours
+        only, write the list back, and read it back, since another target may have written meanwhile."""
+        assert self._gateway is not None
+        name = self._listener_name(target)
+        wanted_ours = [listener] if listener is not None else []
+        for _ in range(self._settings.retries + 2):
+            listeners = self._listeners(required=listener is not None)
+            if [item for item in listeners if item.get("name") == name] == wanted_ours:
+                return
+            others = [item for item in listeners if item.get("name") != name]
+            self._call(
+                self._custom.patch_namespaced_custom_object,
+                GATEWAY_GROUP,
+                GATEWAY_VERSION,
+                self._gateway_namespace(),
+                "gateways",
+                self._gateway.name,
+                {"spec": {"listeners": others + wanted_ours}},
+                _content_type=MERGE_PATCH,
+            )
+        raise TransientPlatformError(
+            PLATFORM, self.endpoint, f"Gateway {self._gateway.name}: listener {name} kept changing under us"
+        )
+
+    def _attach_route(self, target: Target, section: str | None) -> None:
+        """An existing route follows the listener (a new one is made with it by set_traffic)."""
+        route = self._read_route(target)
+        if route is None:
+            return
+        parents = route.get("spec", {}).get("parentRefs") or []
+        if parents == [self._parent_ref(section)]:
+            return
+        name, namespace = self._route_name(target)
+        self._call(
+            self._custom.patch_namespaced_custom_object,
+            GATEWAY_GROUP,
+            GATEWAY_VERSION,
+            namespace,
+            "httproutes",
+            name,
+            {"spec": {"parentRefs": [self._parent_ref(section)]}},
+            _content_type=MERGE_PATCH,
+        )
+
+    def _ensure_tls_secret(self, target: Target, tls: TlsMaterial) -> str:
+        """A kubernetes.io/tls Secret from the certificate and key files, in the Gateway's namespace (where
+        its listeners look); replaced when the files change. The key's bytes go to the API server only."""
+        try:
+            pair = load_server_pair(tls)
+        except TlsFileError as exc:
+            raise PlatformError(PLATFORM, self.endpoint, str(exc)) from None
+        name = self._secret_name(target)
+        data = {
+            "tls.crt": base64.b64encode(pair.chain).decode(),
+            "tls.key": base64.b64encode(pair.key).decode(),
+        }
+        labels = {**self._target_labels(target, "tls"), LABEL_MANAGED_BY: MANAGER}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "labels": labels},
+            "type": "kubernetes.io/tls",
+            "data": data,
+        }
+        namespace = self._gateway_namespace()
+        current = self._call_or_none(
+            self._core.read_namespaced_secret, name, namespace, _preload_content=False
+        )
+        if current is None:
+            self._call(self._core.create_namespaced_secret, namespace, body, _preload_content=False)
+        elif (json.loads(current.data or b"{}").get("data") or {}) != data:
+            self._call(
+                self._core.patch_namespaced_secret,
+                name,
+                namespace,
+                {"data": data},
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+            )
+        return name
+
+    # ---- capacity ---------------------------------------------------------------------------
+    def capacity(self, target: Target, replicas: int) -> list[CapacityPool]:
+        """Room left in each ResourceQuota of the namespace (hard minus used); none when there is none."""
+        response = self._call(
+            self._core.list_namespaced_resource_quota, self._namespace, _preload_content=False
+        )
+        pools = []
+        for quota in json.loads(response.data or b"{}").get("items", []):
+            name = f"ResourceQuota {quota['metadata']['name']} in {self._namespace}"
+            hard = (quota.get("status") or {}).get("hard") or quota.get("spec", {}).get("hard") or {}
+            # No "used" yet: the quota controller has not counted (a new quota); nothing is used then.
+            used = (quota.get("status") or {}).get("used") or {}
+            pools.append(_quota_pool(name, replicas, hard, used))
+        return pools
 
     # ----------------------------------------------------------------------------------------
     # Metrics and logs
@@ -991,3 +1321,41 @@ class KubernetesPlatform:
         if previous is None:
             raise PlatformError(PLATFORM, self.endpoint, f"{name}: no previous template recorded to undo to")
         self._apply_template(current, previous, {})
+
+
+def _resource_quantities(resources: ReplicaResources) -> dict[str, str]:
+    quantities: dict[str, str] = {}
+    if resources.cpu:
+        quantities["cpu"] = kubernetes_cpu(resources.cpu)
+    if resources.memory:
+        quantities["memory"] = str(resources.memory)
+    if resources.disk:
+        quantities["ephemeral-storage"] = str(resources.disk)
+    return quantities
+
+
+_QUOTA_KEYS = {
+    "memory": ("requests.memory", "memory", "limits.memory"),
+    "cpu": ("requests.cpu", "cpu", "limits.cpu"),
+    "disk": ("requests.ephemeral-storage", "ephemeral-storage", "limits.ephemeral-storage"),
+}
+
+
+def _quota_pool(name: str, replicas: int, hard: dict[str, str], used: dict[str, str]) -> CapacityPool:
+    """The tightest room of each kind a quota leaves (pods get requests equal to limits)."""
+
+    def room(keys: tuple[str, ...], parse: Callable[[str], float]) -> float | None:
+        left = [parse(hard[key]) - parse(used.get(key, "0")) for key in keys if key in hard]
+        return min(left) if left else None
+
+    memory = room(_QUOTA_KEYS["memory"], kubernetes_bytes)
+    disk = room(_QUOTA_KEYS["disk"], kubernetes_bytes)
+    pods = room(("pods", "count/pods"), lambda text: float(int(text)))
+    return CapacityPool(
+        name=name,
+        replicas=replicas,
+        memory_free=int(memory) if memory is not None else None,
+        disk_free=int(disk) if disk is not None else None,
+        cpu_free=room(_QUOTA_KEYS["cpu"], kubernetes_cpu_cores),
+        pods_free=int(pods) if pods is not None else None,
+    )

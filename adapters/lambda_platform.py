@@ -52,9 +52,12 @@ from pydantic import BaseModel, Field, field_validator
 
 from engine.models import DurationMs, Model, Target
 from engine.platform import (
+    CapacityPool,
     LiveState,
     MetricSnapshot,
+    PlatformCapabilities,
     PlatformError,
+    Resource,
     RevisionSpec,
     RevisionStatus,
     SupervisionMode,
@@ -177,7 +180,6 @@ class LambdaPlatform:
     """PlatformAdapter for AWS Lambda (and anything that speaks its API, such as moto)."""
 
     platform = PLATFORM
-    scales_itself = True  # one published version serves any load: replica counts do not apply
     supervision = SupervisionMode.NONE  # nothing runs between invocations
 
     def __init__(self, state_dir: Path, settings: dict[str, Any]) -> None:
@@ -185,6 +187,7 @@ class LambdaPlatform:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.settings = LambdaSettings.model_validate(settings)
+        self.capabilities = _capabilities(self.settings)
         self._session = boto3.Session(profile_name=self.settings.profile, region_name=self.settings.region)
         self._config = Config(
             region_name=self.settings.region,
@@ -407,7 +410,11 @@ class LambdaPlatform:
             config["Timeout"] = self.settings.timeout
         if self.settings.memory_size is not None:
             config["MemorySize"] = self.settings.memory_size
-        return config
+        return config | _resource_config(spec)
+
+    def capacity(self, target: Target, replicas: int) -> list[CapacityPool]:
+        """Nothing to check before a change: Lambda finds the room for each invocation itself."""
+        return []
 
     def _create_function(self, function: str, spec: RevisionSpec, code: bytes) -> bool:
         """Create the function for its first revision; False when it appeared meanwhile."""
@@ -701,3 +708,43 @@ def _check_weights(weights: dict[str, int]) -> None:
     total = sum(weights.values())
     if total != 100:
         raise ValueError(f"weights must sum to 100, these sum to {total}: {weights}")
+
+
+def _capabilities(settings: LambdaSettings) -> PlatformCapabilities:
+    """Lambda's endpoints are AWS's: HTTPS only, with AWS's certificate (never the environment's), unless the
+    API is reached at a plain-HTTP endpoint (an emulator such as moto), which cannot be called TLS."""
+    https = settings.endpoint_url is None or settings.endpoint_url.lower().startswith("https://")
+    notes = [
+        "lambda: one published version serves any load (replica counts do not apply)",
+        "lambda: CPU follows the memory size (AWS allots it); memory and disk set MemorySize and "
+        "EphemeralStorage",
+        "lambda: invocations are served over HTTPS by AWS with its own certificate; the environment's "
+        "certificate is not used"
+        if https
+        else f"lambda: the API endpoint {settings.endpoint_url} is plain HTTP: nothing is served over TLS",
+    ]
+    return PlatformCapabilities(
+        scales_itself=True,
+        serves_tls=https,
+        tls_by_provider=https,
+        limits=frozenset({Resource.MEMORY, Resource.DISK}),
+        notes=notes,
+    )
+
+
+def _megabytes(size: int, field: str, low: int, high: int) -> int:
+    megabytes = -(-size // 2**20)  # rounded up: never less than asked
+    if not low <= megabytes <= high:
+        raise ValueError(f"{field}: Lambda takes {low} to {high} MB, the environment asks for {megabytes} MB")
+    return megabytes
+
+
+def _resource_config(spec: RevisionSpec) -> dict[str, Any]:
+    """The environment's memory and disk per replica as the function's MemorySize and EphemeralStorage."""
+    resources = spec.resources
+    config: dict[str, Any] = {}
+    if resources is not None and resources.memory:
+        config["MemorySize"] = _megabytes(resources.memory, "resources.memory", 128, 10_240)
+    if resources is not None and resources.disk:
+        config["EphemeralStorage"] = {"Size": _megabytes(resources.disk, "resources.disk", 512, 10_240)}
+    return config

@@ -24,18 +24,28 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.cgroups import CgroupLimiter, group_folders
 from adapters.localhost import (
     ParsedFileCache,
     file_lock,
     is_same_process,
+    memory_available,
     port_is_free,
     process_start_time,
     reserve_port,
     tail_file,
     write_json_atomic,
 )
-from engine.models import Artifact, Target
-from engine.platform import PlatformError, Replica, RevisionSpec, TransientPlatformError
+from engine.models import Artifact, ReplicaResources, Target
+from engine.platform import (
+    CapacityPool,
+    PlatformCapabilities,
+    PlatformError,
+    Replica,
+    Resource,
+    RevisionSpec,
+    TransientPlatformError,
+)
 from engine.secrets import runtime_env
 
 PLATFORM = "local"
@@ -49,8 +59,12 @@ MAX_LOG_BYTES = 5 * 1024 * 1024
 # and exits at once, which leaves the replica to PID 1. A double fork without a Python interpreter: about 2 ms
 # of CPU instead of about 60. Everything is an argument, never interpolated: $1 the log file, $2 the working
 # folder, then the command. A background command of a shell without job control is no process group leader,
-# so setsid runs it in a new session without forking again: $! is the replica itself.
-_LAUNCHER = 'log=$1; cd "$2" || exit 97; shift 2; setsid "$@" </dev/null >>"$log" 2>&1 & echo $!'
+# so setsid runs it in a new session without forking again: $! is the replica itself. $3 lists the
+# cgroup.procs files the launcher joins first (space-separated, maybe none): the replica starts in its limits.
+_LAUNCHER = (
+    'log=$1; cd "$2" || exit 97; for f in $3; do echo $$ >"$f" || exit 96; done; shift 3; '
+    'setsid "$@" </dev/null >>"$log" 2>&1 & echo $!'
+)
 _SHELL = "/bin/sh"
 
 
@@ -66,6 +80,7 @@ class ReplicaRecord(BaseModel):
     command: list[str] = Field(default_factory=list)
     fingerprint: str = ""
     log_file: str = ""
+    cgroups: list[str] = Field(default_factory=list, description="Its control group folders, if limited")
 
 
 class TargetState(BaseModel):
@@ -112,16 +127,16 @@ def stop_processes(processes: list[tuple[int, int]], grace_s: float = STOP_GRACE
 # --------------------------------------------------------------------------------------------
 
 
-def _artifact_fingerprint(artifact: Artifact) -> str:
-    """What a running replica was started from: a change means it must be restarted."""
-    payload = json.dumps(
-        [
-            artifact.command,
-            artifact.working_dir,
-            sorted(artifact.env.items()),
-            sorted(artifact.secret_env.items()),
-        ]
-    )
+def _artifact_fingerprint(artifact: Artifact, confined: bool = False) -> str:
+    """What a running replica was started from: a change means it must be restarted. Whether it is confined
+    counts (a process joins its groups when it starts); the limits' values do not (they change in place)."""
+    parts: list[object] = [
+        artifact.command,
+        artifact.working_dir,
+        sorted(artifact.env.items()),
+        sorted(artifact.secret_env.items()),
+    ]
+    payload = json.dumps([*parts, "confined"] if confined else parts)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -142,8 +157,27 @@ class LocalProcessBackend:
         self.stop_grace_s = float(settings.get("stopGraceSeconds", STOP_GRACE_S))
         self._states = ParsedFileCache(TargetState)
         self._paths: dict[str, Path] = {}
+        self.limiter = _limiter()
+        limits = frozenset({Resource.CPU, Resource.MEMORY}) if self.limiter.available else frozenset()
+        notes = [f"local replicas: {self.limiter.describe()}", "local replicas: disk use is not limited"]
+        self.capabilities = PlatformCapabilities(
+            limits=limits, capacity=frozenset(Resource), notes=notes if limits else notes[:1]
+        )
 
     # ---- public interface ---------------------------------------------------------------
+    def capacity(self, target: Target, replicas: int) -> list[CapacityPool]:
+        """This machine: memory available to new processes, free disk where the replicas' logs go, cores."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return [
+            CapacityPool(
+                name="host",
+                replicas=replicas,
+                memory_free=memory_available(),
+                disk_free=shutil.disk_usage(self.state_dir).free,
+                cpus=float(os.cpu_count() or 1),
+            )
+        ]
+
     def validate(self) -> None:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +201,7 @@ class LocalProcessBackend:
 
     def ensure_replicas(self, spec: RevisionSpec) -> list[Replica]:
         self._check_command(spec.artifact)
-        fingerprint = _artifact_fingerprint(spec.artifact)
+        fingerprint = _artifact_fingerprint(spec.artifact, self._confined(spec.resources))
         with file_lock(self._lock_path(spec.target), PLATFORM):
             state = self._read(spec.target)
             mine = {r.index: r for r in state.replicas if r.revision == spec.revision}
@@ -181,7 +215,12 @@ class LocalProcessBackend:
                     to_stop.append(record)
             running = {r.index for r in keep if r.revision == spec.revision}
             to_start = [i for i in range(spec.replicas) if i not in running]
-            stop_processes([(r.pid, r.start_time) for r in to_stop], self.stop_grace_s)
+            for record in keep:  # new limits take effect in place
+                if record.revision == spec.revision and record.cgroups and spec.resources is not None:
+                    self.limiter.apply(
+                        self._group(spec.target, record.revision, record.index), spec.resources
+                    )
+            self._stop(to_stop)
             previous_ports = {r.index: r.port for r in to_stop}
             started = self._start(spec, to_start, previous_ports, keep, fingerprint)
             state.replicas = sorted(keep + started, key=lambda r: (r.revision, r.index))
@@ -198,7 +237,7 @@ class LocalProcessBackend:
             doomed = [r for r in state.replicas if r.revision == revision]
             if not doomed:
                 return
-            stop_processes([(r.pid, r.start_time) for r in doomed], self.stop_grace_s)
+            self._stop(doomed)
             state.replicas = [r for r in state.replicas if r.revision != revision]
             self._write(target, state)
 
@@ -230,6 +269,18 @@ class LocalProcessBackend:
     def close(self) -> None:
         """Nothing to release: the processes are meant to outlive this instance."""
 
+    def _stop(self, records: list[ReplicaRecord]) -> None:
+        stop_processes([(r.pid, r.start_time) for r in records], self.stop_grace_s)
+        for record in records:
+            self.limiter.remove(record.cgroups)
+
+    def _confined(self, resources: ReplicaResources | None) -> bool:
+        return self.limiter.available and resources is not None and bool(resources.cpu or resources.memory)
+
+    @staticmethod
+    def _group(target: Target, revision: str, index: int) -> str:
+        return f"{target.key}.{revision}.{index}"
+
     # ---- starting -----------------------------------------------------------------------
     def _start(
         self,
@@ -257,6 +308,10 @@ class LocalProcessBackend:
         log_dir = self._log_dir(spec.target)
         log_dir.mkdir(parents=True, exist_ok=True)
         launches = [self._launch_spec(spec, index, ports[index], log_dir) for index in indexes]
+        for index, launch in zip(indexes, launches, strict=True):
+            launch["cgroups"] = self.limiter.prepare(
+                self._group(spec.target, spec.revision, index), spec.resources
+            )
         results = [self._launch(launch) for launch in launches]
         records: list[ReplicaRecord] = []
         errors: list[str] = []
@@ -276,6 +331,7 @@ class LocalProcessBackend:
                 command=list(spec.artifact.command),
                 fingerprint=fingerprint,
                 log_file=str(launch["log"]),
+                cgroups=group_folders(launch["cgroups"]),
             )
             records.append(record)
         if errors:
@@ -299,7 +355,17 @@ class LocalProcessBackend:
 
     def _launch(self, launch: dict[str, Any]) -> dict[str, Any]:
         """Start one replica through the shell launcher: {"pid": n}, or {"error": why}."""
-        argv = [_SHELL, "-c", _LAUNCHER, "launcher", launch["log"], launch["cwd"] or ".", *launch["command"]]
+        joins = " ".join(launch.get("cgroups", []))
+        argv = [
+            _SHELL,
+            "-c",
+            _LAUNCHER,
+            "launcher",
+            launch["log"],
+            launch["cwd"] or ".",
+            joins,
+            *launch["command"],
+        ]
         try:
             completed = subprocess.run(
                 argv,
@@ -384,3 +450,13 @@ class LocalProcessBackend:
 
     def _error(self, cause: str) -> PlatformError:
         return PlatformError(PLATFORM, self._endpoint(), cause)
+
+
+_LIMITERS: dict[str, CgroupLimiter] = {}
+
+
+def _limiter() -> CgroupLimiter:
+    """Decided once per process: which control groups this machine lets us use (see adapters/cgroups.py)."""
+    if "default" not in _LIMITERS:
+        _LIMITERS["default"] = CgroupLimiter()
+    return _LIMITERS["default"]

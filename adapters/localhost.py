@@ -219,3 +219,46 @@ def _read_reservations(registry: Path) -> dict[str, float]:
     except (OSError, ValueError):
         return {}
     return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def memory_available(
+    meminfo: Path = Path("/proc/meminfo"), self_cgroup: Path = Path("/proc/self/cgroup")
+) -> int:
+    """Bytes this machine can still give to new processes: ``MemAvailable``, or less when this process's own
+    memory control group (v1 or v2) has a limit closer than that."""
+    available = _meminfo_bytes(meminfo, "MemAvailable")
+    headroom = _cgroup_memory_headroom(self_cgroup)
+    return min(available, headroom) if headroom is not None else available
+
+
+def _meminfo_bytes(meminfo: Path, field: str) -> int:
+    for line in meminfo.read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value.split()[0]) * 1024  # the kernel writes kB (KiB)
+    raise ValueError(f"{meminfo} has no {field}")
+
+
+def _cgroup_memory_headroom(self_cgroup: Path, root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Limit minus usage of this process's memory group; None when unlimited or unknown."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        number, controllers, path = ([*line.split(":", 2), "", ""])[:3]
+        if "memory" in controllers.split(","):
+            files = (root / "memory" / path.lstrip("/"), "memory.limit_in_bytes", "memory.usage_in_bytes")
+        elif number == "0" and controllers == "":
+            files = (root / path.lstrip("/"), "memory.max", "memory.current")
+        else:
+            continue
+        try:
+            limit_text = (files[0] / files[1]).read_text().strip()
+            usage = int((files[0] / files[2]).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        # v1 writes "unlimited" as a huge number near 2**63; v2 as "max".
+        if limit_text != "max" and int(limit_text) < 2**62:
+            return max(0, int(limit_text) - usage)
+    return None

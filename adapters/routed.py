@@ -8,7 +8,6 @@ HTTP GET of each replica's health path, 2xx meaning ready.
 from __future__ import annotations
 
 import http.client
-import inspect
 import ipaddress
 import socket
 import threading
@@ -18,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from engine.models import Target
 from engine.platform import (
+    CapacityPool,
     LiveState,
     MetricSnapshot,
     PlatformError,
@@ -25,6 +25,7 @@ from engine.platform import (
     ReplicaLiveness,
     RevisionSpec,
     RevisionStatus,
+    Serving,
     SupervisionMode,
     TrafficRouter,
     TrafficState,
@@ -84,10 +85,15 @@ class RoutedPlatform:
         self.backend = backend
         self.router = router
         self.platform = backend.platform
+        # The replicas' limits and capacity are the backend's; HTTPS is the router's.
+        self.capabilities = backend.capabilities.model_copy(update={"serves_tls": router.serves_tls})
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
 
     # ---- PlatformAdapter ------------------------------------------------------------------
+    def capacity(self, target: Target, replicas: int) -> list[CapacityPool]:
+        return self.backend.capacity(target, replicas)
+
     def validate(self) -> None:
         self.backend.validate()
         router_validate = getattr(self.router, "validate", None)
@@ -100,7 +106,7 @@ class RoutedPlatform:
             replicas = self.backend.list_replicas(spec.target)
             # First the router (a crashed one comes back with its recorded weights), then re-register every
             # replica with the weights in force: a restarted replica may have a new port.
-            self._ensure_frontend(spec.target, _common_health_path(replicas))
+            self._ensure_frontend(spec.target, _common_health_path(replicas), spec.serving)
             weights = self.router.traffic(spec.target).weights
             self._register(spec.target, weights, replicas)
         status = self.revision_status(spec.target, spec.revision)
@@ -219,12 +225,12 @@ class RoutedPlatform:
             servers[revision] = addresses
         return self.router.set_backends(target, servers, weights)
 
-    def _ensure_frontend(self, target: Target, health_path: str | None) -> str:
-        """The router's frontend; routers that take a health path (HAProxy) get the revision's one."""
-        accepts_path = "health_path" in inspect.signature(self.router.ensure_frontend).parameters
-        if health_path is not None and accepts_path:
-            return self.router.ensure_frontend(target, health_path=health_path)  # type: ignore[call-arg]
-        return self.router.ensure_frontend(target)
+    def _ensure_frontend(
+        self, target: Target, health_path: str | None, serving: Serving | None = None
+    ) -> str:
+        """The router's frontend, checking the revisions' health path and serving as ``serving`` says (None:
+        as it is)."""
+        return self.router.ensure_frontend(target, health_path=health_path, serving=serving)
 
     def _status(self, revision: str, replicas: list[Replica], ready: list[bool]) -> RevisionStatus:
         alive = [r for r in replicas if r.alive]

@@ -54,7 +54,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from engine.models import Target
-from engine.platform import PlatformError, Replica, RevisionSpec, TransientPlatformError
+from engine.platform import (
+    CapacityPool,
+    PlatformCapabilities,
+    PlatformError,
+    Replica,
+    Resource,
+    RevisionSpec,
+    TransientPlatformError,
+)
 from engine.secrets import runtime_env
 
 PLATFORM = "vm"
@@ -262,6 +270,15 @@ do_switch_back() {  # tdir: swap current and previous; print the revision now cu
     if [ -n "$cur" ] && [ -d "$tdir/releases/$cur" ]; then swap_link "$tdir" previous "$cur"
     else rm -f "$tdir/previous"; fi
     echo "$prev"
+}
+do_capacity() {  # root: what a new release there can have (memory and cores of the host, disk under root)
+    local dir="$1" mem
+    while [ ! -d "$dir" ]; do dir=$(dirname "$dir"); done
+    mem=$(free -b 2>/dev/null | awk '/^Mem:/ {print $7}')
+    if [ -n "$mem" ]; then printf 'memory_bytes\t%s\n' "$mem"
+    else printf 'memory_kb\t%s\n' "$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)"; fi
+    printf 'disk_kb\t%s\n' "$(df -Pk "$dir" | awk 'NR == 2 {print $4}')"
+    printf 'cpus\t%s\n' "$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc)"
 }
 do_logs() {  # rel lines
     [ -f "$1/replica.log" ] && tail -n "$2" "$1/replica.log"
@@ -478,6 +495,10 @@ class VmBackend:
         self._state_dir = state_dir
         self._settings = VmSettings.model_validate(settings)
         self._sessions = [_HostSession(host, self._settings) for host in self._settings.hosts]
+        self.capabilities = PlatformCapabilities(
+            capacity=frozenset(Resource),
+            notes=["vm: replicas run unconfined on their hosts (no control groups are set up there)"],
+        )
 
     # ----------------------------------------------------------------------------- paths, names
     @property
@@ -510,6 +531,30 @@ class VmBackend:
         for session in self._sessions:
             session.connect()
             session.run("probe", session.host.root)
+
+    def capacity(self, target: Target, replicas: int) -> list[CapacityPool]:
+        """Each of the first ``replicas`` hosts runs one new replica: its free memory (``free -b``), its free
+        disk under the host's root (``df``) and its cores, read over SSH."""
+        count = min(replicas, len(self._sessions))
+        return self._on_every_host(lambda index: self._host_capacity(index, 1 if index < count else 0))
+
+    def _host_capacity(self, index: int, replicas: int) -> CapacityPool:
+        session = self._sessions[index]
+        values: dict[str, int] = {}
+        for line in session.run("capacity", session.host.root).splitlines():
+            name, _, value = line.partition("\t")
+            if value.strip().isdigit():
+                values[name] = int(value.strip())
+        memory = values.get("memory_bytes", values.get("memory_kb", -1) * 1024)
+        if memory < 0 or "disk_kb" not in values:
+            raise PlatformError(PLATFORM, session.host.endpoint, "capacity: free memory or disk not readable")
+        return CapacityPool(
+            name=f"vm host {session.host.name}",
+            replicas=replicas,
+            memory_free=memory,
+            disk_free=values["disk_kb"] * 1024,
+            cpus=float(values["cpus"]) if values.get("cpus") else None,
+        )
 
     def ensure_replicas(self, spec: RevisionSpec) -> list[Replica]:
         if not spec.artifact.command:

@@ -285,6 +285,22 @@ class DeploymentOrchestrator:
     def get_environment_health(self, environment: str) -> Any:
         return self._get(self.worker("DO-001").get_environment_health.remote(environment, token=self._token))
 
+    def environment_readiness(
+        self, environment: str, platform: PlatformConfig | str = "local", replicas: int = 1
+    ) -> Any:
+        """Would ``replicas`` new replicas go to ``environment`` on ``platform`` now (DO-001)? TLS,
+        NetworkPolicy and replica limits against the platform's declared capabilities, then its free memory,
+        disk or quota: a ``ReadinessReport`` naming what is short. Changes nothing."""
+        config = self.config.platform(platform) if isinstance(platform, str) else platform
+        ref = self.worker("DO-001").environment_readiness.remote(
+            environment, config, replicas, token=self._token
+        )
+        return self._get(ref, CALL_TIMEOUT_S * 2)
+
+    def environment_status(self, environment: str) -> Any:
+        """The environment's last recorded status (ready, not ready, capacity short), or None."""
+        return self._get(self.worker("DO-001").environment_status.remote(environment, token=self._token))
+
     def monitor_deployment(
         self,
         deployment_id: str,

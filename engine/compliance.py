@@ -37,7 +37,6 @@ from engine.audit import load_public_key as load_audit_key
 from engine.config import EnterpriseConfig
 from engine.journal import GENESIS, Journal, UnknownDeploymentError
 from engine.models import ChangeRecord, ComplianceLevel, ConfigVersion, Governance, Model
-from engine.platform import SERVES_TLS
 from engine.state import DeploymentState, EventKind
 
 
@@ -149,6 +148,7 @@ class ComplianceFacts(Model):
     config_version: ConfigVersion | None = None
     tls_required: bool = False
     platform: str = ""
+    serves_tls: bool = Field(default=False, description="What the platform declared when submitted")
     audit: AuditStatus
 
 
@@ -246,8 +246,8 @@ def _tls(facts: ComplianceFacts) -> tuple[bool, str]:
             False,
             f"security.tlsRequired is off in {facts.environment}: endpoints may serve plain HTTP ({note})",
         )
-    if facts.platform not in SERVES_TLS:
-        return False, f"platform '{facts.platform}' cannot serve TLS yet ({note})"
+    if not facts.serves_tls:
+        return False, f"platform '{facts.platform}' did not declare that it serves TLS ({note})"
     return True, f"security.tlsRequired is on and platform '{facts.platform}' serves TLS ({note})"
 
 
@@ -357,6 +357,7 @@ def facts_for_deployment(
         config_version=governance.config_version if governance else None,
         tls_required=environment.security.tls_required if environment else False,
         platform=request.platform.type,
+        serves_tls=bool(governance and governance.capabilities and governance.capabilities.serves_tls),
         audit=audit_status(
             journal,
             clock,

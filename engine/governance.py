@@ -1,9 +1,10 @@
 """Governance of a deployment, from submission to the first platform change (plain Python, no Ray).
 
 1. At submission the queen records the policy in force with the request (``policy_for``: the environment's
-   settings, the features, the trusted keys, the scanner, the configuration's version) and refuses what can
-   never pass (``refusals``: TLS or NetworkPolicy on a platform that cannot do it, a source not allowed, an
-   unsigned artifact where signatures are required, ...), before anything is recorded.
+   settings, the features, the trusted keys, the scanner, the configuration's version, the platform's declared
+   capabilities) and refuses what can never pass (``refusals``: TLS or NetworkPolicy on a platform that cannot
+   do it, replicas outside the environment's limits, a source not allowed, an unsigned artifact where
+   signatures are required, ...), before anything is recorded.
 2. Until its approval is complete, the queen does not admit it (``ApprovalGate``): it stays queued, its
    phase ``awaiting_approval``, no runner works for it. A rejection ends it (aborted), an expiry fails it.
 3. Its runner, before planning (so before any platform change), verifies the artifact (digest, signature,
@@ -46,8 +47,9 @@ from engine.models import (
     Features,
     Governance,
     Phase,
+    PlatformCapabilities,
 )
-from engine.platform import ENFORCES_NETWORK_POLICY, SERVES_TLS
+from engine.readiness import declared_problems
 from engine.state import DeploymentState, EventKind
 
 _NASA = ComplianceLevel.NASA_POT10
@@ -195,31 +197,20 @@ def refusals(request: DeploymentRequest, roles: Mapping[str, Sequence[str]]) -> 
         return ["the request carries no governance policy"]
     environment = governance.environment
     where = f"environments.{environment.name}"
-    problems = _platform_refusals(request.platform.type, where, environment)
+    problems = _platform_refusals(request, governance)
     problems += _approval_refusals(governance, where, roles)
     if governance.features.enabled("artifact_verification"):
         problems += _artifact_refusals(request, governance, where)
     return problems
 
 
-def _platform_refusals(platform: str, where: str, environment: Environment) -> list[str]:
-    security = environment.security
-    problems = []
-    if security.tls_required and platform not in SERVES_TLS:
-        problems.append(
-            f"platform '{platform}' cannot serve TLS, and {where}.security.tlsRequired is true: "
-            "deploy there on a platform that serves HTTPS (none does yet) or turn the setting off"
-        )
-    elif security.tls_required and security.tls.certificate is None:
-        problems.append(
-            f"{where}.security.tlsRequired is true but {where}.security.tls has no certificate and key"
-        )
-    if security.network_policy.enabled and platform not in ENFORCES_NETWORK_POLICY:
-        problems.append(
-            f"platform '{platform}' cannot enforce {where}.security.networkPolicy (enabled): "
-            "no platform writes NetworkPolicies yet"
-        )
-    return problems
+def _platform_refusals(request: DeploymentRequest, governance: Governance) -> list[str]:
+    """TLS, NetworkPolicy and replica limits against what the platform declared it can do (recorded with
+    the governance by the queen); a platform that declared nothing is taken to do none of it."""
+    capabilities = governance.capabilities or PlatformCapabilities()
+    return declared_problems(
+        governance.environment, request.platform.type, capabilities, request.strategy.replicas
+    )
 
 
 def _approval_refusals(governance: Governance, where: str, roles: Mapping[str, Sequence[str]]) -> list[str]:

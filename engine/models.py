@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from engine.quantities import parse_bytes, parse_cpu, show_bytes
 from engine.secrets import REFERENCE, looks_secret
 
 SUPPORTED_PLATFORMS = ("local", "docker", "kubernetes", "lambda", "vm")
@@ -387,6 +388,11 @@ class TlsSettings(Model):
     key: Annotated[str | None, AfterValidator(_no_inline_pem)] = Field(
         default=None, description="The private key: file:/path or env:NAME, never the key itself"
     )
+    ca: Annotated[str | None, AfterValidator(_no_inline_pem)] = Field(
+        default=None,
+        description="The CA our own probes (health monitors, smoke tests) verify the endpoint against: "
+        "a path or file:/path; default: the system's CAs",
+    )
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> TlsSettings:
@@ -492,6 +498,64 @@ _STRATEGY_KEYS = {
 }
 
 
+Cores = Annotated[float, BeforeValidator(parse_cpu), Field(gt=0, le=1024)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(gt=0)]
+
+
+class ReplicaResources(Model):
+    """What one replica may use: CPU in cores ('500m', 0.5), memory and disk in bytes ('512Mi', '1Gi')."""
+
+    cpu: Cores | None = None
+    memory: Bytes | None = None
+    disk: Bytes | None = None
+
+    def described(self) -> str:
+        parts = [f"{self.cpu:g} CPU" if self.cpu else "", show_bytes(self.memory) if self.memory else ""]
+        parts.append(f"{show_bytes(self.disk)} disk" if self.disk else "")
+        return ", ".join(part for part in parts if part) or "no limits"
+
+
+class ResourceSettings(ReplicaResources):
+    """An environment's ``resources:``: per replica, and how many replicas a revision may have."""
+
+    min_replicas: int | None = Field(default=None, ge=1)
+    max_replicas: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> ResourceSettings:
+        if self.min_replicas and self.max_replicas and self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) is above maxReplicas ({self.max_replicas})")
+        return self
+
+    @property
+    def per_replica(self) -> ReplicaResources:
+        return ReplicaResources(cpu=self.cpu, memory=self.memory, disk=self.disk)
+
+
+# --------------------------------------------------------------------------------------------
+# What a platform can do, declared by its adapter (engine/platform.py's protocol asks for it; the engine asks
+# these, never hasattr). Here because a request's governance records them when it is submitted.
+# --------------------------------------------------------------------------------------------
+class Resource(str, Enum):
+    CPU = "cpu"
+    MEMORY = "memory"
+    DISK = "disk"
+
+
+class PlatformCapabilities(Model):
+    """Declared by each adapter from its own kind and settings, never probed by the engine."""
+
+    scales_itself: bool = Field(default=False, description="One revision object serves any load (Lambda)")
+    serves_tls: bool = Field(default=False, description="Can serve the target's endpoint over HTTPS only")
+    tls_by_provider: bool = Field(
+        default=False, description="HTTPS with the provider's own certificate, not the environment's"
+    )
+    network_policy: bool = Field(default=False, description="Admits traffic only from allowed sources")
+    limits: frozenset[Resource] = Field(default=frozenset(), description="Enforced per replica")
+    capacity: frozenset[Resource] = Field(default=frozenset(), description="Checked before a change")
+    notes: list[str] = Field(default_factory=list, description="What is not done here, and why")
+
+
 class Environment(Model):
     name: Name
     compliance_level: ComplianceLevel = ComplianceLevel.STANDARD
@@ -501,6 +565,7 @@ class Environment(Model):
     health_check_timeout: DurationMs = 2_000
     unhealthy_threshold: int = Field(default=3, ge=1)
     endpoints: list[str] = Field(default_factory=list)
+    resources: ResourceSettings = ResourceSettings()
     features: Features = Field(default_factory=Features)
     strategy_overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -581,6 +646,9 @@ class Governance(Model):
 
     environment: Environment
     features: Features
+    capabilities: PlatformCapabilities | None = Field(
+        default=None, description="What the request's platform declared it can do, when submitted"
+    )
     trusted_keys: dict[str, str] = Field(default_factory=dict, description="key id -> ed25519 public key")
     vulnerability_scanner: ScannerConfig | None = None
     config_version: ConfigVersion = Field(default_factory=ConfigVersion)

@@ -13,12 +13,12 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import Field
 
-from engine.models import Artifact, Model, Target
+from engine.models import Artifact, Model, ReplicaResources, Target
 
-# Capabilities declared per platform type, asked before any change (engine/governance.py). The work that makes
-# an adapter serve HTTPS or write NetworkPolicies adds its platform here.
-SERVES_TLS: frozenset[str] = frozenset()  # no adapter terminates TLS yet
-ENFORCES_NETWORK_POLICY: frozenset[str] = frozenset()  # no adapter writes NetworkPolicies yet
+# The capabilities an adapter declares live with the models (each request's governance records them) and are
+# part of this protocol: re-exported here.
+from engine.models import PlatformCapabilities as PlatformCapabilities
+from engine.models import Resource as Resource
 
 
 class PlatformError(Exception):
@@ -35,11 +35,57 @@ class TransientPlatformError(PlatformError):
     """A failure worth retrying with bounded backoff: timeouts, 5xx, throttling."""
 
 
+# --------------------------------------------------------------------------------------------
+# How a target's endpoint is served, and the room a platform reports
+# --------------------------------------------------------------------------------------------
+
+
+class TlsMaterial(Model):
+    """The environment's certificate by reference (a path, ``file:/path`` or ``env:NAME``), never the key
+    itself, so that a spec can be journaled and logged; resolved only where the endpoint is served."""
+
+    certificate: str = Field(description="PEM: the server certificate, then any intermediates")
+    key: str = Field(description="PEM: its private key")
+    ca: str | None = Field(default=None, description="PEM: the CA our own clients verify against")
+
+
+class NetworkPolicySpec(Model):
+    """Who may reach a target's replicas: a gateway's pods (None: the platform's own gateway, if it has one)
+    and the pods of these namespaces."""
+
+    gateway_name: str | None = None
+    gateway_namespace: str | None = None
+    allowed_namespaces: list[str] = Field(default_factory=list)
+
+
+class Serving(Model):
+    """How a target's endpoint is served, from its environment's settings. ``tls`` None: plain HTTP."""
+
+    tls: TlsMaterial | None = None
+    network_policy: NetworkPolicySpec | None = None
+
+
+class CapacityPool(Model):
+    """Room left where some of a new revision's replicas will run: a host, a VM host, a namespace quota.
+
+    ``None`` means not limited there (or not known to be); the engine compares, the adapter only reports."""
+
+    name: str = Field(description="Where, as said in a refusal: 'host', 'vm host web-1', 'ResourceQuota q'")
+    replicas: int = Field(ge=0, description="How many of the new replicas land here")
+    memory_free: int | None = None
+    disk_free: int | None = None
+    cpus: float | None = Field(default=None, description="The most CPU one replica can get here (cores)")
+    cpu_free: float | None = Field(default=None, description="CPU left to hand out (a quota), in cores")
+    pods_free: int | None = None
+
+
 class RevisionSpec(Model):
     target: Target
     artifact: Artifact
     replicas: int = Field(ge=0)
     deployment_id: str = ""
+    resources: ReplicaResources | None = Field(default=None, description="Per replica; None: no limits")
+    serving: Serving | None = Field(default=None, description="None: the target's serving stays as it is")
 
     @property
     def revision(self) -> str:
@@ -121,6 +167,10 @@ class LiveState(Model):
 class PlatformAdapter(Protocol):
     platform: str
     supervision: SupervisionMode
+    capabilities: PlatformCapabilities
+
+    def capacity(self, target: Target, replicas: int) -> list[CapacityPool]:
+        """Room for ``replicas`` more replicas of the target, where they would run (changes nothing)."""
 
     def validate(self) -> None:
         """Check connectivity, credentials and required features; raise PlatformError before any change."""
@@ -185,6 +235,10 @@ class WorkloadBackend(Protocol):
     """Runs replicas of revisions; knows nothing of traffic."""
 
     platform: str
+    capabilities: PlatformCapabilities
+
+    def capacity(self, target: Target, replicas: int) -> list[CapacityPool]:
+        """Room for ``replicas`` more replicas, where they would run (changes nothing)."""
 
     def validate(self) -> None:
         """Connectivity, credentials, features; PlatformError before any change."""
@@ -212,8 +266,13 @@ class WorkloadBackend(Protocol):
 class TrafficRouter(Protocol):
     """Splits one target's traffic over server addresses by weight and reports per-server metrics."""
 
-    def ensure_frontend(self, target: Target) -> str:
-        """Start (or find again) the router for the target; returns the address users reach."""
+    serves_tls: bool
+
+    def ensure_frontend(
+        self, target: Target, health_path: str | None = None, serving: Serving | None = None
+    ) -> str:
+        """Start (or find again) the router for the target; returns the address users reach. A health path
+        or serving given changes the running router's (``serving`` None keeps the one in force)."""
 
     def set_backends(
         self, target: Target, servers: dict[str, list[str]], weights: dict[str, int]

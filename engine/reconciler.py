@@ -21,6 +21,7 @@ from engine.journal import Journal
 from engine.models import (
     DEFAULT_ANALYSIS_INTERVAL_MS,
     Artifact,
+    Environment,
     FailureThresholds,
     Phase,
     PlatformConfig,
@@ -38,6 +39,15 @@ from engine.platform import (
     SupervisionMode,
     TransientPlatformError,
 )
+from engine.readiness import (
+    EnvironmentStatus,
+    declared_problems,
+    needs_room,
+    readiness_notes,
+    record_environment_status,
+    serving_for,
+)
+from engine.resources import peak_extra_replicas, shortages
 from engine.rollback_decision import JournalDecider, RollbackDecider
 from engine.state import DeploymentState, EventKind, Role, Step, StepKind
 from engine.supervision import restore_serving
@@ -242,8 +252,15 @@ class DeploymentReconciler:
     def _plan(self, state: DeploymentState) -> float:
         started = self._platform_seconds()
         adapter = self.adapter
-        adapter.validate()
         request = state.request
+        environment = request.governance.environment if request.governance else None
+        if environment is not None:  # what the platform declared: asked before the platform itself
+            refused = declared_problems(
+                environment, adapter.platform, adapter.capabilities, request.strategy.replicas
+            )
+            if refused:
+                return self._refuse(refused)
+        adapter.validate()
         candidate = request.artifact.revision
         traffic = adapter.traffic(request.target)
         serving = {rev: w for rev, w in traffic.weights.items() if w > 0}
@@ -255,6 +272,8 @@ class DeploymentReconciler:
             if stable == candidate:
                 stable = next((rev for rev in serving if rev != candidate), None)
             plan = build_plan(request.strategy, has_stable=stable is not None)
+        if environment is not None and self._not_ready(state, environment, plan, stable):
+            return 0.0
         self._append(
             EventKind.PLANNED,
             plan=[step.model_dump(mode="json") for step in plan],
@@ -266,6 +285,52 @@ class DeploymentReconciler:
             platform_s=round(self._platform_seconds() - started, 6),
         )
         return 0.0
+
+    def _not_ready(
+        self, state: DeploymentState, environment: Environment, plan: list[Step], stable: str | None
+    ) -> bool:
+        """Room for the plan's peak on the platform (the environment's status journaled when it changes);
+        True when the deployment was refused for lack of it. What the platform will not enforce is noted."""
+        need = environment.resources.per_replica
+        extra = 0
+        if needs_room(need):
+            status = self.adapter.revision_status(state.request.target, stable) if stable else None
+            extra = peak_extra_replicas(plan, status.desired_replicas if status else 0)
+        if extra > 0:  # room was asked for: its answer is the environment's status now
+            shortages_found = shortages(
+                environment.name, need, self.adapter.capacity(state.request.target, extra)
+            )
+            status_now = EnvironmentStatus.CAPACITY_SHORT if shortages_found else EnvironmentStatus.READY
+            reason = "; ".join(shortages_found) or f"room for {extra} more replica(s) of {need.described()}"
+            record_environment_status(self.journal, environment.name, status_now, reason, self.actor)
+            if shortages_found:
+                self._refuse(shortages_found)
+                return True
+        notes = readiness_notes(environment, self.adapter.platform, self.adapter.capabilities)
+        if notes:
+            self._append(EventKind.NOTE, message="; ".join(notes))
+        return False
+
+    def _refuse(self, problems: list[str]) -> float:
+        """End the deployment before any change, saying why."""
+        self._append(
+            EventKind.FINISHED,
+            outcome=Phase.FAILED.value,
+            message="refused before any change: " + "; ".join(problems),
+        )
+        return 0.0
+
+    def _spec(self, state: DeploymentState, artifact: Artifact, replicas: int) -> RevisionSpec:
+        """A revision as the environment wants it served: its limits per replica, TLS, who may reach it."""
+        environment = state.request.governance.environment if state.request.governance else None
+        return RevisionSpec(
+            target=state.request.target,
+            artifact=artifact,
+            replicas=replicas,
+            deployment_id=state.deployment_id,
+            resources=environment.resources.per_replica if environment else None,
+            serving=serving_for(environment) if environment else None,
+        )
 
     def _artifact_of(self, target_key: str, revision: str | None) -> dict[str, object] | None:
         """The artifact of the newest deployment of this target that made ``revision`` live."""
@@ -308,7 +373,7 @@ class DeploymentReconciler:
 
     def _wanted(self, replicas: int) -> int:
         """Platforms that scale by themselves (Lambda) run one revision object whatever count is asked."""
-        return min(replicas, 1) if getattr(self.adapter, "scales_itself", False) else replicas
+        return min(replicas, 1) if self.adapter.capabilities.scales_itself else replicas
 
     def _elapsed(self, state: DeploymentState) -> float:
         return self.clock.now() - (state.step_started_at or self.clock.now())
@@ -327,14 +392,7 @@ class DeploymentReconciler:
         if status is None or status.desired_replicas != wanted or status.running_replicas < wanted:
             if artifact is None:
                 return Done() if status is None else self._scale_unknown(state, status, step)
-            self.adapter.ensure_revision(
-                RevisionSpec(
-                    target=target,
-                    artifact=artifact,
-                    replicas=step.replicas,
-                    deployment_id=state.deployment_id,
-                )
-            )
+            self.adapter.ensure_revision(self._spec(state, artifact, step.replicas))
             status = self.adapter.revision_status(target, revision or "")
         if status is not None and status.ready and status.desired_replicas == wanted:
             return Done()
@@ -532,11 +590,7 @@ class DeploymentReconciler:
         artifact = self._stable_artifact()
         lost = status is None or status.desired_replicas < replicas or status.running_replicas < replicas
         if artifact is not None and lost:  # gone, scaled down, or dead: recreated from the journaled artifact
-            self.adapter.ensure_revision(
-                RevisionSpec(
-                    target=target, artifact=artifact, replicas=replicas, deployment_id=state.deployment_id
-                )
-            )
+            self.adapter.ensure_revision(self._spec(state, artifact, replicas))
             return self._stable_lost(state, stable)
         if status is None or status.ready_replicas == 0:
             return self._stable_lost(state, stable)

@@ -171,6 +171,7 @@ class EventKind(str, Enum):
     DRIFT = "drift"  # supervision: what was found on the platform and what was done; no fact changes
     PLATFORM_FAULT = "platform_fault"  # the router or the platform API failed: analysis paused
     PLATFORM_RESTORED = "platform_restored"  # the platform serves again: analysis on a fresh window
+    ENVIRONMENT_STATUS = "environment_status"  # of no deployment: subject "environment:<name>"
 
 
 # Kinds that may follow a terminal event: they record, they change no deployment fact.
@@ -349,4 +350,5 @@ _APPLY = {
     EventKind.DRIFT: _nothing,
     EventKind.PLATFORM_FAULT: _platform_fault,
     EventKind.PLATFORM_RESTORED: _platform_restored,
+    EventKind.ENVIRONMENT_STATUS: _nothing,
 }

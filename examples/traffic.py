@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import ssl
 import threading
 import time
 from collections import Counter
@@ -12,14 +13,24 @@ from urllib.parse import urlsplit
 class TrafficGenerator:
     """Sends GET requests to ``url`` at about ``rps`` per second until stopped or ``max_seconds`` pass.
 
-    Counts answers by (version, status); connection failures count as status 0.
+    Counts answers by (version, status); connection failures count as status 0. An ``https://`` URL is
+    verified against ``ca_file`` (the system's CAs when None): a certificate it does not trust is a failure.
     """
 
-    def __init__(self, url: str, rps: float = 50.0, threads: int = 2, max_seconds: float = 3600.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        rps: float = 50.0,
+        threads: int = 2,
+        max_seconds: float = 3600.0,
+        ca_file: str | None = None,
+    ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
+        self.https = parts.scheme == "https"
+        self.port = parts.port or (443 if self.https else 80)
         self.path = parts.path or "/"
+        self.context = ssl.create_default_context(cafile=ca_file) if self.https else None
         self.interval = threads / rps
         self.threads = threads
         self.max_seconds = max_seconds
@@ -53,7 +64,11 @@ class TrafficGenerator:
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def _request(self) -> tuple[str, int]:
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=5)
+        connection = (
+            http.client.HTTPSConnection(self.host, self.port, timeout=5, context=self.context)
+            if self.https
+            else http.client.HTTPConnection(self.host, self.port, timeout=5)
+        )
         try:
             connection.request("GET", self.path)
             response = connection.getresponse()
@@ -90,11 +105,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("urls", nargs="+")
     parser.add_argument("--rps", type=float, default=10.0, help="per URL")
     parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--ca-file", default=None, help="CA to verify https:// URLs against")
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     generators = [
-        TrafficGenerator(url, rps=args.rps, threads=2, max_seconds=args.seconds).start() for url in args.urls
+        TrafficGenerator(url, rps=args.rps, threads=2, max_seconds=args.seconds, ca_file=args.ca_file).start()
+        for url in args.urls
     ]
     stop.wait(args.seconds)
     result = {

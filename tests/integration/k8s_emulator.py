@@ -46,6 +46,9 @@ _RESOURCES: dict[str, dict[str, Any]] = {
     "apps/v1/deployments": {"kind": "Deployment", "namespaced": True, "subresources": {"status", "scale"}},
     "v1/services": {"kind": "Service", "namespaced": True},
     "v1/pods": {"kind": "Pod", "namespaced": True, "subresources": {"log", "status"}},
+    "v1/secrets": {"kind": "Secret", "namespaced": True},
+    "v1/resourcequotas": {"kind": "ResourceQuota", "namespaced": True, "subresources": {"status"}},
+    "networking.k8s.io/v1/networkpolicies": {"kind": "NetworkPolicy", "namespaced": True},
 }
 _GATEWAY_RESOURCES: dict[str, dict[str, Any]] = {
     "gateway.networking.k8s.io/v1/httproutes": {

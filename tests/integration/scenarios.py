@@ -18,6 +18,7 @@ from engine.journal import Journal
 from engine.models import (
     Artifact,
     DeploymentRequest,
+    Governance,
     Phase,
     PlatformConfig,
     RollbackTrigger,
@@ -44,6 +45,7 @@ class ScenarioEnv:
     step_ms: int = 2500
     deadline_s: float = 180.0
     environment: str = "staging"
+    governance: Governance | None = None  # the environment's settings recorded with each request
 
 
 class Harness:
@@ -93,6 +95,7 @@ class Harness:
             environment=self.env.environment,
             platform=self.env.platform,
             requested_by="scenario",
+            governance=self.env.governance,
         )
         deployment_id = f"{self.target.service}-{self.count}"
         self.journal.submit(deployment_id, request, actor="scenario")

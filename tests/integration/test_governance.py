@@ -264,15 +264,16 @@ def test_a_verified_artifact_deploys_and_the_registry_says_where(
 # --------------------------------------------------------------------------------------------
 # TLS and the compliance gate
 # --------------------------------------------------------------------------------------------
-def test_tls_required_production_on_the_local_platform_is_refused(
+def test_tls_required_production_without_a_certificate_is_refused(
     orchestrator: Any, governance_kit: GovernanceKit
 ) -> None:
+    """Production over plain HTTP is refused: local serves HTTPS, but only with a certificate to serve."""
     artifact = governance_kit.artifact("gov-tls", "1.0.0")
     with pytest.raises(ray.exceptions.RayTaskError) as refused:
         orchestrator.submit(artifact, ROLLING, "production", change_record={"id": "CHG-1", "summary": "tls"})
     assert (
-        "platform 'local' cannot serve TLS, and environments.production.security.tlsRequired is true"
-        in str(refused.value)
+        "environments.production.security.tlsRequired is true but environments.production.security.tls has "
+        "no certificate and key" in str(refused.value)
     )
     assert orch_journal(orchestrator).deployments(target_key="gov-tls.production") == []
     nothing_deployed(orchestrator, "gov-tls", "production")
@@ -319,7 +320,7 @@ def test_the_compliance_report_of_a_passing_nasa_pot10_deployment(
     assert report.passed and evidence.gate_enforced
     assert (evidence.compliance.score, evidence.compliance.required_score) == (95.0, 95.0)
     failed = [r.rule.value for r in evidence.compliance.rules if not r.passed]
-    assert failed == ["tls-enforced"]  # the one rule no platform can pass yet
+    assert failed == ["tls-enforced"]  # POT10 here does not set security.tlsRequired
     assert evidence.config_version is not None and evidence.config_version.git_commit == commit
     assert evidence.approval is not None and [d.person for d in evidence.approval.decisions] == [
         "alice",

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 
 from engine.models import Target
 from engine.platform import (
+    CapacityPool,
     LiveState,
     MetricSnapshot,
+    PlatformCapabilities,
     PlatformError,
     ReplicaLiveness,
     RevisionSpec,
@@ -63,6 +65,8 @@ class FakePlatform:
     router_answers: bool = True  # False: it runs, but its runtime API does not answer
     unreachable: str | None = None  # every call raises a TransientPlatformError with this cause
     restart_fails: set[str] = field(default_factory=set)  # revisions whose replicas die again at once
+    capabilities: PlatformCapabilities = field(default_factory=PlatformCapabilities)
+    pools: list[CapacityPool] = field(default_factory=list)
     _last: float = 0.0
 
     def _check_reachable(self) -> None:
@@ -87,6 +91,10 @@ class FakePlatform:
             served = int(self.rps * elapsed * weight / 100)
             revision.requests += served
             revision.errors += int(served * self.error_rates.get(name, 0.0))
+
+    def capacity(self, target: Target, replicas: int) -> list[CapacityPool]:
+        self.calls.append(f"capacity x{replicas}")
+        return [pool.model_copy(update={"replicas": replicas}) for pool in self.pools]
 
     def validate(self) -> None:
         if self.fail_validate:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from adapters import platform_capabilities
 from engine.approvals import ApprovalRefused, Approvals
 from engine.artifacts import digest_path, public_key_pem, sign
 from engine.config import EnterpriseConfig
@@ -24,6 +25,7 @@ from engine.models import (
     PlatformConfig,
     Strategy,
 )
+from engine.readiness import with_capabilities
 from engine.reconciler import DeploymentReconciler
 from engine.state import EventKind
 from tests.unit.fakes import FakeClock, FakePlatform
@@ -47,16 +49,21 @@ def _config(environment: dict[str, Any], **top: Any) -> EnterpriseConfig:
     )
 
 
-def _request(config: EnterpriseConfig, artifact: Artifact, platform: str = "local") -> DeploymentRequest:
+def _request(
+    config: EnterpriseConfig, artifact: Artifact, platform: str | PlatformConfig = "local"
+) -> DeploymentRequest:
+    where = platform if isinstance(platform, PlatformConfig) else PlatformConfig(type=platform)
     request = DeploymentRequest(
         artifact=artifact,
         strategy=Strategy.model_validate({"type": "rolling", "replicas": 1}),
         environment="production",
-        platform=PlatformConfig(type=platform),
+        platform=where,
         requested_by="bob",
         change_record={"id": "CHG-1", "summary": "web 2.0.0"},  # type: ignore[arg-type]
     )
-    return governed(config, request, config.environment("production"), COMMITTED)
+    # As the queen records it: with what the platform's adapter declares it can do.
+    governed_request = governed(config, request, config.environment("production"), COMMITTED)
+    return with_capabilities(governed_request, platform_capabilities(where))
 
 
 def _artifact(tmp_path: Path, signed: bool = True, **extra: Any) -> Artifact:
@@ -92,17 +99,34 @@ SCANNER = {"vulnerability": {"command": ["python3", "-c", "print('{\"vulnerabili
 # Refused at submission
 # --------------------------------------------------------------------------------------------
 def test_tls_required_on_a_platform_that_cannot_serve_it_is_refused_naming_both(tmp_path: Path) -> None:
-    config = _config({**NASA, "security": {**NASA["security"], "tls_required": True}}, scanners=SCANNER)
-    problems = refusals(_request(config, _artifact(tmp_path)), ROLES)
-    assert problems == [
-        "platform 'local' cannot serve TLS, and environments.production.security.tlsRequired is true: "
-        "deploy there on a platform that serves HTTPS (none does yet) or turn the setting off"
-    ]
-    for platform in ("docker", "kubernetes", "vm", "lambda"):
-        assert (
-            f"platform '{platform}' cannot serve TLS"
-            in refusals(_request(config, _artifact(tmp_path), platform), ROLES)[0]
+    tls = {"certificate": str(tmp_path / "server.crt"), "key": f"file:{tmp_path / 'server.key'}"}
+    security = {**NASA["security"], "tls_required": True, "tls": tls}
+    config = _config({**NASA, "security": security}, scanners=SCANNER)
+    for serving in ("local", "docker"):  # HAProxy terminates TLS there with the environment's certificate
+        assert refusals(_request(config, _artifact(tmp_path), serving), ROLES) == []
+    gateway = {"host": "http://127.0.0.1:1", "gateway": {"name": "public"}}
+    assert (
+        refusals(
+            _request(config, _artifact(tmp_path), PlatformConfig(type="kubernetes", settings=gateway)), ROLES
         )
+        == []
+    )
+    assert refusals(_request(config, _artifact(tmp_path), "kubernetes"), ROLES) == [
+        "platform 'kubernetes' cannot serve TLS, and environments.production.security.tlsRequired is true "
+        "(kubernetes: HTTPS needs a gateway (settings.gateway): a Service alone serves no TLS)"
+    ]
+    moto = PlatformConfig(type="lambda", settings={"endpointUrl": "http://127.0.0.1:5000"})
+    assert refusals(_request(config, _artifact(tmp_path), moto), ROLES)[0].startswith(
+        "platform 'lambda' cannot serve TLS, and environments.production.security.tlsRequired is true"
+    )
+
+
+def test_tls_required_without_a_certificate_is_refused(tmp_path: Path) -> None:
+    config = _config({**NASA, "security": {**NASA["security"], "tls_required": True}}, scanners=SCANNER)
+    assert refusals(_request(config, _artifact(tmp_path)), ROLES) == [
+        "environments.production.security.tlsRequired is true but environments.production.security.tls has "
+        "no certificate and key"
+    ]
 
 
 def test_what_can_never_pass_is_refused_at_once_each_named(tmp_path: Path) -> None:
@@ -115,7 +139,7 @@ def test_what_can_never_pass_is_refused_at_once_each_named(tmp_path: Path) -> No
     problems = refusals(_request(config, unsigned), {"prod-team": ["alice"]})
     assert problems == [
         "platform 'local' cannot enforce environments.production.security.networkPolicy (enabled): "
-        "no platform writes NetworkPolicies yet",
+        "only kubernetes writes NetworkPolicies",
         "approver group 'security-team' (environments.production.approvalWorkflow) has no members: define it "
         "under 'roles'",
         "environments.production.security.vulnerabilityScanning is on but no scanner is configured "
