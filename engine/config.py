@@ -34,6 +34,7 @@ from engine.models import (
     StrategyType,
 )
 from engine.paths import orchestrator_home
+from engine.pipeline_model import PipelineTemplate, StageTemplate, template_problems
 
 CONFIG_ENV_VAR = "ORCH_CONFIG"
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "enterprise_config.yaml"
@@ -107,6 +108,7 @@ class EnterpriseConfig(Model):
     roles: dict[str, list[str]] = Field(default_factory=dict, description="approver group -> members")
     namespace: str = Field(default="deploy-orchestrator", min_length=1, description="Ray namespace")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    pipelines: dict[str, PipelineTemplate] = Field(default_factory=dict, description="Pipeline templates")
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -133,7 +135,7 @@ class EnterpriseConfig(Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> EnterpriseConfig:
-        problems = [*self._name_mismatches(), *self._unknown_approver_groups()]
+        problems = [*self._name_mismatches(), *self._unknown_approver_groups(), *self._pipeline_problems()]
         if problems:
             summary = "; ".join(f"{path}: {message}" for path, message in problems)
             raise PydanticCustomError(_LOCATED, "{summary}", {"summary": summary, "problems": problems})
@@ -156,6 +158,34 @@ class EnterpriseConfig(Model):
                         f"environments.{key}.approvalWorkflow.approverGroups[{index}]",
                         f"approver group '{group}' is not defined under 'roles' ({known})",
                     )
+
+    def _pipeline_problems(self) -> Iterable[tuple[str, str]]:
+        for name, template in self.pipelines.items():
+            path = f"pipelines.{name}"
+            if not _PIPELINE_NAME.match(name):
+                yield path, f"'{name}' is not a valid pipeline name: use lower-case letters, digits and '-'"
+            yield from template_problems(path, template, self.environments)
+            for index, stage in enumerate(template.stages):
+                if stage.kind.value == "deploy":
+                    yield from self._deploy_stage_problems(f"{path}.stages[{index}]", stage)
+
+    def _deploy_stage_problems(self, path: str, stage: StageTemplate) -> Iterable[tuple[str, str]]:
+        """A deploy stage's platform and strategy (with its overrides) as a deployment would take them."""
+        strategy = stage.strategy
+        try:
+            self.platform(stage.platform)
+        except ValueError as error:
+            yield f"{path}.platform", str(error)
+        try:
+            if isinstance(strategy, str):
+                self.strategy_for(strategy, stage.settings or None)
+            else:
+                Strategy.model_validate(strategy)
+        except ValidationError as error:
+            for problem in error.errors():
+                yield _strategy_problem(path, stage, problem)
+        except ValueError as error:
+            yield f"{path}.strategy", str(error)
 
     # ---------------------------------------------------------------------------------------
     # Look-ups
@@ -225,6 +255,22 @@ class EnterpriseConfig(Model):
         top_level = {key: flat.pop(key) for key in list(flat) if key in _STRATEGY_TOP_LEVEL}
         defaults = self.strategy_defaults.for_type(kind).model_dump()
         return Strategy.from_seed(kind.value, _deep_merge(defaults, flat), **top_level)
+
+
+_PIPELINE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _strategy_problem(path: str, stage: StageTemplate, problem: ErrorDetails) -> tuple[str, str]:
+    """A strategy problem at the key the stage wrote: ``settings.<key>`` for a named strategy's overrides,
+    ``strategy.<path>`` for a strategy written out in full."""
+    message = re.sub(r"^(Value error|Assertion failed), ", "", problem["msg"])
+    message = message[:1].lower() + message[1:]
+    loc = [str(part) for part in problem["loc"]]
+    if isinstance(stage.strategy, str):
+        written = {to_snake(key): key for key in stage.settings}
+        key = next((written[to_snake(part)] for part in reversed(loc) if to_snake(part) in written), None)
+        return (f"{path}.settings.{key}" if key else f"{path}.strategy"), message
+    return ".".join([f"{path}.strategy", *loc]), message
 
 
 _STRATEGY_TOP_LEVEL = frozenset({"replicas", "progress_deadline", "max_pause_duration"})

@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from engine.secrets import REFERENCE, looks_secret
+from engine.secrets import REFERENCE, refuse_plain_secrets
 
 SUPPORTED_PLATFORMS = ("local", "docker", "kubernetes", "lambda", "vm")
 KNOWN_UNSUPPORTED_PLATFORMS = ("azure_functions", "gcp_functions", "google_cloud_functions")
@@ -84,13 +84,11 @@ class Artifact(Model):
     @field_validator("env")
     @classmethod
     def _no_plain_secrets(cls, env: dict[str, str]) -> dict[str, str]:
-        for name in env:
-            if looks_secret(name):
-                raise ValueError(
-                    f"env.{name} looks like a secret: put a reference in secretEnv (env:NAME or file:/path) "
-                    "so that its value never reaches the journal"
-                )
-        return env
+        return refuse_plain_secrets(
+            env,
+            "put a reference in secretEnv (env:NAME or file:/path) so that its value never reaches the "
+            "journal",
+        )
 
     @field_validator("secret_env")
     @classmethod
