@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from typing import Any
 
 import ray
@@ -13,6 +12,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.common import QUEEN_NAME, call, find_actor, kill_quietly
 from actors.health import HealthMonitor, HealthReport
+from actors.pipelines import PipelineRuns
 from adapters import create_platform
 from engine.analysis import Measurement, judge
 from engine.config import load_config
@@ -20,7 +20,6 @@ from engine.journal import Journal
 from engine.models import (
     SUPPORTED_PLATFORMS,
     Artifact,
-    DeploymentRequest,
     Environment,
     Model,
     Phase,
@@ -29,6 +28,8 @@ from engine.models import (
     StrategyType,
     Thresholds,
 )
+from engine.pipeline_model import PipelineTemplate
+from engine.pipeline_state import PipelineStatus
 from engine.plans import build_plan
 from engine.platform import MetricSnapshot, PlatformError
 from engine.state import Step
@@ -284,72 +285,39 @@ class PlatformRegistryImpl(_Worker):
 
 
 # ---------------------------------------------------------------------------------------- DO-006
-class PipelineStage(Model):
-    environment: str
-    strategy: Strategy
-    platform: PlatformConfig
-
-
-class PipelineStatus(Model):
-    pipeline_id: str
-    stages: list[str]
-    current: int
-    deployments: list[str]
-    state: str
-    message: str = ""
-
-
 class PipelineOrchestratorImpl(_Worker):
-    """DO-006: stages in order (e.g. development -> staging -> production); a stage that fails stops it."""
+    """DO-006: pipeline runs (a graph of build, test, deploy, validate, approve and compliance stages),
+    journaled and continued after any restart; the logic is ``engine.pipeline``."""
 
     def __init__(self, config_path: str | None, journal_path: str) -> None:
         super().__init__(config_path, journal_path)
-        self.pipelines: dict[str, PipelineStatus] = {}
+        self.runs = PipelineRuns(self.config, self.journal, self.namespace)
+        self.started = asyncio.Event()
+        asyncio.get_running_loop().create_task(self._resume())
 
-    async def start_pipeline(self, artifact: Artifact, stages: list[PipelineStage], by: str) -> str:
-        pipeline_id = f"pipeline-{uuid.uuid4().hex[:10]}"
-        self.pipelines[pipeline_id] = PipelineStatus(
-            pipeline_id=pipeline_id,
-            stages=[s.environment for s in stages],
-            current=0,
-            deployments=[],
-            state="running",
-        )
-        asyncio.get_running_loop().create_task(self._run(pipeline_id, artifact, stages, by))
-        return pipeline_id
+    async def _resume(self) -> None:
+        try:
+            self.runs.resume_all()
+        finally:
+            self.started.set()
 
-    async def _run(self, pipeline_id: str, artifact: Artifact, stages: list[PipelineStage], by: str) -> None:
-        status = self.pipelines[pipeline_id]
-        queen = find_actor(QUEEN_NAME, self.namespace)
-        if queen is None:
-            status.state, status.message = "failed", "the queen is not running"
-            return
-        for index, stage in enumerate(stages):
-            status.current = index
-            request = DeploymentRequest(
-                artifact=artifact,
-                strategy=stage.strategy,
-                environment=stage.environment,
-                platform=stage.platform,
-                requested_by=by,
-            )
-            deployment_id = await call(queen.submit.remote(request), 60)
-            status.deployments.append(deployment_id)
-            deadline = time.monotonic() + stage.strategy.progress_deadline / 1000 * 10
-            result = await call(queen.wait.remote(deployment_id, 3600.0), 3700.0)
-            while result.phase.value not in ("succeeded", "rolled_back", "failed", "aborted"):
-                if time.monotonic() > deadline:
-                    break
-                result = await call(queen.wait.remote(deployment_id, 3600.0), 3700.0)
-            if result.phase.value != "succeeded":
-                status.state, status.message = "failed", f"stage {stage.environment}: {result.phase.value}"
-                return
-        status.state = "succeeded"
+    async def start_pipeline(
+        self,
+        name: str,
+        artifacts: list[Artifact],
+        environments: list[str] | None,
+        by: str,
+        template: PipelineTemplate | None = None,
+    ) -> str:
+        await asyncio.wait_for(self.started.wait(), timeout=60)
+        return self.runs.start(name, artifacts, environments, by, template)
 
     async def pipeline_status(self, pipeline_id: str) -> PipelineStatus:
-        if pipeline_id not in self.pipelines:
-            raise ValueError(f"unknown pipeline '{pipeline_id}'")
-        return self.pipelines[pipeline_id]
+        return self.runs.status(pipeline_id)
+
+    async def wait_pipeline(self, pipeline_id: str, timeout_s: float) -> PipelineStatus:
+        await asyncio.wait_for(self.started.wait(), timeout=60)
+        return await self.runs.wait(pipeline_id, timeout_s)
 
 
 _OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1}

@@ -29,6 +29,8 @@ USAGE = """Deployment orchestrator on Ray.
 python orchestrator.py quickstart
 python orchestrator.py deploy --service web --version 2.0.0 --command "python app.py" --strategy canary
 python orchestrator.py status|history|rollback|promote|pause|resume|abort ...
+python orchestrator.py pipeline run production-pipeline --artifact artifact.yaml --environments a,b,c
+python orchestrator.py pipeline status PIPELINE_ID
 """
 
 
@@ -56,7 +58,7 @@ def _pairs(items: list[str], what: str) -> dict[str, Any]:
     return result
 
 
-def _artifact_from_args(args: argparse.Namespace) -> dict[str, Any]:
+def artifact_from_args(args: argparse.Namespace) -> dict[str, Any]:
     import shlex
 
     import yaml
@@ -129,7 +131,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         overrides["replicas"] = args.replicas
     config = load_config(args.config)
     request = build_request(
-        config, _artifact_from_args(args), args.strategy, args.environment, args.platform, **overrides
+        config, artifact_from_args(args), args.strategy, args.environment, args.platform, **overrides
     )
     orch = DeploymentOrchestrator(config_path=args.config)
     deployment_id = orch.submit_request(request)
@@ -207,6 +209,16 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return run_quickstart(config_path=args.config, keep=args.keep, step_seconds=args.step_seconds)
 
 
+def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifact", help="YAML/JSON file with the artifact (name, version, command, ...)")
+    parser.add_argument("--service", help="artifact name (the service)")
+    parser.add_argument("--version", help="artifact version")
+    parser.add_argument("--command", help="the command that runs one replica (PORT is in its environment)")
+    parser.add_argument("--workdir", help="working folder of the command")
+    parser.add_argument("--source", help="where the artifact comes from (image, zip, URL)")
+    parser.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment of the service")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator.py", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -216,13 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     deploy = sub.add_parser("deploy", help="deploy a revision and follow it to the end")
-    deploy.add_argument("--artifact", help="YAML/JSON file with the artifact (name, version, command, ...)")
-    deploy.add_argument("--service", help="artifact name (the service)")
-    deploy.add_argument("--version", help="artifact version")
-    deploy.add_argument("--command", help="the command that runs one replica (PORT is in its environment)")
-    deploy.add_argument("--workdir", help="working folder of the command")
-    deploy.add_argument("--source", help="where the artifact comes from (image, zip, URL)")
-    deploy.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment of the service")
+    add_artifact_arguments(deploy)
     deploy.add_argument("--strategy", default="canary", help="canary | blue_green | rolling")
     deploy.add_argument(
         "--set",
@@ -256,6 +262,9 @@ def _parser() -> argparse.ArgumentParser:
             control.add_argument("--full", action="store_true", help="skip the remaining steps")
         control.add_argument("--json", action="store_true")
         control.set_defaults(func=_cmd_control, action=action)
+    from client.pipeline_cli import add_pipeline_commands
+
+    add_pipeline_commands(sub)
     quick = sub.add_parser("quickstart", help="deploy the sample service: v1, a good canary, a bad canary")
     quick.add_argument("--keep", action="store_true", help="leave the sample service running at the end")
     quick.add_argument("--step-seconds", type=float, default=5.0, help="canary step duration")

@@ -261,6 +261,9 @@ class ValidateStage:
             return None
         return f"GET {check.path}: {len(failures)} of {check.requests} failed ({failures[0]})"
 
+    async def stop(self, stage: StageSpec, context: StageContext, reason: str) -> None:
+        return None  # checks change nothing
+
 
 class CommandOutcome(Protocol):
     exit_code: int | None
@@ -453,6 +456,24 @@ def _with_kind_settings(
 # --------------------------------------------------------------------------------------------
 # The engine
 # --------------------------------------------------------------------------------------------
+def read_pipeline(journal: Journal, pipeline_id: str) -> PipelineState:
+    """A run's state, folded from its events (also where no cluster runs: the CLI's ``pipeline status``)."""
+    events = journal.pipeline_events(pipeline_id)
+    if not events:
+        raise UnknownPipelineError(pipeline_id)
+    return fold_all(events)
+
+
+def find_pipeline(journal: Journal, prefix: str) -> str:
+    """A pipeline by id or unique id prefix (as the CLI accepts)."""
+    matches = journal.pipeline_ids(prefix=prefix)
+    if prefix in matches:
+        return prefix
+    if len(matches) != 1:
+        raise UnknownPipelineError(prefix) if not matches else KeyError(f"'{prefix}' is ambiguous")
+    return matches[0]
+
+
 class PipelineEngine:
     """Creates runs and drives them to their outcome; ``run`` also continues an interrupted run."""
 
@@ -479,13 +500,13 @@ class PipelineEngine:
         return self.state(spec.pipeline_id)
 
     def state(self, pipeline_id: str) -> PipelineState:
-        events = self.journal.pipeline_events(pipeline_id)
-        if not events:
-            raise UnknownPipelineError(pipeline_id)
-        return fold_all(events)
+        return read_pipeline(self.journal, pipeline_id)
 
     def unfinished(self) -> list[str]:
         return self.journal.pipeline_ids(unfinished_only=True)
+
+    def find(self, prefix: str) -> str:
+        return find_pipeline(self.journal, prefix)
 
     async def run(self, pipeline_id: str) -> PipelineState:
         return await _Run(self, self.state(pipeline_id)).drive()
