@@ -29,8 +29,12 @@ from actors.common import (
 from actors.domain import WORKER_CLASSES
 from actors.runner import ASSIGNMENT, DeploymentRunner
 from actors.telemetry import Telemetry
+from adapters.git_version import config_version
+from engine.approvals import ApprovalRequest, Approvals
+from engine.artifacts import ArtifactRegistry
 from engine.config import load_config
 from engine.control import ControlRefused, control_event
+from engine.governance import ApprovalGate, Gate, environment_of, governed, refusals, subject_of
 from engine.journal import Journal
 from engine.models import (
     BlueGreenConfig,
@@ -76,6 +80,10 @@ class QueenImpl:
         self.standby: list[tuple[str, Any]] = []
         self.warm_runners = self.config.concurrency.warm_runners
         self.telemetry = Telemetry(self.config.metrics.prometheus_port)
+        self.approvals = Approvals(self.journal, self.config.roles)
+        self.approval_gate = ApprovalGate(self.journal, self.approvals)
+        self.artifacts = ArtifactRegistry(self.journal)
+        self.config_version: Any = None  # cached once the loaded file is found committed in git
         self.started = asyncio.Event()
         asyncio.get_running_loop().create_task(self._start())
 
@@ -159,6 +167,12 @@ class QueenImpl:
             if len(running) >= self.limit:
                 break
             if state.admitted_at is not None or state.request.target.key in busy:
+                continue
+            gate = self.approval_gate.check(state)
+            if gate is Gate.ENDED:  # rejected or expired: it ended just now
+                self._notify_finished(state.deployment_id)
+            if gate is not Gate.OPEN:  # a waiting one holds its target: the target's deployments keep order
+                busy.add(state.request.target.key)
                 continue
             runner = self._take_runner()
             self.journal.append(
@@ -248,26 +262,73 @@ class QueenImpl:
             )
 
     def _on_finished(self, deployment_id: str) -> None:
+        self._notify_finished(deployment_id)
+        self._admit()
+
+    def _notify_finished(self, deployment_id: str) -> None:
         state = self.journal.state(deployment_id)
         self.telemetry.finished(state)
         event = self.finished.pop(deployment_id, None)
         if event is not None:
             event.set()
-        self._admit()
 
     # ------------------------------------------------------------------------------ public API
     async def submit(self, request: DeploymentRequest, deployment_id: str | None = None) -> str:
         await asyncio.wait_for(self.started.wait(), timeout=60)
         self._check_environment(request.environment)
+        request = await self._governed(request)
         active = self.journal.deployments(active_only=True, limit=100_000)
         if len(active) >= self.limit + self.config.concurrency.max_queued:
             raise DeploymentRefused(f"the queue is full ({len(active)} deployments waiting or running)")
         deployment_id = deployment_id or f"{request.artifact.name}-{uuid.uuid4().hex[:10]}"
-        self.journal.submit(deployment_id, request, actor=request.requested_by)
+        state = self.journal.submit(deployment_id, request, actor=request.requested_by)
+        self.artifacts.register(request.artifact, request.requested_by)
+        self.approval_gate.request(state)
         self.telemetry.submitted(request)
         self.finished.setdefault(deployment_id, asyncio.Event())
         self._admit()
         return deployment_id
+
+    async def _governed(self, request: DeploymentRequest) -> DeploymentRequest:
+        """The request with the policy in force recorded in it; refused, naming every setting at fault,
+        when it could never pass (before anything is recorded or changed)."""
+        environment = environment_of(self.config, self.journal.records("environment"), request.environment)
+        if self.config_version is None or self.config_version.git_state != "committed":
+            version = await asyncio.to_thread(config_version, self.config.source, self.config.sha256)
+            self.config_version = version
+        governed_request = governed(self.config, request, environment, self.config_version)
+        problems = refusals(governed_request, self.config.roles)
+        conflict = self.artifacts.conflict(request.artifact)
+        if conflict is not None:
+            problems.append(conflict)
+        if problems:
+            raise DeploymentRefused("; ".join(problems))
+        return governed_request
+
+    async def approve(self, subject: str, person: str, group: str, comment: str = "") -> ApprovalRequest:
+        """One group's approval of a deployment (or any subject, e.g. a pipeline stage); a deployment whose
+        approval completes is admitted at once."""
+        decided = self.approvals.approve(self._subject(subject), person, group, comment)
+        self._admit()
+        return decided
+
+    async def reject(self, subject: str, person: str, group: str, comment: str = "") -> ApprovalRequest:
+        """A rejection ends the subject's approval; a deployment waiting for it ends, aborted."""
+        decided = self.approvals.reject(self._subject(subject), person, group, comment)
+        self._admit()
+        return decided
+
+    async def approval_requests(
+        self, subject: str | None = None, pending_only: bool = True, environment: str | None = None
+    ) -> list[ApprovalRequest]:
+        """One subject's approval, or the requests (pending ones by default), oldest first."""
+        if subject is not None:
+            return [self.approvals.status(self._subject(subject))]
+        return self.approvals.list(environment, pending_only)
+
+    def _subject(self, text: str) -> str:
+        """A deployment id or unique prefix (as the CLI accepts) made whole; any other subject as it is."""
+        return subject_of(self.journal, text)
 
     def _check_environment(self, name: str) -> None:
         known = set(self.config.environments) | {

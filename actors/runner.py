@@ -10,6 +10,7 @@ deployment is terminal, so a runner that Ray restarts after a crash finds its de
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -17,14 +18,28 @@ from typing import Any
 
 import ray
 
-from adapters import create_platform
+from adapters import content_digests, create_platform
 from adapters.http_probe import HttpSmokeTester
+from engine.governance import feature_enabled, preflight
 from engine.journal import Journal
 from engine.models import DeploymentStatus
 from engine.reconciler import DeploymentReconciler
 
 log = logging.getLogger(__name__)
 ASSIGNMENT = "runner"
+_DEBUG_HANDLER = logging.StreamHandler()  # the worker's stderr: its log file
+_DEBUG_HANDLER.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+
+def debug_logging(on: bool) -> None:
+    """The debugLogging feature of the deployment a runner drives: every step of it logged, or not."""
+    for name in ("engine", "adapters"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.DEBUG if on else logging.NOTSET)
+        if on and _DEBUG_HANDLER not in logger.handlers:
+            logger.addHandler(_DEBUG_HANDLER)
+        elif not on:
+            logger.removeHandler(_DEBUG_HANDLER)
 
 
 class DeploymentRunnerImpl:
@@ -55,8 +70,18 @@ class DeploymentRunnerImpl:
 
     def _bind(self, deployment_id: str) -> None:
         self.deployment_id = deployment_id
+        state = self.journal.state(deployment_id)
+        debug_logging(feature_enabled(state, "debug_logging"))
+        checks = functools.partial(
+            preflight, self.journal, content=content_digests(state.request.platform), actor=self.name
+        )
         self.reconciler = DeploymentReconciler(
-            self.journal, deployment_id, create_platform, smoke=HttpSmokeTester(), actor=self.name
+            self.journal,
+            deployment_id,
+            create_platform,
+            smoke=HttpSmokeTester(),
+            actor=self.name,
+            preflight=checks,
         )
 
     async def ready(self) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.models import PlatformConfig
+from engine.artifacts import ContentDigests, path_digests
+from engine.models import Artifact, PlatformConfig
 from engine.paths import orchestrator_home
 from engine.platform import PlatformAdapter
 
@@ -42,3 +43,19 @@ def create_platform(config: PlatformConfig, state_dir: Path | None = None) -> Pl
     from adapters.lambda_platform import LambdaPlatform
 
     return LambdaPlatform(base, settings)
+
+
+def content_digests(config: PlatformConfig) -> ContentDigests:
+    """How an artifact's content is hashed where it is deployed: its ``path`` (a file or folder) where it
+    has one, else its image on the Docker engine (the image's id and repository digests)."""
+
+    def digests(artifact: Artifact) -> list[str] | None:
+        if artifact.path:
+            return path_digests(artifact)
+        if config.type == "docker":
+            from adapters.docker_backend import image_digests
+
+            return image_digests(config.settings, artifact)
+        return None
+
+    return digests

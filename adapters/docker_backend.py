@@ -95,6 +95,29 @@ def image_name(artifact: Artifact) -> str:
     return name
 
 
+def image_digests(settings: dict[str, Any], artifact: Artifact) -> list[str]:
+    """The sha256 digests that name an artifact's image on the engine: its id, then its repository digests.
+    ValueError when the image is not there; TransientPlatformError when the engine does not answer."""
+    config = DockerSettings.model_validate(settings or {})
+    name = image_name(artifact)
+    try:
+        client = docker.DockerClient(base_url=config.resolved_base_url(), timeout=int(config.timeout))
+    except DockerException as error:
+        raise TransientPlatformError(PLATFORM, config.resolved_base_url(), describe(error)) from error
+    try:
+        image = client.images.get(name)
+    except ImageNotFound:
+        raise ValueError(f"image {name} is not on the Docker engine") from None
+    except (DockerException, RequestsConnectionError, RequestsTimeout) as error:
+        raise TransientPlatformError(PLATFORM, config.resolved_base_url(), describe(error)) from error
+    finally:
+        client.close()
+    repo_digests = [
+        d.rpartition("@sha256:")[2] for d in image.attrs.get("RepoDigests") or [] if "@sha256:" in d
+    ]
+    return [str(image.id).removeprefix("sha256:"), *repo_digests]
+
+
 def describe(exc: BaseException) -> str:
     """A short cause: the OS error when there is one, instead of urllib3's nested reprs."""
     text = str(exc)

@@ -8,6 +8,7 @@ Keys load in the seed's camelCase and in snake_case alike (``engine.models.Model
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 import types
@@ -17,7 +18,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
-from pydantic.alias_generators import to_snake
+from pydantic.alias_generators import to_camel, to_snake
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from engine.models import (
@@ -27,9 +28,11 @@ from engine.models import (
     CanaryConfig,
     DurationMs,
     Environment,
+    Features,
     Model,
     PlatformConfig,
     RollingConfig,
+    ScannerConfig,
     Strategy,
     StrategyType,
 )
@@ -96,6 +99,12 @@ class MetricsSettings(Model):
     prometheus_port: int | None = Field(default=None, ge=1, le=65_535)
 
 
+class ScannerSettings(Model):
+    """Commands that scan artifacts before they are deployed (``security.vulnerabilityScanning``)."""
+
+    vulnerability: ScannerConfig | None = None
+
+
 class EnterpriseConfig(Model):
     """The whole ``enterprise_config.yaml``."""
 
@@ -109,8 +118,15 @@ class EnterpriseConfig(Model):
     namespace: str = Field(default="deploy-orchestrator", min_length=1, description="Ray namespace")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     pipelines: dict[str, PipelineTemplate] = Field(default_factory=dict, description="Pipeline templates")
+    features: Features = Field(default_factory=Features)
+    trusted_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="key id -> ed25519 public key (PEM, OpenSSH 'ssh-ed25519 ...', base64, or file:/path)",
+    )
+    scanners: ScannerSettings = Field(default_factory=ScannerSettings)
 
     _source: Path | None = PrivateAttr(default=None)
+    _sha256: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -135,7 +151,12 @@ class EnterpriseConfig(Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> EnterpriseConfig:
-        problems = [*self._name_mismatches(), *self._unknown_approver_groups(), *self._pipeline_problems()]
+        problems = [
+            *self._name_mismatches(),
+            *self._unknown_approver_groups(),
+            *self._governance_problems(),
+            *self._pipeline_problems(),
+        ]
         if problems:
             summary = "; ".join(f"{path}: {message}" for path, message in problems)
             raise PydanticCustomError(_LOCATED, "{summary}", {"summary": summary, "problems": problems})
@@ -150,12 +171,18 @@ class EnterpriseConfig(Model):
                 )
 
     def _unknown_approver_groups(self) -> Iterable[tuple[str, str]]:
-        known = f"defined: {', '.join(sorted(self.roles))}" if self.roles else "no groups are defined"
+        """With a ``roles:`` section, every approver group must be in it (a typo would block deployments).
+        Without one (the seed's block on its own) the file loads, and a deployment needing a group that has
+        no members is refused at submission, naming the group."""
+        if not self.roles:
+            return
+        known = f"defined: {', '.join(sorted(self.roles))}"
         for key, environment in self.environments.items():
-            for index, group in enumerate(environment.approval_workflow.approver_groups):
+            workflow = environment.approval_workflow
+            for index, group in enumerate(workflow.approver_groups):
                 if group not in self.roles:
                     yield (
-                        f"environments.{key}.approvalWorkflow.approverGroups[{index}]",
+                        f"environments.{key}.approvalWorkflow.{workflow.groups_key}[{index}]",
                         f"approver group '{group}' is not defined under 'roles' ({known})",
                     )
 
@@ -182,10 +209,20 @@ class EnterpriseConfig(Model):
             else:
                 Strategy.model_validate(strategy)
         except ValidationError as error:
-            for problem in error.errors():
-                yield _strategy_problem(path, stage, problem)
+            for problem in error.errors():  # at the key the stage wrote: its settings, or its strategy
+                if isinstance(strategy, str):
+                    yield explain_error(
+                        f"{path}.settings", problem, strip=_CAMEL_KIND.get(strategy, strategy)
+                    )
+                else:
+                    yield explain_error(f"{path}.strategy", problem, strip="")
         except ValueError as error:
             yield f"{path}.strategy", str(error)
+
+    def _governance_problems(self) -> Iterable[tuple[str, str]]:
+        from engine.governance import configuration_problems  # governance builds on this module
+
+        yield from configuration_problems(self)
 
     # ---------------------------------------------------------------------------------------
     # Look-ups
@@ -206,6 +243,16 @@ class EnterpriseConfig(Model):
     def source(self) -> Path | None:
         """The file this configuration was loaded from, if any."""
         return self._source
+
+    @property
+    def sha256(self) -> str | None:
+        """SHA-256 of the file's content as loaded (None when not loaded from a file)."""
+        return self._sha256
+
+    def features_for(self, environment: Environment | None) -> Features:
+        """The flags in force for an environment: its own over the file's top level over the defaults."""
+        own = environment.features if environment is not None else Features()
+        return own.over(self.features).resolved()
 
     @property
     def approvals(self) -> dict[str, ApprovalWorkflow]:
@@ -244,33 +291,27 @@ class EnterpriseConfig(Model):
             path = self._source.parent / path
         return path
 
-    def strategy_for(self, type_: str, overrides: Mapping[str, Any] | None = None) -> Strategy:
-        """The file's defaults for ``type_`` deep-merged with a deployment's flat overrides, validated.
+    def strategy_for(
+        self, type_: str, overrides: Mapping[str, Any] | None = None, environment: str | None = None
+    ) -> Strategy:
+        """The file's defaults for ``type_``, then the environment's ``strategyOverrides`` for it, then a
+        deployment's flat overrides, deep-merged and validated.
 
         ``overrides`` is the seed's flat shape (``{"stepPercentage": 25, "successThreshold": {...}}``);
         the strategy's own keys (``replicas``, ``progressDeadline``, ``maxPauseDuration``) may be mixed in.
         """
         kind = Strategy(type=type_).type  # normalises 'blueGreen', refuses unknown
-        flat = _snake_keys(dict(overrides or {}))
+        flat: dict[str, Any] = {}
+        if environment is not None and environment in self.environments:
+            flat = _snake_keys(dict(self.environments[environment].strategy_overrides.get(kind.value, {})))
+        flat = _deep_merge(flat, _snake_keys(dict(overrides or {})))
         top_level = {key: flat.pop(key) for key in list(flat) if key in _STRATEGY_TOP_LEVEL}
         defaults = self.strategy_defaults.for_type(kind).model_dump()
         return Strategy.from_seed(kind.value, _deep_merge(defaults, flat), **top_level)
 
 
+_CAMEL_KIND = {"blue_green": "blueGreen", "bluegreen": "blueGreen", "blue-green": "blueGreen"}
 _PIPELINE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-def _strategy_problem(path: str, stage: StageTemplate, problem: ErrorDetails) -> tuple[str, str]:
-    """A strategy problem at the key the stage wrote: ``settings.<key>`` for a named strategy's overrides,
-    ``strategy.<path>`` for a strategy written out in full."""
-    message = re.sub(r"^(Value error|Assertion failed), ", "", problem["msg"])
-    message = message[:1].lower() + message[1:]
-    loc = [str(part) for part in problem["loc"]]
-    if isinstance(stage.strategy, str):
-        written = {to_snake(key): key for key in stage.settings}
-        key = next((written[to_snake(part)] for part in reversed(loc) if to_snake(part) in written), None)
-        return (f"{path}.settings.{key}" if key else f"{path}.strategy"), message
-    return ".".join([f"{path}.strategy", *loc]), message
 
 
 _STRATEGY_TOP_LEVEL = frozenset({"replicas", "progress_deadline", "max_pause_duration"})
@@ -335,6 +376,7 @@ def load_config(path: str | Path | None = None) -> EnterpriseConfig:
         raise ConfigError(source, [_yaml_problem(source, error)]) from None
     config = EnterpriseConfig.from_mapping(data, source)
     config._source = file.resolve()
+    config._sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return config
 
 
@@ -362,6 +404,17 @@ def format_validation_errors(source: str, errors: Sequence[ErrorDetails], data: 
         path, message = _join_path(keys, _explain(error, keys), data)
         lines.append(f"{source}: {path}: {message}")
     return lines
+
+
+def explain_error(path: str, error: ErrorDetails, strip: str) -> tuple[str, str]:
+    """A strategy's validation error as (YAML path, message) under ``path`` (an environment's
+    strategyOverrides entry); ``strip`` is the strategy's own key, which pydantic puts first."""
+    loc = list(error["loc"])
+    if loc and loc[0] in (strip, to_snake(strip)):
+        loc = loc[1:]
+    keys: list[int | str] = [to_camel(part) if isinstance(part, str) else part for part in loc]
+    message = _explain(error, ["strategyDefaults", strip, *keys])
+    return (f"{path}.{_dotted(keys)}" if keys else path), message
 
 
 def _yaml_keys(loc: tuple[int | str, ...], data: Any) -> list[int | str]:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,17 @@ class UnknownDeploymentError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class RecordEvent:
+    """An event appended with a record change (``Journal.update_record``): ``data(before, after)`` makes
+    its data from the record before and after the change, or returns None when there is nothing to say."""
+
+    deployment_id: str
+    kind: EventKind
+    actor: str
+    data: Callable[[dict[str, Any] | None, dict[str, Any]], dict[str, Any] | None]
 
 
 def _event_hash(prev: str, deployment_id: str, at: float, kind: str, actor: str, data: str) -> str:
@@ -137,18 +149,21 @@ class Journal:
     ) -> DeploymentState:
         """Append one event and fold it into the snapshot, atomically. Returns the new state."""
         with self._transaction() as db:
-            state = self._snapshot(db, deployment_id)
-            now = max(self._now(), state.updated_at)
-            seq = self._insert(db, deployment_id, now, kind, actor, data or {})
-            event = Event(
-                seq=seq, deployment_id=deployment_id, kind=kind, at=now, actor=actor, data=data or {}
-            )
-            new = fold(state, event, in_place=True)  # parsed just now, held by nobody else
-            db.execute(
-                "UPDATE deployments SET phase = ?, active = ?, snapshot = ? WHERE deployment_id = ?",
-                (new.phase().value, int(new.active), new.model_dump_json(), deployment_id),
-            )
-            return new
+            return self._append_in(db, deployment_id, kind, data or {}, actor)
+
+    def _append_in(
+        self, db: sqlite3.Connection, deployment_id: str, kind: EventKind, data: dict[str, Any], actor: str
+    ) -> DeploymentState:
+        state = self._snapshot(db, deployment_id)
+        now = max(self._now(), state.updated_at)
+        seq = self._insert(db, deployment_id, now, kind, actor, data)
+        event = Event(seq=seq, deployment_id=deployment_id, kind=kind, at=now, actor=actor, data=data)
+        new = fold(state, event, in_place=True)  # parsed just now, held by nobody else
+        db.execute(
+            "UPDATE deployments SET phase = ?, active = ?, snapshot = ? WHERE deployment_id = ?",
+            (new.phase().value, int(new.active), new.model_dump_json(), deployment_id),
+        )
+        return new
 
     def _insert(
         self,
@@ -264,6 +279,40 @@ class Journal:
     def delete_record(self, kind: str, key: str) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))
+
+    def record(self, kind: str, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT data FROM records WHERE kind = ? AND key = ?", (kind, key)
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def update_record(
+        self,
+        kind: str,
+        key: str,
+        change: Callable[[dict[str, Any] | None], dict[str, Any]],
+        event: RecordEvent | None = None,
+    ) -> dict[str, Any]:
+        """Read, change and write one record in one transaction (several processes may change it at once);
+        ``event``, when given, is appended to its deployment in the same transaction. An exception raised
+        by ``change`` leaves everything as it was."""
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM records WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+            before = json.loads(row[0]) if row else None
+            data = change(before)
+            body = json.dumps(data, sort_keys=True, default=str)
+            db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", (kind, key, body))
+            facts = event.data(before, data) if event is not None else None
+            if event is not None and facts is not None:
+                self._append_in(db, event.deployment_id, event.kind, facts, event.actor)
+        return data
+
+    def head(self) -> tuple[int, str]:
+        """The chain's last event: (seq, hash); (0, the genesis hash) when empty."""
+        with self._lock:
+            row = self._db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, _GENESIS)
 
     def records(self, kind: str) -> list[dict[str, Any]]:
         with self._lock:

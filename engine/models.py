@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from engine.secrets import REFERENCE, refuse_plain_secrets
+from engine.secrets import REFERENCE, looks_secret
 
 SUPPORTED_PLATFORMS = ("local", "docker", "kubernetes", "lambda", "vm")
 KNOWN_UNSUPPORTED_PLATFORMS = ("azure_functions", "gcp_functions", "google_cloud_functions")
@@ -49,6 +49,14 @@ def _dns_name(value: str) -> str:
     return value
 
 
+def without_secrets(env: dict[str, str], prefix: str, advice: str) -> dict[str, str]:
+    """Refuse plain variables whose names look like secrets (their values would reach the journal)."""
+    for name in env:
+        if looks_secret(name):
+            raise ValueError(f"{prefix}{name} looks like a secret: {advice}")
+    return env
+
+
 DurationMs = Annotated[int, BeforeValidator(_duration_ms), Field(ge=0)]
 Percent = Annotated[int, Field(ge=0, le=100)]
 Name = Annotated[str, AfterValidator(_dns_name)]
@@ -65,6 +73,21 @@ class Model(BaseModel):
 # --------------------------------------------------------------------------------------------
 # Artifacts
 # --------------------------------------------------------------------------------------------
+class BuildInfo(Model):
+    """Where an artifact was built: recorded in the artifact registry and covered by its signature."""
+
+    commit: str | None = Field(default=None, max_length=200)
+    built_at: str | None = Field(default=None, max_length=64, description="When it was built (ISO 8601)")
+    builder: str | None = Field(default=None, max_length=200, description="Who or what built it (a CI job)")
+
+
+class ArtifactSignature(Model):
+    """An ed25519 signature of the artifact's signing payload (engine.artifacts.signing_payload)."""
+
+    key_id: str = Field(min_length=1, max_length=100, description="Name of the key under trustedKeys")
+    value: str = Field(min_length=1, max_length=200, description="The signature, base64")
+
+
 class Artifact(Model):
     """A revision of a service: what to run and where it comes from."""
 
@@ -80,15 +103,17 @@ class Artifact(Model):
         default_factory=dict, description="NAME -> env:VAR or file:/path; resolved only where replicas start"
     )
     health_path: str = "/health"
+    path: str | None = Field(
+        default=None, description="The artifact's content on disk (a file, or a folder hashed reproducibly)"
+    )
+    build: BuildInfo | None = None
+    signature: ArtifactSignature | None = None
 
     @field_validator("env")
     @classmethod
     def _no_plain_secrets(cls, env: dict[str, str]) -> dict[str, str]:
-        return refuse_plain_secrets(
-            env,
-            "put a reference in secretEnv (env:NAME or file:/path) so that its value never reaches the "
-            "journal",
-        )
+        advice = "put a reference in secretEnv (env:NAME or file:/path) so that its value never reaches "
+        return without_secrets(env, "env.", advice + "the journal")
 
     @field_validator("secret_env")
     @classmethod
@@ -290,27 +315,181 @@ class PlatformConfig(Model):
 
 
 class ComplianceLevel(str, Enum):
+    """Ordered from the loosest to the strictest (``rank``)."""
+
     STANDARD = "standard"
     ENHANCED = "enhanced"
     STRICT = "strict"
+    NASA_POT10 = "nasa-pot10"
+
+    @property
+    def rank(self) -> int:
+        return list(ComplianceLevel).index(self)
+
+    @classmethod
+    def _missing_(cls, value: object) -> ComplianceLevel | None:
+        """'NASA-POT10', 'nasa_pot10' and 'nasaPot10' name the same level."""
+        if isinstance(value, str):
+            folded = re.sub(r"[^a-z0-9]", "", value.lower())
+            for level in cls:
+                if re.sub(r"[^a-z0-9]", "", level.value) == folded:
+                    return level
+        return None
 
 
 class ApprovalWorkflow(Model):
+    """Every approver group must approve, each by a distinct person who is a member of it (``roles``)."""
+
     required: bool = False
     approver_groups: list[str] = Field(default_factory=list)
-    expiry: DurationMs = 86_400_000
+    approvers: list[str] | None = Field(
+        default=None, exclude=True, description="The seed's name for approverGroups (the same list)"
+    )
+    expiry: Annotated[DurationMs, Field(gt=0)] = 86_400_000
 
     @model_validator(mode="after")
     def _groups_when_required(self) -> ApprovalWorkflow:
+        if self.approvers is not None:
+            if "approver_groups" in self.model_fields_set:
+                raise ValueError(
+                    "approvers and approverGroups are the same setting (the approver groups): give only one"
+                )
+            self.approver_groups = list(self.approvers)
+        if len(set(self.approver_groups)) != len(self.approver_groups):
+            raise ValueError(f"{self.groups_key}: a group is listed twice in {self.approver_groups}")
         if self.required and not self.approver_groups:
-            raise ValueError("approval is required but approverGroups is empty")
+            raise ValueError(f"approval is required but {self.groups_key} is empty")
+        return self
+
+    @property
+    def groups_key(self) -> str:
+        """The key the groups were given under (for messages at their YAML path)."""
+        return "approvers" if self.approvers is not None else "approverGroups"
+
+
+_REFERENCE_OR_PATH = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|[^:\n]+)$")
+
+
+def _no_inline_pem(value: str | None) -> str | None:
+    if value is not None and "-----BEGIN" in value:
+        raise ValueError("give a path or a reference (file:/path, env:NAME), not the PEM text itself")
+    if value is not None and not _REFERENCE_OR_PATH.match(value):
+        raise ValueError(f"'{value}' is neither a path nor a reference (file:/path, env:NAME)")
+    return value
+
+
+class TlsSettings(Model):
+    """The certificate and key an environment's endpoints serve HTTPS with (references, never the key)."""
+
+    certificate: Annotated[str | None, AfterValidator(_no_inline_pem)] = Field(
+        default=None, description="The PEM certificate chain: a path or file:/path"
+    )
+    key: Annotated[str | None, AfterValidator(_no_inline_pem)] = Field(
+        default=None, description="The private key: file:/path or env:NAME, never the key itself"
+    )
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsSettings:
+        if (self.certificate is None) != (self.key is None):
+            given, missing = ("certificate", "key") if self.key is None else ("key", "certificate")
+            raise ValueError(f"{missing}: required with {given} (a certificate is served with its key)")
+        return self
+
+
+class GatewayRef(Model):
+    name: Name
+    namespace: Name
+
+
+class NetworkPolicySettings(Model):
+    """Kubernetes: a NetworkPolicy per service admitting traffic only from the gateway or these namespaces."""
+
+    enabled: bool = False
+    allowed_namespaces: list[Name] = Field(default_factory=list)
+    gateway: GatewayRef | None = None
+
+    @model_validator(mode="after")
+    def _admits_someone(self) -> NetworkPolicySettings:
+        if self.enabled and not self.allowed_namespaces and self.gateway is None:
+            raise ValueError(
+                "enabled: a policy with neither allowedNamespaces nor gateway would admit no traffic at all"
+            )
         return self
 
 
 class SecuritySettings(Model):
-    require_signed_artifacts: bool = False
-    allowed_sources: list[str] = Field(default_factory=list)
+    require_signed_artifacts: bool = Field(
+        default=False, description="Artifacts need a sha256 digest and a signature by a trusted key"
+    )
+    allowed_sources: list[str] = Field(
+        default_factory=list, description="Prefixes an artifact's source must start with; empty: any"
+    )
     audit_retention_days: int = Field(default=365, ge=1)
+    tls_required: bool = Field(default=False, description="Service endpoints serve HTTPS only")
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    vulnerability_scanning: bool = Field(
+        default=False, description="The configured scanner (scanners.vulnerability) gates every deployment"
+    )
+    compliance_scanning: bool = Field(
+        default=False, description="The compliance gate runs for every deployment to the environment"
+    )
+    trusted_keys: list[str] = Field(
+        default_factory=list, description="Names of the top-level trustedKeys accepted here; empty: all"
+    )
+    network_policy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
+
+
+FeatureName = Literal[
+    "approvals", "artifact_verification", "compliance_gate", "automated_rollback", "debug_logging"
+]
+FEATURE_DEFAULTS: dict[FeatureName, bool] = {
+    "approvals": True,
+    "artifact_verification": True,
+    "compliance_gate": True,
+    "automated_rollback": True,
+    "debug_logging": False,
+}
+
+
+class Features(Model):
+    """Orchestrator behaviour turned on and off: the file's top level, then each environment's own keys
+    (a key left out inherits). Read a flag with ``enabled``."""
+
+    approvals: bool | None = Field(default=None, description="Approval workflows are enforced (default on)")
+    artifact_verification: bool | None = Field(
+        default=None, description="Digest, signature, source and scanner checks before deploying (default on)"
+    )
+    compliance_gate: bool | None = Field(
+        default=None, description="The compliance gate runs where the environment asks for it (default on)"
+    )
+    automated_rollback: bool | None = Field(
+        default=None,
+        description="A failed analysis or health check rolls back on its own (default on); off: it pauses "
+        "for a person, and maxPauseDuration still bounds the wait",
+    )
+    debug_logging: bool | None = Field(
+        default=None, description="Runners log each step of the environment's deployments (default off)"
+    )
+
+    def enabled(self, flag: FeatureName) -> bool:
+        value = getattr(self, flag)
+        return FEATURE_DEFAULTS[flag] if value is None else bool(value)
+
+    def over(self, base: Features) -> Features:
+        """These flags where set, ``base``'s elsewhere."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+    def resolved(self) -> Features:
+        """Every flag set (defaults filled in): what a deployment records as in force."""
+        return Features.model_validate({name: self.enabled(name) for name in FEATURE_DEFAULTS})
+
+
+_STRATEGY_KEYS = {
+    "canary": "canary",
+    "blue_green": "blue_green",
+    "bluegreen": "blue_green",
+    "rolling": "rolling",
+}
 
 
 class Environment(Model):
@@ -322,6 +501,23 @@ class Environment(Model):
     health_check_timeout: DurationMs = 2_000
     unhealthy_threshold: int = Field(default=3, ge=1)
     endpoints: list[str] = Field(default_factory=list)
+    features: Features = Field(default_factory=Features)
+    strategy_overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per strategy (canary, blueGreen, rolling): settings merged over strategyDefaults, under "
+        "a deployment's own",
+    )
+
+    @field_validator("strategy_overrides")
+    @classmethod
+    def _known_strategies(cls, overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = {}
+        for key, value in overrides.items():
+            kind = _STRATEGY_KEYS.get(key.replace("-", "_").lower())
+            if kind is None:
+                raise ValueError(f"unknown strategy '{key}': use canary, blueGreen or rolling")
+            result[kind] = value
+        return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,12 +534,74 @@ class Target(Model):
         return f"{self.service}.{self.environment}"
 
 
+class ChangeRecord(Model):
+    """The change-management record a deployment belongs to (a ticket)."""
+
+    id: str = Field(min_length=1, max_length=200)
+    summary: str = Field(min_length=1, max_length=2000)
+
+
+Severity = Literal["low", "medium", "high", "critical"]
+
+
+class ScannerConfig(Model):
+    """A command that scans an artifact. It gets the artifact as arguments ({name} {version} {source}
+    {digest} {path} {report} in ``command``) and as ARTIFACT_* environment variables, writes a JSON report
+    (to stdout, or to the file in $SCAN_REPORT) and exits non-zero when the artifact must not be deployed."""
+
+    command: list[str] = Field(min_length=1)
+    timeout: Annotated[DurationMs, Field(gt=0)] = 300_000
+    fail_on: Severity = Field(
+        default="high", description="A finding at this severity or above fails the scan"
+    )
+    env: dict[str, str] = Field(default_factory=dict)
+    working_dir: str | None = Field(default=None, description="Default: the configuration file's folder")
+
+    @field_validator("env")
+    @classmethod
+    def _no_plain_secrets(cls, env: dict[str, str]) -> dict[str, str]:
+        advice = (
+            "a scanner's settings are recorded with each deployment: give it credentials in its own files"
+        )
+        return without_secrets(env, "", advice)
+
+
+class ConfigVersion(Model):
+    """Which enterprise_config.yaml a deployment was governed by."""
+
+    path: str | None = None
+    sha256: str | None = Field(default=None, description="Of the file's content as loaded")
+    git_commit: str | None = Field(default=None, description="The commit holding exactly that content")
+    git_state: str = Field(default="unknown", description="committed | modified | not under git | unknown")
+
+
+class Governance(Model):
+    """The policy a deployment is governed by, recorded with it at submission by the queen (a client's
+    value is replaced): the runner and the compliance report need no configuration file."""
+
+    environment: Environment
+    features: Features
+    trusted_keys: dict[str, str] = Field(default_factory=dict, description="key id -> ed25519 public key")
+    vulnerability_scanner: ScannerConfig | None = None
+    config_version: ConfigVersion = Field(default_factory=ConfigVersion)
+
+    @property
+    def approval_groups(self) -> list[str]:
+        """The groups that must approve (none when the workflow is not required or approvals are off)."""
+        workflow = self.environment.approval_workflow
+        return (
+            list(workflow.approver_groups) if workflow.required and self.features.enabled("approvals") else []
+        )
+
+
 class DeploymentRequest(Model):
     artifact: Artifact
     strategy: Strategy
     environment: Name
     platform: PlatformConfig
     requested_by: str = "unknown"
+    change_record: ChangeRecord | None = None
+    governance: Governance | None = None
 
     @property
     def target(self) -> Target:
@@ -352,6 +610,7 @@ class DeploymentRequest(Model):
 
 class Phase(str, Enum):
     QUEUED = "queued"
+    AWAITING_APPROVAL = "awaiting_approval"
     PROGRESSING = "progressing"
     PAUSED = "paused"
     ROLLING_BACK = "rolling_back"

@@ -25,8 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.models import ComplianceLevel, DurationMs, Model, Name
-from engine.secrets import refuse_plain_secrets
+from engine.models import ComplianceLevel, DurationMs, Model, Name, without_secrets
 
 
 class StageKind(str, Enum):
@@ -127,7 +126,7 @@ class StageTemplate(Model):
         advice = (
             "a command's environment is journaled; pass secrets through the orchestrator's own environment"
         )
-        return refuse_plain_secrets(env, advice)
+        return without_secrets(env, "env.", advice)
 
     @model_validator(mode="after")
     def _settings_of_its_kind(self) -> StageTemplate:

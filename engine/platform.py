@@ -14,6 +14,11 @@ from pydantic import Field
 
 from engine.models import Artifact, Model, Target
 
+# Capabilities declared per platform type, asked before any change (engine/governance.py). The work that makes
+# an adapter serve HTTPS or write NetworkPolicies adds its platform here.
+SERVES_TLS: frozenset[str] = frozenset()  # no adapter terminates TLS yet
+ENFORCES_NETWORK_POLICY: frozenset[str] = frozenset()  # no adapter writes NetworkPolicies yet
+
 
 class PlatformError(Exception):
     """A permanent platform failure: fails the step (and triggers rollback when something changed)."""

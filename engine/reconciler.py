@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from engine.analysis import Measurement, Verdict, baseline_of, judge
+from engine.control import control_event
+from engine.governance import feature_enabled
 from engine.journal import Journal
 from engine.models import (
     DEFAULT_ANALYSIS_INTERVAL_MS,
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 MAX_TRANSIENT_RETRIES = 6
 UNHEALTHY_CHECKS = 3
+# Rollbacks decided by judging the candidate (the automatedRollback feature may leave them to a person).
+_JUDGED = (RollbackTrigger.METRICS, RollbackTrigger.HEALTH)
 
 
 class Clock(Protocol):
@@ -87,8 +91,10 @@ class DeploymentReconciler:
         smoke: SmokeTester | None = None,
         actor: str = "runner",
         tick_s: float = 0.5,
+        preflight: Callable[[DeploymentState], str | None] | None = None,
     ) -> None:
         self.journal = journal
+        self.preflight = preflight  # governance checks before the first platform change (None: none)
         self.deployment_id = deployment_id
         self.clock = clock or SystemClock()
         self.smoke = smoke
@@ -171,6 +177,10 @@ class DeploymentReconciler:
                 self._append(EventKind.ROLLBACK_STARTED, **state.rollback.model_dump(mode="json"))
             return self._roll_back(self.state())
         if not state.planned:
+            refusal = self.preflight(state) if self.preflight is not None else None
+            if refusal is not None:  # nothing was changed: no platform call, not even to read traffic
+                self._append(EventKind.FINISHED, outcome=Phase.FAILED.value, message=refusal)
+                return 0.0
             return self._plan(state)
         if state.paused:
             return self._while_paused(state)
@@ -188,6 +198,14 @@ class DeploymentReconciler:
             )
             return 0.0
         if isinstance(outcome, RollBack):
+            if outcome.trigger in _JUDGED and not feature_enabled(state, "automated_rollback"):
+                self._append(
+                    EventKind.NOTE,
+                    message=f"automated rollback is off, paused for a person: {outcome.reason}",
+                )
+                kind, data = control_event("pause", outcome.reason, self.actor)
+                self._append(kind, **data)
+                return 0.0
             self._request_rollback(outcome.trigger, outcome.reason)
             return 0.0
         return outcome.delay
@@ -255,6 +273,7 @@ class DeploymentReconciler:
         self._unhealthy_checks = 0
         self._smoked_at = None
         self._polls = 0
+        log.debug("%s: step %d/%d %s", self.deployment_id, state.step_index + 1, len(state.plan), step.label)
         self._append(EventKind.STEP_STARTED, index=state.step_index, step=step.label, baseline=baseline)
 
     def _run_step(self, state: DeploymentState, step: Step) -> StepOutcome:

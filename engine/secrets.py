@@ -19,14 +19,6 @@ def looks_secret(name: str) -> bool:
     return bool(SECRET_NAME.search(name))
 
 
-def refuse_plain_secrets(env: dict[str, str], advice: str) -> dict[str, str]:
-    """A journaled environment must not hold a secret's value: refuse a secret-looking name, saying why."""
-    for name in env:
-        if looks_secret(name):
-            raise ValueError(f"env.{name} looks like a secret: {advice}")
-    return env
-
-
 def resolve(name: str, reference: str) -> str:
     """The value behind one reference; ValueError naming the variable (never the value) when missing."""
     match = REFERENCE.match(reference)

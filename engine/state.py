@@ -87,6 +87,7 @@ class DeploymentState(Model):
     outcome: Phase | None = None
     message: str = ""
     finished_at: float | None = None
+    approval: str | None = Field(default=None, description="The approval's state: pending, approved, ...")
 
     def phase(self) -> Phase:
         if self.outcome is not None:
@@ -94,10 +95,16 @@ class DeploymentState(Model):
         if self.rollback_started:
             return Phase.ROLLING_BACK
         if self.admitted_at is None:
-            return Phase.QUEUED
+            return Phase.AWAITING_APPROVAL if self.awaiting_approval else Phase.QUEUED
         if self.paused or self._awaiting_promotion():
             return Phase.PAUSED
         return Phase.PROGRESSING
+
+    @property
+    def awaiting_approval(self) -> bool:
+        """Its environment's approval workflow applies and has not approved it (yet)."""
+        governance = self.request.governance
+        return governance is not None and bool(governance.approval_groups) and self.approval != "approved"
 
     def _awaiting_promotion(self) -> bool:
         step = self.current_step()
@@ -150,6 +157,12 @@ class EventKind(str, Enum):
     ROLLBACK_STARTED = "rollback_started"
     FINISHED = "finished"
     NOTE = "note"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    APPROVAL_EXPIRED = "approval_expired"
+    ARTIFACT_VERIFIED = "artifact_verified"
+    COMPLIANCE_CHECKED = "compliance_checked"
 
 
 class Event(Model):
@@ -273,6 +286,12 @@ def _note(s: DeploymentState, e: Event) -> None:
         s.message = str(e.data["message"])
 
 
+def _approval(s: DeploymentState, e: Event) -> None:
+    s.approval = str(e.data["state"])
+    if e.data.get("message"):
+        s.message = str(e.data["message"])
+
+
 def _nothing(s: DeploymentState, e: Event) -> None:
     return None
 
@@ -293,4 +312,10 @@ _APPLY = {
     EventKind.ROLLBACK_STARTED: _rollback_started,
     EventKind.FINISHED: _finished,
     EventKind.NOTE: _note,
+    EventKind.APPROVAL_REQUESTED: _approval,
+    EventKind.APPROVED: _approval,
+    EventKind.REJECTED: _approval,
+    EventKind.APPROVAL_EXPIRED: _approval,
+    EventKind.ARTIFACT_VERIFIED: _nothing,
+    EventKind.COMPLIANCE_CHECKED: _nothing,
 }
