@@ -19,7 +19,6 @@ from engine.config import load_config
 from engine.journal import Journal
 from engine.models import (
     SUPPORTED_PLATFORMS,
-    Artifact,
     Environment,
     Model,
     Phase,
@@ -29,6 +28,7 @@ from engine.models import (
     Thresholds,
 )
 from engine.pipeline_model import PipelineTemplate
+from engine.pipeline_spec import RunInput
 from engine.pipeline_state import PipelineStatus
 from engine.plans import build_plan
 from engine.platform import MetricSnapshot, PlatformError
@@ -301,16 +301,13 @@ class PipelineOrchestratorImpl(_Worker):
         finally:
             self.started.set()
 
-    async def start_pipeline(
-        self,
-        name: str,
-        artifacts: list[Artifact],
-        environments: list[str] | None,
-        by: str,
-        template: PipelineTemplate | None = None,
-    ) -> str:
+    async def start_pipeline(self, run: RunInput, template: PipelineTemplate | None = None) -> str:
         await asyncio.wait_for(self.started.wait(), timeout=60)
-        return self.runs.start(name, artifacts, environments, by, template)
+        return self.runs.start(run, template)
+
+    async def approval_decided(self, subject: str) -> None:
+        """The queen recorded a decision on ``subject``: an approve stage waiting for it looks now."""
+        self.runs.approve.decided(subject)
 
     async def pipeline_status(self, pipeline_id: str) -> PipelineStatus:
         return self.runs.status(pipeline_id)

@@ -16,11 +16,15 @@ from typing import Any
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from actors.common import QUEEN_NAME, call, find_actor
+from adapters import content_digests
 from adapters.commands import SubprocessRunner
+from adapters.git_version import config_version
 from adapters.http_probe import HttpChecker
+from engine.approvals import ApprovalRefused, Approvals, ApprovalState
 from engine.config import EnterpriseConfig
+from engine.governance import environment_of
 from engine.journal import Journal, UnknownDeploymentError
-from engine.models import Artifact, DeploymentRequest, DeploymentStatus, Phase, Target
+from engine.models import DeploymentRequest, DeploymentStatus, Environment, Phase, Target
 from engine.pipeline import (
     CommandStage,
     DeployerUnavailable,
@@ -28,9 +32,10 @@ from engine.pipeline import (
     PipelineEngine,
     StageExecutor,
     ValidateStage,
-    build_spec,
 )
+from engine.pipeline_gates import ApproveStage, ComplianceStage
 from engine.pipeline_model import PipelineTemplate, StageKind
+from engine.pipeline_spec import RunInput, build_spec
 from engine.pipeline_state import PipelineStatus, status_of
 
 log = logging.getLogger(__name__)
@@ -79,6 +84,24 @@ class QueenDeployer:
         status: DeploymentStatus = await self._call("control", deployment_id, "rollback", by, reason)
         return status.deployment_id
 
+    async def carry_approval(self, deployment_id: str, subject: str) -> None:
+        approvals = Approvals(self.journal)
+        given, needed = approvals.find(subject), approvals.find(deployment_id)
+        if given is None or given.state is not ApprovalState.APPROVED:
+            return
+        if needed is None or needed.state.decided:  # no approval asked of it, or decided already
+            return
+        for group, decision in given.approvals().items():
+            if group not in needed.groups or group in needed.approvals():
+                continue
+            why = f"approved once for the pipeline ({subject})" + (
+                f": {decision.comment}" if decision.comment else ""
+            )
+            try:
+                await self._call("approve", deployment_id, decision.person, group, why)
+            except ApprovalRefused as error:  # e.g. the group's members changed: it waits for a person
+                log.warning("carrying %s's approval to %s: %s", subject, deployment_id, error)
+
     async def address(self, target: Target) -> str | None:
         live = [
             s
@@ -96,12 +119,21 @@ class PipelineRuns:
         self.journal = journal
         self.deployer = QueenDeployer(namespace, journal)
         self.checker = HttpChecker()
+        self.approve = ApproveStage(Approvals(journal, config.roles))
         commands = CommandStage(SubprocessRunner(), Path(journal.path).parent / "pipelines")
         executors: dict[StageKind, StageExecutor] = {
             StageKind.BUILD: commands,
             StageKind.TEST: commands,
             StageKind.DEPLOY: DeployStage(self.deployer),
             StageKind.VALIDATE: ValidateStage(self.checker, self.deployer),
+            StageKind.APPROVE: self.approve,
+            StageKind.COMPLIANCE: ComplianceStage(
+                config,
+                journal,
+                lambda name: self.environments()[name],
+                lambda: config_version(config.source, config.sha256),
+                content_digests,
+            ),
         }
         self.engine = PipelineEngine(journal, executors, self.deployer)
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -135,33 +167,20 @@ class PipelineRuns:
             self.tasks.pop(pipeline_id, None)
             self.ended[pipeline_id].set()
 
-    def known_environments(self) -> list[str]:
-        registered = [str(r["name"]) for r in self.journal.records("environment")]
-        return sorted({*self.config.environments, *registered})
+    def environments(self) -> dict[str, Environment]:
+        """The environments a run may name: the configuration's, then registered ones (as the queen)."""
+        registered = self.journal.records("environment")
+        names = {*self.config.environments, *(str(r["name"]) for r in registered)}
+        return {name: environment_of(self.config, registered, name) for name in names}
 
-    def start(
-        self,
-        name: str,
-        artifacts: list[Artifact],
-        environments: list[str] | None,
-        by: str,
-        template: PipelineTemplate | None = None,
-    ) -> str:
+    def start(self, run: RunInput, template: PipelineTemplate | None = None) -> str:
         """Expand, journal and start a run; bad input is refused before anything is journaled."""
         if template is None:
-            if name not in self.config.pipelines:
+            if run.name not in self.config.pipelines:
                 known = ", ".join(sorted(self.config.pipelines)) or "none"
-                raise ValueError(f"unknown pipeline '{name}'; the configured pipelines are {known}")
-            template = self.config.pipelines[name]
-        spec = build_spec(
-            self.config,
-            name,
-            template,
-            artifacts,
-            environments,
-            by,
-            known_environments=self.known_environments(),
-        )
+                raise ValueError(f"unknown pipeline '{run.name}'; the configured pipelines are {known}")
+            template = self.config.pipelines[run.name]
+        spec = build_spec(self.config, template, run, self.environments())
         self.engine.create(spec)
         self._launch(spec.pipeline_id)
         return spec.pipeline_id

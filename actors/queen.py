@@ -310,13 +310,21 @@ class QueenImpl:
         approval completes is admitted at once."""
         decided = self.approvals.approve(self._subject(subject), person, group, comment)
         self._admit()
+        self._tell_pipelines(decided.subject)
         return decided
 
     async def reject(self, subject: str, person: str, group: str, comment: str = "") -> ApprovalRequest:
         """A rejection ends the subject's approval; a deployment waiting for it ends, aborted."""
         decided = self.approvals.reject(self._subject(subject), person, group, comment)
         self._admit()
+        self._tell_pipelines(decided.subject)
         return decided
+
+    def _tell_pipelines(self, subject: str) -> None:
+        """A pipeline's approve stage waits in DO-006 for its subject's decisions: wake it (no reply)."""
+        pipelines = self.workers.get("DO-006")
+        if pipelines is not None:
+            pipelines.approval_decided.remote(subject)
 
     async def approval_requests(
         self, subject: str | None = None, pending_only: bool = True, environment: str | None = None

@@ -18,8 +18,11 @@ from typing import Any
 import ray
 
 from client.driver import DeploymentOrchestrator, ProgressCallback, read_journal
+from engine.approvals import ApprovalRequest, Approvals
+from engine.compliance import report as compliance_report
 from engine.config import ConfigError, load_config
 from engine.control import control_event
+from engine.governance import subject_of
 from engine.models import DeploymentStatus, Phase
 from engine.requests import build_request
 
@@ -29,6 +32,9 @@ USAGE = """Deployment orchestrator on Ray.
 python orchestrator.py quickstart
 python orchestrator.py deploy --service web --version 2.0.0 --command "python app.py" --strategy canary
 python orchestrator.py status|history|rollback|promote|pause|resume|abort ...
+python orchestrator.py approvals | approve ID --group G | reject ID --group G --comment WHY
+python orchestrator.py artifacts SERVICE | artifacts sign --artifact FILE --key KEY | artifacts keygen
+python orchestrator.py report ID [--json]
 python orchestrator.py pipeline run production-pipeline --artifact artifact.yaml --environments a,b,c
 python orchestrator.py pipeline status PIPELINE_ID
 """
@@ -58,7 +64,7 @@ def _pairs(items: list[str], what: str) -> dict[str, Any]:
     return result
 
 
-def artifact_from_args(args: argparse.Namespace) -> dict[str, Any]:
+def _artifact_from_args(args: argparse.Namespace) -> dict[str, Any]:
     import shlex
 
     import yaml
@@ -125,13 +131,25 @@ def _finish(status: DeploymentStatus, as_json: bool) -> int:
     )
 
 
+def _change_record(args: argparse.Namespace) -> dict[str, str] | None:
+    if bool(args.change_id) != bool(args.change_summary):
+        raise ValueError("--change-id and --change-summary go together (the change record's id and summary)")
+    return {"id": args.change_id, "summary": args.change_summary} if args.change_id else None
+
+
 def _cmd_deploy(args: argparse.Namespace) -> int:
     overrides = _pairs(args.set or [], "--set")
     if args.replicas:
         overrides["replicas"] = args.replicas
     config = load_config(args.config)
     request = build_request(
-        config, artifact_from_args(args), args.strategy, args.environment, args.platform, **overrides
+        config,
+        _artifact_from_args(args),
+        args.strategy,
+        args.environment,
+        args.platform,
+        change_record=_change_record(args),
+        **overrides,
     )
     orch = DeploymentOrchestrator(config_path=args.config)
     deployment_id = orch.submit_request(request)
@@ -203,6 +221,57 @@ def _cmd_control(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_decide(args: argparse.Namespace) -> int:
+    """approve | reject: through the cluster in RAY_ADDRESS, else straight into the journal (the queen
+    admits an approved deployment at its next supervision round)."""
+    person = args.person or os.environ.get("USER", "cli")
+    if os.environ.get("RAY_ADDRESS"):
+        orch = DeploymentOrchestrator(config_path=args.config)
+        decide = orch.approve if args.decision == "approve" else orch.reject
+        request = decide(args.subject, person, args.group, args.comment)
+    else:
+        journal = read_journal(args.config)
+        approvals = Approvals(journal, load_config(args.config).roles)
+        decide = approvals.approve if args.decision == "approve" else approvals.reject
+        request = decide(subject_of(journal, args.subject), person, args.group, args.comment)
+    print(request.model_dump_json(indent=2) if args.json else _show_approval(request))
+    return EXIT_OK
+
+
+def _show_approval(request: ApprovalRequest) -> str:
+    expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(request.expires_at))
+    return (
+        f"{request.subject} {request.environment:<12} {request.state.value:<9} expires {expires} "
+        f"requested by {request.requested_by}: {request.summary()}"
+    )
+
+
+def _cmd_approvals(args: argparse.Namespace) -> int:
+    journal = read_journal(args.config)
+    approvals = Approvals(journal)
+    if args.subject:
+        found = [approvals.status(subject_of(journal, args.subject))]
+    else:
+        found = approvals.list(args.environment, pending_only=not args.all)
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in found], indent=2))
+    else:
+        print("\n".join(_show_approval(r) for r in found) or "no approval is waiting for a decision")
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    found = compliance_report(read_journal(args.config), args.report_id)
+    text = found.to_json() if args.json else found.markdown()
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        verdict = "passed" if found.passed else "FAILED"
+        print(f"{args.out}: compliance report of {found.kind} {found.id}, {verdict}")
+    else:
+        print(text)
+    return EXIT_OK if found.passed else EXIT_DEPLOYMENT_FAILED
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from examples.quickstart import run_quickstart
 
@@ -240,6 +309,8 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--environment", default="development")
     deploy.add_argument("--platform", default="local")
     deploy.add_argument("--timeout", type=float, default=3600.0)
+    deploy.add_argument("--change-id", help="the change record's id (a ticket), with --change-summary")
+    deploy.add_argument("--change-summary", help="what the change is, with --change-id")
     deploy.add_argument("--no-wait", action="store_true", help="print the deployment id and return")
     deploy.add_argument("--json", action="store_true")
     deploy.set_defaults(func=_cmd_deploy)
@@ -262,6 +333,7 @@ def _parser() -> argparse.ArgumentParser:
             control.add_argument("--full", action="store_true", help="skip the remaining steps")
         control.add_argument("--json", action="store_true")
         control.set_defaults(func=_cmd_control, action=action)
+    _governance_parsers(sub)
     from client.pipeline_cli import add_pipeline_commands
 
     add_pipeline_commands(sub)
@@ -270,6 +342,40 @@ def _parser() -> argparse.ArgumentParser:
     quick.add_argument("--step-seconds", type=float, default=5.0, help="canary step duration")
     quick.set_defaults(func=_cmd_quickstart)
     return parser
+
+
+def _governance_parsers(sub: Any) -> None:
+    for decision in ("approve", "reject"):
+        command = sub.add_parser(decision, help=f"{decision} a deployment (or a pipeline stage) for a group")
+        command.add_argument("subject", help="deployment id (or unique prefix), or a pipeline stage id")
+        command.add_argument("--group", required=True, help="the approver group you decide for")
+        command.add_argument("--person", help="who decides (default: $USER)")
+        command.add_argument("--comment", default="", help="why")
+        command.add_argument("--json", action="store_true")
+        command.set_defaults(func=_cmd_decide, decision=decision)
+    listing = sub.add_parser("approvals", help="approvals awaiting a decision (from the journal)")
+    listing.add_argument("subject", nargs="?", help="one deployment's (or subject's) approval")
+    listing.add_argument("--all", action="store_true", help="decided and expired ones too")
+    listing.add_argument("--environment")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_cmd_approvals)
+    artifacts = sub.add_parser(
+        "artifacts",
+        help="artifacts SERVICE: versions and where each runs; artifacts sign ...; artifacts keygen ...",
+    )
+    artifacts.add_argument("words", nargs=argparse.REMAINDER)
+    artifacts.set_defaults(func=_cmd_artifacts)
+    reporting = sub.add_parser("report", help="compliance report of a deployment or a pipeline")
+    reporting.add_argument("report_id")
+    reporting.add_argument("--json", action="store_true", help="JSON instead of Markdown")
+    reporting.add_argument("--out", help="write it to this file")
+    reporting.set_defaults(func=_cmd_report)
+
+
+def _cmd_artifacts(args: argparse.Namespace) -> int:
+    from client.artifacts_cli import artifacts_command
+
+    return artifacts_command(args.words, args.config)
 
 
 def main(argv: list[str]) -> int:

@@ -20,10 +20,14 @@ from typing import Any
 import ray
 
 from actors.common import DOMAIN_WORKERS, QUEEN_NAME, find_actor, kill_quietly, worker_name
+from engine.approvals import ApprovalRequest
+from engine.artifacts import ArtifactEntry, ArtifactRegistry
+from engine.compliance import ComplianceReport, report
 from engine.config import load_config
 from engine.journal import Journal
 from engine.models import (
     Artifact,
+    ChangeRecord,
     DeploymentRequest,
     DeploymentResult,
     DeploymentStatus,
@@ -33,6 +37,7 @@ from engine.models import (
     Strategy,
 )
 from engine.pipeline_model import PipelineTemplate
+from engine.pipeline_spec import RunInput
 from engine.pipeline_state import PipelineDeploymentResult, PipelinePhase, PipelineStatus
 from engine.requests import build_request
 
@@ -232,6 +237,30 @@ class DeploymentOrchestrator:
     def abort(self, deployment_id: str, reason: str = "aborted", by: str | None = None) -> DeploymentStatus:
         return self.control(deployment_id, "abort", reason, by)
 
+    # ------------------------------------------------------------------------------ governance
+    def approve(self, subject: str, person: str, group: str, comment: str = "") -> ApprovalRequest:
+        """``person``'s approval for ``group`` of a deployment (id or unique prefix) or another subject (a
+        pipeline stage). A deployment is admitted as soon as every group has approved."""
+        return self._get(self.queen.approve.remote(subject, person, group, comment))  # type: ignore[no-any-return]
+
+    def reject(self, subject: str, person: str, group: str, comment: str = "") -> ApprovalRequest:
+        """``person``'s rejection for ``group``: the approval ends, and a deployment waiting for it too."""
+        return self._get(self.queen.reject.remote(subject, person, group, comment))  # type: ignore[no-any-return]
+
+    def approvals(
+        self, subject: str | None = None, pending_only: bool = True, environment: str | None = None
+    ) -> list[ApprovalRequest]:
+        """One subject's approval, or the requests awaiting a decision (all: ``pending_only=False``)."""
+        return self._get(self.queen.approval_requests.remote(subject, pending_only, environment))  # type: ignore[no-any-return]
+
+    def artifacts(self, service: str) -> list[ArtifactEntry]:
+        """A service's versions (digest, source, build, signer, checks) and where each is live now."""
+        return ArtifactRegistry(Journal(self.journal_path)).versions(service)
+
+    def report(self, report_id: str) -> ComplianceReport:
+        """The compliance report of a deployment or a pipeline (``.markdown()``, ``.to_json()``)."""
+        return report(Journal(self.journal_path), report_id)
+
     # ------------------------------------------------------------------------------ domain workers
     def register_environment(self, environment: Environment | dict[str, Any]) -> Environment:
         env = Environment.model_validate(environment) if isinstance(environment, dict) else environment
@@ -268,19 +297,23 @@ class DeploymentOrchestrator:
         environments: list[EnvironmentLike] | None = None,
         by: str | None = None,
         pipeline_name: str | None = None,
+        change_record: ChangeRecord | dict[str, Any] | None = None,
     ) -> str:
         """Start a run of a pipeline template and return its id at once. ``name``: a template under
         ``pipelines:`` in enterprise_config.yaml, or a template given here (``pipeline_name`` names its runs).
         ``artifact``: one artifact (the template's services, or the artifact's own) or one per service.
-        ``environments``: names (or Environment objects) in promotion order; None: the template's."""
+        ``environments``: names (or Environment objects) in promotion order; None: the template's.
+        ``change_record``: {id, summary} of the change, carried by every deployment of the run."""
         template = PipelineTemplate.model_validate(name) if isinstance(name, dict) else name
-        label = name if isinstance(name, str) else pipeline_name or "pipeline"
-        artifacts = [_artifact(a) for a in (artifact if isinstance(artifact, list) else [artifact])]
-        names = [_environment_name(e) for e in environments] if environments is not None else None
-        who = by or os.environ.get("USER", "unknown")
+        run = RunInput(
+            name=name if isinstance(name, str) else pipeline_name or "pipeline",
+            artifacts=[_artifact(a) for a in (artifact if isinstance(artifact, list) else [artifact])],
+            environments=[_environment_name(e) for e in environments] if environments is not None else None,
+            requested_by=by or os.environ.get("USER", "unknown"),
+            change_record=ChangeRecord.model_validate(change_record) if change_record else None,
+        )
         templated = None if isinstance(template, str) else template
-        ref = self.worker("DO-006").start_pipeline.remote(label, artifacts, names, who, templated)
-        return str(self._get(ref))
+        return str(self._get(self.worker("DO-006").start_pipeline.remote(run, templated)))
 
     def pipeline_status(self, pipeline_id: str) -> PipelineStatus:
         """A run's stages, deployments and outcome (an id prefix works)."""
@@ -314,11 +347,12 @@ class DeploymentOrchestrator:
         timeout_s: float = 6 * 3600.0,
         by: str | None = None,
         on_progress: Callable[[PipelineStatus], None] | None = None,
+        change_record: ChangeRecord | dict[str, Any] | None = None,
     ) -> PipelineResults:
         """The seed's ``deployPipeline(name, artifact, [dev, staging, prod])``: run the pipeline to its end
         and return one result per deployment (``deployment_id``/``deploymentId``, ``success``); the list also
         carries the whole run as ``.pipeline``."""
-        pipeline_id = self.start_pipeline(name, artifact, environments, by)
+        pipeline_id = self.start_pipeline(name, artifact, environments, by, change_record=change_record)
         status = self.wait_pipeline(pipeline_id, timeout_s, on_progress)
         return PipelineResults(status)
 

@@ -16,7 +16,13 @@ from typing import Any
 
 import yaml
 
-from client.cli import EXIT_DEPLOYMENT_FAILED, EXIT_OK, add_artifact_arguments, artifact_from_args
+from client.cli import (
+    EXIT_DEPLOYMENT_FAILED,
+    EXIT_OK,
+    _artifact_from_args,
+    _change_record,
+    add_artifact_arguments,
+)
 from client.driver import ArtifactLike, DeploymentOrchestrator, read_journal
 from engine.pipeline import find_pipeline, read_pipeline
 from engine.pipeline_state import PipelinePhase, PipelineStatus, StageStatus, status_of
@@ -29,6 +35,8 @@ def add_pipeline_commands(sub: Any) -> None:
     run.add_argument("name", help="the template's name under pipelines:")
     add_artifact_arguments(run)
     run.add_argument("--environments", help="comma-separated, in promotion order (default: the template's)")
+    run.add_argument("--change-id", help="the change record's id (a ticket), with --change-summary")
+    run.add_argument("--change-summary", help="what the change is, with --change-id")
     run.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds to wait for the end")
     run.add_argument("--no-wait", action="store_true", help="print the pipeline id and return")
     run.add_argument("--json", action="store_true")
@@ -47,7 +55,7 @@ def _artifacts(args: argparse.Namespace) -> ArtifactLike | list[ArtifactLike]:
         data = yaml.safe_load(Path(args.artifact).read_text())
         if isinstance(data, list):
             return [dict(item) for item in data]
-    return artifact_from_args(args)
+    return _artifact_from_args(args)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -55,7 +63,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.environments:
         environments = [e.strip() for e in args.environments.split(",") if e.strip()]
     orch = DeploymentOrchestrator(config_path=args.config)
-    pipeline_id = orch.start_pipeline(args.name, _artifacts(args), environments)
+    change = _change_record(args)
+    pipeline_id = orch.start_pipeline(args.name, _artifacts(args), environments, change_record=change)
     if args.no_wait:
         print(json.dumps({"pipeline_id": pipeline_id}) if args.json else pipeline_id)
         return EXIT_OK

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from engine.approvals import ApprovalRequest, Approvals, ApprovalState
 from engine.artifacts import Check
-from engine.journal import Journal
+from engine.journal import Journal, UnknownDeploymentError
 from engine.models import ChangeRecord, ComplianceLevel, ConfigVersion, Governance, Model
 from engine.platform import SERVES_TLS
 from engine.state import DeploymentState, EventKind
@@ -429,6 +429,22 @@ def pipeline_report(
         approvals=[a for a in (approvals.find(s) for s in approval_subjects) if a is not None],
         audit=audit_status(journal),
     )
+
+
+PIPELINE_RECORD = "pipeline"  # a pipeline's journal record: {"deployments": [ids], "approvals": [subjects]}
+
+
+def report(journal: Journal, report_id: str) -> ComplianceReport:
+    """The report of a deployment (id or unique prefix) or of a pipeline (its id)."""
+    try:
+        return deployment_report(journal, report_id)
+    except UnknownDeploymentError:
+        pass
+    record = journal.record(PIPELINE_RECORD, report_id)
+    if record is None:
+        raise KeyError(f"no deployment or pipeline '{report_id}' in the journal")
+    deployments = [str(d) for d in record.get("deployments", [])]
+    return pipeline_report(journal, report_id, deployments, [str(a) for a in record.get("approvals", [])])
 
 
 def _stamp(at: float | None) -> str:

@@ -585,8 +585,12 @@ def write_isolated_config(
     prometheus_port: int | None = None,
 ) -> Path:
     """A copy of a configuration whose journal, platform state and ports are its own (tests, benchmarks)."""
-    data = yaml.safe_load((source or default_config_path()).read_text())
+    original = source or default_config_path()
+    data = yaml.safe_load(original.read_text())
     data["journal"] = {"path": str(folder / "journal.db")}
+    scanner = (data.get("scanners") or {}).get("vulnerability")
+    if isinstance(scanner, dict) and not (scanner.get("workingDir") or scanner.get("working_dir")):
+        scanner["workingDir"] = str(original.resolve().parent)  # its relative paths keep working
     data["platforms"]["local"]["settings"] = {
         "stateDir": str(folder / "platforms"),
         "frontendPortRange": list(frontend_ports),

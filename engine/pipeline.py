@@ -22,23 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from engine.config import EnterpriseConfig
+from engine.compliance import PIPELINE_RECORD
 from engine.journal import Journal
 from engine.models import Artifact, DeploymentRequest, DeploymentStatus, Phase, Target
-from engine.pipeline_model import (
-    GraphNode,
-    PipelineTemplate,
-    StageKind,
-    StageTemplate,
-    expand_graph,
-    find_cycle,
-)
+from engine.pipeline_model import StageKind
 from engine.pipeline_state import (
     PipelineEventKind,
     PipelinePhase,
@@ -46,12 +38,12 @@ from engine.pipeline_state import (
     PipelineState,
     StageSpec,
     StageStatus,
+    approval_subject,
     deployment_id_for,
     fold,
     fold_all,
 )
 from engine.reconciler import Clock, SystemClock
-from engine.requests import build_request
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,6 +86,11 @@ class Deployer(Protocol):
 
     async def address(self, target: Target) -> str | None:
         """The address of the target's live revision (its newest succeeded deployment)."""
+        ...
+
+    async def carry_approval(self, deployment_id: str, subject: str) -> None:
+        """Give a deployment waiting for its environment's approval the decisions already recorded for
+        ``subject`` (the pipeline's approve stage), group by group, in the queen's approvals."""
         ...
 
 
@@ -187,6 +184,11 @@ class DeployStage:
         deployment_id = await until_available(
             lambda: self.deployer.submit(request, wanted), context.deadline, context.clock
         )
+        if stage.approval_stage is not None:  # the environment's groups approved the pipeline already
+            subject = approval_subject(context.pipeline_id, stage.approval_stage)
+            await until_available(
+                lambda: self.deployer.carry_approval(deployment_id, subject), context.deadline, context.clock
+            )
         status = await wait_terminal(self.deployer, deployment_id, context.deadline, context.clock)
         data: dict[str, Any] = {"deployment_id": deployment_id}
         if status is None or not status.phase.terminal:
@@ -319,141 +321,6 @@ class CommandStage:
 
 
 # --------------------------------------------------------------------------------------------
-# Expansion: a template, artifacts and environments -> the journaled spec of one run
-# --------------------------------------------------------------------------------------------
-def new_pipeline_id(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-def build_spec(
-    config: EnterpriseConfig,
-    name: str,
-    template: PipelineTemplate,
-    artifacts: Sequence[Artifact],
-    environments: Sequence[str] | None = None,
-    requested_by: str = "unknown",
-    known_environments: Sequence[str] | None = None,
-    pipeline_id: str | None = None,
-) -> PipelineSpec:
-    """Everything a run needs, validated before anything is journaled; ValueError names what is wrong."""
-    envs = list(environments or template.environments)
-    _check_environments(envs, template, known_environments or list(config.environments))
-    by_service = _artifacts_by_service(template, artifacts)
-    nodes = expand_graph(template, envs, list(by_service))
-    cycle = find_cycle(nodes)
-    if cycle:
-        raise ValueError(f"pipeline {name}: the stages form a cycle: {' -> '.join(cycle)}")
-    pipeline_id = pipeline_id or new_pipeline_id(name)
-    stages = [_stage_spec(config, template.stage(n.stage), n, by_service, requested_by) for n in nodes]
-    return PipelineSpec(
-        pipeline_id=pipeline_id,
-        name=name,
-        environments=envs,
-        services=list(by_service),
-        artifacts=list(by_service.values()),
-        stages=stages,
-        fail_fast=template.fail_fast,
-        rollback=template.rollback,
-        max_parallel_stages=template.max_parallel_stages,
-        timeout_ms=template.timeout,
-        requested_by=requested_by,
-    )
-
-
-def _check_environments(envs: list[str], template: PipelineTemplate, known: Sequence[str]) -> None:
-    needs = any("environment" in s.axes() for s in template.stages)
-    if needs and not envs:
-        raise ValueError("environments: name the environments to deploy to (the template gives none)")
-    for env in envs:
-        if env not in known:
-            raise ValueError(f"environments: unknown environment '{env}'; known: {', '.join(sorted(known))}")
-    repeated = sorted({e for e in envs if envs.count(e) > 1})
-    if repeated:
-        raise ValueError(f"environments: {', '.join(repeated)} listed more than once")
-
-
-def _artifacts_by_service(template: PipelineTemplate, artifacts: Sequence[Artifact]) -> dict[str, Artifact]:
-    """One artifact per service: a single artifact is deployed as each of the template's services (the same
-    build under several names); several artifacts are their own services."""
-    if not artifacts:
-        raise ValueError("artifact: a pipeline needs at least one artifact")
-    if not template.services:
-        named = {a.name: a for a in artifacts}
-        if len(named) != len(artifacts):
-            raise ValueError("artifact: two artifacts have the same name (one artifact per service)")
-        return named
-    if len(artifacts) == 1:
-        return {s: artifacts[0].model_copy(update={"name": s}) for s in template.services}
-    named = {a.name: a for a in artifacts}
-    missing = [s for s in template.services if s not in named]
-    if missing:
-        raise ValueError(f"artifact: no artifact for the template's service(s) {', '.join(missing)}")
-    return {s: named[s] for s in template.services}
-
-
-def _stage_spec(
-    config: EnterpriseConfig,
-    stage: StageTemplate,
-    node: GraphNode,
-    by_service: dict[str, Artifact],
-    requested_by: str,
-) -> StageSpec:
-    service = node.service or (next(iter(by_service)) if len(by_service) == 1 else None)
-    spec = StageSpec(
-        id=node.id,
-        stage=stage.name,
-        kind=stage.kind,
-        environment=node.environment,
-        service=service,
-        depends_on=node.depends_on,
-        timeout_ms=stage.timeout_ms(),
-    )
-    try:
-        return _with_kind_settings(config, stage, spec, by_service, requested_by)
-    except ValueError as error:
-        raise ValueError(f"stage {node.id}: {error}") from None
-
-
-def _with_kind_settings(
-    config: EnterpriseConfig,
-    stage: StageTemplate,
-    spec: StageSpec,
-    by_service: dict[str, Artifact],
-    requested_by: str,
-) -> StageSpec:
-    kind = stage.kind
-    if kind in (StageKind.BUILD, StageKind.TEST):
-        folder = stage.working_dir or (str(config.source.parent) if config.source else None)
-        return spec.model_copy(
-            update={"command": stage.command or [], "working_dir": folder, "env": stage.env}
-        )
-    if kind in (StageKind.DEPLOY, StageKind.VALIDATE) and (spec.environment is None or spec.service is None):
-        raise ValueError(f"a {kind.value} stage needs an environment and a service (check its matrix)")
-    if kind is StageKind.DEPLOY:
-        assert spec.environment is not None and spec.service is not None
-        artifact = by_service[spec.service]
-        request = build_request(
-            config, artifact, stage.strategy, spec.environment, stage.platform, requested_by, **stage.settings
-        )
-        return spec.model_copy(update={"request": request})
-    if kind is StageKind.VALIDATE:
-        update = {"checks": stage.checks, "attempts": stage.attempts, "interval_ms": stage.interval}
-        return spec.model_copy(update=update)
-    if spec.environment is None:
-        raise ValueError(f"an {kind.value} stage needs an environment (check its matrix)")
-    environment = config.environments.get(spec.environment)
-    if kind is StageKind.APPROVE:
-        workflow = environment.approval_workflow if environment else None
-        groups = stage.approvers or (workflow.approver_groups if workflow else [])
-        if not groups:
-            raise ValueError("no approver groups: set approvers, or the environment's approvalWorkflow")
-        timeout = stage.timeout or (workflow.expiry if workflow else spec.timeout_ms)
-        return spec.model_copy(update={"approvers": groups, "timeout_ms": timeout})
-    level = stage.level or (environment.compliance_level if environment else None)
-    return spec.model_copy(update={"compliance_level": level})
-
-
-# --------------------------------------------------------------------------------------------
 # The engine
 # --------------------------------------------------------------------------------------------
 def read_pipeline(journal: Journal, pipeline_id: str) -> PipelineState:
@@ -563,7 +430,24 @@ class _Run:
                 stage=spec.id,
                 result=started if spec.kind is StageKind.DEPLOY else {},
             )
+            if spec.kind in (StageKind.DEPLOY, StageKind.APPROVE):
+                self._record_for_reports()
             self.tasks[spec.id] = asyncio.ensure_future(self._run_stage(spec))
+
+    def _record_for_reports(self) -> None:
+        """The deployments and approvals of the run, where the compliance report looks for them."""
+        pipeline_id, stages = self.state.pipeline_id, self.state.stages
+        deployments = [str(s.result["deployment_id"]) for s in stages.values() if "deployment_id" in s.result]
+        deployments += [
+            s.rollback.rollback_id for s in stages.values() if s.rollback and s.rollback.rollback_id
+        ]
+        approvals = [
+            approval_subject(pipeline_id, s.id)
+            for s in self.state.spec.stages
+            if s.kind is StageKind.APPROVE and stages[s.id].status is not StageStatus.PENDING
+        ]
+        record = {"deployments": deployments, "approvals": approvals}
+        self.engine.journal.put_record(PIPELINE_RECORD, pipeline_id, record)
 
     def _context(self, spec: StageSpec) -> StageContext:
         stage = self.state.stages[spec.id]
@@ -650,6 +534,7 @@ class _Run:
                     lambda: deployer.rollback(deployment_id, self.engine.actor, reason), deadline, self.clock
                 )
                 self._append(PipelineEventKind.ROLLBACK_SUBMITTED, stage=spec.id, rollback_id=rollback_id)
+                self._record_for_reports()
             status = await wait_terminal(deployer, rollback_id, deadline, self.clock)
             phase = status.phase.value if status and status.phase.terminal else "timed_out"
             message = status.message if status else "no answer from the queen"

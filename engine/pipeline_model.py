@@ -19,7 +19,7 @@ Nothing here knows about Ray or the journal; ``engine.pipeline`` runs the graph.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -190,15 +190,21 @@ def node_id(stage: str, environment: str | None, service: str | None) -> str:
 
 
 def expand_graph(
-    template: PipelineTemplate, environments: Sequence[str], services: Sequence[str]
+    template: PipelineTemplate,
+    environments: Sequence[str],
+    services: Sequence[str],
+    applies: Callable[[StageTemplate, str], bool] = lambda stage, environment: True,
 ) -> list[GraphNode]:
-    """The stage instances of one run, in template order, with their dependencies (promotion included)."""
+    """The stage instances of one run, in template order, with their dependencies (promotion included).
+    ``applies(stage, environment)``: whether a stage has an instance in an environment (beyond its own
+    ``environments`` list)."""
     by_stage: dict[str, list[GraphNode]] = {}
     for stage in template.stages:
         axes = stage.axes()
         envs: list[str | None] = [None]
         if ENVIRONMENT in axes:
-            envs = [e for e in environments if stage.environments is None or e in stage.environments]
+            wanted = [e for e in environments if stage.environments is None or e in stage.environments]
+            envs = [e for e in wanted if applies(stage, e)]
         svcs: list[str | None] = list(services) if SERVICE in axes else [None]
         by_stage[stage.name] = [
             GraphNode(id=node_id(stage.name, e, s), stage=stage.name, environment=e, service=s)

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field
 from pydantic.alias_generators import to_snake
 
-from engine.models import Artifact, ComplianceLevel, DeploymentRequest, Model
+from engine.models import Artifact, ChangeRecord, ComplianceLevel, DeploymentRequest, Model
 from engine.pipeline_model import HttpCheck, RollbackScope, StageKind
 
 
@@ -38,6 +38,7 @@ class StageSpec(Model):
     working_dir: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     request: DeploymentRequest | None = None
+    approval_stage: str | None = Field(default=None, description="The approve stage a deploy stage carries")
     checks: list[HttpCheck] = Field(default_factory=list)
     attempts: int = 1
     interval_ms: int = 0
@@ -57,9 +58,15 @@ class PipelineSpec(Model):
     max_parallel_stages: int = 0
     timeout_ms: int
     requested_by: str = "unknown"
+    change_record: ChangeRecord | None = None
 
     def stage(self, stage_id: str) -> StageSpec:
         return next(s for s in self.stages if s.id == stage_id)
+
+
+def approval_subject(pipeline_id: str, stage_id: str) -> str:
+    """An approve stage's subject in engine.approvals (where a deployment's is its id)."""
+    return f"{pipeline_id}.{stage_id}"
 
 
 def deployment_id_for(pipeline_id: str, stage_id: str) -> str:

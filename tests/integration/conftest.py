@@ -12,6 +12,7 @@ import pytest
 
 from engine.models import Artifact
 from examples.quickstart import sample_artifact as quickstart_artifact
+from tests.integration.governance_kit import GovernanceKit, add_governance
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,11 +33,19 @@ def orchestrator(orch_home: Path) -> Iterator[Any]:
     config = write_isolated_config(
         orch_home, namespace=f"orch-test-{os.getpid()}", prometheus_port=free_port()
     )
+    add_governance(
+        config, orch_home
+    )  # a trusted signing key and a scanner (tests/integration/governance_kit.py)
     orch = DeploymentOrchestrator(config_path=config, num_cpus=2)
     yield orch
     _remove_everything(orch)
     orch.shutdown(stop_ray=False)
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def governance_kit(orchestrator: Any, orch_home: Path) -> GovernanceKit:
+    return GovernanceKit(orch_home)
 
 
 def _remove_everything(orch: Any) -> None:

@@ -37,6 +37,7 @@ class FakeQueen:
     created: list[str] = field(default_factory=list)  # deployments actually started
     rollbacks: list[str] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
+    carried: list[tuple[str, str]] = field(default_factory=list)
     running: int = 0
     peak: int = 0
     timeline: list[tuple[float, str, str]] = field(default_factory=list)
@@ -114,6 +115,9 @@ class FakeQueen:
             self.running += 1
             asyncio.get_running_loop().call_later(self.delay_s, self._end, rollback_id, Phase.SUCCEEDED)
         return rollback_id
+
+    async def carry_approval(self, deployment_id: str, subject: str) -> None:
+        self.carried.append((deployment_id, subject))
 
     async def address(self, target: Target) -> str | None:
         done = [d for d in self.deployments.values() if d.target == target and d.phase is Phase.SUCCEEDED]

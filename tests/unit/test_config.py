@@ -59,13 +59,13 @@ def test_the_shipped_environments_have_the_promised_governance() -> None:
     assert not development.approval_workflow.required
     assert staging.compliance_level is ComplianceLevel.ENHANCED
     assert staging.approval_workflow.approver_groups == ["qa"]
-    assert production.compliance_level is ComplianceLevel.STRICT
+    assert production.compliance_level is ComplianceLevel.NASA_POT10  # the seed's block
     assert production.approval_workflow.required
-    assert production.approval_workflow.approver_groups == ["release-managers", "sre"]
-    assert production.security.require_signed_artifacts
+    assert production.approval_workflow.approver_groups == ["prod-team", "security-team", "compliance-team"]
+    assert production.security.tls_required
     assert production.security.allowed_sources
     assert production.security.audit_retention_days == 2555
-    assert set(config.approvers("production")) == {"release-managers", "sre"}
+    assert set(config.approvers("production")) == {"prod-team", "security-team", "compliance-team"}
     assert all(config.approvers("production").values())
 
 

@@ -17,8 +17,9 @@ from adapters.commands import SubprocessRunner
 from engine.config import EnterpriseConfig
 from engine.journal import Journal
 from engine.models import Artifact, Phase
-from engine.pipeline import CommandStage, DeployStage, PipelineEngine, ValidateStage, build_spec
+from engine.pipeline import CommandStage, DeployStage, PipelineEngine, ValidateStage
 from engine.pipeline_model import PipelineTemplate, StageKind, expand_graph
+from engine.pipeline_spec import RunInput, build_spec
 from engine.pipeline_state import (
     PipelineEventKind,
     PipelinePhase,
@@ -67,9 +68,8 @@ class World:
         self, template: dict[str, Any], services: list[str] | None = None, envs: list[str] | None = None
     ) -> str:
         artifacts = [Artifact(name=s, version="2.0.0", command=["true"]) for s in services or ["web"]]
-        spec = build_spec(
-            CONFIG, "test-pipeline", PipelineTemplate.model_validate(template), artifacts, envs or ENVS
-        )
+        run = RunInput("test-pipeline", artifacts, envs or ENVS)
+        spec = build_spec(CONFIG, PipelineTemplate.model_validate(template), run)
         return self.engine.create(spec).pipeline_id
 
     def run(self, pipeline_id: str, timeout_s: float = 30) -> PipelineState:
@@ -146,7 +146,7 @@ def test_a_cycle_found_at_run_time_is_refused_naming_it() -> None:
     # which waits for report.
     cycle = "deploy.staging.web -> validate.development.web -> report -> deploy.staging.web"
     with pytest.raises(ValueError, match=f"the stages form a cycle: {cycle}"):
-        build_spec(CONFIG, "p", template, [Artifact(name="web", version="1")], ENVS)
+        build_spec(CONFIG, template, RunInput("p", [Artifact(name="web", version="1")], ENVS))
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,14 +374,9 @@ def test_a_rollback_interrupted_after_its_intent_resumes_once(world: World) -> N
 
 
 def test_creating_the_same_run_twice_records_it_once(world: World) -> None:
-    spec = build_spec(
-        CONFIG,
-        "p",
-        PipelineTemplate.model_validate({"stages": DEPLOY_AND_VALIDATE}),
-        [Artifact(name="web", version="1")],
-        ["development"],
-        pipeline_id="p-fixed",
-    )
+    template = PipelineTemplate.model_validate({"stages": DEPLOY_AND_VALIDATE})
+    run = RunInput("p", [Artifact(name="web", version="1")], ["development"], pipeline_id="p-fixed")
+    spec = build_spec(CONFIG, template, run)
     world.engine.create(spec)
     world.engine.create(spec)
     assert [e.kind for e in world.journal.pipeline_events("p-fixed")] == [PipelineEventKind.CREATED]
@@ -394,7 +389,7 @@ def test_creating_the_same_run_twice_records_it_once(world: World) -> None:
 # --------------------------------------------------------------------------------------------
 def test_one_artifact_becomes_each_of_the_templates_services() -> None:
     template = PipelineTemplate.model_validate({"services": ["a", "b"], "stages": DEPLOY_AND_VALIDATE})
-    spec = build_spec(CONFIG, "p", template, [Artifact(name="web", version="3.1.0")], ["staging"])
+    spec = build_spec(CONFIG, template, RunInput("p", [Artifact(name="web", version="3.1.0")], ["staging"]))
     requests = [s.request for s in spec.stages if s.request]
     assert [(r.artifact.name, r.artifact.version, r.environment) for r in requests] == [
         ("a", "3.1.0", "staging"),
@@ -415,10 +410,37 @@ def test_bad_environments_are_refused_before_anything_is_journaled(
 ) -> None:
     template = PipelineTemplate.model_validate({"stages": DEPLOY_AND_VALIDATE})
     with pytest.raises(ValueError, match=message):
-        build_spec(CONFIG, "p", template, [Artifact(name="web", version="1")], environments)
+        build_spec(CONFIG, template, RunInput("p", [Artifact(name="web", version="1")], environments))
 
 
-def test_an_approve_stage_needs_approver_groups() -> None:
-    template = PipelineTemplate.model_validate({"stages": [{"name": "approve", "kind": "approve"}]})
-    with pytest.raises(ValueError, match=r"stage approve.production: no approver groups"):
-        build_spec(CONFIG, "p", template, [Artifact(name="web", version="1")], ["production"])
+def test_an_approve_stage_applies_where_the_environment_requires_approval() -> None:
+    config = EnterpriseConfig.from_mapping(
+        {
+            "roles": {"sre": ["carol"], "qa": ["erin"]},
+            "environments": {
+                "development": {},
+                "production": {"approvalWorkflow": {"required": True, "approvers": ["sre"], "expiry": "2h"}},
+            },
+        }
+    )
+    stages = [
+        {"name": "approve", "kind": "approve"},
+        {"name": "deploy", "kind": "deploy", "dependsOn": ["approve"]},
+        {"name": "smoke", "kind": "validate", "dependsOn": ["deploy"]},
+    ]
+    run = RunInput("p", [Artifact(name="web", version="1")], ["development", "production"])
+    spec = build_spec(config, PipelineTemplate.model_validate({"stages": stages}), run)
+    ids = [s.id for s in spec.stages]
+    assert "approve.development" not in ids
+    approve = spec.stage("approve.production")
+    assert approve.approvers == ["sre"]
+    assert approve.timeout_ms == 2 * 3600_000 + 60_000  # the expiry, then a minute to say it expired
+    # Production's deployment carries the stage's approval; development's has none to carry.
+    assert spec.stage("deploy.production.web").approval_stage == "approve.production"
+    assert spec.stage("deploy.development.web").approval_stage is None
+    # The approval waits for development: promotion goes through it.
+    assert approve.depends_on == ["smoke.development.web"]
+    # Explicit approvers make it apply everywhere.
+    stages[0]["approvers"] = ["qa"]
+    spec = build_spec(config, PipelineTemplate.model_validate({"stages": stages}), run)
+    assert spec.stage("approve.development").approvers == ["qa"]

@@ -9,8 +9,8 @@ import pytest
 
 from engine.config import DEFAULT_CONFIG_FILE, ConfigError, load_config
 from engine.models import Artifact
-from engine.pipeline import build_spec
 from engine.pipeline_model import StageKind
+from engine.pipeline_spec import RunInput, build_spec
 
 HEADER = """
 roles:
@@ -38,11 +38,13 @@ def _problems(tmp_path: Path, pipeline: str) -> list[str]:
 def test_the_shipped_pipeline_loads_and_expands() -> None:
     config = load_config(DEFAULT_CONFIG_FILE)
     template = config.pipelines["production-pipeline"]
-    spec = build_spec(config, "production-pipeline", template, [Artifact(name="web", version="2.0.0")])
+    spec = build_spec(
+        config, template, RunInput("production-pipeline", [Artifact(name="web", version="2.0.0")])
+    )
     kinds = {s.id: s.kind for s in spec.stages}
     assert kinds["approve.production"] is StageKind.APPROVE
     assert "approve.staging" not in kinds
-    assert spec.stage("approve.production").approvers == ["release-managers", "sre"]
+    assert spec.stage("approve.production").approvers == ["prod-team", "security-team", "compliance-team"]
     assert spec.stage("deploy.production.web").depends_on == ["test", "approve.production"]
     assert spec.stage("approve.production").depends_on == ["test", "validate.staging.web"]
     request = spec.stage("deploy.staging.web").request
