@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,13 @@ class PipelineResults(list[PipelineDeploymentResult]):
 
 def _artifact(artifact: ArtifactLike) -> Artifact:
     return Artifact.model_validate(artifact) if isinstance(artifact, dict) else artifact
+
+
+def _artifacts(artifact: ArtifactLike | Sequence[ArtifactLike]) -> list[Artifact]:
+    """One artifact, or one per service."""
+    if isinstance(artifact, Artifact | dict):
+        return [_artifact(artifact)]
+    return [_artifact(a) for a in artifact]
 
 
 def _environment_name(environment: EnvironmentLike) -> str:
@@ -293,8 +300,8 @@ class DeploymentOrchestrator:
     def start_pipeline(
         self,
         name: str | PipelineTemplate | dict[str, Any],
-        artifact: ArtifactLike | list[ArtifactLike],
-        environments: list[EnvironmentLike] | None = None,
+        artifact: ArtifactLike | Sequence[ArtifactLike],
+        environments: Sequence[EnvironmentLike] | None = None,
         by: str | None = None,
         pipeline_name: str | None = None,
         change_record: ChangeRecord | dict[str, Any] | None = None,
@@ -307,7 +314,7 @@ class DeploymentOrchestrator:
         template = PipelineTemplate.model_validate(name) if isinstance(name, dict) else name
         run = RunInput(
             name=name if isinstance(name, str) else pipeline_name or "pipeline",
-            artifacts=[_artifact(a) for a in (artifact if isinstance(artifact, list) else [artifact])],
+            artifacts=_artifacts(artifact),
             environments=[_environment_name(e) for e in environments] if environments is not None else None,
             requested_by=by or os.environ.get("USER", "unknown"),
             change_record=ChangeRecord.model_validate(change_record) if change_record else None,
@@ -342,8 +349,8 @@ class DeploymentOrchestrator:
     def deploy_pipeline(
         self,
         name: str | PipelineTemplate | dict[str, Any],
-        artifact: ArtifactLike | list[ArtifactLike],
-        environments: list[EnvironmentLike] | None = None,
+        artifact: ArtifactLike | Sequence[ArtifactLike],
+        environments: Sequence[EnvironmentLike] | None = None,
         timeout_s: float = 6 * 3600.0,
         by: str | None = None,
         on_progress: Callable[[PipelineStatus], None] | None = None,
