@@ -34,7 +34,16 @@ from engine.approvals import ApprovalRequest, Approvals
 from engine.artifacts import ArtifactRegistry
 from engine.config import load_config
 from engine.control import ControlRefused, control_event
-from engine.governance import ApprovalGate, Gate, environment_of, governed, refusals, subject_of
+from engine.governance import (
+    ApprovalGate,
+    Gate,
+    decide,
+    environment_of,
+    governed,
+    open_requests,
+    refusals,
+    subject_of,
+)
 from engine.journal import Journal
 from engine.models import (
     BlueGreenConfig,
@@ -308,14 +317,14 @@ class QueenImpl:
     async def approve(self, subject: str, person: str, group: str, comment: str = "") -> ApprovalRequest:
         """One group's approval of a deployment (or any subject, e.g. a pipeline stage); a deployment whose
         approval completes is admitted at once."""
-        decided = self.approvals.approve(self._subject(subject), person, group, comment)
+        decided = decide(self.journal, self.approvals, subject, person, group, comment, approve=True)
         self._admit()
         self._tell_pipelines(decided.subject)
         return decided
 
     async def reject(self, subject: str, person: str, group: str, comment: str = "") -> ApprovalRequest:
         """A rejection ends the subject's approval; a deployment waiting for it ends, aborted."""
-        decided = self.approvals.reject(self._subject(subject), person, group, comment)
+        decided = decide(self.journal, self.approvals, subject, person, group, comment, approve=False)
         self._admit()
         self._tell_pipelines(decided.subject)
         return decided
@@ -331,12 +340,10 @@ class QueenImpl:
     ) -> list[ApprovalRequest]:
         """One subject's approval, or the requests (pending ones by default), oldest first."""
         if subject is not None:
-            return [self.approvals.status(self._subject(subject))]
-        return self.approvals.list(environment, pending_only)
-
-    def _subject(self, text: str) -> str:
-        """A deployment id or unique prefix (as the CLI accepts) made whole; any other subject as it is."""
-        return subject_of(self.journal, text)
+            return [self.approvals.status(subject_of(self.journal, subject))]
+        if pending_only:
+            return open_requests(self.journal, self.approvals, environment)
+        return self.approvals.list(environment)
 
     def _check_environment(self, name: str) -> None:
         known = set(self.config.environments) | {

@@ -22,7 +22,7 @@ from engine.approvals import ApprovalRequest, Approvals
 from engine.compliance import report as compliance_report
 from engine.config import ConfigError, load_config
 from engine.control import control_event
-from engine.governance import subject_of
+from engine.governance import decide, open_requests, subject_of
 from engine.models import DeploymentStatus, Phase
 from engine.requests import build_request
 
@@ -227,13 +227,13 @@ def _cmd_decide(args: argparse.Namespace) -> int:
     person = args.person or os.environ.get("USER", "cli")
     if os.environ.get("RAY_ADDRESS"):
         orch = DeploymentOrchestrator(config_path=args.config)
-        decide = orch.approve if args.decision == "approve" else orch.reject
-        request = decide(args.subject, person, args.group, args.comment)
+        send = orch.approve if args.decision == "approve" else orch.reject
+        request = send(args.subject, person, args.group, args.comment)
     else:
         journal = read_journal(args.config)
         approvals = Approvals(journal, load_config(args.config).roles)
-        decide = approvals.approve if args.decision == "approve" else approvals.reject
-        request = decide(subject_of(journal, args.subject), person, args.group, args.comment)
+        approve = args.decision == "approve"
+        request = decide(journal, approvals, args.subject, person, args.group, args.comment, approve)
     print(request.model_dump_json(indent=2) if args.json else _show_approval(request))
     return EXIT_OK
 
@@ -251,8 +251,10 @@ def _cmd_approvals(args: argparse.Namespace) -> int:
     approvals = Approvals(journal)
     if args.subject:
         found = [approvals.status(subject_of(journal, args.subject))]
+    elif args.all:
+        found = approvals.list(args.environment)
     else:
-        found = approvals.list(args.environment, pending_only=not args.all)
+        found = open_requests(journal, approvals, args.environment)
     if args.json:
         print(json.dumps([r.model_dump(mode="json") for r in found], indent=2))
     else:

@@ -99,8 +99,8 @@ class ApprovalRequest(Model):
         if self.state is ApprovalState.REJECTED and rejection is not None:
             comment = f": {rejection.comment}" if rejection.comment else ""
             return f"rejected by {rejection.person} for {rejection.group}{comment}"
-        hours = (self.expires_at - self.requested_at) / 3600
-        return f"approval expired after {hours:g}h without {', '.join(self.missing_groups())}"
+        waited = _duration(self.expires_at - self.requested_at)
+        return f"approval expired after {waited} without {', '.join(self.missing_groups())}"
 
 
 class ApprovalRefused(ValueError):
@@ -301,6 +301,13 @@ def _state_after(request: ApprovalRequest) -> ApprovalState:
     if request.rejection() is not None:
         return ApprovalState.REJECTED
     return ApprovalState.APPROVED if not request.missing_groups() else ApprovalState.PENDING
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g}{unit}"
+    return f"{seconds:.3g}s"
 
 
 def _when(at: float) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from engine.approvals import ApprovalRequest, Approvals, ApprovalState
+from engine.approvals import ApprovalRefused, ApprovalRequest, Approvals, ApprovalState
 from engine.artifacts import (
     ArtifactRegistry,
     Check,
@@ -311,6 +311,37 @@ def subject_of(journal: Journal, text: str) -> str:
         return journal.find(text).deployment_id
     except KeyError:
         return text
+
+
+def decide(
+    journal: Journal, approvals: Approvals, subject: str, person: str, group: str, comment: str, approve: bool
+) -> ApprovalRequest:
+    """One person's approval or rejection for one group (the queen's and the command line's one path); a
+    deployment that has already ended takes no more decisions."""
+    whole = subject_of(journal, subject)
+    try:
+        state = journal.state(whole)
+    except KeyError:
+        state = None
+    if state is not None and not state.active:
+        raise ApprovalRefused(f"deployment {whole} already ended ({state.phase().value}): {state.message}")
+    decision = approvals.approve if approve else approvals.reject
+    return decision(whole, person, group, comment)
+
+
+def open_requests(
+    journal: Journal, approvals: Approvals, environment: str | None = None
+) -> list[ApprovalRequest]:
+    """Requests awaiting a decision, leaving out those of deployments that ended meanwhile (aborted)."""
+    found = []
+    for request in approvals.list(environment, pending_only=True):
+        try:
+            ended = not journal.state(request.subject).active
+        except KeyError:
+            ended = False  # not a deployment: a pipeline stage, say
+        if not ended:
+            found.append(request)
+    return found
 
 
 # --------------------------------------------------------------------------------------------

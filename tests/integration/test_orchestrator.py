@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -368,13 +369,27 @@ def test_a_second_orchestrator_on_the_same_journal_is_refused(orchestrator: Any)
     assert all(s.request.artifact.name != "intruder" for s in orch_journal(orchestrator).deployments())
 
 
+def _approve_staging_when_asked(orchestrator: Any, stop: threading.Event) -> None:
+    """Staging's workflow asks qa: erin approves whatever waits there (the queen admits it at once)."""
+    while not stop.wait(0.5):
+        for request in orchestrator.approvals(environment="staging"):
+            orchestrator.approve(request.subject, "erin", "qa", "tested")
+
+
 def test_pipeline_runs_its_stages_in_order(orchestrator: Any) -> None:
     stage = {"strategy": {"type": "rolling", "replicas": 1}}
-    status = orchestrator.run_pipeline(
-        sample_artifact("pipe", "1.0.0"),
-        [{**stage, "environment": "development"}, {**stage, "environment": "staging"}],
-        timeout_s=180,
-    )
+    stop = threading.Event()
+    approver = threading.Thread(target=_approve_staging_when_asked, args=(orchestrator, stop), daemon=True)
+    approver.start()
+    try:
+        status = orchestrator.run_pipeline(
+            sample_artifact("pipe", "1.0.0"),
+            [{**stage, "environment": "development"}, {**stage, "environment": "staging"}],
+            timeout_s=180,
+        )
+    finally:
+        stop.set()
+        approver.join(timeout=30)
     assert status.state == "succeeded", status
     journal = orch_journal(orchestrator)
     first, second = (journal.state(d) for d in status.deployments)
