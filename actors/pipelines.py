@@ -33,7 +33,7 @@ from engine.pipeline import (
     StageExecutor,
     ValidateStage,
 )
-from engine.pipeline_gates import ApproveStage, ComplianceStage
+from engine.pipeline_gates import ApproveStage, ComplianceStage, deploy_refusals
 from engine.pipeline_model import PipelineTemplate, StageKind
 from engine.pipeline_spec import RunInput, build_spec
 from engine.pipeline_state import PipelineStatus, status_of
@@ -180,7 +180,12 @@ class PipelineRuns:
                 known = ", ".join(sorted(self.config.pipelines)) or "none"
                 raise ValueError(f"unknown pipeline '{run.name}'; the configured pipelines are {known}")
             template = self.config.pipelines[run.name]
-        spec = build_spec(self.config, template, run, self.environments())
+        environments = self.environments()
+        spec = build_spec(self.config, template, run, environments)
+        version = config_version(self.config.source, self.config.sha256)
+        problems = deploy_refusals(self.config, spec, environments, version)
+        if problems:  # e.g. production cannot be reached: refuse the run before deploying anywhere
+            raise ValueError(f"pipeline {run.name} cannot run: " + "; ".join(problems))
         self.engine.create(spec)
         self._launch(spec.pipeline_id)
         return spec.pipeline_id

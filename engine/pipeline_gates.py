@@ -19,22 +19,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.approvals import ApprovalRequest, Approvals, ApprovalState
 from engine.artifacts import ContentDigests
 from engine.compliance import ComplianceFacts, ComplianceResult, audit_status, evaluate
 from engine.config import EnterpriseConfig
-from engine.governance import governed, policy_for, verify_artifact
+from engine.governance import governed, policy_for, refusals, verify_artifact
 from engine.journal import Journal
 from engine.models import ConfigVersion, DeploymentRequest, Environment, PlatformConfig
 from engine.pipeline import StageContext, StageResult
 from engine.pipeline_model import StageKind
 from engine.pipeline_spec import APPROVAL_GRACE_MS
-from engine.pipeline_state import StageSpec, approval_subject
+from engine.pipeline_state import PipelineSpec, StageSpec, approval_subject
 
 RECHECK_S = 15.0  # decisions written without the cluster are seen within this
+
+
+def deploy_refusals(
+    config: EnterpriseConfig,
+    spec: PipelineSpec,
+    environments: Mapping[str, Environment],
+    version: ConfigVersion,
+) -> list[str]:
+    """What the queen would refuse of the run's deployments (TLS a platform cannot serve, an unsigned artifact
+    where signatures are required, a source not allowed, ...), each naming its stage: a run that could never
+    reach production does not start by deploying to development."""
+    problems = []
+    for stage in spec.stages:
+        if stage.request is None or stage.environment is None:
+            continue
+        environment = environments[stage.environment]
+        policed = governed(config, stage.request, environment, version)
+        problems += [f"stage {stage.id}: {problem}" for problem in refusals(policed, config.roles)]
+    return problems
 
 
 class ApproveStage:

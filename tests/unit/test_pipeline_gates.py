@@ -295,3 +295,19 @@ def test_the_compliance_gate_stops_an_unsigned_artifact_before_production(tmp_pa
     assert "compliance gate (strict) failed" in reason and "signature-verified [mandatory]" in reason
     assert "change-record-present" in reason
     assert f"{pipeline_id}.deploy.production.web" not in world.queen.created
+
+
+def test_a_run_the_queen_would_refuse_in_production_is_refused_before_it_starts() -> None:
+    from engine.config import DEFAULT_CONFIG_FILE, load_config
+    from engine.pipeline_gates import deploy_refusals
+
+    shipped = load_config(DEFAULT_CONFIG_FILE)  # production: the seed's block, TLS required
+    template = PipelineTemplate.model_validate({"stages": [{"name": "deploy", "kind": "deploy"}]})
+    run = RunInput("p", [Artifact(name="web", version="2.0.0")], ["development", "production"])
+    spec = build_spec(shipped, template, run)
+    problems = deploy_refusals(shipped, spec, shipped.environments, ConfigVersion())
+    assert problems and all(p.startswith("stage deploy.production.web: ") for p in problems)
+    assert any("cannot serve TLS" in p and "tlsRequired" in p for p in problems)
+    assert any("requires signed artifacts" in p for p in problems)
+    development_only = build_spec(shipped, template, RunInput("p", run.artifacts, ["development"]))
+    assert deploy_refusals(shipped, development_only, shipped.environments, ConfigVersion()) == []
