@@ -401,14 +401,18 @@ class _Run:
     async def drive(self) -> PipelineState:
         if self.state.outcome is not None:
             return self.state
-        while True:
-            self._skip_blocked()
-            self._start_stages()
-            if not self.tasks:
-                break
-            done, _ = await asyncio.wait(self.tasks.values(), return_when=asyncio.FIRST_COMPLETED)
-            for stage_id in [s for s, t in self.tasks.items() if t in done]:
-                self.tasks.pop(stage_id).result()  # _run_stage journals every outcome itself
+        try:
+            while True:
+                self._skip_blocked()
+                self._start_stages()
+                if not self.tasks:
+                    break
+                done, _ = await asyncio.wait(self.tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+                for stage_id in [s for s, t in self.tasks.items() if t in done]:
+                    self.tasks.pop(stage_id).result()  # _run_stage journals every outcome itself
+        finally:  # interrupted (or broken): no stage of this run goes on behind the next one's back
+            for task in self.tasks.values():
+                task.cancel()
         await self._roll_back()
         self._finish()
         return self.state

@@ -346,6 +346,8 @@ def test_an_interrupted_run_resumes_from_the_journal_without_deploying_twice(wor
     assert len(world.checker.calls) == checks_before + 2  # development's validate was not run again
     started = [s for kind, s in world.order(pipeline_id) if kind == "stage_started"]
     assert started.count("deploy.staging.web") == 1  # resumed, not started anew
+    finished = [s for kind, s in world.order(pipeline_id) if kind == "stage_finished"]
+    assert sorted(finished) == sorted(set(finished))  # the interrupted run's stages did not go on
     assert world.engine.unfinished() == []
 
 
