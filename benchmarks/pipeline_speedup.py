@@ -178,12 +178,17 @@ def _mean(values: list[float]) -> float:
 
 
 def critical_path(state: PipelineState, durations: dict[str, float]) -> float:
-    """The longest chain of dependent stages, with the given durations (the plan is in dependency order)."""
+    """The longest chain of dependent stages, with the given durations."""
     finish: dict[str, float] = {}
-    for spec in state.spec.stages:
-        start = max([finish[d] for d in spec.depends_on] or [0.0])
-        finish[spec.id] = start + durations[spec.id]
-    return max(finish.values())
+    specs = {spec.id: spec for spec in state.spec.stages}
+
+    def end(stage_id: str) -> float:
+        if stage_id not in finish:
+            start = max([end(d) for d in specs[stage_id].depends_on] or [0.0])
+            finish[stage_id] = start + durations[stage_id]
+        return finish[stage_id]
+
+    return max(end(stage_id) for stage_id in specs)
 
 
 def ideal_speedup(state: PipelineState, durations: dict[str, float]) -> dict[str, float]:
