@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import platform as host_platform
+import re
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -108,11 +111,15 @@ def environments(args: argparse.Namespace) -> list[str]:
 # Measuring one run
 # --------------------------------------------------------------------------------------------
 class CpuSampler:
-    """The machine's CPU use over a window (all processes: the machine is shared)."""
+    """The machine's CPU use over a window (all processes: the machine is shared), and our own processes'
+    CPU by kind: the orchestrator's actors, Ray's own processes, HAProxy, the service replicas, and this
+    process (which sends the live traffic)."""
 
-    def __init__(self) -> None:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
         self.start = self._read()
         self.load = os.getloadavg()[0]
+        self.own_start = self.own()
 
     @staticmethod
     def _read() -> tuple[float, float]:
@@ -124,6 +131,39 @@ class CpuSampler:
         total, idle = self._read()
         dt, di = total - self.start[0], idle - self.start[1]
         return (os.cpu_count() or 1) * (1 - di / dt) if dt else 0.0
+
+    def own(self) -> dict[int, tuple[str, float]]:
+        """pid -> (kind, CPU seconds so far) of every process of this benchmark's orchestrator."""
+        me = psutil.Process()
+        found: dict[int, tuple[str, float]] = {}
+        candidates = [(me, "benchmark (traffic)"), *((p, "") for p in me.children(recursive=True))]
+        candidates += [(p, "") for p in psutil.process_iter() if p.pid not in {c.pid for c, _ in candidates}]
+        for process, kind in candidates:
+            with contextlib.suppress(psutil.Error):
+                kind = kind or self._kind(process, me.pid)
+                if kind:
+                    times = process.cpu_times()
+                    found[process.pid] = (kind, times.user + times.system)
+        return found
+
+    def _kind(self, process: psutil.Process, me: int) -> str:
+        command = " ".join(process.cmdline())
+        if str(self.folder) in command:  # HAProxy's configuration lives in the benchmark's own folder
+            return "haproxy" if "haproxy" in command else "other"
+        if str(REPO / "examples" / "sample_service.py") in command:
+            return "replicas (still running at the end)"
+        if not any(parent.pid == me for parent in process.parents()):
+            return ""
+        title = re.match(r"ray::(\w+)", command)
+        return f"actor {title.group(1)}" if title else "ray (raylet, gcs, workers starting)"
+
+    def own_cpu(self) -> dict[str, float]:
+        """CPU seconds used during the window by kind (processes that ended within it are not counted)."""
+        by_kind: dict[str, float] = {}
+        for pid, (kind, cpu) in self.own().items():
+            before = self.own_start.get(pid, (kind, 0.0))[1]
+            by_kind[kind] = round(by_kind.get(kind, 0.0) + cpu - before, 3)
+        return dict(sorted(by_kind.items(), key=lambda item: -item[1]))
 
 
 def stage_durations(state: PipelineState) -> dict[str, float]:
@@ -208,7 +248,7 @@ def measure(
     orch: Any, journal: Journal, args: argparse.Namespace, version: str, one_at_a_time: bool
 ) -> dict[str, Any]:
     services = [f"svc-{i + 1}" for i in range(args.services)]
-    cpu = CpuSampler()
+    cpu = CpuSampler(Path(os.environ["ORCH_HOME"]))
     name = "sequential" if one_at_a_time else "pipeline"
     pipeline_id = orch.start_pipeline(
         template(args, one_at_a_time), artifacts(services, version), environments(args), pipeline_name=name
@@ -232,6 +272,7 @@ def measure(
         "max_start_gap_s": max(gaps, default=0.0),
         "deployments": deployment_breakdown(journal, state),
         "machine_busy_cores": round(cpu.busy_cores(), 3),
+        "own_cpu_s": cpu.own_cpu(),
         "load_average_at_start": cpu.load,
         "state": state,
     }
