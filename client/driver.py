@@ -320,7 +320,8 @@ class DeploymentOrchestrator:
             change_record=ChangeRecord.model_validate(change_record) if change_record else None,
         )
         templated = None if isinstance(template, str) else template
-        return str(self._get(self.worker("DO-006").start_pipeline.remote(run, templated)))
+        # The first call to DO-006 also waits for its process to start and its runs to be resumed.
+        return str(self._get(self.worker("DO-006").start_pipeline.remote(run, templated), 3 * CALL_TIMEOUT_S))
 
     def pipeline_status(self, pipeline_id: str) -> PipelineStatus:
         """A run's stages, deployments and outcome (an id prefix works)."""
