@@ -47,16 +47,19 @@ class QueenDeployer:
     """The pipeline engine's view of the queen; a queen that is away (restarting) is 'unavailable', not an
     error, so that the engine waits for it within the stage's deadline."""
 
-    def __init__(self, namespace: str, journal: Journal) -> None:
+    def __init__(self, namespace: str, journal: Journal, service_secret: str | None = None) -> None:
         self.namespace = namespace
         self.journal = journal
+        self.service_secret = service_secret  # DO-006 acts for the person who started the run
 
     async def _call(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
         queen = find_actor(QUEEN_NAME, self.namespace)
         if queen is None:
             raise DeployerUnavailable("the queen is not running")
+        # The queen's approvals take no token yet (governance's API); its other calls check DO-006's secret.
+        identified = {} if method == "approve" else {"token": self.service_secret}
         try:
-            return await call(getattr(queen, method).remote(*args), timeout_s)
+            return await call(getattr(queen, method).remote(*args, **identified), timeout_s)
         except (RayActorError, ActorUnavailableError, GetTimeoutError, TimeoutError) as error:
             raise DeployerUnavailable(f"{method}: {type(error).__name__}: {error}") from error
         except RayTaskError as error:  # the queen refused: its own exception, not Ray's wrapper
@@ -114,10 +117,12 @@ class QueenDeployer:
 class PipelineRuns:
     """The runs one DO-006 actor drives: started by ``start``, continued by ``resume_all`` at start-up."""
 
-    def __init__(self, config: EnterpriseConfig, journal: Journal, namespace: str) -> None:
+    def __init__(
+        self, config: EnterpriseConfig, journal: Journal, namespace: str, service_secret: str | None = None
+    ) -> None:
         self.config = config
         self.journal = journal
-        self.deployer = QueenDeployer(namespace, journal)
+        self.deployer = QueenDeployer(namespace, journal, service_secret)
         self.checker = HttpChecker()
         self.approve = ApproveStage(Approvals(journal, config.roles))
         commands = CommandStage(SubprocessRunner(), Path(journal.path).parent / "pipelines")
@@ -173,13 +178,14 @@ class PipelineRuns:
         names = {*self.config.environments, *(str(r["name"]) for r in registered)}
         return {name: environment_of(self.config, registered, name) for name in names}
 
-    def start(self, run: RunInput, template: PipelineTemplate | None = None) -> str:
+    def template(self, name: str) -> PipelineTemplate:
+        if name not in self.config.pipelines:
+            known = ", ".join(sorted(self.config.pipelines)) or "none"
+            raise ValueError(f"unknown pipeline '{name}'; the configured pipelines are {known}")
+        return self.config.pipelines[name]
+
+    def start(self, run: RunInput, template: PipelineTemplate) -> str:
         """Expand, journal and start a run; bad input is refused before anything is journaled."""
-        if template is None:
-            if run.name not in self.config.pipelines:
-                known = ", ".join(sorted(self.config.pipelines)) or "none"
-                raise ValueError(f"unknown pipeline '{run.name}'; the configured pipelines are {known}")
-            template = self.config.pipelines[run.name]
         environments = self.environments()
         spec = build_spec(self.config, template, run, environments)
         version = config_version(self.config.source, self.config.sha256)

@@ -21,9 +21,12 @@ from client.cli import (
     EXIT_OK,
     _artifact_from_args,
     _change_record,
+    _local,
+    _token,
     add_artifact_arguments,
 )
-from client.driver import ArtifactLike, DeploymentOrchestrator, read_journal
+from client.driver import ArtifactLike, DeploymentOrchestrator
+from engine.identity import AccessRole
 from engine.pipeline import find_pipeline, read_pipeline
 from engine.pipeline_state import PipelinePhase, PipelineStatus, StageStatus, status_of
 
@@ -62,7 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     environments = None
     if args.environments:
         environments = [e.strip() for e in args.environments.split(",") if e.strip()]
-    orch = DeploymentOrchestrator(config_path=args.config)
+    orch = DeploymentOrchestrator(config_path=args.config, token=_token(args))
     change = _change_record(args)
     pipeline_id = orch.start_pipeline(args.name, _artifacts(args), environments, change_record=change)
     if args.no_wait:
@@ -74,11 +77,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     if args.wait:
-        orch = DeploymentOrchestrator(config_path=args.config)
+        orch = DeploymentOrchestrator(config_path=args.config, token=_token(args))
         status = orch.wait_pipeline(args.pipeline_id, args.timeout)
-    else:
-        journal = read_journal(args.config)
-        status = status_of(read_pipeline(journal, find_pipeline(journal, args.pipeline_id)))
+    else:  # from the journal file, as `status` reads a deployment's (a viewer's token is checked here too)
+        local = _local(args)
+        local.require(AccessRole.VIEWER, "pipeline_status")
+        pipeline_id = find_pipeline(local.journal, args.pipeline_id)
+        status = status_of(read_pipeline(local.journal, pipeline_id))
     if not args.json:
         print(show_pipeline(status))
     return _finish(status, args.json)

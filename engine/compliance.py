@@ -31,7 +31,7 @@ from pydantic import Field
 
 from engine.approvals import ApprovalRequest, Approvals, ApprovalState
 from engine.artifacts import Check
-from engine.journal import Journal, UnknownDeploymentError
+from engine.journal import GENESIS, Journal, UnknownDeploymentError
 from engine.models import ChangeRecord, ComplianceLevel, ConfigVersion, Governance, Model
 from engine.platform import SERVES_TLS
 from engine.state import DeploymentState, EventKind
@@ -99,7 +99,7 @@ def audit_status(journal: Journal, clock: Callable[[], float] = time.time) -> Au
     """The one place the compliance gate and reports ask whether the audit trail is intact (today the
     journal's hash chain; signed checkpoints join here)."""
     intact, bad = journal.verify_chain()
-    seq, digest = journal.head()
+    seq, digest = journal.head() or (0, GENESIS)
     return AuditStatus(
         intact=intact, events=seq, head_seq=seq, head_hash=digest, first_bad_seq=bad, checked_at=clock()
     )

@@ -21,6 +21,8 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 from pydantic.alias_generators import to_camel, to_snake
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from engine.audit import AuditSettings
+from engine.identity import AccessGrants, access_problems
 from engine.models import (
     SUPPORTED_PLATFORMS,
     ApprovalWorkflow,
@@ -124,6 +126,10 @@ class EnterpriseConfig(Model):
         description="key id -> ed25519 public key (PEM, OpenSSH 'ssh-ed25519 ...', base64, or file:/path)",
     )
     scanners: ScannerSettings = Field(default_factory=ScannerSettings)
+    access: dict[str, AccessGrants] = Field(
+        default_factory=dict, description="environment (or pattern) -> role -> people (engine/identity.py)"
+    )
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     _source: Path | None = PrivateAttr(default=None)
     _sha256: str | None = PrivateAttr(default=None)
@@ -156,6 +162,7 @@ class EnterpriseConfig(Model):
             *self._unknown_approver_groups(),
             *self._governance_problems(),
             *self._pipeline_problems(),
+            *access_problems(self.access, self.environments, self.roles),
         ]
         if problems:
             summary = "; ".join(f"{path}: {message}" for path, message in problems)
@@ -284,9 +291,21 @@ class EnterpriseConfig(Model):
 
     def journal_path(self) -> Path:
         """The journal file: ``journal.path`` (relative to the config file) or $ORCH_HOME/journal.db."""
-        if self.journal.path is None:
-            return orchestrator_home() / "journal.db"
-        path = Path(self.journal.path).expanduser()
+        return self._file_setting(self.journal.path, "journal.db")
+
+    def audit_key_path(self) -> Path:
+        """The audit signing key: ``audit.signingKey`` or $ORCH_HOME/audit/signing-key.pem."""
+        return self._file_setting(self.audit.signing_key, "audit/signing-key.pem")
+
+    def audit_checkpoints_path(self) -> Path:
+        """The signed checkpoints: ``audit.checkpoints`` or $ORCH_HOME/audit/checkpoints.jsonl."""
+        return self._file_setting(self.audit.checkpoints, "audit/checkpoints.jsonl")
+
+    def _file_setting(self, value: str | None, default: str) -> Path:
+        """A configured file (relative to the config file) or ``default`` under $ORCH_HOME."""
+        if value is None:
+            return orchestrator_home() / default
+        path = Path(value).expanduser()
         if not path.is_absolute() and self._source is not None:
             path = self._source.parent / path
         return path
@@ -591,6 +610,10 @@ def write_isolated_config(
     scanner = (data.get("scanners") or {}).get("vulnerability")
     if isinstance(scanner, dict) and not (scanner.get("workingDir") or scanner.get("working_dir")):
         scanner["workingDir"] = str(original.resolve().parent)  # its relative paths keep working
+    data.setdefault("audit", {}).update(
+        signingKey=str(folder / "audit" / "signing-key.pem"),
+        checkpoints=str(folder / "audit" / "checkpoints.jsonl"),
+    )
     data["platforms"]["local"]["settings"] = {
         "stateDir": str(folder / "platforms"),
         "frontendPortRange": list(frontend_ports),

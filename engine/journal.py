@@ -14,11 +14,11 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.models import Artifact, DeploymentRequest, Phase
 from engine.pipeline_state import PipelineEvent, PipelineEventKind
@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS pipeline_events (
 );
 CREATE INDEX IF NOT EXISTS pipeline_events_by_id ON pipeline_events (pipeline_id, seq);
 """
-_GENESIS = "0" * 64
+GENESIS = "0" * 64
 PARSED_STATES = 64  # states kept parsed per journal connection (by deployment), while their row is unchanged
 
 
@@ -90,6 +90,31 @@ class RecordEvent:
 def _event_hash(prev: str, deployment_id: str, at: float, kind: str, actor: str, data: str) -> str:
     payload = json.dumps([prev, deployment_id, repr(at), kind, actor, data], separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class ChainRow(NamedTuple):
+    """One event as stored, with the fields its hash covers (what verifiers and exports need)."""
+
+    seq: int
+    subject: str  # the deployment id, or what an audit entry is about
+    at: float
+    kind: str
+    actor: str
+    data: str  # the canonical JSON the hash covers
+    prev_hash: str
+    hash: str
+
+    def recomputed_hash(self) -> str:
+        return _event_hash(self.prev_hash, self.subject, self.at, self.kind, self.actor, self.data)
+
+
+def first_broken(rows: Iterable[ChainRow], prev: str = GENESIS) -> ChainRow | None:
+    """The first row that does not follow ``prev`` or whose content does not match its hash, or None."""
+    for row in rows:
+        if row.prev_hash != prev or row.recomputed_hash() != row.hash:
+            return row
+        prev = row.hash
+    return None
 
 
 class Journal:
@@ -165,6 +190,14 @@ class Journal:
         )
         return new
 
+    def append_event(
+        self, subject: str, kind: EventKind, data: dict[str, Any] | None = None, actor: str = "system"
+    ) -> int:
+        """Append one chained event that belongs to no deployment's state (audit entries: refusals, tokens,
+        configuration changes, checkpoints). Returns its sequence number."""
+        with self._transaction() as db:
+            return self._insert(db, subject, self._now(), kind, actor, data or {})
+
     def _insert(
         self,
         db: sqlite3.Connection,
@@ -178,7 +211,7 @@ class Journal:
         """Append to a hash-chained stream: (table, id column) of deployments' or pipelines' events."""
         table, key = stream
         last = db.execute(f"SELECT hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
-        prev = last[0] if last else _GENESIS
+        prev = last[0] if last else GENESIS
         body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
         digest = _event_hash(prev, deployment_id, at, kind.value, actor, body)
         cursor = db.execute(
@@ -308,12 +341,6 @@ class Journal:
                 self._append_in(db, event.deployment_id, event.kind, facts, event.actor)
         return data
 
-    def head(self) -> tuple[int, str]:
-        """The chain's last event: (seq, hash); (0, the genesis hash) when empty."""
-        with self._lock:
-            row = self._db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        return (int(row[0]), str(row[1])) if row else (0, _GENESIS)
-
     def records(self, kind: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
@@ -347,19 +374,45 @@ class Journal:
             if row is not None and json.loads(row[0])["owner"] == owner:
                 db.execute("DELETE FROM records WHERE kind = 'lease' AND key = ?", (name,))
 
-    def verify_chain(self, stream: tuple[str, str] = ("events", "deployment_id")) -> tuple[bool, int | None]:
-        """Recompute every hash; returns (True, None) or (False, first bad seq)."""
-        prev = _GENESIS
-        table, key = stream
+    def verify_chain(self, anchor: str = GENESIS) -> tuple[bool, int | None]:
+        """Recompute every hash from ``anchor`` (the hash before the first kept event: GENESIS unless old
+        events were pruned); returns (True, None) or (False, first bad seq)."""
+        bad = first_broken(self.chain(), anchor)
+        return (True, None) if bad is None else (False, bad.seq)
+
+    def chain(self, after_seq: int = 0, limit: int | None = None) -> list[ChainRow]:
+        """The events as stored (seq order), with every field their hashes cover."""
+        query = "SELECT seq, deployment_id, at, kind, actor, data, prev_hash, hash FROM events WHERE seq > ?"
+        query += " ORDER BY seq LIMIT ?"
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT seq, {key}, at, kind, actor, data, prev_hash, hash FROM {table} ORDER BY seq"
-            ).fetchall()
-        for seq, deployment_id, at, kind, actor, data, prev_hash, digest in rows:
-            if prev_hash != prev or _event_hash(prev, deployment_id, at, kind, actor, data) != digest:
-                return False, int(seq)
-            prev = digest
-        return True, None
+            rows = self._db.execute(query, (after_seq, -1 if limit is None else limit)).fetchall()
+        return [ChainRow(*row) for row in rows]
+
+    def head(self) -> tuple[int, str] | None:
+        """The newest event's (seq, hash), or None when the journal is empty."""
+        with self._lock:
+            row = self._db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def prune(self, before_seq: int) -> int:
+        """Delete the events before ``before_seq`` and the finished deployments whose events all came
+        before it (retention); returns how many events went. The caller anchors the chain first."""
+        with self._transaction() as db:
+            active = db.execute("SELECT MIN(submitted_seq) FROM deployments WHERE active = 1").fetchone()[0]
+            newest = db.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+            if active is not None and before_seq > int(active):
+                raise ValueError(f"cannot prune to seq {before_seq}: an active deployment began at {active}")
+            if newest is None or before_seq > int(newest):
+                # The newest event stays: new events chain from it.
+                raise ValueError(f"cannot prune up to seq {before_seq}: the newest event is {newest}")
+            removed = db.execute("DELETE FROM events WHERE seq < ?", (before_seq,)).rowcount
+            db.execute(
+                "DELETE FROM deployments WHERE active = 0 AND deployment_id NOT IN "
+                "(SELECT DISTINCT deployment_id FROM events)"
+            )
+        with self._lock:
+            self._parsed.clear()
+        return int(removed)
 
     # ---------------------------------------------------------------------------------- pipelines
     def append_pipeline_event(
@@ -403,6 +456,16 @@ class Journal:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
         return [str(r[0]) for r in rows]
+
+    def verify_pipeline_chain(self) -> tuple[bool, int | None]:
+        """The pipelines' own hash chain, recomputed like the deployments' one (``verify_chain``)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, pipeline_id, at, kind, actor, data, prev_hash, hash FROM pipeline_events "
+                "ORDER BY seq"
+            ).fetchall()
+        bad = first_broken(ChainRow(*row) for row in rows)
+        return (True, None) if bad is None else (False, bad.seq)
 
 
 PIPELINE_STREAM = ("pipeline_events", "pipeline_id")

@@ -163,6 +163,7 @@ class EventKind(str, Enum):
     APPROVAL_EXPIRED = "approval_expired"
     ARTIFACT_VERIFIED = "artifact_verified"
     COMPLIANCE_CHECKED = "compliance_checked"
+    AUDIT = "audit"  # an audit entry of no deployment's state (engine/audit.py): its data names the action
 
 
 class Event(Model):
@@ -318,4 +319,5 @@ _APPLY = {
     EventKind.APPROVAL_EXPIRED: _approval,
     EventKind.ARTIFACT_VERIFIED: _nothing,
     EventKind.COMPLIANCE_CHECKED: _nothing,
+    EventKind.AUDIT: _nothing,
 }

@@ -78,7 +78,8 @@ def test_each_ci_file_runs_the_documented_command(name: str) -> None:
     lines = [line for line, _ in found]
     describe = next(i for i, text in enumerate(lines) if text.startswith("examples/ci/describe_artifact.sh"))
     sign = next(i for i, text in enumerate(lines) if " artifacts sign " in text)
-    assert describe < sign < lines.index(line)
+    token = next(i for i, text in enumerate(lines) if "> .orch-token" in text)
+    assert describe < sign < lines.index(line) and token < lines.index(line)
 
 
 def test_the_documented_command_is_one_the_cli_takes() -> None:
@@ -92,6 +93,7 @@ def test_the_documented_command_is_one_the_cli_takes() -> None:
     assert (args.cmd, args.pipeline_cmd, args.name) == ("pipeline", "run", "production-pipeline")
     assert args.environments == "development,staging,production"
     assert args.change_id == "$CHANGE_ID" and args.change_summary == "$CHANGE_SUMMARY"
+    assert args.token_file == ".orch-token"  # the CI's orchestrator token, written just before
     config = load_config(DEFAULT_CONFIG_FILE)
     assert args.name in config.pipelines
     assert set(args.environments.split(",")) <= set(config.environments)
