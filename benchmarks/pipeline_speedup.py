@@ -414,10 +414,17 @@ def main() -> int:
     parser.add_argument("--step-seconds", type=float, default=2.0, help="the canary's analysis step")
     parser.add_argument("--smoke-requests", type=int, default=10)
     parser.add_argument("--rps", type=float, default=8.0, help="live requests per second per service")
-    parser.add_argument("--warm-runners", type=int, default=CONCURRENCY_LIMIT)
+    parser.add_argument(
+        "--warm-runners",
+        type=int,
+        default=-1,
+        help="standby runners (default: one per service, as many as run at once; idle ones cost CPU)",
+    )
     args = parser.parse_args()
     if args.repetitions < 3:
         parser.error("--repetitions: at least 3, so that the spread means something")
+    if args.warm_runners < 0:
+        args.warm_runners = min(args.services, CONCURRENCY_LIMIT)
     started = time.time()
     result = {
         "commit": commit(),
