@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
 import time
-import uuid
 from typing import Any
 
 import ray
@@ -15,6 +15,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.common import QUEEN_NAME, call, find_actor, kill_quietly, worker_name
 from actors.health import HealthMonitor, HealthReport
+from actors.pipelines import PipelineRuns
 from adapters import create_platform
 from engine.analysis import Measurement, judge
 from engine.config import load_config
@@ -22,8 +23,6 @@ from engine.identity import AccessControl, AccessRole
 from engine.journal import Journal
 from engine.models import (
     SUPPORTED_PLATFORMS,
-    Artifact,
-    DeploymentRequest,
     Environment,
     Model,
     Phase,
@@ -33,6 +32,9 @@ from engine.models import (
     StrategyType,
     Thresholds,
 )
+from engine.pipeline_model import PipelineTemplate
+from engine.pipeline_spec import RunInput
+from engine.pipeline_state import PipelineStatus
 from engine.plans import build_plan
 from engine.platform import MetricSnapshot, PlatformError
 from engine.readiness import (
@@ -410,77 +412,48 @@ class PlatformRegistryImpl(_Worker):
 
 
 # ---------------------------------------------------------------------------------------- DO-006
-class PipelineStage(Model):
-    environment: str
-    strategy: Strategy
-    platform: PlatformConfig
-
-
-class PipelineStatus(Model):
-    pipeline_id: str
-    stages: list[str]
-    current: int
-    deployments: list[str]
-    state: str
-    message: str = ""
-
-
 class PipelineOrchestratorImpl(_Worker):
-    """DO-006: stages in order (e.g. development -> staging -> production); a stage that fails stops it."""
+    """DO-006: pipeline runs (a graph of build, test, deploy, validate, approve and compliance stages),
+    journaled and continued after any restart; the logic is ``engine.pipeline``."""
 
     def __init__(self, config_path: str | None, journal_path: str, service_secret: str | None = None) -> None:
         super().__init__(config_path, journal_path, service_secret)
-        self.pipelines: dict[str, PipelineStatus] = {}
+        self.runs = PipelineRuns(self.config, self.journal, self.namespace, service_secret)
+        self.started = asyncio.Event()
+        asyncio.get_running_loop().create_task(self._resume())
+
+    async def _resume(self) -> None:
+        try:
+            self.runs.resume_all()
+        finally:
+            self.started.set()
 
     async def start_pipeline(
-        self, artifact: Artifact, stages: list[PipelineStage], by: str, token: str | None = None
+        self, run: RunInput, template: PipelineTemplate | None = None, token: str | None = None
     ) -> str:
-        envs = [s.environment for s in stages]
-        by = self.access.require_each(token, AccessRole.DEPLOYER, envs, "start_pipeline").acting_as(by)
-        pipeline_id = f"pipeline-{uuid.uuid4().hex[:10]}"
-        self.pipelines[pipeline_id] = PipelineStatus(
-            pipeline_id=pipeline_id,
-            stages=[s.environment for s in stages],
-            current=0,
-            deployments=[],
-            state="running",
-        )
-        asyncio.get_running_loop().create_task(self._run(pipeline_id, artifact, stages, by))
-        return pipeline_id
+        """A deployer in every environment of the run starts it; it is recorded as theirs."""
+        await asyncio.wait_for(self.started.wait(), timeout=60)
+        chosen = template or self.runs.template(run.name)
+        environments = list(run.environments or chosen.environments)
+        who = self.access.require_each(token, AccessRole.DEPLOYER, environments, "start_pipeline")
+        run = dataclasses.replace(run, requested_by=who.acting_as(run.requested_by))
+        return self.runs.start(run, chosen)
 
-    async def _run(self, pipeline_id: str, artifact: Artifact, stages: list[PipelineStage], by: str) -> None:
-        status = self.pipelines[pipeline_id]
-        queen = find_actor(QUEEN_NAME, self.namespace)
-        if queen is None:
-            status.state, status.message = "failed", "the queen is not running"
-            return
-        for index, stage in enumerate(stages):
-            status.current = index
-            request = DeploymentRequest(
-                artifact=artifact,
-                strategy=stage.strategy,
-                environment=stage.environment,
-                platform=stage.platform,
-                requested_by=by,
-            )
-            deployment_id = await call(queen.submit.remote(request, token=self.service_secret), 60)
-            status.deployments.append(deployment_id)
-            deadline = time.monotonic() + stage.strategy.progress_deadline / 1000 * 10
-            result = await call(queen.wait.remote(deployment_id, 3600.0, self.service_secret), 3700.0)
-            while result.phase.value not in ("succeeded", "rolled_back", "failed", "aborted"):
-                if time.monotonic() > deadline:
-                    break
-                result = await call(queen.wait.remote(deployment_id, 3600.0, self.service_secret), 3700.0)
-            if result.phase.value != "succeeded":
-                status.state, status.message = "failed", f"stage {stage.environment}: {result.phase.value}"
-                return
-        status.state = "succeeded"
+    async def approval_decided(self, subject: str, token: str | None = None) -> None:
+        """The queen recorded a decision on ``subject``: an approve stage waiting for it looks now."""
+        self.access.require_system(token, action="approval_decided")
+        self.runs.approve.decided(subject)
 
     async def pipeline_status(self, pipeline_id: str, token: str | None = None) -> PipelineStatus:
         self.access.require(token, AccessRole.VIEWER, action="pipeline_status")
-        if pipeline_id not in self.pipelines:
-            raise ValueError(f"unknown pipeline '{pipeline_id}'")
-        return self.pipelines[pipeline_id]
+        return self.runs.status(pipeline_id)
+
+    async def wait_pipeline(
+        self, pipeline_id: str, timeout_s: float, token: str | None = None
+    ) -> PipelineStatus:
+        self.access.require(token, AccessRole.VIEWER, action="wait_pipeline")
+        await asyncio.wait_for(self.started.wait(), timeout=60)
+        return await self.runs.wait(pipeline_id, timeout_s)
 
 
 _OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1}

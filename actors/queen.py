@@ -225,6 +225,7 @@ class QueenImpl:
         person; a deployment whose approval completes is admitted at once."""
         decided = decide_as(self.access, token, self.approvals, subject, person, group, comment, approve=True)
         self.admission.admit()
+        self._tell_pipelines(decided.subject)
         return decided
 
     async def reject(
@@ -235,7 +236,14 @@ class QueenImpl:
             self.access, token, self.approvals, subject, person, group, comment, approve=False
         )
         self.admission.admit()
+        self._tell_pipelines(decided.subject)
         return decided
+
+    def _tell_pipelines(self, subject: str) -> None:
+        """A pipeline's approve stage waits in DO-006 for its subject's decisions: wake it (no reply)."""
+        pipelines = self.workers.get("DO-006")
+        if pipelines is not None:
+            pipelines.approval_decided.remote(subject, token=self.service_secret)
 
     async def approval_requests(
         self,

@@ -80,3 +80,30 @@ class HttpSmokeTester:
             results = list(pool.map(lambda url: _get(url, self.timeout_s, self.context), urls))
         ok = sum(results)
         return ok, len(results) - ok
+
+
+class HttpChecker:
+    """Pipeline validate stages: one GET, judged on its status and (optionally) a text in the body."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    async def check(self, url: str, expect_status: int, contains: str | None, timeout_s: float) -> str | None:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                body = await response.text(errors="replace")
+        except TimeoutError:
+            return f"timed out after {timeout_s:g}s"
+        except aiohttp.ClientError as error:
+            return f"{type(error).__name__}: {str(error)[:200]}"
+        if response.status != expect_status:
+            return f"HTTP {response.status}, expected {expect_status}"
+        if contains is not None and contains not in body:
+            return f"the answer does not contain {contains!r}"
+        return None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

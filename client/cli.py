@@ -39,6 +39,8 @@ python orchestrator.py status|history|rollback|promote|pause|resume|abort ...
 python orchestrator.py approvals | approve ID --group G | reject ID --group G --comment WHY
 python orchestrator.py artifacts SERVICE | artifacts sign --artifact FILE --key KEY | artifacts keygen
 python orchestrator.py report ID [--json]
+python orchestrator.py pipeline run production-pipeline --artifact artifact.yaml --environments a,b,c
+python orchestrator.py pipeline status PIPELINE_ID
 python orchestrator.py token bootstrap|issue|revoke|list ...
 python orchestrator.py audit verify|export|prune|checkpoint ...
 """
@@ -417,6 +419,16 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return run_quickstart(config_path=args.config, keep=args.keep, step_seconds=args.step_seconds)
 
 
+def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifact", help="YAML/JSON file with the artifact (name, version, command, ...)")
+    parser.add_argument("--service", help="artifact name (the service)")
+    parser.add_argument("--version", help="artifact version")
+    parser.add_argument("--command", help="the command that runs one replica (PORT is in its environment)")
+    parser.add_argument("--workdir", help="working folder of the command")
+    parser.add_argument("--source", help="where the artifact comes from (image, zip, URL)")
+    parser.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment of the service")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator.py", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -429,13 +441,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     deploy = sub.add_parser("deploy", help="deploy a revision and follow it to the end")
-    deploy.add_argument("--artifact", help="YAML/JSON file with the artifact (name, version, command, ...)")
-    deploy.add_argument("--service", help="artifact name (the service)")
-    deploy.add_argument("--version", help="artifact version")
-    deploy.add_argument("--command", help="the command that runs one replica (PORT is in its environment)")
-    deploy.add_argument("--workdir", help="working folder of the command")
-    deploy.add_argument("--source", help="where the artifact comes from (image, zip, URL)")
-    deploy.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment of the service")
+    add_artifact_arguments(deploy)
     deploy.add_argument("--strategy", default="canary", help="canary | blue_green | rolling")
     deploy.add_argument(
         "--set",
@@ -472,6 +478,9 @@ def _parser() -> argparse.ArgumentParser:
         control.add_argument("--json", action="store_true")
         control.set_defaults(func=_cmd_control, action=action)
     _governance_parsers(sub)
+    from client.pipeline_cli import add_pipeline_commands
+
+    add_pipeline_commands(sub)
     _token_parser(sub)
     _audit_parser(sub)
     quick = sub.add_parser("quickstart", help="deploy the sample service: v1, a good canary, a bad canary")

@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from engine.config import load_config
 from engine.journal import Journal
 from engine.models import (
     Artifact,
+    ChangeRecord,
     DeploymentRequest,
     DeploymentResult,
     DeploymentStatus,
@@ -47,12 +48,53 @@ from engine.models import (
     Strategy,
 )
 from engine.one_journal import identity_mismatch, queen_identity
+from engine.pipeline_model import PipelineTemplate
+from engine.pipeline_spec import RunInput
+from engine.pipeline_state import PipelineDeploymentResult, PipelinePhase, PipelineStatus
 from engine.requests import build_request
 
 REPO = Path(__file__).resolve().parent.parent
 CALL_TIMEOUT_S = 60.0
 log = logging.getLogger("orchestrator")
 ProgressCallback = Callable[[DeploymentStatus], None]
+ArtifactLike = Artifact | dict[str, Any]
+EnvironmentLike = str | Environment | dict[str, Any]
+_PIPELINE_ACTIVE = (PipelinePhase.RUNNING, PipelinePhase.ROLLING_BACK)
+
+
+class PipelineResults(list[PipelineDeploymentResult]):
+    """One result per deployment of a pipeline run (the seed's ``results.forEach``), plus the run itself."""
+
+    def __init__(self, status: PipelineStatus) -> None:
+        super().__init__(status.results)
+        self.pipeline = status
+
+    @property
+    def pipeline_id(self) -> str:
+        return self.pipeline.pipeline_id
+
+    @property
+    def success(self) -> bool:
+        return self.pipeline.success
+
+
+def _artifact(artifact: ArtifactLike) -> Artifact:
+    return Artifact.model_validate(artifact) if isinstance(artifact, dict) else artifact
+
+
+def _artifacts(artifact: ArtifactLike | Sequence[ArtifactLike]) -> list[Artifact]:
+    """One artifact, or one per service."""
+    if isinstance(artifact, Artifact | dict):
+        return [_artifact(artifact)]
+    return [_artifact(a) for a in artifact]
+
+
+def _environment_name(environment: EnvironmentLike) -> str:
+    if isinstance(environment, str):
+        return environment
+    if isinstance(environment, dict):
+        return str(Environment.model_validate(environment).name)
+    return environment.name
 
 
 class ClusterUnreachable(RuntimeError):
@@ -319,36 +361,102 @@ class DeploymentOrchestrator:
         ref = self.worker("DO-004").trigger_rollback.remote(deployment_id, reason, who, token=self._token)
         return self._get(ref)  # type: ignore[no-any-return]
 
+    # ------------------------------------------------------------------------------ pipelines (DO-006)
+    def start_pipeline(
+        self,
+        name: str | PipelineTemplate | dict[str, Any],
+        artifact: ArtifactLike | Sequence[ArtifactLike],
+        environments: Sequence[EnvironmentLike] | None = None,
+        by: str | None = None,
+        pipeline_name: str | None = None,
+        change_record: ChangeRecord | dict[str, Any] | None = None,
+    ) -> str:
+        """Start a run of a pipeline template and return its id at once. ``name``: a template under
+        ``pipelines:`` in enterprise_config.yaml, or a template given here (``pipeline_name`` names its runs).
+        ``artifact``: one artifact (the template's services, or the artifact's own) or one per service.
+        ``environments``: names (or Environment objects) in promotion order; None: the template's.
+        ``change_record``: {id, summary} of the change, carried by every deployment of the run."""
+        template = PipelineTemplate.model_validate(name) if isinstance(name, dict) else name
+        run = RunInput(
+            name=name if isinstance(name, str) else pipeline_name or "pipeline",
+            artifacts=_artifacts(artifact),
+            environments=[_environment_name(e) for e in environments] if environments is not None else None,
+            requested_by=by or os.environ.get("USER", "unknown"),
+            change_record=ChangeRecord.model_validate(change_record) if change_record else None,
+        )
+        templated = None if isinstance(template, str) else template
+        # The first call to DO-006 also waits for its process to start and its runs to be resumed.
+        ref = self.worker("DO-006").start_pipeline.remote(run, templated, token=self._token)
+        return str(self._get(ref, 3 * CALL_TIMEOUT_S))
+
+    def pipeline_status(self, pipeline_id: str) -> PipelineStatus:
+        """A run's stages, deployments and outcome (an id prefix works)."""
+        ref = self.worker("DO-006").pipeline_status.remote(pipeline_id, token=self._token)
+        return self._get(ref)  # type: ignore[no-any-return]
+
+    def wait_pipeline(
+        self,
+        pipeline_id: str,
+        timeout_s: float = 6 * 3600.0,
+        on_progress: Callable[[PipelineStatus], None] | None = None,
+    ) -> PipelineStatus:
+        """Block until the run has its outcome (or ``timeout_s`` passes); DO-006 answers when it ends."""
+        deadline = time.monotonic() + timeout_s
+        status = self.pipeline_status(pipeline_id)
+        poll = 2.0 if on_progress else 60.0
+        while status.state in _PIPELINE_ACTIVE and time.monotonic() < deadline:
+            if on_progress:
+                on_progress(status)
+            wait_s = max(0.0, min(poll, deadline - time.monotonic()))
+            asked = time.monotonic()
+            pipelines = self.worker("DO-006")
+            ref = pipelines.wait_pipeline.remote(pipeline_id, wait_s, token=self._token)
+            status = self._get(ref, wait_s + CALL_TIMEOUT_S)
+            if status.state in _PIPELINE_ACTIVE and time.monotonic() - asked < 1.0:
+                time.sleep(1.0)  # a DO-006 that does not drive this run (yet) answers at once: do not spin
+        if on_progress:
+            on_progress(status)
+        return status
+
+    def deploy_pipeline(
+        self,
+        name: str | PipelineTemplate | dict[str, Any],
+        artifact: ArtifactLike | Sequence[ArtifactLike],
+        environments: Sequence[EnvironmentLike] | None = None,
+        timeout_s: float = 6 * 3600.0,
+        by: str | None = None,
+        on_progress: Callable[[PipelineStatus], None] | None = None,
+        change_record: ChangeRecord | dict[str, Any] | None = None,
+    ) -> PipelineResults:
+        """The seed's ``deployPipeline(name, artifact, [dev, staging, prod])``: run the pipeline to its end
+        and return one result per deployment (``deployment_id``/``deploymentId``, ``success``); the list also
+        carries the whole run as ``.pipeline``."""
+        pipeline_id = self.start_pipeline(name, artifact, environments, by, change_record=change_record)
+        status = self.wait_pipeline(pipeline_id, timeout_s, on_progress)
+        return PipelineResults(status)
+
+    deployPipeline = deploy_pipeline
+
     def run_pipeline(
         self, artifact: Artifact | dict[str, Any], stages: list[dict[str, Any]], timeout_s: float = 3600.0
-    ) -> Any:
-        """Deploy through environments in order (DO-006); a stage that does not succeed stops the rest.
-
-        Each stage: {"environment": ..., "strategy": name or dict, "platform": name or dict}."""
-        from actors.domain import PipelineStage
-
-        built = [
-            PipelineStage.model_validate(
-                build_request(
-                    self.config,
-                    artifact,
-                    s.get("strategy", "rolling"),
-                    s["environment"],
-                    s.get("platform", "local"),
-                ).model_dump(include={"environment", "strategy", "platform"})
-            )
-            for s in stages
-        ]
-        request = Artifact.model_validate(artifact) if isinstance(artifact, dict) else artifact
-        who = os.environ.get("USER", "unknown")
-        pipelines = self.worker("DO-006")
-        pipeline_id = self._get(pipelines.start_pipeline.remote(request, built, who, token=self._token))
-        deadline = time.monotonic() + timeout_s
-        status = self._get(pipelines.pipeline_status.remote(pipeline_id, token=self._token))
-        while status.state == "running" and time.monotonic() < deadline:
-            time.sleep(0.5)
-            status = self._get(pipelines.pipeline_status.remote(pipeline_id, token=self._token))
-        return status
+    ) -> PipelineStatus:
+        """Deploy through environments in order; a stage that does not succeed stops the rest (and rolls its
+        environment back). Each stage: {"environment": ..., "strategy": name or dict, "platform": ...}.
+        A thin form of ``deploy_pipeline``: one deploy stage per environment, each after the one before."""
+        steps = [
+            {
+                "name": f"deploy-{i}",
+                "kind": "deploy",
+                "environments": [s["environment"]],
+                "strategy": s.get("strategy", "rolling"),
+                "platform": s.get("platform", "local"),
+            }
+            for i, s in enumerate(stages)
+        ]  # promotion (sequential) makes each environment wait for the one before it
+        template = PipelineTemplate.model_validate({"stages": steps})
+        environments = [s["environment"] for s in stages]
+        pipeline_id = self.start_pipeline(template, artifact, environments, pipeline_name="stages")
+        return self.wait_pipeline(pipeline_id, timeout_s)
 
     def validate_platform(self, platform: PlatformConfig | str) -> Any:
         config = self.config.platform(platform) if isinstance(platform, str) else platform

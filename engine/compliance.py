@@ -496,17 +496,17 @@ PIPELINE_RECORD = "pipeline"  # a pipeline's journal record: {"deployments": [id
 
 
 def report(journal: Journal, report_id: str, config: EnterpriseConfig | None = None) -> ComplianceReport:
-    """The report of a deployment (id or unique prefix) or of a pipeline (its id)."""
+    """The report of a pipeline (its id) or of a deployment (id or unique prefix). A pipeline first: its id
+    is also the prefix of its deployments' ids."""
+    record = journal.record(PIPELINE_RECORD, report_id)
+    if record is not None:
+        deployments = [str(d) for d in record.get("deployments", [])]
+        subjects = [str(a) for a in record.get("approvals", [])]
+        return pipeline_report(journal, report_id, deployments, subjects, config)
     try:
         return deployment_report(journal, report_id, config)
     except UnknownDeploymentError:
-        pass
-    record = journal.record(PIPELINE_RECORD, report_id)
-    if record is None:
-        raise UnknownReport(report_id)
-    deployments = [str(d) for d in record.get("deployments", [])]
-    subjects = [str(a) for a in record.get("approvals", [])]
-    return pipeline_report(journal, report_id, deployments, subjects, config)
+        raise UnknownReport(report_id) from None
 
 
 def _stamp(at: float | None) -> str:

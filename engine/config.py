@@ -39,6 +39,7 @@ from engine.models import (
     StrategyType,
 )
 from engine.paths import orchestrator_home
+from engine.pipeline_model import PipelineTemplate, StageTemplate, template_problems
 from engine.supervision import SupervisionSettings
 
 CONFIG_ENV_VAR = "ORCH_CONFIG"
@@ -119,6 +120,7 @@ class EnterpriseConfig(Model):
     roles: dict[str, list[str]] = Field(default_factory=dict, description="approver group -> members")
     namespace: str = Field(default="deploy-orchestrator", min_length=1, description="Ray namespace")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    pipelines: dict[str, PipelineTemplate] = Field(default_factory=dict, description="Pipeline templates")
     features: Features = Field(default_factory=Features)
     trusted_keys: dict[str, str] = Field(
         default_factory=dict,
@@ -160,8 +162,9 @@ class EnterpriseConfig(Model):
         problems = [
             *self._name_mismatches(),
             *self._unknown_approver_groups(),
-            *access_problems(self.access, self.environments, self.roles),
             *self._governance_problems(),
+            *self._pipeline_problems(),
+            *access_problems(self.access, self.environments, self.roles),
         ]
         if problems:
             summary = "; ".join(f"{path}: {message}" for path, message in problems)
@@ -191,6 +194,39 @@ class EnterpriseConfig(Model):
                         f"environments.{key}.approvalWorkflow.{workflow.groups_key}[{index}]",
                         f"approver group '{group}' is not defined under 'roles' ({known})",
                     )
+
+    def _pipeline_problems(self) -> Iterable[tuple[str, str]]:
+        for name, template in self.pipelines.items():
+            path = f"pipelines.{name}"
+            if not _PIPELINE_NAME.match(name):
+                yield path, f"'{name}' is not a valid pipeline name: use lower-case letters, digits and '-'"
+            yield from template_problems(path, template, self.environments)
+            for index, stage in enumerate(template.stages):
+                if stage.kind.value == "deploy":
+                    yield from self._deploy_stage_problems(f"{path}.stages[{index}]", stage)
+
+    def _deploy_stage_problems(self, path: str, stage: StageTemplate) -> Iterable[tuple[str, str]]:
+        """A deploy stage's platform and strategy (with its overrides) as a deployment would take them."""
+        strategy = stage.strategy
+        try:
+            self.platform(stage.platform)
+        except ValueError as error:
+            yield f"{path}.platform", str(error)
+        try:
+            if isinstance(strategy, str):
+                self.strategy_for(strategy, stage.settings or None)
+            else:
+                Strategy.model_validate(strategy)
+        except ValidationError as error:
+            for problem in error.errors():  # at the key the stage wrote: its settings, or its strategy
+                if isinstance(strategy, str):
+                    yield explain_error(
+                        f"{path}.settings", problem, strip=_CAMEL_KIND.get(strategy, strategy)
+                    )
+                else:
+                    yield explain_error(f"{path}.strategy", problem, strip="")
+        except ValueError as error:
+            yield f"{path}.strategy", str(error)
 
     def _governance_problems(self) -> Iterable[tuple[str, str]]:
         from engine.governance import configuration_problems  # governance builds on this module
@@ -293,6 +329,10 @@ class EnterpriseConfig(Model):
         top_level = {key: flat.pop(key) for key in list(flat) if key in _STRATEGY_TOP_LEVEL}
         defaults = self.strategy_defaults.for_type(kind).model_dump()
         return Strategy.from_seed(kind.value, _deep_merge(defaults, flat), **top_level)
+
+
+_CAMEL_KIND = {"blue_green": "blueGreen", "bluegreen": "blueGreen", "blue-green": "blueGreen"}
+_PIPELINE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 _STRATEGY_TOP_LEVEL = frozenset({"replicas", "progress_deadline", "max_pause_duration"})

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from engine.models import Artifact, DeploymentRequest, Phase
+from engine.pipeline_state import PipelineEvent, PipelineEventKind
 from engine.state import DeploymentState, Event, EventKind, fold
 
 _SCHEMA = """
@@ -50,6 +51,17 @@ CREATE TABLE IF NOT EXISTS records (
     data TEXT NOT NULL,
     PRIMARY KEY (kind, key)
 );
+CREATE TABLE IF NOT EXISTS pipeline_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pipeline_events_by_id ON pipeline_events (pipeline_id, seq);
 """
 GENESIS = "0" * 64
 PARSED_STATES = 64  # states kept parsed per journal connection (by deployment), while their row is unchanged
@@ -191,16 +203,19 @@ class Journal:
         db: sqlite3.Connection,
         deployment_id: str,
         at: float,
-        kind: EventKind,
+        kind: EventKind | PipelineEventKind,
         actor: str,
         data: dict[str, Any],
+        stream: tuple[str, str] = ("events", "deployment_id"),
     ) -> int:
-        last = db.execute("SELECT hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        """Append to a hash-chained stream: (table, id column) of deployments' or pipelines' events."""
+        table, key = stream
+        last = db.execute(f"SELECT hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
         prev = last[0] if last else GENESIS
         body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
         digest = _event_hash(prev, deployment_id, at, kind.value, actor, body)
         cursor = db.execute(
-            "INSERT INTO events (deployment_id, at, kind, actor, data, prev_hash, hash) "
+            f"INSERT INTO {table} ({key}, at, kind, actor, data, prev_hash, hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (deployment_id, at, kind.value, actor, body, prev, digest),
         )
@@ -274,18 +289,7 @@ class Journal:
             params += (deployment_id,)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
-        return [
-            Event(
-                seq=r[0],
-                deployment_id=r[1],
-                at=r[2],
-                kind=EventKind(r[3]),
-                actor=r[4],
-                data=json.loads(r[5]),
-                hash=r[6],
-            )
-            for r in rows
-        ]
+        return [Event.model_validate(_event_row(r, "deployment_id")) for r in rows]
 
     def phase_counts(self) -> dict[Phase, int]:
         with self._lock:
@@ -443,3 +447,73 @@ class Journal:
         with self._lock:
             self._parsed.clear()
         return int(removed)
+
+    # ---------------------------------------------------------------------------------- pipelines
+    def append_pipeline_event(
+        self,
+        pipeline_id: str,
+        kind: PipelineEventKind,
+        data: dict[str, Any],
+        actor: str = "system",
+        only_first: bool = False,
+    ) -> PipelineEvent | None:
+        """Append to a pipeline's own event stream. ``only_first``: only when the pipeline has no event yet
+        (creating the same pipeline twice records it once); returns None when it was not appended."""
+        with self._transaction() as db:
+            if (
+                only_first
+                and db.execute(
+                    "SELECT 1 FROM pipeline_events WHERE pipeline_id = ? LIMIT 1", (pipeline_id,)
+                ).fetchone()
+            ):
+                return None
+            now = self._now()
+            seq = self._insert(db, pipeline_id, now, kind, actor, data, PIPELINE_STREAM)
+        return PipelineEvent(seq=seq, pipeline_id=pipeline_id, kind=kind, at=now, actor=actor, data=data)
+
+    def pipeline_events(self, pipeline_id: str) -> list[PipelineEvent]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, pipeline_id, at, kind, actor, data, hash FROM pipeline_events "
+                "WHERE pipeline_id = ? ORDER BY seq",
+                (pipeline_id,),
+            ).fetchall()
+        return [PipelineEvent.model_validate(_event_row(r, "pipeline_id")) for r in rows]
+
+    def pipeline_ids(self, unfinished_only: bool = False, prefix: str = "") -> list[str]:
+        """Pipelines in creation order; ``unfinished_only``: those without a finished event."""
+        query = "SELECT pipeline_id FROM pipeline_events WHERE kind = ? AND pipeline_id LIKE ?"
+        if unfinished_only:
+            query += " AND pipeline_id NOT IN (SELECT pipeline_id FROM pipeline_events WHERE kind = ?)"
+        params: tuple[str, ...] = (PipelineEventKind.CREATED.value, prefix + "%")
+        params += (PipelineEventKind.FINISHED.value,) if unfinished_only else ()
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def verify_pipeline_chain(self) -> tuple[bool, int | None]:
+        """The pipelines' own hash chain, recomputed like the deployments' one (``verify_chain``)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, pipeline_id, at, kind, actor, data, prev_hash, hash FROM pipeline_events "
+                "ORDER BY seq"
+            ).fetchall()
+        bad = first_broken(ChainRow(*row) for row in rows)
+        return (True, None) if bad is None else (False, bad.seq)
+
+
+PIPELINE_STREAM = ("pipeline_events", "pipeline_id")
+
+
+def _event_row(row: tuple[Any, ...], key: str) -> dict[str, Any]:
+    """An event row (seq, id, at, kind, actor, data, hash) as the fields of its model."""
+    seq, stream_id, at, kind, actor, data, digest = row
+    return {
+        "seq": seq,
+        key: stream_id,
+        "at": at,
+        "kind": kind,
+        "actor": actor,
+        "data": json.loads(data),
+        "hash": digest,
+    }

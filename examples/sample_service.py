@@ -108,6 +108,9 @@ def main() -> None:
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8080"))
     ThreadingHTTPServer.allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a burst of more concurrent connections (a smoke test, a
+    # router's retries) had SYNs dropped and waited a second for the kernel to send them again.
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer((host, port), Handler)
     # Non-daemon handler threads: server_close() then waits for requests in flight (graceful SIGTERM).
     server.daemon_threads = False

@@ -333,3 +333,119 @@ def test_quickstart_runs_as_the_readme_says(home: dict[str, str]) -> None:
     assert "quickstart passed: promoted the good canary, rolled back the faulty one" in done.stdout
     rows = [(s.request.artifact.version, s.phase()) for s in _journal(home).deployments()]
     assert rows == [("1.0.0", Phase.SUCCEEDED), ("2.0.0", Phase.SUCCEEDED), ("3.0.0", Phase.ROLLED_BACK)]
+
+
+# --------------------------------------------------------------------------------------------
+# Pipelines
+# --------------------------------------------------------------------------------------------
+CLI_PIPELINE = {
+    "environments": ["development"],
+    "stages": [
+        {"name": "deploy", "kind": "deploy", "strategy": {"type": "rolling", "replicas": 1}},
+        {
+            "name": "smoke",
+            "kind": "validate",
+            "dependsOn": ["deploy"],
+            "attempts": 1,
+            "checks": [{"path": "/health"}, {"path": "/", "requests": 20}],
+        },
+    ],
+}
+
+
+def _with_pipeline(env: dict[str, str]) -> dict[str, str]:
+    """The isolated configuration with a quick pipeline of its own (development only: no approval)."""
+    import yaml
+
+    config = Path(env["ORCH_CONFIG"])
+    data = yaml.safe_load(config.read_text())
+    data.setdefault("pipelines", {})["cli-pipeline"] = CLI_PIPELINE
+    config.write_text(yaml.safe_dump(data))
+    return env
+
+
+def _pipeline_args(version: str, *extra: str) -> list[str]:
+    return [
+        "pipeline",
+        "run",
+        "cli-pipeline",
+        "--service",
+        "clipipe",
+        "--version",
+        version,
+        "--command",
+        f"{sys.executable} examples/sample_service.py",
+        "--workdir",
+        str(REPO),
+        *extra,
+    ]
+
+
+def test_pipeline_run_exits_1_when_a_stage_fails_and_its_environment_is_rolled_back(
+    home: dict[str, str],
+) -> None:
+    env = _with_pipeline(home)
+    good = cli(*_pipeline_args("1.0.0"), env=env)
+    assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-3000:]
+    assert "smoke.development.clipipe succeeded" in good.stdout
+    # 2.0.0 fails a third of its requests: the smoke test fails, development goes back to 1.0.0.
+    bad = cli(*_pipeline_args("2.0.0", "--env", "ERROR_RATE=0.34", "--json"), env=env)
+    assert bad.returncode == 1, bad.stdout[-3000:] + bad.stderr[-3000:]
+    status = json.loads(bad.stdout)
+    assert status["state"] == "failed" and status["failed_stage"] == "smoke.development.clipipe"
+    assert status["rolled_back"] == [f"{status['pipeline_id']}.deploy.development.clipipe"]
+    offline = cli("pipeline", "status", status["pipeline_id"][:-2], env=env, timeout=60)
+    assert offline.returncode == 1, offline.stderr
+    assert "rolled back by" in offline.stdout and "-rollback: succeeded" in offline.stdout
+    history = json.loads(cli("history", "--json", "--service", "clipipe", env=env, timeout=60).stdout)
+    assert [(r["target"]["environment"], r["phase"]) for r in history][-1] == ("development", "succeeded")
+    assert history[-1]["deployment_id"].endswith("-rollback")
+    _teardown(env, "clipipe")
+
+
+def test_ray_job_submit_fails_the_job_when_the_pipeline_rolls_back(
+    ray_head: dict[str, str], tmp_path: Path
+) -> None:
+    """The CI examples' command: a pipeline run through `ray job submit` whose stage fails makes
+    `ray job submit` itself exit non-zero, which fails the CI job."""
+    env = _with_pipeline(ray_head)
+    artifact = tmp_path / "artifact.yaml"
+    command = [sys.executable, "examples/sample_service.py"]
+    for version, error_rate, expected in (("1.0.0", "0", 0), ("2.0.0", "0.34", 1)):
+        artifact.write_text(
+            json.dumps(
+                {
+                    "name": "jobpipe",
+                    "version": version,
+                    "command": command,
+                    "workingDir": str(REPO),
+                    "env": {"ERROR_RATE": error_rate},
+                }
+            )
+        )
+        submitted = _job_submit(
+            env, "python", "orchestrator.py", "pipeline", "run", "cli-pipeline", "--artifact", str(artifact)
+        )
+        assert submitted.returncode == expected, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert "smoke.development.jobpipe failed" in submitted.stdout
+    _teardown({k: v for k, v in env.items() if k != "RAY_ADDRESS"}, "jobpipe")
+
+
+def _job_submit(env: dict[str, str], *entrypoint: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        env["RAY_ADDRESS"],
+        "--working-dir",
+        ".",
+        "--",
+        *entrypoint,
+    ]
+    deadline = time.monotonic() + 180
+    while True:  # the head's job agent answers a few seconds after `ray start` returns
+        submitted = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in submitted.stdout + submitted.stderr or time.monotonic() > deadline:
+            return submitted
+        time.sleep(2)
