@@ -14,9 +14,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.common import QUEEN_NAME, call, find_actor, kill_quietly
 from actors.health import HealthMonitor, HealthReport
 from adapters import create_platform
-from engine.analysis import Measurement, judge
 from engine.config import load_config
 from engine.journal import Journal
+from engine.judge import Judgement, TriggerResult, WindowInput, evaluate_triggers, judge_window
 from engine.models import (
     SUPPORTED_PLATFORMS,
     Artifact,
@@ -27,10 +27,10 @@ from engine.models import (
     PlatformConfig,
     Strategy,
     StrategyType,
-    Thresholds,
+    SwitchTrigger,
 )
 from engine.plans import build_plan
-from engine.platform import MetricSnapshot, PlatformError
+from engine.platform import PlatformError
 from engine.state import Step
 
 log = logging.getLogger(__name__)
@@ -164,12 +164,21 @@ class EnvironmentCoordinatorImpl(_Worker):
 
 # ---------------------------------------------------------------------------------------- DO-002
 class BlueGreenEngineImpl(_Worker):
-    """DO-002: blue-green plans and the instant switch back to blue while it is kept."""
+    """DO-002: blue-green plans, the judgement of the switch steps' windows and of the switch triggers at the
+    end of validation (runners call these), and the instant switch back to blue while it is kept."""
 
     async def plan(self, strategy: Strategy, has_stable: bool = True) -> list[Step]:
         if strategy.type is not StrategyType.BLUE_GREEN:
             raise ValueError(f"strategy.type: blue-green engine got '{strategy.type.value}'")
         return build_plan(strategy, has_stable)
+
+    async def judge(self, window: WindowInput) -> Judgement:
+        return _judged_by(judge_window(window), "DO-002")
+
+    async def switch(
+        self, triggers: list[SwitchTrigger], figures: dict[str, float | str | None]
+    ) -> list[TriggerResult]:
+        return evaluate_triggers(triggers, figures)
 
     async def switch_back(self, deployment_id: str, by: str, reason: str = "switch back to blue") -> Any:
         state = self.journal.find(deployment_id)
@@ -187,20 +196,20 @@ class CanaryControllerImpl(_Worker):
             raise ValueError(f"strategy.type: canary controller got '{strategy.type.value}'")
         return build_plan(strategy, has_stable)
 
-    async def judge(
-        self,
-        snapshot: MetricSnapshot,
-        baseline: dict[str, float],
-        success: Thresholds,
-        failure: Thresholds,
-        min_requests: int,
-    ) -> Measurement:
-        return judge(snapshot, baseline, success, failure, min_requests)
+    async def judge(self, window: WindowInput) -> Judgement:
+        """An analysis window's end: thresholds and the comparison with the stable revision (scipy is
+        imported here once, not in every runner)."""
+        return _judged_by(judge_window(window), "DO-003")
 
     async def control(self, deployment_id: str, action: str, by: str, reason: str = "") -> Any:
         if action not in ("pause", "resume", "promote", "promote_full", "abort"):
             raise ValueError(f"unknown canary action '{action}'")
         return await self._queen_control(deployment_id, action, by, reason)
+
+
+def _judged_by(judgement: Judgement, code: str) -> Judgement:
+    judgement.judged_by = code
+    return judgement
 
 
 # ---------------------------------------------------------------------------------------- DO-004

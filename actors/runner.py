@@ -17,7 +17,8 @@ from typing import Any
 
 import ray
 
-from adapters import create_platform
+from actors.delegates import DomainWorkers, WorkerJudge, WorkerPlanner
+from adapters import create_metric_provider, create_platform
 from adapters.http_probe import HttpSmokeTester
 from engine.journal import Journal
 from engine.models import DeploymentStatus
@@ -43,6 +44,7 @@ class DeploymentRunnerImpl:
         self.reconciler: DeploymentReconciler | None = None
         self._wake = threading.Event()
         self._task: asyncio.Future[str] | None = None
+        self.workers = DomainWorkers(ray.get_runtime_context().namespace)
         for record in self.journal.records(ASSIGNMENT):
             if record.get("runner") == self.name:  # restarted after a crash: same name, same deployment
                 self._resume(str(record["deployment_id"]))
@@ -56,7 +58,14 @@ class DeploymentRunnerImpl:
     def _bind(self, deployment_id: str) -> None:
         self.deployment_id = deployment_id
         self.reconciler = DeploymentReconciler(
-            self.journal, deployment_id, create_platform, smoke=HttpSmokeTester(), actor=self.name
+            self.journal,
+            deployment_id,
+            create_platform,
+            smoke=HttpSmokeTester(),
+            actor=self.name,
+            metrics=create_metric_provider,
+            planner=WorkerPlanner(self.workers),
+            judge=WorkerJudge(self.workers),
         )
 
     async def ready(self) -> str:

@@ -52,7 +52,7 @@ from adapters.localhost import (
     reserve_port,
     write_json_atomic,
 )
-from engine.models import Target
+from engine.models import MetricProviderConfig, MetricProviderType, Target
 from engine.platform import MetricSnapshot, PlatformError, TrafficState, TransientPlatformError
 
 MAX_WEIGHT = 256
@@ -66,6 +66,11 @@ _HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%+:@!$,;*-]*$")
 # Admin flags that take a server out of rotation: forced/inherited maintenance, drain, DNS resolution and
 # hostname maintenance. Not 0x04 (configured `disabled`): it stays set after `set server state ready`.
 _OUT_OF_ROTATION = 0x01 | 0x02 | 0x08 | 0x10 | 0x20 | 0x40
+# Every answered request is logged into this ring (a memory buffer read through the runtime API with
+# ``show events``): accept time, server, status and total active time, for latency percentiles per revision.
+REQUEST_LOG_RING = "reqlog"
+REQUEST_LOG_FORMAT = "%Ts.%ms %s %ST %Ta"
+REQUEST_LOG_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,6 +392,17 @@ class HAProxyRouter:
     def close(self) -> None:
         """Nothing to release: HAProxy is meant to outlive this instance."""
 
+    def default_metric_provider(self) -> MetricProviderConfig:
+        return MetricProviderConfig(type=MetricProviderType.HAPROXY)
+
+    def request_log(self, target: Target) -> tuple[str, dict[str, str]] | None:
+        """Where the request log ring is read (the runtime API socket) and which revision each server name
+        serves; None when the target has no router."""
+        state = self._read(target, shared=True)
+        if state is None:
+            return None
+        return state.socket, {f"s{number}": slot.revision for number, slot in state.slots.items()}
+
     # ---- process --------------------------------------------------------------------------
     def _new_state(self, target: Target, health_path: str) -> RouterState:
         port = self.fixed_ports.get(target.key)
@@ -667,6 +683,11 @@ class HAProxyRouter:
             "    maxconn 4096",
             "    hard-stop-after 30s",
             "",
+            f"ring {REQUEST_LOG_RING}",
+            "    format raw",
+            "    maxlen 256",
+            f"    size {REQUEST_LOG_BYTES}",
+            "",
             "defaults",
             "    mode http",
             "    timeout connect 2s",
@@ -681,6 +702,8 @@ class HAProxyRouter:
             "",
             "frontend fe",
             f"    bind {state.bind_host}:{state.port}",
+            f"    log ring@{REQUEST_LOG_RING} local0 info",
+            f'    log-format "{REQUEST_LOG_FORMAT}"',
             # Operator views under a prefix that services are unlikely to use; they bypass the backend.
             "    http-request use-service prometheus-exporter if { path /_router/metrics }",
             "    stats enable",

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from engine.models import Target
+from engine.models import MetricProviderConfig, Target
 from engine.platform import (
     MetricSnapshot,
     Replica,
@@ -158,6 +158,12 @@ class RoutedPlatform:
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         return self.backend.logs(target, revision, lines)
+
+    def default_metric_provider(self) -> MetricProviderConfig:
+        return self.router.default_metric_provider()
+
+    def metric_labels(self, target: Target, revision: str) -> dict[str, str]:
+        return {"service": target.service, "environment": target.environment, "revision": revision}
 
     def close(self) -> None:
         self.backend.close()

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import Field
 
-from engine.models import Artifact, Model, Target
+from engine.models import Artifact, MetricProviderConfig, Model, Target
 
 
 class PlatformError(Exception):
@@ -105,6 +105,13 @@ class PlatformAdapter(Protocol):
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         """Recent logs of a revision, for a failed deployment's report."""
 
+    def default_metric_provider(self) -> MetricProviderConfig:
+        """The metric provider that reads this platform's revisions when a strategy names none."""
+
+    def metric_labels(self, target: Target, revision: str) -> dict[str, str]:
+        """What a metric query template may name for one revision (service, environment, revision, and the
+        platform's own: namespace, function, alias, version...)."""
+
     def close(self) -> None:
         """Release client resources (not the platform's objects)."""
 
@@ -171,6 +178,9 @@ class TrafficRouter(Protocol):
 
     def metrics(self, target: Target) -> dict[str, MetricSnapshot]:
         """Cumulative counters per revision from the router's per-server statistics."""
+
+    def default_metric_provider(self) -> MetricProviderConfig:
+        """The provider that reads this router's statistics (and request log)."""
 
     def remove_frontend(self, target: Target) -> None:
         """Stop the router of a target; no-op when not running."""

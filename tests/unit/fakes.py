@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.models import Target
+from engine.models import MetricProviderConfig, MetricProviderType, Target
 from engine.platform import (
     MetricSnapshot,
     PlatformError,
@@ -122,6 +122,12 @@ class FakePlatform:
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         return ""
+
+    def default_metric_provider(self) -> MetricProviderConfig:
+        return MetricProviderConfig(type=MetricProviderType.PLATFORM)
+
+    def metric_labels(self, target: Target, revision: str) -> dict[str, str]:
+        return {"service": target.service, "environment": target.environment, "revision": revision}
 
     def close(self) -> None:
         return None
