@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.metrics import Capability, PlatformCounters, RevisionFigures, Window, percentile
 from engine.models import MetricProviderConfig, MetricProviderType, Target
 from engine.platform import (
     MetricSnapshot,
@@ -141,3 +142,27 @@ class FakeSmoke:
     def smoke(self, endpoints: list[str], path: str, count: int) -> tuple[int, int]:
         self.calls += 1
         return count - min(count, self.failures), min(count, self.failures)
+
+
+class FakeMetrics(PlatformCounters):
+    """A ``MetricProvider`` over a FakePlatform's counters, with latency samples per revision: as many as
+    the window's requests (at most 400), spread evenly from 0.8 to 1.2 times the revision's latency."""
+
+    name = "fake-metrics"
+    capabilities = frozenset(
+        {Capability.COUNTS, Capability.SERVERS, Capability.LATENCY_PERCENTILE, Capability.LATENCY_SAMPLES}
+    )
+
+    def __init__(self, platform: FakePlatform, latency_ms: dict[str, float]) -> None:
+        super().__init__(platform)
+        self.latency_ms = latency_ms
+
+    def read(self, target: Target, revisions: list[str], window: Window) -> dict[str, RevisionFigures]:
+        figures = super().read(target, revisions, window)
+        for revision, figure in figures.items():
+            count = min(400, figure.requests or 0)
+            base = self.latency_ms.get(revision, 10.0)
+            samples = [base * (0.8 + 0.4 * i / max(1, count - 1)) for i in range(count)]
+            figure.response_time_ms = percentile(samples, window.percentile)
+            figure.latency_samples = samples if window.samples else []
+        return figures
