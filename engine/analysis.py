@@ -22,6 +22,7 @@ from engine.platform import MetricSnapshot, PlatformAdapter
 from engine.state import DeploymentState, Step
 
 MetricsFactory = Callable[[DeploymentRequest, PlatformAdapter], MetricProvider]
+MIN_HEALTH_OBSERVATIONS = 3
 
 
 def platform_counters(request: DeploymentRequest, adapter: PlatformAdapter) -> MetricProvider:
@@ -108,17 +109,26 @@ class WindowReader:
         return self._adapter().metrics(request.target, revision).get(revision)
 
     def observe_health(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> None:
-        """One health observation for the window's availability (the share of the candidate's servers up)."""
+        """One health observation for the window's availability (the share of the candidate's servers up).
+
+        Observations count from the first one with a server up: a router's first health check of a server
+        it was just given (up to its check interval) is the router starting to look, not the candidate
+        down; a candidate never up is the health check's to roll back (``UNHEALTHY_CHECKS`` in a row)."""
         start = state.step_started_at or 0.0
         if self._health[0] != start:
             self._health = (start, 0.0, 0)
-        if snapshot is not None and snapshot.servers_total > 0:
-            _, up, checks = self._health
-            self._health = (start, up + snapshot.servers_up / snapshot.servers_total, checks + 1)
+        if snapshot is None or snapshot.servers_total <= 0:
+            return
+        _, up, checks = self._health
+        share = snapshot.servers_up / snapshot.servers_total
+        if checks or share > 0:
+            self._health = (start, up + share, checks + 1)
 
     def availability(self, state: DeploymentState) -> float | None:
+        """Percent of the window's health observations with the candidate up; None until there are
+        ``MIN_HEALTH_OBSERVATIONS`` (a share of one or two checks says little)."""
         start, up, checks = self._health
-        if start != (state.step_started_at or 0.0) or checks == 0:
+        if start != (state.step_started_at or 0.0) or checks < MIN_HEALTH_OBSERVATIONS:
             return None
         return round(100.0 * up / checks, 3)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters import create_metric_provider
 from engine.journal import Journal
 from engine.models import (
     Artifact,
@@ -24,7 +25,6 @@ from engine.models import (
     Strategy,
     Target,
 )
-from adapters import create_metric_provider
 from engine.platform import PlatformAdapter, RevisionSpec
 from engine.reconciler import DeploymentReconciler, SmokeTester
 from engine.state import DeploymentState, EventKind

@@ -82,7 +82,7 @@ def test_the_request_log_is_followed_not_read_again(
 ) -> None:
     """Each drain returns only the lines logged since the last one: nothing is counted twice."""
     platform, target, _, _ = routed
-    stable, canary = deploy_pair(platform, target, {}, {})
+    stable, _canary = deploy_pair(platform, target, {}, {})
     address = platform.set_traffic(target, {stable: 100}).address
     source = platform.router.request_log(target)  # type: ignore[attr-defined]
     assert source is not None
@@ -106,7 +106,7 @@ def test_the_request_log_is_followed_not_read_again(
 def test_the_platform_names_haproxy_as_its_provider(
     routed: tuple[RoutedPlatform, Target, Path, dict[str, Any]],
 ) -> None:
-    platform, target, state_dir, settings = routed
+    platform, _target, state_dir, settings = routed
     request = DeploymentRequest(
         artifact=Artifact(name="shop", version="1"),
         strategy=Strategy(type="canary"),
