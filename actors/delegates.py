@@ -2,8 +2,9 @@
 blue-green, DO-003 for canary) from a runner's worker thread.
 
 Each call is synchronous (the runner's thread waits, its event loop stays free) and bounded by a short
-deadline. A worker that does not answer in time, is gone, or fails is never the candidate's fault and never
-stalls a deployment: the same plain function answers in the runner's own process, the judgement says so
+deadline (5 s: a call answers in about a millisecond, but a loaded machine can delay one by seconds). A
+worker that does not answer in time, is gone, or fails is never the candidate's fault and never stalls a
+deployment: the same plain function answers in the runner's own process, the judgement says so
 (``judged_by``), and the worker is not asked again for a while. Rolling deployments have no domain worker of
 their own: they are planned and judged in the runner.
 """
@@ -25,7 +26,7 @@ from engine.state import Step
 
 log = logging.getLogger(__name__)
 
-CALL_TIMEOUT_S = 2.0
+CALL_TIMEOUT_S = 5.0
 RETRY_AFTER_S = 30.0
 WORKER_OF = {StrategyType.BLUE_GREEN: "DO-002", StrategyType.CANARY: "DO-003"}
 
