@@ -66,10 +66,11 @@ _HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%+:@!$,;*-]*$")
 # Admin flags that take a server out of rotation: forced/inherited maintenance, drain, DNS resolution and
 # hostname maintenance. Not 0x04 (configured `disabled`): it stays set after `set server state ready`.
 _OUT_OF_ROTATION = 0x01 | 0x02 | 0x08 | 0x10 | 0x20 | 0x40
-# Every answered request is logged into this ring (a memory buffer read through the runtime API with
-# ``show events``): accept time, server, status and total active time, for latency percentiles per revision.
+# Every request is logged into this ring (a memory buffer read through the runtime API with ``show events``):
+# server, status and total active time in ms, for latency percentiles per revision. Nothing else: the
+# reader follows the ring as it is written, so it knows when each line came without a timestamp in it.
 REQUEST_LOG_RING = "reqlog"
-REQUEST_LOG_FORMAT = "%Ts.%ms %s %ST %Ta"
+REQUEST_LOG_FORMAT = "%s %ST %Ta"
 REQUEST_LOG_BYTES = 1 << 20
 
 
@@ -278,6 +279,7 @@ class HAProxyRouter:
         self._reported: dict[tuple[str, int, int, str, str], Counters] = {}
         self._reported_lock = threading.Lock()
         self._states = ParsedFileCache(RouterState)
+        self._log_sources: dict[str, tuple[RouterState, tuple[str, dict[bytes, str]]]] = {}
 
     # ---- public interface ---------------------------------------------------------------
     def _check_binary(self, binary: str) -> None:
@@ -395,13 +397,19 @@ class HAProxyRouter:
     def default_metric_provider(self) -> MetricProviderConfig:
         return MetricProviderConfig(type=MetricProviderType.HAPROXY)
 
-    def request_log(self, target: Target) -> tuple[str, dict[str, str]] | None:
+    def request_log(self, target: Target) -> tuple[str, dict[bytes, str]] | None:
         """Where the request log ring is read (the runtime API socket) and which revision each server name
-        serves; None when the target has no router."""
+        (as logged, in bytes) serves; None when the target has no router. Kept while the state is unchanged:
+        it is asked at every analysis check."""
         state = self._read(target, shared=True)
         if state is None:
             return None
-        return state.socket, {f"s{number}": slot.revision for number, slot in state.slots.items()}
+        known = self._log_sources.get(target.key)
+        if known is not None and known[0] is state:
+            return known[1]
+        source = state.socket, {f"s{number}".encode(): slot.revision for number, slot in state.slots.items()}
+        self._log_sources[target.key] = (state, source)
+        return source
 
     # ---- process --------------------------------------------------------------------------
     def _new_state(self, target: Target, health_path: str) -> RouterState:

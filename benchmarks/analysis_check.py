@@ -21,8 +21,12 @@ CPU per check is over --budget-ms.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import importlib
 import inspect
 import json
+import os
+import pstats
 import statistics
 import subprocess
 import sys
@@ -45,18 +49,30 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--interval-s", type=float, default=2.0, help="the product's analysisInterval")
     parser.add_argument("--rps", type=float, default=40.0)
     parser.add_argument("--budget-ms", type=float, default=2.0, help="mean CPU per check allowed")
+    parser.add_argument("--profile", action="store_true", help="print where the checks' time goes (cProfile)")
+    parser.add_argument(
+        "--seed-thresholds",
+        action="store_true",
+        help="the seed's thresholds (a failure responseTime: every check reads the request log for the p95)",
+    )
     return parser.parse_args()
 
 
-def _strategy(step_s: float) -> dict[str, Any]:
-    canary = {
+SEED_THRESHOLDS = {
+    "successThreshold": {"errorRate": 1, "responseTime": 500, "availability": 99.5, "throughput": 100},
+    "failureThreshold": {"errorRate": 5, "responseTime": 2000, "availability": 95, "consecutiveFailures": 3},
+}
+
+
+def _strategy(step_s: float, seed: bool) -> dict[str, Any]:
+    canary: dict[str, Any] = {
         "initialTrafficPercentage": 10,
         "stepPercentage": 20,
         "maxSteps": 2,
         "stepDuration": int(step_s * 1000),
         "minRequestCount": 5,
     }
-    return {"type": "canary", "replicas": 1, "canary": canary}
+    return {"type": "canary", "replicas": 1, "canary": {**canary, **(SEED_THRESHOLDS if seed else {})}}
 
 
 def _reconciler(modules: dict[str, Any], journal: Any, deployment_id: str, adapter: Any) -> Any:
@@ -106,7 +122,7 @@ def _measure(args: argparse.Namespace, modules: dict[str, Any], folder: Path) ->
     ).start()
     try:
         window_s = args.checks * args.interval_s + 60
-        _submit(modules, journal, "canary", "2.0.0", _strategy(window_s))
+        _submit(modules, journal, "canary", "2.0.0", _strategy(window_s, args.seed_thresholds))
         canary = _reconciler(modules, journal, "canary", adapter)
         analyzing = modules["StepKind"].ANALYZE
 
@@ -117,12 +133,19 @@ def _measure(args: argparse.Namespace, modules: dict[str, Any], folder: Path) ->
 
         _drive_until(canary, in_analysis)
         cpu_ms, wall_ms = [], []
+        profiler = cProfile.Profile() if args.profile else None
         for _ in range(args.checks):
             time.sleep(args.interval_s)
             wall, cpu = time.perf_counter(), time.thread_time()
+            if profiler is not None:
+                profiler.enable()
             canary.reconcile()
+            if profiler is not None:
+                profiler.disable()
             cpu_ms.append((time.thread_time() - cpu) * 1000)
             wall_ms.append((time.perf_counter() - wall) * 1000)
+        if profiler is not None:
+            pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(40)
         window_end = _window_end_cost(canary, journal)
     finally:
         traffic.stop()
@@ -166,15 +189,27 @@ def _window_end_cost(reconciler: Any, journal: Any) -> dict[str, Any]:
     }
 
 
+_NAMES = {
+    "adapters": ("create_platform",),
+    "engine.journal": ("Journal",),
+    "engine.models": ("Artifact", "DeploymentRequest", "PlatformConfig", "Strategy", "Target"),
+    "engine.reconciler": ("DeploymentReconciler",),
+    "engine.state": ("EventKind", "StepKind"),
+    "examples.traffic": ("TrafficGenerator",),
+}
+
+
 def _modules(repo: str, folder: Path) -> dict[str, Any]:
+    """The names the measurement uses, imported from ``repo``'s code."""
     sys.path.insert(0, repo)
-    from engine.models import PlatformConfig
-
-    modules = dict(locals())
-    import adapters
-
-    modules["create_metric_provider"] = getattr(adapters, "create_metric_provider", None)
-    modules["config"] = PlatformConfig(
+    modules: dict[str, Any] = {}
+    for module_name, names in _NAMES.items():
+        module = importlib.import_module(module_name)
+        modules.update({name: getattr(module, name) for name in names})
+    modules["create_metric_provider"] = getattr(
+        importlib.import_module("adapters"), "create_metric_provider", None
+    )
+    modules["config"] = modules["PlatformConfig"](
         type="local",
         settings={
             "stateDir": str(folder / "state"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from engine.judge import TriggerResult, WindowInput, evaluate_triggers, figures_of
+from engine.judge import TriggerResult, WindowInput, breaches_failure, evaluate_triggers, figures_of
 from engine.metrics import Capability, MetricProvider, PlatformCounters, RevisionFigures, Window
 from engine.models import AnalysisSettings, DeploymentRequest, Strategy
 from engine.platform import MetricSnapshot, PlatformAdapter
@@ -89,13 +89,17 @@ class WindowReader:
         return dict(self.provider(request).baseline(request.target, compared_revisions(state)))
 
     def _window(self, state: DeploymentState, samples: bool) -> Window:
+        """The window so far; a frequent check asks for the latency percentile only when a failure threshold
+        needs it (validation's triggers always may)."""
         settings = analysis_settings(state.request.strategy)
+        needs_latency = samples or settings.failure_threshold.response_time is not None
         return Window(
             start=state.step_started_at or self._now(),
             end=self._now(),
             baselines=journaled_baselines(state),
             percentile=settings.response_time_percentile,
             samples=samples,
+            latency=needs_latency or state.request.strategy.blue_green is not None,
         )
 
     def candidate_snapshot(self, state: DeploymentState) -> MetricSnapshot | None:
@@ -132,14 +136,16 @@ class WindowReader:
             return None
         return round(100.0 * up / checks, 3)
 
-    def in_window(self, state: DeploymentState) -> WindowInput | None:
-        """This check's input for the frequent failure-threshold check (candidate only, no samples)."""
-        if self.figures is None:
-            return None
+    def failing(self, state: DeploymentState) -> WindowInput | None:
+        """This check's input when a failure threshold is breached (candidate only, no samples); None
+        otherwise. The frequent checks pay for plain arithmetic only."""
         settings = analysis_settings(state.request.strategy)
+        availability = self.availability(state)
+        if self.figures is None or not breaches_failure(self.figures, availability, settings):
+            return None
         return WindowInput(
             candidate=self.figures,
-            availability=self.availability(state),
+            availability=availability,
             settings=settings,
             final=False,
             extensions=state.window_extensions,

@@ -297,6 +297,28 @@ def _comparisons(window: WindowInput, candidate: Figures, stable: Figures) -> li
     return checks
 
 
+def breaches_failure(
+    figures: RevisionFigures, availability: float | None, settings: AnalysisSettings
+) -> bool:
+    """Whether ``judge_window(final=False)`` would say ``failure``, in plain arithmetic: the frequent
+    in-window check runs this, and builds the full judgement (to journal it) only when it is true."""
+    failure = settings.failure_threshold
+    if availability is not None and failure.availability is not None and availability < failure.availability:
+        return True
+    requests = figures.requests
+    if requests is None or requests < settings.min_request_count:
+        return False
+    errors = figures.errors
+    if (
+        failure.error_rate is not None
+        and errors is not None
+        and 100.0 * errors / requests > failure.error_rate
+    ):
+        return True
+    latency = figures.response_time_ms
+    return latency is not None and failure.response_time is not None and latency > failure.response_time
+
+
 # --------------------------------------------------------------------------------------------
 # The judgement
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
@@ -34,14 +35,17 @@ class Capability(str, Enum):
     SERVERS = "servers"  # servers up and in total, read with the counts
 
 
-class Window(Model):
-    """The span measured: from ``start`` (the window's journaled start) to ``end``, with its baselines."""
+@dataclass(frozen=True)
+class Window:
+    """The span measured: from ``start`` (the window's journaled start) to ``end``, with its baselines.
+    (A dataclass, not a model: one is made at every check and it never leaves the process.)"""
 
     start: float
     end: float
-    baselines: dict[str, dict[str, float]] = Field(default_factory=dict)
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     percentile: float = 95.0
     samples: bool = False  # the caller wants latency samples too (the comparison at a window's end)
+    latency: bool = True  # the caller wants the latency percentile (a frequent check may not need it)
 
     @property
     def seconds(self) -> float:

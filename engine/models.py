@@ -131,9 +131,14 @@ class Thresholds(Model):
     throughput: float | None = Field(default=None, ge=0.0, description="Requests per second, at least")
 
     def named(self) -> dict[str, float]:
-        """The thresholds given, by their camelCase names."""
-        figures = self.model_dump(exclude={"consecutive_failures"})
-        return {to_camel(name): value for name, value in figures.items() if value is not None}
+        """The thresholds given, by their camelCase names (plain attribute reads: called at every check)."""
+        figures = {
+            "errorRate": self.error_rate,
+            "responseTime": self.response_time,
+            "availability": self.availability,
+            "throughput": self.throughput,
+        }
+        return {name: value for name, value in figures.items() if value is not None}
 
 
 class FailureThresholds(Thresholds):

@@ -393,9 +393,9 @@ class DeploymentReconciler:
         # Failure thresholds at every check, in this process (cheap); the whole window at its end, through
         # the strategy's judge (its domain worker), with the comparison against the stable revision.
         self.window.observe_health(state, snapshot)
-        check = self.window.in_window(state)
-        early = judge_window(check) if check is not None else None
-        if early is not None and early.verdict is Verdict.FAILURE:
+        failing = self.window.failing(state)
+        if failing is not None:
+            early = judge_window(failing)
             self._journal_judgement(early)
             return RollBack(RollbackTrigger.METRICS, early.reason)
         remaining = window_end(state, step) - self.clock.now()

@@ -90,3 +90,20 @@ def test_percentiles_and_thinning() -> None:
     assert percentile(values, 50) == 50.5 and percentile(values, 95) == 95.05 and percentile([], 95) is None
     thinned = thin(values, 10)
     assert len(thinned) == 10 and thinned[0] == 1.0 and thinned[-1] == 91.0
+
+
+def test_request_log_lines_are_parsed_per_revision() -> None:
+    from adapters.haproxy_log import parse_lines
+
+    data = b"\n".join(
+        [
+            b"s1 200 3",
+            b"s2 500 40",
+            b"<NOSRV> 503 0",  # reached no server
+            b"s2 -1 -1",  # no answer
+            b"s9 200 1",  # a slot no revision holds
+        ]
+    )
+    found = parse_lines(data, {b"s1": "1-0-0", b"s2": "2-0-0"})
+    assert found == {"1-0-0": [3.0], "2-0-0": [40.0]}
+    assert parse_lines(data + b"\ns1 200", {b"s1": "1-0-0"}) == {"1-0-0": [3.0]}  # a short line is skipped
