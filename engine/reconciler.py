@@ -396,6 +396,7 @@ class DeploymentReconciler:
         failing = self.window.failing(state)
         if failing is not None:
             early = judge_window(failing)
+            early.judged_by = "runner (in-window check)"
             self._journal_judgement(early)
             return RollBack(RollbackTrigger.METRICS, early.reason)
         remaining = window_end(state, step) - self.clock.now()
