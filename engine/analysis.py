@@ -69,6 +69,7 @@ class WindowReader:
         self.figures: RevisionFigures | None = None  # the candidate's, read by this check
         self._health: tuple[float, float, int] = (0.0, 0.0, 0)  # window start, sum of up shares, checks
         self.smoke: tuple[int, int] | None = None  # (succeeded, failed) of this step's smoke test
+        self.not_measurable: set[str] = set()  # trigger figures this platform cannot give (this step)
 
     def provider(self, request: DeploymentRequest) -> MetricProvider:
         if self._provider is None:
@@ -83,6 +84,7 @@ class WindowReader:
     def start_step(self) -> None:
         self.smoke = None
         self.figures = None
+        self.not_measurable = set()
 
     def baseline(self, state: DeploymentState) -> dict[str, Any]:
         request = state.request

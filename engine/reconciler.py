@@ -458,6 +458,8 @@ class DeploymentReconciler:
             failed = self._smoke_test(state)
             if failed is not None:
                 return failed
+        if self.smoke is None:
+            self.window.not_measurable.add("smoke_success_rate")
         self.window.observe_health(state, snapshot)
         return self._switch_triggers(state, step, snapshot)
 
@@ -487,9 +489,17 @@ class DeploymentReconciler:
             check="switch_triggers",
             triggers=[r.model_dump(mode="json") for r in results],
             figures=figures,
+            not_measurable=sorted(self.window.not_measurable),
         )
+        # A figure this platform cannot measure at all (no direct endpoints to smoke-test) does not hold a
+        # switch back; one it can measure but did not is never taken as met.
         unmet = [
-            r for r in results if r.action == TriggerAction.SWITCH.value and r.metric and r.holds is not True
+            r
+            for r in results
+            if r.action == TriggerAction.SWITCH.value
+            and r.metric
+            and r.holds is not True
+            and r.metric not in self.window.not_measurable
         ]
         if unmet:
             reasons = ", ".join(describe_trigger(r) for r in unmet)
@@ -526,6 +536,7 @@ class DeploymentReconciler:
         self._smoked_at = self.clock.now()
         if status is None or not status.endpoints:
             self._append(EventKind.NOTE, message="smoke test skipped: the platform gives no direct endpoints")
+            self.window.not_measurable.add("smoke_success_rate")
             return None
         config = state.request.strategy.blue_green
         assert config is not None

@@ -480,3 +480,25 @@ def test_a_switch_trigger_not_met_at_validation_end_rolls_back(tmp_path: Path) -
     reason = world.journal.state(deployment_id).rollback.reason  # type: ignore[union-attr]
     assert reason.startswith("validation: switch trigger not met: request_count gte 1000.0 (is ")
     assert world.platform.weights == {"1-0-0": 100}
+
+
+def test_a_smoke_trigger_a_platform_cannot_measure_does_not_hold_the_switch_back(tmp_path: Path) -> None:
+    """No direct endpoints (Lambda, a Service) or no smoke tester: the smoke figure cannot exist, so the
+    default [health_check, smoke_test] triggers switch on health alone, and the journal says why."""
+    world = World(tmp_path)
+    world.deploy_stable()
+    deployment_id = world.submit("2.0.0", {"type": "blue_green", "blueGreen": {"validationDuration": 3000}})
+    reconciler = DeploymentReconciler(
+        world.journal, deployment_id, lambda cfg: world.platform, clock=world.clock
+    )
+    for _ in range(1000):
+        delay = reconciler.reconcile()
+        if delay is None:
+            break
+        world.clock.sleep(delay)
+    assert world.journal.state(deployment_id).phase() is Phase.SUCCEEDED
+    [checked] = [
+        e.data for e in world.journal.events(deployment_id) if e.data.get("check") == "switch_triggers"
+    ]
+    assert checked["not_measurable"] == ["smoke_success_rate"]
+    assert [t["holds"] for t in checked["triggers"]] == [True, None]
