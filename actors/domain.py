@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 import uuid
 from typing import Any
@@ -168,10 +167,6 @@ class BlueGreenEngineImpl(_Worker):
     """DO-002: blue-green plans, the judgement of the switch steps' windows and of the switch triggers at the
     end of validation (runners call these), and the instant switch back to blue while it is kept."""
 
-    def __init__(self, config_path: str | None, journal_path: str) -> None:
-        super().__init__(config_path, journal_path)
-        _prepare_judge()
-
     async def plan(self, strategy: Strategy, has_stable: bool = True) -> list[Step]:
         if strategy.type is not StrategyType.BLUE_GREEN:
             raise ValueError(f"strategy.type: blue-green engine got '{strategy.type.value}'")
@@ -196,34 +191,19 @@ class BlueGreenEngineImpl(_Worker):
 class CanaryControllerImpl(_Worker):
     """DO-003: canary plans, analysis on live metrics, pause/resume/promote."""
 
-    def __init__(self, config_path: str | None, journal_path: str) -> None:
-        super().__init__(config_path, journal_path)
-        _prepare_judge()
-
     async def plan(self, strategy: Strategy, has_stable: bool = True) -> list[Step]:
         if strategy.type is not StrategyType.CANARY:
             raise ValueError(f"strategy.type: canary controller got '{strategy.type.value}'")
         return build_plan(strategy, has_stable)
 
     async def judge(self, window: WindowInput) -> Judgement:
-        """An analysis window's end: thresholds and the comparison with the stable revision (scipy is
-        imported here once, not in every runner)."""
+        """An analysis window's end: thresholds and the comparison with the stable revision."""
         return _judged_by(judge_window(window), "DO-003")
 
     async def control(self, deployment_id: str, action: str, by: str, reason: str = "") -> Any:
         if action not in ("pause", "resume", "promote", "promote_full", "abort"):
             raise ValueError(f"unknown canary action '{action}'")
         return await self._queen_control(deployment_id, action, by, reason)
-
-
-def _prepare_judge() -> None:
-    """scipy's statistics take seconds to import: done in the background when the worker starts, so that the
-    first window's judgement answers within the runners' deadline."""
-
-    def load() -> None:
-        import scipy.stats  # noqa: F401
-
-    threading.Thread(target=load, name="import-scipy", daemon=True).start()
 
 
 def _judged_by(judgement: Judgement, code: str) -> Judgement:

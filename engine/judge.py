@@ -1,5 +1,5 @@
 """Judging a candidate over an analysis window: thresholds in the seed's units and a statistical comparison
-with the stable revision over the same window. Plain Python (scipy for the tests' distributions).
+with the stable revision over the same window. Plain Python (the tests themselves in engine/stats.py).
 
 - Thresholds: error rate and availability in percent, response time in ms at a percentile, throughput in
   requests per second. A failure threshold breached fails the window at once; every success threshold met
@@ -32,6 +32,7 @@ from engine.models import (
     Thresholds,
     TriggerOperator,
 )
+from engine.stats import mann_whitney_greater, normal_sf
 
 Outcome = Literal["pass", "marginal", "fail", "not_available"]
 
@@ -222,15 +223,13 @@ def compare_error_rates(
     if n_c < min_requests or n_s < min_requests or candidate.errors is None or stable.errors is None:
         check.note = f"needs {min_requests} requests of each revision"
         return check
-    from scipy.stats import norm  # imported where the test runs: a runner's frequent checks never need it
-
     p_c, p_s = candidate.errors / n_c, stable.errors / n_s
     pooled = (candidate.errors + stable.errors) / (n_c + n_s)
     se = math.sqrt(pooled * (1 - pooled) * (1 / n_c + 1 / n_s))
     difference = p_c - p_s - tolerance_points / 100.0
     # se is 0 only when both revisions are all-good (or all-bad): equal, so no evidence of a difference.
     z = difference / se if se > 0 else 0.0
-    p_value = float(norm.sf(z))
+    p_value = normal_sf(z)
     check.statistic, check.p_value = round(z, 4), _rounded(p_value)
     check.outcome = "worse" if p_value < significance else "pass"
     return check
@@ -257,12 +256,10 @@ def compare_latency(
     if len(cand) < minimum or len(base) < minimum:
         check.note = f"needs {minimum} latency samples of each revision"
         return check
-    from scipy.stats import mannwhitneyu
-
     median = check.stable_value or 0.0
     margin = max(median * comparison.response_time_tolerance / 100.0, comparison.response_time_tolerance_ms)
-    result = mannwhitneyu(cand, [value + margin for value in base], alternative="greater")
-    check.statistic, check.p_value = float(result.statistic), _rounded(float(result.pvalue))
+    statistic, p_value = mann_whitney_greater(cand, [value + margin for value in base])
+    check.statistic, check.p_value = statistic, _rounded(p_value)
     check.outcome = "worse" if check.p_value < comparison.significance else "pass"
     if candidate.latency_binned or stable.latency_binned:
         check.note = "samples are histogram bucket bounds (ties corrected)"

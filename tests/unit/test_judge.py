@@ -18,6 +18,7 @@ from engine.judge import (
 )
 from engine.metrics import RevisionFigures
 from engine.models import BlueGreenConfig, CanaryConfig, SwitchTrigger
+from engine.stats import mann_whitney_greater, normal_sf
 
 # The seed's thresholds: errorRate and availability in percent, responseTime in ms (p95), throughput in rps.
 SEED = CanaryConfig.model_validate(
@@ -276,3 +277,31 @@ def test_the_seed_health_trigger_holds_only_on_a_healthy_candidate() -> None:
 def test_a_figure_not_measured_leaves_the_trigger_undecided() -> None:
     [result] = evaluate_triggers([trigger("response_time", "lt", 500)], {"response_time": None})
     assert result.holds is None
+
+
+# --------------------------------------------------------------------------------------------
+# The tests themselves agree with scipy's
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(6))
+def test_mann_whitney_agrees_with_scipy(seed: int) -> None:
+    from scipy.stats import mannwhitneyu
+
+    rng = random.Random(seed)
+    # Rounded to whole milliseconds: many ties, as HAProxy's log gives them.
+    x = [float(round(rng.lognormvariate(1.0 + seed * 0.1, 0.5))) for _ in range(rng.randint(10, 300))]
+    y = [float(round(rng.lognormvariate(1.0, 0.5))) for _ in range(rng.randint(10, 2000))]
+    ours = mann_whitney_greater(x, y)
+    theirs = mannwhitneyu(x, y, alternative="greater", method="asymptotic")
+    assert ours[0] == pytest.approx(float(theirs.statistic), rel=1e-12)
+    assert ours[1] == pytest.approx(float(theirs.pvalue), rel=1e-9, abs=1e-15)
+
+
+def test_the_normal_tail_agrees_with_scipy() -> None:
+    from scipy.stats import norm
+
+    for z in (-3.0, -0.5, 0.0, 1.2, 2.33, 5.0, 8.0):
+        assert normal_sf(z) == pytest.approx(float(norm.sf(z)), rel=1e-12)
+
+
+def test_all_tied_samples_show_no_difference() -> None:
+    assert mann_whitney_greater([1.0] * 20, [1.0] * 50) == (500.0, 1.0)
