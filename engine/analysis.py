@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from engine.judge import TriggerResult, WindowInput, breaches_failure, evaluate_triggers, figures_of
+from engine.judge import WindowInput, breaches_failure, figures_of
 from engine.metrics import Capability, MetricProvider, PlatformCounters, RevisionFigures, Window
 from engine.models import AnalysisSettings, DeploymentRequest, Strategy
 from engine.platform import MetricSnapshot, PlatformAdapter
@@ -173,7 +173,7 @@ class WindowReader:
         )
 
     def validation_figures(
-        self, state: DeploymentState, snapshot: MetricSnapshot | None, ready_replicas: int | None
+        self, state: DeploymentState, healthy: bool, ready_replicas: int
     ) -> dict[str, float | str | None]:
         """The figures a blue-green switch trigger can name (``engine.models.TRIGGER_METRICS``), for the idle
         candidate: its smoke requests stand in for traffic when the router sent it none."""
@@ -189,16 +189,10 @@ class WindowReader:
                     "error_rate": 100.0 * failed / (ok + failed),
                 }
             )
-        if snapshot is not None and snapshot.servers_total > 0:
-            healthy = snapshot.servers_up == snapshot.servers_total
-        else:
-            healthy = bool(ready_replicas)
         smoke_rate = 100.0 * self.smoke[0] / sum(self.smoke) if self.smoke and sum(self.smoke) else None
         return {
             "health_status": "healthy" if healthy else "unhealthy",
-            "ready_replicas": float(
-                snapshot.servers_up if snapshot and snapshot.servers_total else ready_replicas or 0
-            ),
+            "ready_replicas": float(ready_replicas),
             "error_rate": figures.error_rate,
             "response_time": figures.response_time_ms,
             "availability": figures.availability,
@@ -206,8 +200,3 @@ class WindowReader:
             "request_count": None if figures.requests is None else float(figures.requests),
             "smoke_success_rate": smoke_rate,
         }
-
-
-def triggers_now(state: DeploymentState, figures: dict[str, float | str | None]) -> list[TriggerResult]:
-    config = state.request.strategy.blue_green
-    return evaluate_triggers(list(config.switch_triggers) if config else [], figures)

@@ -473,7 +473,7 @@ class DeploymentReconciler:
         remaining = step.duration_ms / 1000 - self._elapsed(state)
         if config is None:
             return Done() if remaining <= 0 else Wait(min(interval, remaining))
-        figures = self.window.validation_figures(state, snapshot, self._ready_replicas(state, snapshot))
+        figures = self.window.validation_figures(state, *self._candidate_readiness(state, snapshot))
         for result in evaluate_triggers(config.switch_triggers, figures):
             if (
                 result.holds
@@ -506,11 +506,21 @@ class DeploymentReconciler:
             return RollBack(RollbackTrigger.METRICS, f"validation: switch trigger not met: {reasons}")
         return Done()
 
-    def _ready_replicas(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> int | None:
-        if snapshot is not None and snapshot.servers_total > 0:
-            return snapshot.servers_up
+    def _candidate_readiness(
+        self, state: DeploymentState, snapshot: MetricSnapshot | None
+    ) -> tuple[bool, int]:
+        """(every replica of the candidate healthy, how many are): the router's own checks when they all pass,
+        else the platform's readiness probes (a router looks at a new server only at its next check)."""
+        if (
+            snapshot is not None
+            and snapshot.servers_total > 0
+            and snapshot.servers_up == snapshot.servers_total
+        ):
+            return True, snapshot.servers_up
         status = self.adapter.revision_status(state.request.target, state.candidate_revision or "")
-        return status.ready_replicas if status is not None else 0
+        if status is None:
+            return False, 0
+        return status.ready_replicas > 0 and status.ready, status.ready_replicas
 
     def _trigger_fired(
         self, state: DeploymentState, result: TriggerResult, figures: dict[str, float | str | None]
