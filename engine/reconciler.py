@@ -467,14 +467,17 @@ class DeploymentReconciler:
         self, state: DeploymentState, step: Step, snapshot: MetricSnapshot | None
     ) -> StepOutcome:
         """The seed's switch triggers on the idle candidate: a rollback or pause trigger acts as soon as its
-        condition holds; at the window's end every switch trigger must hold (the strategy's judge says)."""
+        condition holds; from the window's end on, the switch goes ahead once every switch trigger holds
+        (confirmed by the strategy's judge), and a green they never all hold for is rolled back at the
+        progress deadline."""
         config = state.request.strategy.blue_green
         interval = self._thresholds(state)[3]
         remaining = step.duration_ms / 1000 - self._elapsed(state)
         if config is None:
             return Done() if remaining <= 0 else Wait(min(interval, remaining))
         figures = self.window.validation_figures(state, *self._candidate_readiness(state, snapshot))
-        for result in evaluate_triggers(config.switch_triggers, figures):
+        results = evaluate_triggers(config.switch_triggers, figures)
+        for result in results:
             if (
                 result.holds
                 and result.action != TriggerAction.SWITCH.value
@@ -483,7 +486,13 @@ class DeploymentReconciler:
                 return self._trigger_fired(state, result, figures)
         if remaining > 0:
             return Wait(min(interval, remaining))
-        results = self.judge.switch(config.switch_triggers, figures)
+        unmet = self._unmet(results)
+        if not unmet:
+            results = self.judge.switch(config.switch_triggers, figures)
+            unmet = self._unmet(results)
+        deadline_s = state.request.strategy.progress_deadline / 1000
+        if unmet and self._elapsed(state) <= deadline_s:
+            return Wait(interval)  # e.g. a router that has not yet looked at the green's servers
         self._append(
             EventKind.MEASUREMENT,
             check="switch_triggers",
@@ -491,9 +500,18 @@ class DeploymentReconciler:
             figures=figures,
             not_measurable=sorted(self.window.not_measurable),
         )
-        # A figure this platform cannot measure at all (no direct endpoints to smoke-test) does not hold a
-        # switch back; one it can measure but did not is never taken as met.
-        unmet = [
+        if unmet:
+            reasons = ", ".join(describe_trigger(r) for r in unmet)
+            return RollBack(
+                RollbackTrigger.METRICS,
+                f"validation: switch trigger not met by the progress deadline ({deadline_s:g}s): {reasons}",
+            )
+        return Done()
+
+    def _unmet(self, results: list[TriggerResult]) -> list[TriggerResult]:
+        """Switch triggers that do not hold. A figure this platform cannot measure at all (no direct endpoints
+        to smoke-test) does not hold a switch back; one it can measure but did not is never taken as met."""
+        return [
             r
             for r in results
             if r.action == TriggerAction.SWITCH.value
@@ -501,22 +519,15 @@ class DeploymentReconciler:
             and r.holds is not True
             and r.metric not in self.window.not_measurable
         ]
-        if unmet:
-            reasons = ", ".join(describe_trigger(r) for r in unmet)
-            return RollBack(RollbackTrigger.METRICS, f"validation: switch trigger not met: {reasons}")
-        return Done()
 
     def _candidate_readiness(
         self, state: DeploymentState, snapshot: MetricSnapshot | None
     ) -> tuple[bool, int]:
-        """(every replica of the candidate healthy, how many are): the router's own checks when they all pass,
-        else the platform's readiness probes (a router looks at a new server only at its next check)."""
-        if (
-            snapshot is not None
-            and snapshot.servers_total > 0
-            and snapshot.servers_up == snapshot.servers_total
-        ):
-            return True, snapshot.servers_up
+        """(every replica of the candidate healthy, how many are): by the router's own checks when it has the
+        candidate's servers (traffic switched before it has looked at them would find none up), else by
+        the platform's readiness probes."""
+        if snapshot is not None and snapshot.servers_total > 0:
+            return snapshot.servers_up == snapshot.servers_total, snapshot.servers_up
         status = self.adapter.revision_status(state.request.target, state.candidate_revision or "")
         if status is None:
             return False, 0

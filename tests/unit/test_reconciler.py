@@ -474,12 +474,51 @@ def test_a_switch_trigger_not_met_at_validation_end_rolls_back(tmp_path: Path) -
     triggers = [
         {"type": "metrics", "condition": {"metric": "request_count", "operator": "gte", "value": 1000}}
     ]
-    strategy = {"type": "blue_green", "blueGreen": {"validationDuration": 3000, "switchTriggers": triggers}}
+    strategy = {
+        "type": "blue_green",
+        "progressDeadline": 30_000,
+        "blueGreen": {"validationDuration": 3000, "switchTriggers": triggers},
+    }
     deployment_id = world.submit("2.0.0", strategy)
     assert world.run(deployment_id) is Phase.ROLLED_BACK
-    reason = world.journal.state(deployment_id).rollback.reason  # type: ignore[union-attr]
-    assert reason.startswith("validation: switch trigger not met: request_count gte 1000.0 (is ")
+    state = world.journal.state(deployment_id)
+    reason = state.rollback.reason  # type: ignore[union-attr]
+    assert reason.startswith(
+        "validation: switch trigger not met by the progress deadline (30s): request_count"
+    )
+    # It waited for the trigger past the validation window, up to the deadline, with green idle.
+    assert 30 <= state.rollback.at - (state.step_started_at or 0) < 33  # type: ignore[union-attr]
     assert world.platform.weights == {"1-0-0": 100}
+
+
+def test_the_switch_waits_for_the_router_to_see_green_healthy(tmp_path: Path) -> None:
+    """Traffic switched to servers the router has not yet checked would find none up: the seed's health
+    trigger waits for the router's own view (here: down for 4 s after validation's end)."""
+    world = World(tmp_path)
+    world.deploy_stable()
+    deployment_id = world.submit("2.0.0", {"type": "blue_green", "blueGreen": {"validationDuration": 0}})
+    reconciler = world.reconciler(deployment_id)
+    up_from = None
+
+    def metrics(target: Any, revision: Any = None) -> dict[str, Any]:
+        snapshots = FakePlatform.metrics(world.platform, target, revision)
+        state = world.journal.state(deployment_id)
+        nonlocal up_from
+        if state.current_step() is not None and state.current_step().kind.value == "validate":  # type: ignore[union-attr]
+            up_from = up_from or world.clock.now() + 4
+            if world.clock.now() < up_from and "2-0-0" in snapshots:
+                snapshots["2-0-0"] = snapshots["2-0-0"].model_copy(update={"servers_up": 0})
+        return snapshots
+
+    world.platform.metrics = metrics  # type: ignore[method-assign]
+    for _ in range(1000):
+        delay = reconciler.reconcile()
+        if delay is None:
+            break
+        world.clock.sleep(delay)
+    assert world.journal.state(deployment_id).phase() is Phase.SUCCEEDED
+    switched = next(e.at for e in world.journal.events(deployment_id) if e.kind is EventKind.WEIGHTS_SET)
+    assert up_from is not None and switched >= up_from
 
 
 def test_a_smoke_trigger_a_platform_cannot_measure_does_not_hold_the_switch_back(tmp_path: Path) -> None:
