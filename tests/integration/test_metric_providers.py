@@ -28,7 +28,14 @@ from engine.models import (
     Target,
 )
 from tests.integration.environments import Moto, moto_server, prometheus_server
-from tests.integration.test_local_platform import deploy_pair, make_platform, port_settings, send, tear_down
+from tests.integration.test_local_platform import (
+    deploy_pair,
+    make_platform,
+    port_settings,
+    send,
+    tear_down,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 SETTINGS = CanaryConfig.model_validate({"minRequestCount": 20})
@@ -53,23 +60,34 @@ def test_haproxy_gives_a_p95_and_samples_per_revision_from_its_request_log(
     platform, target, state_dir, settings = routed
     stable, canary = deploy_pair(platform, target, {}, {"LATENCY_MS": "150"})
     address = platform.set_traffic(target, {stable: 50, canary: 50}).address
+    # HAProxy sends nothing to a server until its first health check has passed.
+    wait_until(lambda: platform.metrics(target)[canary].servers_up == 1, 20.0, "the canary's server up")
     provider = HAProxyMetrics(state_dir / "haproxy", settings)
     try:
         started = time.time()
         baselines = provider.baseline(target, [canary, stable])
-        answers = send(address, 40)
-        time.sleep(0.3)  # HAProxy logs a request once it has ended, just after the client has its answer
-        window = Window(start=started, end=time.time(), baselines=baselines, samples=True)
-        figures = provider.read(target, [canary, stable], window)
+        answers = send(address, 60)  # about 30 each: more than SETTINGS' 20 requests for a comparison
+        served = {version: sum(1 for a in answers if a.version == version) for version in ("1.0.0", "2.0.0")}
+
+        def read() -> dict[str, Any]:
+            window = Window(start=started, end=time.time(), baselines=baselines, samples=True)
+            return provider.read(target, [canary, stable], window)
+
+        # HAProxy logs a request once it has ended, just after the client has its answer: wait for the lines.
+        deadline = time.monotonic() + 15
+        figures = read()
+        while len(figures[canary].latency_samples) < served["2.0.0"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            figures = read()
     finally:
         provider.close()
-    served = {version: sum(1 for a in answers if a.version == version) for version in ("1.0.0", "2.0.0")}
-    assert figures[canary].requests == served["2.0.0"] > 10 and figures[stable].requests == served["1.0.0"]
+    assert figures[canary].requests == served["2.0.0"] >= 20 and figures[stable].requests == served["1.0.0"]
     # One log line per answered request, attributed to its revision by the server that answered it.
     assert len(figures[canary].latency_samples) == served["2.0.0"]
     assert len(figures[stable].latency_samples) == served["1.0.0"]
-    assert figures[canary].response_time_ms is not None and figures[canary].response_time_ms >= 150
-    assert figures[stable].response_time_ms is not None and figures[stable].response_time_ms < 100
+    canary_p95, stable_p95 = figures[canary].response_time_ms, figures[stable].response_time_ms
+    assert canary_p95 is not None and canary_p95 >= 150
+    assert stable_p95 is not None and stable_p95 < canary_p95 - 100
     assert (figures[canary].servers_up, figures[canary].servers_total) == (1, 1)
     judgement = judge_window(
         WindowInput(candidate=figures[canary], stable=figures[stable], settings=SETTINGS)
