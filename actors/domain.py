@@ -17,10 +17,10 @@ from actors.common import QUEEN_NAME, call, find_actor, kill_quietly, worker_nam
 from actors.health import HealthMonitor, HealthReport
 from actors.pipelines import PipelineRuns
 from adapters import create_platform
-from engine.analysis import Measurement, judge
 from engine.config import load_config
 from engine.identity import AccessControl, AccessRole
 from engine.journal import Journal
+from engine.judge import Judgement, TriggerResult, WindowInput, evaluate_triggers, judge_window
 from engine.models import (
     SUPPORTED_PLATFORMS,
     Environment,
@@ -30,13 +30,13 @@ from engine.models import (
     RollbackTrigger,
     Strategy,
     StrategyType,
-    Thresholds,
+    SwitchTrigger,
 )
 from engine.pipeline_model import PipelineTemplate
 from engine.pipeline_spec import RunInput
 from engine.pipeline_state import PipelineStatus
 from engine.plans import build_plan
-from engine.platform import MetricSnapshot, PlatformError
+from engine.platform import PlatformError
 from engine.readiness import (
     EnvironmentStatus,
     EnvironmentStatusChange,
@@ -259,12 +259,21 @@ class EnvironmentCoordinatorImpl(_Worker):
 
 # ---------------------------------------------------------------------------------------- DO-002
 class BlueGreenEngineImpl(_Worker):
-    """DO-002: blue-green plans and the instant switch back to blue while it is kept."""
+    """DO-002: blue-green plans, the judgement of the switch steps' windows and of the switch triggers at the
+    end of validation (runners call these), and the instant switch back to blue while it is kept."""
 
     async def plan(self, strategy: Strategy, has_stable: bool = True) -> list[Step]:
         if strategy.type is not StrategyType.BLUE_GREEN:
             raise ValueError(f"strategy.type: blue-green engine got '{strategy.type.value}'")
         return build_plan(strategy, has_stable)
+
+    async def judge(self, window: WindowInput) -> Judgement:
+        return _judged_by(judge_window(window), "DO-002")
+
+    async def switch(
+        self, triggers: list[SwitchTrigger], figures: dict[str, float | str | None]
+    ) -> list[TriggerResult]:
+        return evaluate_triggers(triggers, figures)
 
     async def switch_back(
         self, deployment_id: str, by: str, reason: str = "switch back to blue", token: str | None = None
@@ -285,15 +294,9 @@ class CanaryControllerImpl(_Worker):
             raise ValueError(f"strategy.type: canary controller got '{strategy.type.value}'")
         return build_plan(strategy, has_stable)
 
-    async def judge(
-        self,
-        snapshot: MetricSnapshot,
-        baseline: dict[str, float],
-        success: Thresholds,
-        failure: Thresholds,
-        min_requests: int,
-    ) -> Measurement:
-        return judge(snapshot, baseline, success, failure, min_requests)
+    async def judge(self, window: WindowInput) -> Judgement:
+        """An analysis window's end: thresholds and the comparison with the stable revision."""
+        return _judged_by(judge_window(window), "DO-003")
 
     async def control(
         self, deployment_id: str, action: str, by: str, reason: str = "", token: str | None = None
@@ -302,6 +305,11 @@ class CanaryControllerImpl(_Worker):
         if action not in ("pause", "resume", "promote", "promote_full", "abort"):
             raise ValueError(f"unknown canary action '{action}'")
         return await self._queen_control(deployment_id, action, by, reason, token)
+
+
+def _judged_by(judgement: Judgement, code: str) -> Judgement:
+    judgement.judged_by = code
+    return judgement
 
 
 # ---------------------------------------------------------------------------------------- DO-004

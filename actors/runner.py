@@ -19,7 +19,8 @@ from typing import Any
 import ray
 
 from actors.common import find_actor, worker_name
-from adapters import content_digests, create_platform
+from actors.delegates import DomainWorkers, WorkerJudge, WorkerPlanner
+from adapters import content_digests, create_metric_provider, create_platform
 from adapters.http_probe import HttpSmokeTester
 from engine.admission import RUNNER_ASSIGNMENT
 from engine.governance import feature_enabled, preflight
@@ -66,6 +67,7 @@ class DeploymentRunnerImpl:
         self.reconciler: DeploymentReconciler | None = None
         self._wake = threading.Event()
         self._task: asyncio.Future[str] | None = None
+        self.workers = DomainWorkers(ray.get_runtime_context().namespace)
         for record in self.journal.records(ASSIGNMENT):
             if record.get("runner") == self.name:  # restarted after a crash: same name, same deployment
                 self._resume(str(record["deployment_id"]))
@@ -91,6 +93,9 @@ class DeploymentRunnerImpl:
             actor=self.name,
             rollback_decider=DelegatingDecider(self._ask_rollback_system, self.journal, self.name),
             preflight=checks,
+            metrics=create_metric_provider,
+            planner=WorkerPlanner(self.workers),
+            judge=WorkerJudge(self.workers),
         )
 
     def _ask_rollback_system(

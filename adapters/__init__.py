@@ -8,19 +8,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.analysis import analysis_settings
 from engine.artifacts import ContentDigests, path_digests
-from engine.models import Artifact, PlatformCapabilities, PlatformConfig
+from engine.metrics import MetricProvider, PlatformCounters
+from engine.models import (
+    Artifact,
+    DeploymentRequest,
+    MetricProviderType,
+    PlatformCapabilities,
+    PlatformConfig,
+)
 from engine.paths import orchestrator_home
 from engine.platform import PlatformAdapter
+
+_ROUTED = ("local", "docker", "vm")
+
+
+def _platform_dir(config: PlatformConfig, state_dir: Path | None) -> Path:
+    base = Path(config.settings.get("stateDir") or state_dir or orchestrator_home() / "platforms")
+    return base / config.type
 
 
 def create_platform(config: PlatformConfig, state_dir: Path | None = None) -> PlatformAdapter:
     """Build the adapter for a platform configuration. Imports lazily: each adapter has its own client."""
-    base = Path(config.settings.get("stateDir") or state_dir or orchestrator_home() / "platforms")
-    base = base / config.type
+    base = _platform_dir(config, state_dir)
     base.mkdir(parents=True, exist_ok=True)
     settings = config.settings
-    if config.type in ("local", "docker", "vm"):
+    if config.type in _ROUTED:
         from adapters.haproxy import HAProxyRouter
         from adapters.routed import RoutedPlatform
 
@@ -75,3 +89,29 @@ def platform_capabilities(config: PlatformConfig) -> PlatformCapabilities:
         finally:
             adapter.close()
     return _CAPABILITIES[key]
+
+
+def create_metric_provider(
+    request: DeploymentRequest, adapter: PlatformAdapter, state_dir: Path | None = None
+) -> MetricProvider:
+    """The strategy's ``metricProvider``, or the one the platform names as its default."""
+    config = analysis_settings(request.strategy).metric_provider or adapter.default_metric_provider()
+    platform = request.platform
+    if config.type is MetricProviderType.HAPROXY:
+        if platform.type not in _ROUTED:
+            raise ValueError(
+                f"metricProvider.type: haproxy reads the HAProxy in front of {', '.join(_ROUTED)}; "
+                f"{platform.type} has none"
+            )
+        from adapters.haproxy_log import HAProxyMetrics
+
+        return HAProxyMetrics(_platform_dir(platform, state_dir) / "haproxy", platform.settings)
+    if config.type is MetricProviderType.PROMETHEUS:
+        from adapters.prometheus import PrometheusMetrics
+
+        return PrometheusMetrics(config, adapter.metric_labels)
+    if config.type is MetricProviderType.CLOUDWATCH:
+        from adapters.cloudwatch import CloudWatchMetrics
+
+        return CloudWatchMetrics(config, adapter.metric_labels)
+    return PlatformCounters(adapter)

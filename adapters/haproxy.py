@@ -53,7 +53,7 @@ from adapters.localhost import (
     write_json_atomic,
 )
 from adapters.tls_files import TlsFileError, load_server_pair, write_private
-from engine.models import Target
+from engine.models import MetricProviderConfig, MetricProviderType, Target
 from engine.platform import (
     MetricSnapshot,
     PlatformError,
@@ -74,6 +74,12 @@ _HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%+:@!$,;*-]*$")
 # Admin flags that take a server out of rotation: forced/inherited maintenance, drain, DNS resolution and
 # hostname maintenance. Not 0x04 (configured `disabled`): it stays set after `set server state ready`.
 _OUT_OF_ROTATION = 0x01 | 0x02 | 0x08 | 0x10 | 0x20 | 0x40
+# Every request is logged into this ring (a memory buffer read through the runtime API with ``show events``):
+# server, status and total active time in ms, for latency percentiles per revision. Nothing else: the
+# reader follows the ring as it is written, so it knows when each line came without a timestamp in it.
+REQUEST_LOG_RING = "reqlog"
+REQUEST_LOG_FORMAT = "%s %ST %Ta"
+REQUEST_LOG_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,6 +296,7 @@ class HAProxyRouter:
         self._reported_lock = threading.Lock()
         self._states = ParsedFileCache(RouterState)
         self._paths: dict[tuple[str, str], Path] = {}
+        self._log_sources: dict[str, tuple[RouterState, tuple[str, dict[bytes, str]]]] = {}
 
     # ---- public interface ---------------------------------------------------------------
     def _check_binary(self, binary: str) -> None:
@@ -460,6 +467,23 @@ class HAProxyRouter:
         write_private(pem, pair.combined)
         state.tls_pem, state.tls_fingerprint = str(pem), pair.fingerprint
         return True
+
+    def default_metric_provider(self) -> MetricProviderConfig:
+        return MetricProviderConfig(type=MetricProviderType.HAPROXY)
+
+    def request_log(self, target: Target) -> tuple[str, dict[bytes, str]] | None:
+        """Where the request log ring is read (the runtime API socket) and which revision each server name
+        (as logged, in bytes) serves; None when the target has no router. Kept while the state is unchanged:
+        it is asked at every analysis check."""
+        state = self._read(target, shared=True)
+        if state is None:
+            return None
+        known = self._log_sources.get(target.key)
+        if known is not None and known[0] is state:
+            return known[1]
+        source = state.socket, {f"s{number}".encode(): slot.revision for number, slot in state.slots.items()}
+        self._log_sources[target.key] = (state, source)
+        return source
 
     # ---- process --------------------------------------------------------------------------
     def _new_state(self, target: Target, health_path: str) -> RouterState:
@@ -741,6 +765,11 @@ class HAProxyRouter:
             "    maxconn 4096",
             "    hard-stop-after 30s",
             "",
+            f"ring {REQUEST_LOG_RING}",
+            "    format raw",
+            "    maxlen 256",
+            f"    size {REQUEST_LOG_BYTES}",
+            "",
             "defaults",
             "    mode http",
             "    timeout connect 2s",
@@ -757,6 +786,8 @@ class HAProxyRouter:
             # With TLS the port speaks HTTPS only: a plain HTTP request fails its handshake.
             f"    bind {state.bind_host}:{state.port}"
             + (f' ssl crt "{state.tls_pem}" ssl-min-ver TLSv1.2 alpn http/1.1' if state.tls_pem else ""),
+            f"    log ring@{REQUEST_LOG_RING} local0 info",
+            f'    log-format "{REQUEST_LOG_FORMAT}"',
             # Operator views under a prefix that services are unlikely to use; they bypass the backend.
             "    http-request use-service prometheus-exporter if { path /_router/metrics }",
             "    stats enable",

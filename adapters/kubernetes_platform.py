@@ -52,7 +52,7 @@ from kubernetes import client, config
 from pydantic import Field
 
 from adapters.tls_files import TlsFileError, load_server_pair
-from engine.models import Model, ReplicaResources, Target
+from engine.models import MetricProviderConfig, MetricProviderType, Model, ReplicaResources, Target
 from engine.platform import (
     CapacityPool,
     LiveState,
@@ -1185,6 +1185,24 @@ class KubernetesPlatform:
             raise TransientPlatformError(PLATFORM, base, f"Prometheus query {query}: {exc}") from exc
         results = payload.get("data", {}).get("result", [])
         return int(float(results[0]["value"][1])) if results else 0  # no series yet: nothing counted
+
+    def default_metric_provider(self) -> MetricProviderConfig:
+        """Prometheus at ``metricsUrl`` with ``metricsSelector``; without it, only the replicas' readiness."""
+        if not self._settings.metrics_url:
+            return MetricProviderConfig(type=MetricProviderType.PLATFORM)
+        return MetricProviderConfig(
+            type=MetricProviderType.PROMETHEUS,
+            url=self._settings.metrics_url,
+            selector=self._settings.metrics_selector,
+        )
+
+    def metric_labels(self, target: Target, revision: str) -> dict[str, str]:
+        return {
+            "service": target.service,
+            "environment": target.environment,
+            "revision": revision,
+            "namespace": self._namespace,
+        }
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         selector = self._revision_labels(target, revision)

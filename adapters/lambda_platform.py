@@ -50,7 +50,7 @@ from botocore.exceptions import (
 )
 from pydantic import BaseModel, Field, field_validator
 
-from engine.models import DurationMs, Model, Target
+from engine.models import DurationMs, MetricProviderConfig, MetricProviderType, Model, Target
 from engine.platform import (
     CapacityPool,
     LiveState,
@@ -636,6 +636,36 @@ class LambdaPlatform:
     def live_state(self, target: Target, revision: str, deep: bool = False) -> LiveState:
         """Nothing of ours runs between invocations: there is nothing to watch."""
         return LiveState(revision=revision)
+
+    def default_metric_provider(self) -> MetricProviderConfig:
+        """CloudWatch, in the scheme Lambda uses for invocations through a weighted alias (the provider's
+        defaults), reached with this platform's region, endpoint and profile."""
+        settings = {
+            "region": self.settings.region,
+            "endpointUrl": self.settings.endpoint_url,
+            "profile": self.settings.profile,
+            "maxAttempts": self.settings.max_attempts,
+            "connectTimeout": self.settings.connect_timeout,
+            "readTimeout": self.settings.read_timeout,
+        }
+        return MetricProviderConfig(
+            type=MetricProviderType.CLOUDWATCH, namespace=NAMESPACE, settings=settings
+        )
+
+    def metric_labels(self, target: Target, revision: str) -> dict[str, str]:
+        """The function, the alias and the revision's newest published version (none: no ``version``)."""
+        function = self.function_name(target)
+        labels = {
+            "service": target.service,
+            "environment": target.environment,
+            "revision": revision,
+            "function": function,
+            "alias": self.settings.alias_name,
+        }
+        version = self._latest_per_revision(self._versions(function) or []).get(revision)
+        if version is not None:
+            labels["version"] = version.number
+        return labels
 
     def logs(self, target: Target, revision: str, lines: int = 100) -> str:
         """The last ``lines`` log lines of the revision's versions; empty when there are none."""

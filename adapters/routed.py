@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from engine.models import Target
+from engine.models import MetricProviderConfig, Target
 from engine.platform import (
     CapacityPool,
     LiveState,
@@ -202,6 +202,12 @@ class RoutedPlatform:
     def restart_replica(self, spec: RevisionSpec, index: int) -> RevisionStatus:
         self.backend.stop_replica(spec.target, spec.revision, index)
         return self.ensure_revision(spec)
+
+    def default_metric_provider(self) -> MetricProviderConfig:
+        return self.router.default_metric_provider()
+
+    def metric_labels(self, target: Target, revision: str) -> dict[str, str]:
+        return {"service": target.service, "environment": target.environment, "revision": revision}
 
     def close(self) -> None:
         self.backend.close()

@@ -94,8 +94,8 @@ def canary(steps: int, step_s: float, interval_ms: int = DEFAULT_ANALYSIS_INTERV
             "stepDuration": int(step_s * 1000),
             "analysisInterval": interval_ms,
             "minRequestCount": 5,
-            "successThreshold": {"errorRate": 0.01},
-            "failureThreshold": {"errorRate": 0.05, "consecutiveFailures": 3},
+            "successThreshold": {"errorRate": 1},  # percent
+            "failureThreshold": {"errorRate": 5, "consecutiveFailures": 3},
         },
     }
 

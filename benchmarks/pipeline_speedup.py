@@ -83,8 +83,8 @@ def template(args: argparse.Namespace, one_at_a_time: bool) -> PipelineTemplate:
             "maxSteps": 2,
             "analysisInterval": 500,
             "minRequestCount": 3,
-            "successThreshold": {"errorRate": 0.01},
-            "failureThreshold": {"errorRate": 0.05},
+            "successThreshold": {"errorRate": 1},
+            "failureThreshold": {"errorRate": 5},
         },
     }
     checks = [{"path": "/health"}, {"path": "/", "requests": args.smoke_requests}]

@@ -27,6 +27,7 @@ from engine.config import ConfigError, load_config
 from engine.control import control_event
 from engine.governance import decide_as, open_requests, subject_of
 from engine.identity import AccessDenied, AccessRole, read_token_file, save_token
+from engine.judge import Judgement, describe_judgement
 from engine.models import DeploymentRequest, DeploymentStatus, Phase
 from engine.requests import build_request
 
@@ -221,7 +222,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for event in journal.events(state.deployment_id)[-args.events :]:
             stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
             print(f"  {stamp} {event.actor:<16} {event.kind.value:<18} {_brief(event.data)}")
+        _show_judgements(journal.events(state.deployment_id), args.judgements)
     return _finish(state.status(), False)
+
+
+def _show_judgements(events: list[Any], count: int) -> None:
+    """The last analysis judgements in full: figures, thresholds, statistics and reason."""
+    judged = [e for e in events if e.kind.value == "measurement" and e.data.get("check") == "analysis"]
+    if not judged or count <= 0:
+        return
+    print("  judgements (newest last):")
+    for event in judged[-count:]:
+        fields = {k: v for k, v in event.data.items() if k != "check"}
+        judgement = Judgement.model_validate(fields)
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
+        first, *rest = describe_judgement(judgement)
+        print(f"  {stamp} {first}")
+        for line in rest:
+            print(f"      {line}")
+        print(f"      reason: {judgement.reason}")
 
 
 def _brief(data: dict[str, Any]) -> str:
@@ -461,6 +480,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="a deployment's status and recent events (from the journal)")
     status.add_argument("deployment_id")
     status.add_argument("--events", type=int, default=15)
+    status.add_argument("--judgements", type=int, default=3, help="analysis judgements shown in full")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_cmd_status)
     history = sub.add_parser("history", help="past deployments (from the journal; no cluster needed)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from engine.analysis import analysis_settings
 from engine.models import DeploymentRequest
 from engine.plans import build_plan
 from engine.state import DeploymentState, StepKind
@@ -19,16 +20,20 @@ HOLD_MARGIN_S = 300.0
 
 def deployment_time_bound(request: DeploymentRequest) -> float:
     """Seconds an unpaused deployment may take at most, from one journaled event to the end: every step to
-    its own limit, each analysis window repeated up to ``consecutiveFailures`` times, then a rollback."""
+    its own limit, each analysis window repeated up to ``consecutiveFailures`` times (each lengthened up to
+    ``maxWindowExtensions`` times), then a rollback."""
     strategy = request.strategy
     progress = strategy.progress_deadline / 1000
     config = strategy.canary or strategy.blue_green or strategy.rolling
     windows = max(1, config.failure_threshold.consecutive_failures) if config is not None else 1
+    windows *= 1 + analysis_settings(strategy).max_window_extensions  # too few requests lengthen each
     total = progress  # the rollback at the end
     for step in build_plan(strategy, has_stable=True):
         if step.kind is StepKind.ANALYZE:
             total += windows * step.duration_ms / 1000
-        elif step.kind in (StepKind.VALIDATE, StepKind.HOLD):
+        elif step.kind is StepKind.VALIDATE:  # unmet switch triggers keep it up to the progress deadline
+            total += max(step.duration_ms / 1000, progress)
+        elif step.kind is StepKind.HOLD:
             total += step.duration_ms / 1000
         elif step.kind is StepKind.AWAIT_PROMOTION:
             total += strategy.max_pause_duration / 1000

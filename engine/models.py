@@ -140,12 +140,136 @@ class StrategyType(str, Enum):
 
 
 class Thresholds(Model):
-    error_rate: float = Field(ge=0.0, le=1.0, description="Fraction of 5xx responses, 0.0-1.0")
-    response_time: float | None = Field(default=None, gt=0, description="Mean response time in ms")
+    """A revision's limits over an analysis window, in the seed's units.
+
+    ``errorRate`` and ``availability`` are percent (1 means 1%), ``responseTime`` is milliseconds judged on
+    the strategy's ``responseTimePercentile`` (p95 by default), ``throughput`` the requests per second the
+    revision must serve at least. A threshold left out is not judged.
+    """
+
+    error_rate: float | None = Field(default=None, ge=0.0, le=100.0, description="Percent of 5xx responses")
+    response_time: float | None = Field(default=None, gt=0, description="Milliseconds, at the percentile")
+    availability: float | None = Field(
+        default=None, ge=0.0, le=100.0, description="Percent of the window with the revision's replicas up"
+    )
+    throughput: float | None = Field(default=None, ge=0.0, description="Requests per second, at least")
+
+    def named(self) -> dict[str, float]:
+        """The thresholds given, by their camelCase names (plain attribute reads: called at every check)."""
+        figures = {
+            "errorRate": self.error_rate,
+            "responseTime": self.response_time,
+            "availability": self.availability,
+            "throughput": self.throughput,
+        }
+        return {name: value for name, value in figures.items() if value is not None}
 
 
 class FailureThresholds(Thresholds):
     consecutive_failures: int = Field(default=3, ge=1, le=100)
+
+
+class OnInconclusive(str, Enum):
+    """What a window that never gathered enough requests (after its extensions) leads to."""
+
+    PAUSE = "pause"  # a person decides: resume (a new window), promote, abort or roll back
+    FAIL = "fail"  # the analysis fails: rolled back like a failed window
+
+
+class ComparisonSettings(Model):
+    """The statistical judge: the candidate against the stable revision over the same window.
+
+    Mann-Whitney U on latency samples and a two-proportion z-test on error rates, one-sided (is the candidate
+    worse?). A difference counts only when it is significant at ``significance`` and larger than the
+    tolerance, so that a revision as good as the stable one passes however much traffic there is.
+    """
+
+    enabled: bool = True
+    significance: float = Field(default=0.01, gt=0.0, lt=0.5, description="p-value under which it counts")
+    error_rate_tolerance: float = Field(
+        default=1.0, ge=0.0, le=100.0, description="Percentage points the candidate may be above the stable"
+    )
+    response_time_tolerance: float = Field(
+        default=20.0, ge=0.0, description="Percent slower than the stable that is still tolerated"
+    )
+    response_time_tolerance_ms: float = Field(
+        default=5.0, ge=0.0, description="...and at least this many milliseconds slower"
+    )
+
+
+class MetricProviderType(str, Enum):
+    PLATFORM = "platform"  # the platform adapter's own counters (no latency percentiles)
+    HAPROXY = "haproxy"  # HAProxy's per-server statistics and its request log (local, docker, vm)
+    PROMETHEUS = "prometheus"  # any platform whose revisions export to a Prometheus
+    CLOUDWATCH = "cloudwatch"  # AWS CloudWatch (Lambda's default)
+
+
+# The placeholders a metric query template may use: labels of the revision and of the window.
+QUERY_PLACEHOLDERS = frozenset(
+    {
+        "service",
+        "environment",
+        "revision",
+        "namespace",
+        "selector",
+        "window",
+        "window_seconds",
+        "quantile",
+        "percentile",
+        "function",
+        "alias",
+        "version",
+    }
+)
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def render_query(template: str, values: dict[str, str]) -> str:
+    """``{name}`` placeholders replaced; PromQL's own braces (``{code=~"5.."}``) are left as they are."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise ValueError(f"placeholder {{{name}}} has no value here (known: {', '.join(sorted(values))})")
+        return values[name]
+
+    return _PLACEHOLDER.sub(value, template)
+
+
+class MetricProviderConfig(Model):
+    """Where a strategy's metrics come from; without one, the platform's own provider.
+
+    ``queries`` are templates per metric (Prometheus: PromQL; CloudWatch: metric names), ``dimensions`` the
+    CloudWatch dimensions (templates too), ``settings`` the provider's connection keys (region,
+    endpointUrl...).
+    """
+
+    type: MetricProviderType
+    url: str | None = Field(default=None, description="Prometheus: the server's base URL")
+    queries: dict[str, str] = Field(default_factory=dict)
+    selector: str | None = Field(default=None, description="Prometheus: label matchers of one revision")
+    dimensions: dict[str, str] = Field(default_factory=dict)
+    namespace: str | None = Field(default=None, description="CloudWatch: the metrics' namespace")
+    latency_unit: Literal["ms", "s"] = Field(default="s", description="Prometheus: the histogram's unit")
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("queries", "dimensions")
+    @classmethod
+    def _known_placeholders(cls, templates: dict[str, str]) -> dict[str, str]:
+        for name, template in templates.items():
+            unknown = set(_PLACEHOLDER.findall(template)) - QUERY_PLACEHOLDERS
+            if unknown:
+                raise ValueError(
+                    f"{name}: unknown placeholder {{{sorted(unknown)[0]}}}; "
+                    f"known: {', '.join(sorted(QUERY_PLACEHOLDERS))}"
+                )
+        return templates
+
+    @model_validator(mode="after")
+    def _reachable(self) -> MetricProviderConfig:
+        if self.type is MetricProviderType.PROMETHEUS and not self.url:
+            raise ValueError("url: a Prometheus provider needs the server's URL, e.g. http://prometheus:9090")
+        return self
 
 
 # A breach is seen within one interval. Each check costs about 1 ms of CPU (a runner wakes for it with cold
@@ -154,15 +278,32 @@ class FailureThresholds(Thresholds):
 DEFAULT_ANALYSIS_INTERVAL_MS = 2_000
 
 
-class CanaryConfig(Model):
+class AnalysisSettings(Model):
+    """What every strategy that judges a revision on live metrics shares."""
+
+    success_threshold: Thresholds = Thresholds(error_rate=1.0)
+    failure_threshold: FailureThresholds = FailureThresholds(error_rate=5.0)
+    response_time_percentile: float = Field(default=95.0, gt=0.0, lt=100.0)
+    min_request_count: int = Field(default=10, ge=1, description="Fewer requests than this is 'no data'")
+    max_window_extensions: int = Field(
+        default=2, ge=0, le=100, description="Times a window without enough requests is lengthened"
+    )
+    on_inconclusive: OnInconclusive = OnInconclusive.PAUSE
+    comparison: ComparisonSettings = ComparisonSettings()
+    metric_provider: MetricProviderConfig | None = None
+    analysis_interval: DurationMs = DEFAULT_ANALYSIS_INTERVAL_MS
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> AnalysisSettings:
+        _check_thresholds(self.success_threshold, self.failure_threshold)
+        return self
+
+
+class CanaryConfig(AnalysisSettings):
     initial_traffic_percentage: Percent = 10
     step_percentage: Annotated[int, Field(ge=1, le=100)] = 10
     step_duration: DurationMs = 300_000
     max_steps: int = Field(default=10, ge=1, le=100)
-    success_threshold: Thresholds = Thresholds(error_rate=0.01)
-    failure_threshold: FailureThresholds = FailureThresholds(error_rate=0.05)
-    min_request_count: int = Field(default=10, ge=1, description="Fewer requests than this is 'no data'")
-    analysis_interval: DurationMs = DEFAULT_ANALYSIS_INTERVAL_MS
     canary_replicas: int = Field(default=1, ge=1)
 
     @field_validator("step_percentage", mode="before")
@@ -173,8 +314,7 @@ class CanaryConfig(Model):
         return value
 
     @model_validator(mode="after")
-    def _thresholds_ordered(self) -> CanaryConfig:
-        _check_thresholds(self.success_threshold, self.failure_threshold)
+    def _first_step_sends_traffic(self) -> CanaryConfig:
         if self.initial_traffic_percentage == 0:
             raise ValueError("initialTrafficPercentage: 0% sends no traffic to judge; use 1-100")
         return self
@@ -188,62 +328,165 @@ class CanaryConfig(Model):
 
 
 def _check_thresholds(success: Thresholds, failure: Thresholds) -> None:
-    if failure.error_rate < success.error_rate:
-        raise ValueError(
-            f"failureThreshold.errorRate ({failure.error_rate}) is looser than "
-            f"successThreshold.errorRate ({success.error_rate}): it must be at least as high"
-        )
-    if (
-        failure.response_time is not None
-        and success.response_time is not None
-        and failure.response_time < success.response_time
-    ):
-        raise ValueError(
-            f"failureThreshold.responseTime ({failure.response_time}) is looser than "
-            f"successThreshold.responseTime ({success.response_time}): it must be at least as high"
-        )
+    """Impossible pairs are refused naming the field: a failure limit on the wrong side of the success one."""
+    pairs = (  # name, success, failure, True when a higher value is worse
+        ("errorRate", success.error_rate, failure.error_rate, True),
+        ("responseTime", success.response_time, failure.response_time, True),
+        ("availability", success.availability, failure.availability, False),
+        ("throughput", success.throughput, failure.throughput, False),
+    )
+    for name, good, bad, higher_is_worse in pairs:
+        if good is None or bad is None:
+            continue
+        if higher_is_worse and bad < good:
+            raise ValueError(
+                f"failureThreshold.{name} ({bad:g}) is looser than successThreshold.{name} ({good:g}): "
+                "it must be at least as high"
+            )
+        if not higher_is_worse and bad > good:
+            raise ValueError(
+                f"failureThreshold.{name} ({bad:g}) is above successThreshold.{name} ({good:g}): "
+                "a revision cannot fail with more than it needs to succeed; it must be at most as high"
+            )
 
 
-SwitchTrigger = Literal["health_check", "metrics", "smoke_test", "manual"]
-_DEFAULT_SWITCH_TRIGGERS: list[SwitchTrigger] = ["health_check", "smoke_test"]
+class TriggerType(str, Enum):
+    HEALTH = "health"
+    METRICS = "metrics"
+    SMOKE_TEST = "smoke_test"
+    MANUAL = "manual"
 
 
-class BlueGreenConfig(Model):
+class TriggerOperator(str, Enum):
+    EQ = "eq"
+    NE = "ne"
+    LT = "lt"
+    LTE = "lte"
+    GT = "gt"
+    GTE = "gte"
+
+
+class TriggerAction(str, Enum):
+    SWITCH = "switch"  # the switch may go ahead once every switch trigger holds
+    ROLLBACK = "rollback"  # the condition holding rolls the candidate back
+    PAUSE = "pause"  # the condition holding pauses the deployment for a person
+
+
+# The figures a trigger condition can name, measured on the candidate during validation.
+TRIGGER_METRICS: dict[str, str] = {
+    "health_status": "'healthy' when a replica of the candidate is up, else 'unhealthy'",
+    "error_rate": "percent of the candidate's requests answered 5xx",
+    "response_time": "milliseconds, at the strategy's responseTimePercentile",
+    "availability": "percent of the window with the candidate's replicas up",
+    "throughput": "requests per second the candidate served",
+    "request_count": "requests the candidate served in the window",
+    "smoke_success_rate": "percent of the smoke requests that succeeded",
+    "ready_replicas": "the candidate's ready replicas",
+}
+
+
+class TriggerCondition(Model):
+    metric: str
+    operator: TriggerOperator
+    value: float | str | bool
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in TRIGGER_METRICS:
+            raise ValueError(f"unknown metric '{metric}': known are {', '.join(TRIGGER_METRICS)}")
+        return metric
+
+    @model_validator(mode="after")
+    def _comparable(self) -> TriggerCondition:
+        ordered = self.operator not in (TriggerOperator.EQ, TriggerOperator.NE)
+        if self.metric == "health_status":
+            if ordered or self.value not in ("healthy", "unhealthy"):
+                raise ValueError("health_status takes eq or ne with 'healthy' or 'unhealthy'")
+        elif isinstance(self.value, (str, bool)):
+            raise ValueError(f"value: {self.metric} is a number, got {self.value!r}")
+        return self
+
+
+class SwitchTrigger(Model):
+    """The seed's shape: ``{type: 'health', condition: {metric, operator, value}, action: 'switch'}``."""
+
+    type: TriggerType
+    condition: TriggerCondition | None = None
+    action: TriggerAction = TriggerAction.SWITCH
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        """The earlier list-of-names form (``[health_check, smoke_test]``) maps onto the seed's shape."""
+        if isinstance(value, str):
+            return _NAMED_TRIGGERS.get(value.strip().lower(), {"type": value})
+        return value
+
+    @model_validator(mode="after")
+    def _condition_where_needed(self) -> SwitchTrigger:
+        if self.condition is None and self.type is not TriggerType.MANUAL:
+            raise ValueError(
+                f"condition: a '{self.type.value}' trigger needs a condition {{metric, operator, value}}"
+            )
+        return self
+
+
+_NAMED_TRIGGERS: dict[str, dict[str, Any]] = {
+    "health_check": {
+        "type": "health",
+        "condition": {"metric": "health_status", "operator": "eq", "value": "healthy"},
+    },
+    "health": {
+        "type": "health",
+        "condition": {"metric": "health_status", "operator": "eq", "value": "healthy"},
+    },
+    "smoke_test": {
+        "type": "smoke_test",
+        "condition": {"metric": "smoke_success_rate", "operator": "gte", "value": 95},
+    },
+    "metrics": {"type": "metrics", "condition": {"metric": "error_rate", "operator": "lte", "value": 1}},
+    "manual": {"type": "manual"},
+}
+
+
+def _default_switch_triggers() -> list[SwitchTrigger]:
+    return [SwitchTrigger.model_validate(name) for name in ("health_check", "smoke_test")]
+
+
+class BlueGreenConfig(AnalysisSettings):
     switch_traffic_percentage: Annotated[int, Field(ge=1, le=100)] = 100
     validation_duration: DurationMs = 60_000
     auto_switch: bool = True
-    switch_triggers: list[SwitchTrigger] = Field(default_factory=lambda: _DEFAULT_SWITCH_TRIGGERS.copy())
+    switch_triggers: list[SwitchTrigger] = Field(default_factory=_default_switch_triggers)
     scale_down_delay: DurationMs = 30_000
     switch_step_duration: DurationMs = 5_000
     smoke_requests: int = Field(default=20, ge=1, le=10_000)
-    success_threshold: Thresholds = Thresholds(error_rate=0.01)
-    failure_threshold: FailureThresholds = FailureThresholds(error_rate=0.05)
-    min_request_count: int = Field(default=10, ge=1)
-    analysis_interval: DurationMs = DEFAULT_ANALYSIS_INTERVAL_MS
-
-    @model_validator(mode="after")
-    def _thresholds_ordered(self) -> BlueGreenConfig:
-        _check_thresholds(self.success_threshold, self.failure_threshold)
-        return self
 
     def switch_weights(self) -> list[int]:
         step = self.switch_traffic_percentage
         return [*range(step, 100, step), 100]
 
+    def smoke_tested(self) -> bool:
+        """A trigger names the smoke test's figure: validation sends smoke requests."""
+        return any(
+            t.type is TriggerType.SMOKE_TEST or (t.condition and t.condition.metric == "smoke_success_rate")
+            for t in self.switch_triggers
+        )
 
-class RollingConfig(Model):
+    def manual_switch(self) -> bool:
+        return not self.auto_switch or any(t.type is TriggerType.MANUAL for t in self.switch_triggers)
+
+
+class RollingConfig(AnalysisSettings):
     max_surge: Annotated[int, Field(ge=0)] = 1
     max_unavailable: Annotated[int, Field(ge=0)] = 0
     batch_pause: DurationMs = 0
-    success_threshold: Thresholds = Thresholds(error_rate=0.01)
-    failure_threshold: FailureThresholds = FailureThresholds(error_rate=0.05)
-    min_request_count: int = Field(default=10, ge=1)
 
     @model_validator(mode="after")
     def _progress_possible(self) -> RollingConfig:
         if self.max_surge == 0 and self.max_unavailable == 0:
             raise ValueError("maxSurge and maxUnavailable are both 0: a rolling update could never progress")
-        _check_thresholds(self.success_threshold, self.failure_threshold)
         return self
 
 

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from engine.models import Strategy, StrategyType
 from engine.state import Role, Step, StepKind
+
+
+class Planner(Protocol):
+    """The seam the reconciler plans through: the strategy's domain worker, or ``build_plan`` here."""
+
+    def plan(self, strategy: Strategy, has_stable: bool) -> list[Step]: ...
+
+
+class LocalPlanner:
+    def plan(self, strategy: Strategy, has_stable: bool) -> list[Step]:
+        return build_plan(strategy, has_stable)
 
 
 def build_plan(strategy: Strategy, has_stable: bool) -> list[Step]:
@@ -54,10 +67,10 @@ def _blue_green(strategy: Strategy) -> list[Step]:
         Step(
             kind=StepKind.VALIDATE,
             duration_ms=config.validation_duration,
-            smoke="smoke_test" in config.switch_triggers,
+            smoke=config.smoke_tested(),
         ),
     ]
-    if not config.auto_switch or "manual" in config.switch_triggers:
+    if config.manual_switch():
         steps.append(Step(kind=StepKind.AWAIT_PROMOTION))
     for weight in config.switch_weights():
         steps.append(Step(kind=StepKind.SET_WEIGHT, weight=weight))

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import Field
 
-from engine.models import Artifact, Model, ReplicaResources, Target
+from engine.models import Artifact, MetricProviderConfig, Model, ReplicaResources, Target
 
 # The capabilities an adapter declares live with the models (each request's governance records them) and are
 # part of this protocol: re-exported here.
@@ -206,6 +206,13 @@ class PlatformAdapter(Protocol):
         """Cheap liveness of a live revision for supervision (pid + start time, container state; with
         ``deep`` also the router's socket and its own health checks): no HTTP probe of the replicas."""
 
+    def default_metric_provider(self) -> MetricProviderConfig:
+        """The metric provider that reads this platform's revisions when a strategy names none."""
+
+    def metric_labels(self, target: Target, revision: str) -> dict[str, str]:
+        """What a metric query template may name for one revision (service, environment, revision, and the
+        platform's own: namespace, function, alias, version...)."""
+
     def close(self) -> None:
         """Release client resources (not the platform's objects)."""
 
@@ -284,6 +291,9 @@ class TrafficRouter(Protocol):
 
     def metrics(self, target: Target) -> dict[str, MetricSnapshot]:
         """Cumulative counters per revision from the router's per-server statistics."""
+
+    def default_metric_provider(self) -> MetricProviderConfig:
+        """The provider that reads this router's statistics (and request log)."""
 
     def remove_frontend(self, target: Target) -> None:
         """Stop the router of a target; no-op when not running."""

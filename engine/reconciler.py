@@ -14,21 +14,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from engine.analysis import Measurement, Verdict, baseline_of, judge
+from engine.analysis import MetricsFactory, WindowReader, analysis_settings, platform_counters, window_end
 from engine.control import control_event
 from engine.governance import feature_enabled
 from engine.journal import Journal
+from engine.judge import (
+    Judgement,
+    LocalJudge,
+    TriggerResult,
+    Verdict,
+    WindowJudge,
+    describe_trigger,
+    evaluate_triggers,
+    judge_window,
+)
 from engine.models import (
-    DEFAULT_ANALYSIS_INTERVAL_MS,
     Artifact,
     Environment,
     FailureThresholds,
+    OnInconclusive,
     Phase,
     PlatformConfig,
     RollbackTrigger,
     Thresholds,
+    TriggerAction,
 )
-from engine.plans import build_plan
+from engine.plans import LocalPlanner, Planner
 from engine.platform import (
     MetricSnapshot,
     PlatformAdapter,
@@ -109,6 +120,9 @@ class DeploymentReconciler:
         tick_s: float = 0.5,
         rollback_decider: RollbackDecider | None = None,
         preflight: Callable[[DeploymentState], str | None] | None = None,
+        metrics: MetricsFactory | None = None,
+        planner: Planner | None = None,
+        judge: WindowJudge | None = None,
     ) -> None:
         self.journal = journal
         # Automated rollbacks are proposed here and decided (and journaled) by the rollback system, DO-004.
@@ -129,6 +143,10 @@ class DeploymentReconciler:
         self._smoked_at: float | None = None
         self._waiting_noted = False
         self._restore_error: str | None = None
+        self.planner = planner or LocalPlanner()
+        self.judge = judge or LocalJudge()
+        self.window = WindowReader(lambda: self.adapter, metrics or platform_counters, self.clock.now)
+        self._fired: set[int] = set()  # pause triggers already acted on in this step
 
     # ------------------------------------------------------------------------------- plumbing
     @property
@@ -139,6 +157,7 @@ class DeploymentReconciler:
         return self._adapter
 
     def close(self) -> None:
+        self.window.close()
         if self._adapter is not None:
             self._adapter.close()
             self._adapter = None
@@ -271,7 +290,7 @@ class DeploymentReconciler:
         else:
             if stable == candidate:
                 stable = next((rev for rev in serving if rev != candidate), None)
-            plan = build_plan(request.strategy, has_stable=stable is not None)
+            plan = self.planner.plan(request.strategy, stable is not None)
         if environment is not None and self._not_ready(state, environment, plan, stable):
             return 0.0
         self._append(
@@ -347,10 +366,11 @@ class DeploymentReconciler:
 
     # ------------------------------------------------------------------------------- steps
     def _start_step(self, state: DeploymentState, step: Step) -> None:
-        baseline: dict[str, float] = {}
+        baseline: dict[str, object] = {}
+        self.window.start_step()
+        self._fired = set()
         if step.kind in (StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE) and state.candidate_revision:
-            revision = state.candidate_revision
-            baseline = baseline_of(self.adapter.metrics(state.request.target, revision).get(revision))
+            baseline = self.window.baseline(state)
         # Timing of the step starts with its journaled start, as elapsed_s does.
         self._step_platform_start = self._platform_seconds()
         self._unhealthy_checks = 0
@@ -433,19 +453,13 @@ class DeploymentReconciler:
         return Done()
 
     def _thresholds(self, state: DeploymentState) -> tuple[Thresholds, FailureThresholds, int, float]:
-        strategy = state.request.strategy
-        config = strategy.canary or strategy.blue_green or strategy.rolling
-        assert config is not None
-        interval = getattr(config, "analysis_interval", DEFAULT_ANALYSIS_INTERVAL_MS) / 1000
+        config = analysis_settings(state.request.strategy)
+        interval = config.analysis_interval / 1000
         return config.success_threshold, config.failure_threshold, config.min_request_count, interval
 
     def _candidate_metrics(self, state: DeploymentState) -> MetricSnapshot | None:
-        revision = state.candidate_revision or ""
-        return self.adapter.metrics(state.request.target, revision).get(revision)
-
-    def _measure(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> Measurement:
-        success, failure, min_requests, _ = self._thresholds(state)
-        return judge(snapshot, state.step_baseline, success, failure, min_requests)
+        """Through the metric provider (which may read the servers' health with the counts, in one query)."""
+        return self.window.candidate_snapshot(state)
 
     def _healthy_now(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> bool:
         """The router's own health checks when it reports them (no extra probes), else a readiness check."""
@@ -475,28 +489,64 @@ class DeploymentReconciler:
         unhealthy = self._health(state, snapshot)
         if unhealthy is not None:
             return unhealthy
-        measurement = self._measure(state, snapshot)
-        if measurement.verdict is Verdict.FAILURE:
-            self._append(EventKind.MEASUREMENT, **measurement.model_dump(mode="json"))
-            return RollBack(RollbackTrigger.METRICS, measurement.reason)
-        remaining = step.duration_ms / 1000 - self._elapsed(state)
+        # Failure thresholds at every check, in this process (cheap); the whole window at its end, through
+        # the strategy's judge (its domain worker), with the comparison against the stable revision.
+        self.window.observe_health(state, snapshot)
+        failing = self.window.failing(state)
+        if failing is not None:
+            early = judge_window(failing)
+            early.judged_by = "runner (in-window check)"
+            self._journal_judgement(early)
+            return RollBack(RollbackTrigger.METRICS, early.reason)
+        remaining = window_end(state, step) - self.clock.now()
         if remaining > 0:
             return Wait(min(interval, remaining))
-        self._append(EventKind.MEASUREMENT, **measurement.model_dump(mode="json"))
-        if step.kind is StepKind.HOLD or measurement.verdict is Verdict.SUCCESS:
+        judgement = self.judge.judge(self.window.window_end(state), state.request.strategy.type)
+        self._journal_judgement(judgement)
+        if judgement.verdict is Verdict.FAILURE:
+            return RollBack(RollbackTrigger.METRICS, judgement.reason)
+        if step.kind is StepKind.HOLD or judgement.verdict is Verdict.SUCCESS:
             return Done()
+        if judgement.verdict is Verdict.NO_DATA:
+            return self._too_little_data(state, judgement, interval)
         failures = state.consecutive_failures + 1
         if failures >= failure.consecutive_failures:
             return RollBack(
                 RollbackTrigger.METRICS,
-                f"{failures} analysis windows in a row without success ({measurement.verdict.value}): "
-                f"{measurement.reason}",
+                f"{failures} analysis windows in a row without success ({judgement.verdict.value}): "
+                f"{judgement.reason}",
             )
+        self._restart_window(state, failures)
+        return Wait(interval)
+
+    def _journal_judgement(self, judgement: Judgement, **extra: object) -> None:
+        self._append(EventKind.MEASUREMENT, check="analysis", **judgement.model_dump(mode="json"), **extra)
+
+    def _restart_window(self, state: DeploymentState, failures: int) -> None:
         self._step_platform_start = self._platform_seconds()  # elapsed_s counts from the restart too
         self._append(
-            EventKind.WINDOW_RESTARTED, consecutive_failures=failures, baseline=baseline_of(snapshot)
+            EventKind.WINDOW_RESTARTED, consecutive_failures=failures, baseline=self.window.baseline(state)
         )
-        return Wait(interval)
+
+    def _too_little_data(self, state: DeploymentState, judgement: Judgement, interval: float) -> StepOutcome:
+        """Never a silent pass: the same window goes on longer (bounded), then ends inconclusive, which
+        pauses for a person (a fresh window once resumed) or fails, as configured."""
+        settings = analysis_settings(state.request.strategy)
+        if state.window_extensions < settings.max_window_extensions:
+            self._append(
+                EventKind.WINDOW_EXTENDED, extensions=state.window_extensions + 1, reason=judgement.reason
+            )
+            return Wait(interval)
+        reason = f"inconclusive after {state.window_extensions} extension(s): {judgement.reason}"
+        self._journal_judgement(
+            judgement.model_copy(update={"verdict": Verdict.INCONCLUSIVE, "reason": reason})
+        )
+        if settings.on_inconclusive is OnInconclusive.FAIL:
+            return RollBack(RollbackTrigger.METRICS, reason)
+        self._restart_window(state, state.consecutive_failures)
+        self._append(EventKind.NOTE, message=f"paused: {reason}")
+        self._append(EventKind.PAUSED, reason=reason, by=self.actor)
+        return Wait(self.tick_s)
 
     def _step_validate(self, state: DeploymentState, step: Step) -> StepOutcome:
         snapshot = self._candidate_metrics(state)
@@ -509,8 +559,98 @@ class DeploymentReconciler:
             failed = self._smoke_test(state)
             if failed is not None:
                 return failed
+        if self.smoke is None:
+            self.window.not_measurable.add("smoke_success_rate")
+        self.window.observe_health(state, snapshot)
+        return self._switch_triggers(state, step, snapshot)
+
+    def _switch_triggers(
+        self, state: DeploymentState, step: Step, snapshot: MetricSnapshot | None
+    ) -> StepOutcome:
+        """The seed's switch triggers on the idle candidate: a rollback or pause trigger acts as soon as its
+        condition holds; from the window's end on, the switch goes ahead once every switch trigger holds
+        (confirmed by the strategy's judge), and a green they never all hold for is rolled back at the
+        progress deadline."""
+        config = state.request.strategy.blue_green
+        interval = self._thresholds(state)[3]
         remaining = step.duration_ms / 1000 - self._elapsed(state)
-        return Done() if remaining <= 0 else Wait(min(self._thresholds(state)[3], remaining))
+        if config is None:
+            return Done() if remaining <= 0 else Wait(min(interval, remaining))
+        figures = self.window.validation_figures(state, *self._candidate_readiness(state, snapshot))
+        results = evaluate_triggers(config.switch_triggers, figures)
+        for result in results:
+            if (
+                result.holds
+                and result.action != TriggerAction.SWITCH.value
+                and result.index not in self._fired
+            ):
+                return self._trigger_fired(state, result, figures)
+        if remaining > 0:
+            return Wait(min(interval, remaining))
+        unmet = self._unmet(results)
+        if not unmet:
+            results = self.judge.switch(config.switch_triggers, figures)
+            unmet = self._unmet(results)
+        deadline_s = state.request.strategy.progress_deadline / 1000
+        if unmet and self._elapsed(state) <= deadline_s:
+            return Wait(interval)  # e.g. a router that has not yet looked at the green's servers
+        self._append(
+            EventKind.MEASUREMENT,
+            check="switch_triggers",
+            triggers=[r.model_dump(mode="json") for r in results],
+            figures=figures,
+            not_measurable=sorted(self.window.not_measurable),
+        )
+        if unmet:
+            reasons = ", ".join(describe_trigger(r) for r in unmet)
+            return RollBack(
+                RollbackTrigger.METRICS,
+                f"validation: switch trigger not met by the progress deadline ({deadline_s:g}s): {reasons}",
+            )
+        return Done()
+
+    def _unmet(self, results: list[TriggerResult]) -> list[TriggerResult]:
+        """Switch triggers that do not hold. A figure this platform cannot measure at all (no direct endpoints
+        to smoke-test) does not hold a switch back; one it can measure but did not is never taken as met."""
+        return [
+            r
+            for r in results
+            if r.action == TriggerAction.SWITCH.value
+            and r.metric
+            and r.holds is not True
+            and r.metric not in self.window.not_measurable
+        ]
+
+    def _candidate_readiness(
+        self, state: DeploymentState, snapshot: MetricSnapshot | None
+    ) -> tuple[bool, int]:
+        """(every replica of the candidate healthy, how many are): by the router's own checks when it has the
+        candidate's servers (traffic switched before it has looked at them would find none up), else by
+        the platform's readiness probes."""
+        if snapshot is not None and snapshot.servers_total > 0:
+            return snapshot.servers_up == snapshot.servers_total, snapshot.servers_up
+        status = self.adapter.revision_status(state.request.target, state.candidate_revision or "")
+        if status is None:
+            return False, 0
+        return status.ready_replicas > 0 and status.ready, status.ready_replicas
+
+    def _trigger_fired(
+        self, state: DeploymentState, result: TriggerResult, figures: dict[str, float | str | None]
+    ) -> StepOutcome:
+        reason = f"switch trigger {describe_trigger(result)}: {result.action}"
+        self._append(
+            EventKind.MEASUREMENT,
+            check="switch_triggers",
+            triggers=[result.model_dump(mode="json")],
+            figures=figures,
+        )
+        if result.action == TriggerAction.ROLLBACK.value:
+            trigger = RollbackTrigger.HEALTH if result.metric == "health_status" else RollbackTrigger.METRICS
+            return RollBack(trigger, reason)
+        self._fired.add(result.index)
+        self._append(EventKind.NOTE, message=f"paused: {reason}")
+        self._append(EventKind.PAUSED, reason=reason, by=self.actor)
+        return Wait(self.tick_s)
 
     def _smoke_test(self, state: DeploymentState) -> RollBack | None:
         assert self.smoke is not None
@@ -518,16 +658,19 @@ class DeploymentReconciler:
         self._smoked_at = self.clock.now()
         if status is None or not status.endpoints:
             self._append(EventKind.NOTE, message="smoke test skipped: the platform gives no direct endpoints")
+            self.window.not_measurable.add("smoke_success_rate")
             return None
         config = state.request.strategy.blue_green
         assert config is not None
         path = state.request.artifact.metadata.get("smokePath", "/")
         ok, failed = self.smoke.smoke(status.endpoints, path, config.smoke_requests)
-        rate = failed / max(1, ok + failed)
+        self.window.smoke = (ok, failed)
+        rate = 100.0 * failed / max(1, ok + failed)  # percent, as the thresholds
         self._append(
             EventKind.MEASUREMENT, check="smoke", requests=ok + failed, errors=failed, error_rate=rate
         )
-        if rate > config.failure_threshold.error_rate:
+        limit = config.failure_threshold.error_rate
+        if limit is not None and rate > limit:
             return RollBack(RollbackTrigger.METRICS, f"smoke test: {failed} of {ok + failed} requests failed")
         return None
 
@@ -659,7 +802,7 @@ class DeploymentReconciler:
                 )
             step = state.current_step()
             fresh = step is not None and step.kind in WINDOW_STEPS and state.step_started_at is not None
-            baseline = baseline_of(self._candidate_metrics(state)) if fresh else {}
+            baseline = self.window.baseline(state) if fresh else {}
         except PlatformError as error:  # not restored yet (a transient one is retried the same way)
             self._restore_error = str(error)
             return self._on_platform_fault(state, str(error))

@@ -88,6 +88,7 @@ class DeploymentState(Model):
     consecutive_failures: int = 0
     platform_fault: str | None = None  # analysis paused: the platform (not the candidate) is at fault
     platform_fault_since: float | None = None
+    window_extensions: int = 0
     outcome: Phase | None = None
     message: str = ""
     finished_at: float | None = None
@@ -152,6 +153,7 @@ class EventKind(str, Enum):
     STEP_STARTED = "step_started"
     STEP_COMPLETED = "step_completed"
     WINDOW_RESTARTED = "window_restarted"
+    WINDOW_EXTENDED = "window_extended"  # too few requests: the same window, one step duration longer
     WEIGHTS_SET = "weights_set"
     MEASUREMENT = "measurement"
     PAUSED = "paused"
@@ -218,6 +220,7 @@ def _planned(s: DeploymentState, e: Event) -> None:
 def _step_started(s: DeploymentState, e: Event) -> None:
     s.step_started_at = e.at
     s.step_baseline = dict(e.data.get("baseline", {}))
+    s.window_extensions = 0
 
 
 def _step_completed(s: DeploymentState, e: Event) -> None:
@@ -225,6 +228,7 @@ def _step_completed(s: DeploymentState, e: Event) -> None:
     s.step_started_at = None
     s.step_baseline = {}
     s.consecutive_failures = 0
+    s.window_extensions = 0
     step = s.plan[int(e.data["index"])]
     if step.kind is StepKind.REMOVE_STABLE:
         s.stable_revision, s.candidate_revision = s.candidate_revision, None
@@ -236,6 +240,11 @@ def _window_restarted(s: DeploymentState, e: Event) -> None:
     s.consecutive_failures = int(e.data["consecutive_failures"])
     s.step_started_at = e.at
     s.step_baseline = dict(e.data.get("baseline", {}))
+    s.window_extensions = 0
+
+
+def _window_extended(s: DeploymentState, e: Event) -> None:
+    s.window_extensions = int(e.data["extensions"])
 
 
 def _weights_set(s: DeploymentState, e: Event) -> None:
@@ -331,6 +340,7 @@ _APPLY = {
     EventKind.STEP_STARTED: _step_started,
     EventKind.STEP_COMPLETED: _step_completed,
     EventKind.WINDOW_RESTARTED: _window_restarted,
+    EventKind.WINDOW_EXTENDED: _window_extended,
     EventKind.WEIGHTS_SET: _weights_set,
     EventKind.MEASUREMENT: _nothing,
     EventKind.PAUSED: _paused,

@@ -41,8 +41,8 @@ def _canary(step_seconds: float) -> dict[str, object]:
             "maxSteps": 3,
             "analysisInterval": 1000,
             "minRequestCount": 10,
-            "successThreshold": {"errorRate": 0.01},
-            "failureThreshold": {"errorRate": 0.05},
+            "successThreshold": {"errorRate": 1},  # percent, as in the seed: at most 1% errors
+            "failureThreshold": {"errorRate": 5},  # more than 5% rolls back at once
         },
     }
 

@@ -95,8 +95,8 @@ def canary(step_ms: int = 3000, steps: int = 3, **extra: Any) -> dict[str, Any]:
             "maxSteps": steps,
             "analysisInterval": 500,
             "minRequestCount": 10,
-            "successThreshold": {"errorRate": 0.01},
-            "failureThreshold": {"errorRate": 0.05},
+            "successThreshold": {"errorRate": 1},
+            "failureThreshold": {"errorRate": 5},
             **extra,
         },
     }

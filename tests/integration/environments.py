@@ -412,13 +412,21 @@ METRICS_SELECTOR = 'namespace="{namespace}",service="{service}",revision="{revis
 class Prometheus:
     url: str
     requests: prometheus_client.Counter
+    latency: prometheus_client.Histogram  # seconds, by the same labels but ``code``
 
 
 @contextmanager
 def prometheus_server(folder: Path, labels: list[str], wait_scraped: bool = True) -> Iterator[Prometheus]:
-    """A real Prometheus scraping a prometheus-client exporter (``http_requests``) on loopback every 0.5 s."""
+    """A real Prometheus scraping a prometheus-client exporter (``http_requests`` and the histogram
+    ``http_request_duration_seconds``) on loopback every 0.5 s."""
     registry = prometheus_client.CollectorRegistry()
     requests = prometheus_client.Counter("http_requests", "requests served", labels, registry=registry)
+    latency = prometheus_client.Histogram(
+        "http_request_duration_seconds",
+        "time to answer",
+        [x for x in labels if x != "code"],
+        registry=registry,
+    )
     exporter_port, prometheus_port = closed_port(), closed_port()
     exporter, exporter_thread = prometheus_client.start_http_server(exporter_port, "127.0.0.1", registry)
     config = folder / "prometheus.yml"
@@ -436,7 +444,7 @@ def prometheus_server(folder: Path, labels: list[str], wait_scraped: bool = True
     try:
         if wait_scraped:
             _wait_scraped(url, process)
-        yield Prometheus(url, requests)
+        yield Prometheus(url, requests, latency)
     finally:
         process.terminate()
         try:

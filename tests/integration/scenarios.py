@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters import create_metric_provider
 from engine.journal import Journal
 from engine.models import (
     Artifact,
@@ -105,7 +106,13 @@ class Harness:
     def _reconciler(self, deployment_id: str) -> DeploymentReconciler:
         adapter = self.env.make_adapter()
         return DeploymentReconciler(
-            self.journal, deployment_id, lambda _: adapter, smoke=self.env.smoke, actor="scenario", tick_s=0.2
+            self.journal,
+            deployment_id,
+            lambda _: adapter,
+            smoke=self.env.smoke,
+            actor="scenario",
+            tick_s=0.2,
+            metrics=create_metric_provider,  # the platform's own provider, as a runner has it
         )
 
     def revisions(self) -> set[str]:
@@ -138,8 +145,8 @@ def canary_strategy(step_ms: int) -> dict[str, Any]:
             "maxSteps": 3,
             "analysisInterval": 500,
             "minRequestCount": 5,
-            "successThreshold": {"errorRate": 0.02},
-            "failureThreshold": {"errorRate": 0.1, "consecutiveFailures": 2},
+            "successThreshold": {"errorRate": 2},
+            "failureThreshold": {"errorRate": 10, "consecutiveFailures": 2},
         },
     }
 
@@ -154,8 +161,8 @@ def blue_green_strategy(hold_ms: int) -> dict[str, Any]:
             "smokeRequests": 5,
             "analysisInterval": 500,
             "minRequestCount": 5,
-            "successThreshold": {"errorRate": 0.02},
-            "failureThreshold": {"errorRate": 0.1},
+            "successThreshold": {"errorRate": 2},
+            "failureThreshold": {"errorRate": 10},
         },
     }
 
@@ -210,6 +217,15 @@ class PlatformScenarios:
             state = harness.deploy("2.0.0", canary_strategy(scenario_env.step_ms), faulty=True)
         assert state.phase() is Phase.ROLLED_BACK, state.status()
         assert state.rollback is not None and state.rollback.trigger is RollbackTrigger.METRICS
+        # Rolled back for the error rate it showed (half of its requests fail), not for a lack of data.
+        assert "error rate" in state.rollback.reason and "[fail]" in state.rollback.reason, state.rollback
+        assert "no_data" not in state.rollback.reason and "inconclusive" not in state.rollback.reason
+        failed = [
+            e.data
+            for e in harness.journal.events(state.deployment_id)
+            if e.kind is EventKind.MEASUREMENT and e.data.get("verdict") == "failure"
+        ]
+        assert failed and failed[-1]["candidate"]["error_rate"] > 10, failed
         assert harness.weights() == {"1-0-0": 100}
         assert harness.revisions() == {"1-0-0"}
 

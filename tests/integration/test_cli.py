@@ -160,7 +160,8 @@ def test_deploy_exit_status_and_json(home: dict[str, str]) -> None:
     )
     assert first.returncode == 0, first.stderr[-3000:]
     assert json.loads(first.stdout)["phase"] == "succeeded"
-    # No traffic reaches the canary: three windows without data roll it back, and the exit status says so.
+    # No traffic reaches the canary: its window, lengthened once, ends inconclusive; configured to fail, that
+    # rolls it back, and the exit status says so.
     bad = cli(
         *_sample_args(
             "clisvc",
@@ -170,14 +171,16 @@ def test_deploy_exit_status_and_json(home: dict[str, str]) -> None:
             "--set",
             "analysisInterval=500",
             "--set",
-            "failureThreshold.consecutiveFailures=2",
+            "maxWindowExtensions=1",
+            "--set",
+            "onInconclusive=fail",
             "--replicas",
             "1",
         ),
         env=home,
     )
     assert bad.returncode == 1, bad.stdout[-3000:] + bad.stderr[-3000:]
-    assert "rolled_back" in bad.stdout and "no_data" in bad.stdout
+    assert "rolled_back" in bad.stdout and "inconclusive after 1 extension(s)" in bad.stdout
     _teardown(home, "clisvc")
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.models import Target
+from engine.metrics import Capability, PlatformCounters, RevisionFigures, Window, percentile
+from engine.models import MetricProviderConfig, MetricProviderType, Target
 from engine.platform import (
     CapacityPool,
     LiveState,
@@ -226,6 +227,12 @@ class FakePlatform:
         current = self.revisions[revision]
         current.dead |= set(indexes or range(current.replicas))
 
+    def default_metric_provider(self) -> MetricProviderConfig:
+        return MetricProviderConfig(type=MetricProviderType.PLATFORM)
+
+    def metric_labels(self, target: Target, revision: str) -> dict[str, str]:
+        return {"service": target.service, "environment": target.environment, "revision": revision}
+
     def close(self) -> None:
         return None
 
@@ -238,3 +245,27 @@ class FakeSmoke:
     def smoke(self, endpoints: list[str], path: str, count: int) -> tuple[int, int]:
         self.calls += 1
         return count - min(count, self.failures), min(count, self.failures)
+
+
+class FakeMetrics(PlatformCounters):
+    """A ``MetricProvider`` over a FakePlatform's counters, with latency samples per revision: as many as
+    the window's requests (at most 400), spread evenly from 0.8 to 1.2 times the revision's latency."""
+
+    name = "fake-metrics"
+    capabilities = frozenset(
+        {Capability.COUNTS, Capability.SERVERS, Capability.LATENCY_PERCENTILE, Capability.LATENCY_SAMPLES}
+    )
+
+    def __init__(self, platform: FakePlatform, latency_ms: dict[str, float]) -> None:
+        super().__init__(platform)
+        self.latency_ms = latency_ms
+
+    def read(self, target: Target, revisions: list[str], window: Window) -> dict[str, RevisionFigures]:
+        figures = super().read(target, revisions, window)
+        for revision, figure in figures.items():
+            count = min(400, figure.requests or 0)
+            base = self.latency_ms.get(revision, 10.0)
+            samples = [base * (0.8 + 0.4 * i / max(1, count - 1)) for i in range(count)]
+            figure.response_time_ms = percentile(samples, window.percentile)
+            figure.latency_samples = samples if window.samples else []
+        return figures

@@ -25,7 +25,8 @@ CANARY = {
         "stepPercentage": 40,
         "stepDuration": 10_000,
         "maxSteps": 2,
-        "failureThreshold": {"errorRate": 0.05, "consecutiveFailures": 3},
+        "failureThreshold": {"errorRate": 5, "consecutiveFailures": 3},
+        "maxWindowExtensions": 1,
     },
 }
 
@@ -33,9 +34,10 @@ CANARY = {
 def test_a_canary_is_bounded_by_its_steps_windows_and_rollback() -> None:
     bound = deployment_time_bound(request(CANARY))
     # Plan: deploy x1, weight 20%, analyze 10 s, weight 60%, analyze 10 s, deploy x2, weight 100%, remove.
-    # Six platform steps up to the progress deadline (60 s) each, two analyses of up to 3 windows of 10 s,
-    # and a rollback at the end (60 s); no pause is counted unless the deployment is paused.
-    assert bound == 6 * 60.0 + 2 * 3 * 10.0 + 60.0
+    # Six platform steps up to the progress deadline (60 s) each, two analyses of up to 3 windows of 10 s
+    # each lengthened once at most (too few requests), and a rollback at the end (60 s); no pause is counted
+    # unless the deployment is paused.
+    assert bound == 6 * 60.0 + 2 * 3 * 2 * 10.0 + 60.0
 
 
 def test_a_paused_deployment_may_be_held_for_its_pause_limit() -> None:

@@ -71,12 +71,24 @@ def test_the_shipped_environments_have_the_promised_governance() -> None:
 
 def test_the_shipped_strategy_defaults_are_the_seeds() -> None:
     defaults = load_config(DEFAULT_CONFIG_FILE).strategy_defaults
-    assert defaults.canary.weights() == [10, 30, 50, 70, 90]
+    assert defaults.canary.weights() == [10, 35, 60, 85]
     assert defaults.canary.step_duration == 300_000
-    assert defaults.canary.success_threshold.response_time == 500
+    assert defaults.canary.success_threshold.named() == {
+        "errorRate": 1,
+        "responseTime": 500,
+        "availability": 99.5,
+        "throughput": 100,
+    }
+    assert defaults.canary.failure_threshold.named() == {
+        "errorRate": 5,
+        "responseTime": 2000,
+        "availability": 95,
+    }
     assert defaults.canary.failure_threshold.consecutive_failures == 3
     assert defaults.blue_green.validation_duration == 300_000
-    assert defaults.blue_green.switch_triggers == ["health_check", "smoke_test"]
+    health, smoke = defaults.blue_green.switch_triggers
+    assert health.condition is not None and health.condition.metric == "health_status"
+    assert smoke.condition is not None and smoke.condition.metric == "smoke_success_rate"
     assert (defaults.rolling.max_surge, defaults.rolling.max_unavailable) == (1, 0)
 
 
@@ -128,13 +140,32 @@ def test_a_failure_error_rate_looser_than_success_is_refused(tmp_path: Path) -> 
         """
         strategyDefaults:
           canary:
-            successThreshold: {errorRate: 0.05}
-            failureThreshold: {errorRate: 0.01}
+            successThreshold: {errorRate: 5}
+            failureThreshold: {errorRate: 1}
         """,
     )
     assert (
-        "strategyDefaults.canary.failureThreshold.errorRate: 0.01 is looser than successThreshold.errorRate"
+        "strategyDefaults.canary.failureThreshold.errorRate: 1 is looser than successThreshold.errorRate"
     ) in message
+
+
+def test_a_bad_switch_trigger_is_reported_at_its_yaml_path(tmp_path: Path) -> None:
+    message = _problems(
+        tmp_path,
+        """
+        strategyDefaults:
+          blueGreen:
+            switchTriggers:
+              - type: health
+                condition: {metric: health_status, operator: eq, value: healthy}
+                action: switch
+              - type: metrics
+                condition: {metric: cpu_load, operator: lt, value: 80}
+                action: rollback
+        """,
+    )
+    assert "strategyDefaults.blueGreen.switchTriggers[1].condition.metric" in message
+    assert "unknown metric 'cpu_load'" in message
 
 
 def test_an_unknown_platform_type_lists_the_supported_ones(tmp_path: Path) -> None:
@@ -216,11 +247,11 @@ def test_a_snake_case_threshold_is_reported_as_written(tmp_path: Path) -> None:
         """
         strategy_defaults:
           canary:
-            success_threshold: {error_rate: 0.05}
-            failure_threshold: {error_rate: 0.01}
+            success_threshold: {error_rate: 5}
+            failure_threshold: {error_rate: 1}
         """,
     )
-    assert "strategy_defaults.canary.failure_threshold.error_rate: 0.01 is looser than" in message
+    assert "strategy_defaults.canary.failure_threshold.error_rate: 1 is looser than" in message
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
@@ -251,7 +282,7 @@ def test_strategy_for_merges_the_defaults_with_overrides(tmp_path: Path) -> None
     assert strategy.canary.step_percentage == 30  # overridden
     assert strategy.canary.initial_traffic_percentage == 10  # from the file
     assert strategy.canary.failure_threshold.consecutive_failures == 5  # overridden, nested
-    assert strategy.canary.failure_threshold.error_rate == 0.05  # kept beside it
+    assert strategy.canary.failure_threshold.error_rate == 5  # kept beside it
     assert strategy.canary.weights() == [10, 40, 70, 100]
 
 

@@ -256,7 +256,7 @@ def test_strategy_overrides_merge_between_the_defaults_and_the_deployment(tmp_pa
             tmp_path,
             """
             strategyDefaults:
-              canary: {stepDuration: 1m, stepPercentage: 20, successThreshold: {errorRate: 0.01}}
+              canary: {stepDuration: 1m, stepPercentage: 20, successThreshold: {errorRate: 1}}
             environments:
               production:
                 strategyOverrides:

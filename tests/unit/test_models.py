@@ -15,45 +15,74 @@ from engine.models import (
     RollingConfig,
     Strategy,
     StrategyType,
+    TriggerAction,
+    TriggerOperator,
+    TriggerType,
 )
 
+# The seed's two configuration blocks, verbatim (shared/seed: "Canary Configuration", "Blue-Green
+# Configuration").
 SEED_CANARY: dict[str, Any] = {
     "initialTrafficPercentage": 10,
-    "stepPercentage": 20,
+    "stepPercentage": 25,
     "stepDuration": 300000,
-    "maxSteps": 5,
-    "successThreshold": {"errorRate": 0.01, "responseTime": 500},
-    "failureThreshold": {"errorRate": 0.05, "responseTime": 2000, "consecutiveFailures": 3},
+    "maxSteps": 4,
+    "successThreshold": {"errorRate": 1, "responseTime": 500, "availability": 99.5, "throughput": 100},
+    "failureThreshold": {"errorRate": 5, "responseTime": 2000, "availability": 95, "consecutiveFailures": 3},
 }
 SEED_BLUE_GREEN: dict[str, Any] = {
     "switchTrafficPercentage": 100,
     "validationDuration": 300000,
-    "autoSwitch": True,
-    "switchTriggers": ["health_check", "smoke_test"],
+    "autoSwitch": False,
+    "switchTriggers": [
+        {
+            "type": "health",
+            "condition": {"metric": "health_status", "operator": "eq", "value": "healthy"},
+            "action": "switch",
+        }
+    ],
 }
 
 
-def test_canary_loads_the_seed_camel_case_keys() -> None:
+def test_canary_loads_the_seed_block_verbatim_in_its_units() -> None:
     canary = CanaryConfig.model_validate(SEED_CANARY)
     assert canary.initial_traffic_percentage == 10
-    assert canary.step_percentage == 20
+    assert canary.step_percentage == 25
     assert canary.step_duration == 300_000
-    assert canary.max_steps == 5
-    assert canary.success_threshold.error_rate == 0.01
-    assert canary.success_threshold.response_time == 500
-    assert canary.failure_threshold.error_rate == 0.05
-    assert canary.failure_threshold.consecutive_failures == 3
+    assert canary.max_steps == 4
+    assert canary.weights() == [10, 35, 60, 85]
+    success, failure = canary.success_threshold, canary.failure_threshold
+    # Percent as the seed writes it: 1 means 1%, 99.5 means 99.5%.
+    assert (success.error_rate, success.response_time, success.availability, success.throughput) == (
+        1,
+        500,
+        99.5,
+        100,
+    )
+    assert (failure.error_rate, failure.response_time, failure.availability) == (5, 2000, 95)
+    assert failure.consecutive_failures == 3
+    assert canary.response_time_percentile == 95  # responseTime is judged on p95 unless told otherwise
 
 
 def test_canary_loads_snake_case_keys_to_the_same_model() -> None:
     snake = CanaryConfig.model_validate(
         {
             "initial_traffic_percentage": 10,
-            "step_percentage": 20,
+            "step_percentage": 25,
             "step_duration": 300000,
-            "max_steps": 5,
-            "success_threshold": {"error_rate": 0.01, "response_time": 500},
-            "failure_threshold": {"error_rate": 0.05, "response_time": 2000, "consecutive_failures": 3},
+            "max_steps": 4,
+            "success_threshold": {
+                "error_rate": 1,
+                "response_time": 500,
+                "availability": 99.5,
+                "throughput": 100,
+            },
+            "failure_threshold": {
+                "error_rate": 5,
+                "response_time": 2000,
+                "availability": 95,
+                "consecutive_failures": 3,
+            },
         }
     )
     assert snake == CanaryConfig.model_validate(SEED_CANARY)
@@ -73,20 +102,46 @@ def test_a_duration_that_is_not_one_is_refused_naming_the_field() -> None:
     assert "not a duration" in str(caught.value)
 
 
-def test_blue_green_loads_the_seed_camel_case_keys() -> None:
+def test_blue_green_loads_the_seed_block_verbatim() -> None:
     blue_green = BlueGreenConfig.model_validate(SEED_BLUE_GREEN)
     assert blue_green.switch_traffic_percentage == 100
     assert blue_green.validation_duration == 300_000
-    assert blue_green.auto_switch is True
-    assert blue_green.switch_triggers == ["health_check", "smoke_test"]
-
-
-def test_blue_green_loads_snake_case_keys() -> None:
-    blue_green = BlueGreenConfig.model_validate(
-        {"switch_traffic_percentage": 50, "validation_duration": "30s", "auto_switch": False}
+    assert blue_green.auto_switch is False and blue_green.manual_switch()
+    [trigger] = blue_green.switch_triggers
+    assert (trigger.type, trigger.action) == (TriggerType.HEALTH, TriggerAction.SWITCH)
+    assert trigger.condition is not None
+    assert (trigger.condition.metric, trigger.condition.operator, trigger.condition.value) == (
+        "health_status",
+        TriggerOperator.EQ,
+        "healthy",
     )
-    assert (blue_green.switch_traffic_percentage, blue_green.validation_duration) == (50, 30_000)
-    assert blue_green.auto_switch is False
+    assert not blue_green.smoke_tested()
+
+
+def test_blue_green_loads_snake_case_keys_to_the_same_model() -> None:
+    blue_green = BlueGreenConfig.model_validate(
+        {
+            "switch_traffic_percentage": 100,
+            "validation_duration": 300000,
+            "auto_switch": False,
+            "switch_triggers": [
+                {
+                    "type": "health",
+                    "condition": {"metric": "health_status", "operator": "eq", "value": "healthy"},
+                    "action": "switch",
+                }
+            ],
+        }
+    )
+    assert blue_green == BlueGreenConfig.model_validate(SEED_BLUE_GREEN)
+
+
+def test_the_earlier_list_of_trigger_names_maps_onto_the_seed_shape() -> None:
+    blue_green = BlueGreenConfig.model_validate({"switchTriggers": ["health_check", "smoke_test", "manual"]})
+    health, smoke, manual = blue_green.switch_triggers
+    assert health == BlueGreenConfig.model_validate(SEED_BLUE_GREEN).switch_triggers[0]
+    assert smoke.condition is not None and smoke.condition.metric == "smoke_success_rate"
+    assert blue_green.smoke_tested() and manual.type is TriggerType.MANUAL and blue_green.manual_switch()
 
 
 def test_models_serialise_back_to_camel_case() -> None:
@@ -115,7 +170,8 @@ def test_a_strategy_without_config_gets_its_type_defaults() -> None:
 
 
 def test_canary_weights_grow_by_step_up_to_max_steps() -> None:
-    assert CanaryConfig.model_validate(SEED_CANARY).weights() == [10, 30, 50, 70, 90]
+    canary = CanaryConfig(initial_traffic_percentage=10, step_percentage=20, max_steps=5)
+    assert canary.weights() == [10, 30, 50, 70, 90]
 
 
 def test_canary_weights_stop_at_100() -> None:
@@ -157,7 +213,7 @@ def test_an_initial_canary_weight_of_zero_is_refused() -> None:
 
 def test_a_failure_error_rate_looser_than_success_is_refused() -> None:
     message = _refusal(
-        CanaryConfig, {"successThreshold": {"errorRate": 0.05}, "failureThreshold": {"errorRate": 0.01}}
+        CanaryConfig, {"successThreshold": {"errorRate": 5}, "failureThreshold": {"errorRate": 1}}
     )
     assert "failureThreshold.errorRate" in message and "looser" in message
 
@@ -166,15 +222,105 @@ def test_a_failure_response_time_looser_than_success_is_refused() -> None:
     message = _refusal(
         BlueGreenConfig,
         {
-            "successThreshold": {"errorRate": 0.01, "responseTime": 500},
-            "failureThreshold": {"errorRate": 0.05, "responseTime": 100},
+            "successThreshold": {"errorRate": 1, "responseTime": 500},
+            "failureThreshold": {"errorRate": 5, "responseTime": 100},
         },
     )
     assert "failureThreshold.responseTime" in message
 
 
-def test_an_error_rate_above_one_is_refused() -> None:
-    assert "errorRate" in _refusal(CanaryConfig, {"successThreshold": {"errorRate": 5}})
+@pytest.mark.parametrize(
+    ("thresholds", "named"),
+    [
+        (
+            {"successThreshold": {"availability": 99.5}, "failureThreshold": {"availability": 99.9}},
+            "availability",
+        ),
+        ({"successThreshold": {"throughput": 10}, "failureThreshold": {"throughput": 50}}, "throughput"),
+    ],
+)
+def test_a_failure_floor_above_the_success_floor_is_refused(thresholds: dict[str, Any], named: str) -> None:
+    message = _refusal(CanaryConfig, thresholds)
+    assert f"failureThreshold.{named}" in message and "above" in message
+
+
+@pytest.mark.parametrize(
+    ("block", "field", "value"),
+    [
+        ("successThreshold", "errorRate", 150),
+        ("failureThreshold", "errorRate", -1),
+        ("successThreshold", "availability", 100.5),
+        ("failureThreshold", "availability", -3),
+        ("successThreshold", "responseTime", 0),
+        ("successThreshold", "throughput", -1),
+    ],
+)
+def test_a_threshold_outside_its_range_is_refused_naming_it(block: str, field: str, value: float) -> None:
+    with pytest.raises(ValidationError) as caught:
+        CanaryConfig.model_validate({block: {field: value}})
+    assert [error["loc"] for error in caught.value.errors()] == [(block, field)]
+
+
+@pytest.mark.parametrize("percentile", [0, 100, 150])
+def test_a_response_time_percentile_outside_0_to_100_is_refused(percentile: float) -> None:
+    assert "responseTimePercentile" in _refusal(CanaryConfig, {"responseTimePercentile": percentile})
+
+
+def test_the_percentile_is_configurable() -> None:
+    assert CanaryConfig.model_validate({"responseTimePercentile": 99}).response_time_percentile == 99
+
+
+@pytest.mark.parametrize(
+    ("condition", "complaint"),
+    [
+        ({"metric": "cpu_load", "operator": "lt", "value": 1}, "unknown metric 'cpu_load'"),
+        ({"metric": "error_rate", "operator": "below", "value": 1}, "operator"),
+        ({"metric": "health_status", "operator": "lt", "value": "healthy"}, "health_status takes eq or ne"),
+        ({"metric": "error_rate", "operator": "lt", "value": "low"}, "error_rate is a number"),
+    ],
+)
+def test_a_bad_switch_trigger_condition_is_refused_naming_it(
+    condition: dict[str, Any], complaint: str
+) -> None:
+    message = _refusal(
+        BlueGreenConfig, {"switchTriggers": [{"type": "metrics", "condition": condition, "action": "switch"}]}
+    )
+    assert "switchTriggers.0.condition" in message and complaint in message
+
+
+def test_a_bad_switch_trigger_action_or_type_is_refused() -> None:
+    condition = {"metric": "error_rate", "operator": "lt", "value": 1}
+    assert "action" in _refusal(
+        BlueGreenConfig, {"switchTriggers": [{"type": "metrics", "condition": condition, "action": "jump"}]}
+    )
+    assert "switchTriggers.0.type" in _refusal(BlueGreenConfig, {"switchTriggers": ["telepathy"]})
+    assert "condition" in _refusal(BlueGreenConfig, {"switchTriggers": [{"type": "metrics"}]})
+
+
+def test_a_metric_provider_is_checked_before_anything_starts() -> None:
+    assert "url" in _refusal(CanaryConfig, {"metricProvider": {"type": "prometheus"}})
+    assert "metricProvider.type" in _refusal(CanaryConfig, {"metricProvider": {"type": "graphite"}})
+    message = _refusal(
+        CanaryConfig,
+        {
+            "metricProvider": {
+                "type": "prometheus",
+                "url": "http://p:9090",
+                "queries": {"latency": "x{{pod}}"},
+            }
+        },
+    )
+    assert "metricProvider.queries" in message and "unknown placeholder {pod}" in message
+    provider = CanaryConfig.model_validate(
+        {
+            "metric_provider": {
+                "type": "prometheus",
+                "url": "http://p:9090",
+                "queries": {"requests": "sum(x{{selector}})"},
+            }
+        }
+    ).metric_provider
+    assert provider is not None and provider.queries == {"requests": "sum(x{{selector}})"}
 
 
 def test_rolling_that_could_never_progress_is_refused() -> None:

@@ -8,10 +8,21 @@ from typing import Any
 import pytest
 
 from engine.journal import Journal
-from engine.models import Artifact, DeploymentRequest, Phase, PlatformConfig, RollbackTrigger, Strategy
+from engine.judge import Judgement, LocalJudge, TriggerResult, WindowInput
+from engine.models import (
+    Artifact,
+    DeploymentRequest,
+    Phase,
+    PlatformConfig,
+    RollbackTrigger,
+    Strategy,
+    StrategyType,
+    SwitchTrigger,
+)
+from engine.plans import LocalPlanner
 from engine.reconciler import DeploymentReconciler
-from engine.state import EventKind
-from tests.unit.fakes import FakeClock, FakePlatform, FakeSmoke
+from engine.state import EventKind, Step
+from tests.unit.fakes import FakeClock, FakeMetrics, FakePlatform, FakeSmoke
 
 CANARY = {
     "type": "canary",
@@ -21,8 +32,8 @@ CANARY = {
         "stepPercentage": 30,
         "stepDuration": 10_000,
         "maxSteps": 4,
-        "successThreshold": {"errorRate": 0.01},
-        "failureThreshold": {"errorRate": 0.05, "consecutiveFailures": 2},
+        "successThreshold": {"errorRate": 1},
+        "failureThreshold": {"errorRate": 5, "consecutiveFailures": 2},
     },
 }
 
@@ -84,8 +95,12 @@ def test_good_canary_is_promoted_through_every_weight(tmp_path: Path) -> None:
     assert world.platform.weights == {"2-0-0": 100}
     assert set(world.platform.revisions) == {"2-0-0"}
     assert world.platform.revisions["2-0-0"].replicas == 3
-    # Every analysis check asks for the candidate's metrics only (the platform may narrow its query).
-    assert world.platform.metrics_asked and set(world.platform.metrics_asked) == {"2-0-0"}
+    # Every check within a window asks for the candidate's metrics only (the platform may narrow its query);
+    # only a window's start (baselines) and end (the comparison with stable) read both revisions.
+    asked = world.platform.metrics_asked
+    windows = 3
+    assert asked.count(None) == 2 * windows and set(asked) == {"2-0-0", None}
+    assert asked.count("2-0-0") > 3 * windows
 
 
 def test_bad_canary_is_rolled_back_on_metrics(tmp_path: Path) -> None:
@@ -102,14 +117,34 @@ def test_bad_canary_is_rolled_back_on_metrics(tmp_path: Path) -> None:
     assert "traffic [('1-0-0', 60), ('2-0-0', 40)]" not in world.platform.calls
 
 
-def test_no_data_is_not_a_pass(tmp_path: Path) -> None:
+def test_no_data_extends_the_window_then_pauses_for_a_person(tmp_path: Path) -> None:
     world = World(tmp_path)
     world.deploy_stable()
     world.platform.rps = 0
     deployment_id = world.submit("2.0.0", CANARY)
+    assert world.run(deployment_id, steps=400) is Phase.PAUSED
+    events = world.journal.events(deployment_id)
+    assert [e.data["extensions"] for e in events if e.kind is EventKind.WINDOW_EXTENDED] == [1, 2]
+    verdicts = [e.data["verdict"] for e in events if e.kind is EventKind.MEASUREMENT]
+    assert verdicts == ["no_data", "no_data", "no_data", "inconclusive"]
+    assert "fewer than the 10 needed" in events[-1].data.get("reason", "") or any(
+        "inconclusive after 2 extension(s)" in str(e.data) for e in events
+    )
+    # Still 10% on the candidate: never promoted on too little data.
+    assert world.platform.weights == {"1-0-0": 90, "2-0-0": 10}
+    assert world.journal.state(deployment_id).step_index == 2  # the first analysis step, not past it
+
+
+def test_no_data_fails_when_configured_so(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.deploy_stable()
+    world.platform.rps = 0
+    strategy = {**CANARY, "canary": {**CANARY["canary"], "onInconclusive": "fail", "maxWindowExtensions": 1}}
+    deployment_id = world.submit("2.0.0", strategy)
     assert world.run(deployment_id) is Phase.ROLLED_BACK
     reason = world.journal.state(deployment_id).rollback.reason  # type: ignore[union-attr]
-    assert "no_data" in reason
+    assert reason.startswith("inconclusive after 1 extension(s): 0 requests, fewer than the 10 needed")
+    assert world.platform.weights == {"1-0-0": 100}
 
 
 def test_never_ready_candidate_hits_the_progress_deadline(tmp_path: Path) -> None:
@@ -250,3 +285,259 @@ def test_one_orchestrator_per_journal(tmp_path: Path) -> None:
     assert world.journal.acquire_lease("queen", "cluster-b", ttl_s=30) is None  # a stale lease is taken over
     world.journal.release_lease("queen", "cluster-b")
     assert world.journal.acquire_lease("queen", "cluster-c", ttl_s=30) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis through the seams: metric provider, planner, judge
+# --------------------------------------------------------------------------------------------
+class RecordingJudge(LocalJudge):
+    """The judge seam as a domain worker would answer it, recording what it was asked."""
+
+    def __init__(self) -> None:
+        self.windows: list[WindowInput] = []
+        self.switches: list[dict[str, Any]] = []
+
+    def judge(self, window: WindowInput, strategy: StrategyType) -> Judgement:
+        self.windows.append(window)
+        judgement = super().judge(window, strategy)
+        judgement.judged_by = f"recording ({strategy.value})"
+        return judgement
+
+    def switch(self, triggers: list[SwitchTrigger], figures: dict[str, Any]) -> list[TriggerResult]:
+        self.switches.append(dict(figures))
+        return super().switch(triggers, figures)
+
+
+class RecordingPlanner(LocalPlanner):
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, bool]] = []
+
+    def plan(self, strategy: Strategy, has_stable: bool) -> list[Step]:
+        self.asked.append((strategy.type.value, has_stable))
+        return super().plan(strategy, has_stable)
+
+
+def test_plans_and_window_ends_go_through_the_injected_seams(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.deploy_stable()
+    planner, judge = RecordingPlanner(), RecordingJudge()
+    deployment_id = world.submit("2.0.0", CANARY)
+    reconciler = DeploymentReconciler(
+        world.journal,
+        deployment_id,
+        lambda cfg: world.platform,
+        clock=world.clock,
+        planner=planner,
+        judge=judge,
+    )
+    for _ in range(10_000):
+        delay = reconciler.reconcile()
+        if delay is None:
+            break
+        world.clock.sleep(delay)
+    assert world.journal.state(deployment_id).phase() is Phase.SUCCEEDED
+    assert planner.asked == [("canary", True)]
+    # One judgement per window end, through the seam, with the stable revision beside the candidate.
+    assert len(judge.windows) == 3 and all(w.final for w in judge.windows)
+    assert [(w.candidate.revision, w.stable.revision if w.stable else None) for w in judge.windows] == [
+        ("2-0-0", "1-0-0")
+    ] * 3
+    journaled = [e.data for e in world.journal.events(deployment_id) if e.kind is EventKind.MEASUREMENT]
+    assert [d["judged_by"] for d in journaled] == ["recording (canary)"] * 3
+    assert all(d["candidate"]["requests"] >= 10 and d["stable"]["requests"] > 0 for d in journaled)
+
+
+def test_a_slower_candidate_is_rolled_back_by_the_comparison(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.deploy_stable()
+    latency = {"1-0-0": 20.0, "2-0-0": 60.0}  # within every threshold, three times slower than stable
+    deployment_id = world.submit("2.0.0", CANARY)
+    reconciler = DeploymentReconciler(
+        world.journal,
+        deployment_id,
+        lambda cfg: world.platform,
+        clock=world.clock,
+        metrics=lambda request, adapter: FakeMetrics(world.platform, latency),
+    )
+    for _ in range(10_000):
+        delay = reconciler.reconcile()
+        if delay is None:
+            break
+        world.clock.sleep(delay)
+    state = world.journal.state(deployment_id)
+    assert state.phase() is Phase.ROLLED_BACK
+    assert state.rollback is not None and state.rollback.trigger is RollbackTrigger.METRICS
+    assert state.rollback.reason.startswith("2 analysis windows in a row without success (marginal)")
+    assert "median latency 60 vs stable 20" in state.rollback.reason and "[worse]" in state.rollback.reason
+    assert world.platform.weights == {"1-0-0": 100}
+
+
+def test_an_equally_fast_candidate_passes_the_comparison(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.deploy_stable()
+    latency = {"1-0-0": 20.0, "2-0-0": 20.0}
+    deployment_id = world.submit("2.0.0", CANARY)
+    reconciler = DeploymentReconciler(
+        world.journal,
+        deployment_id,
+        lambda cfg: world.platform,
+        clock=world.clock,
+        metrics=lambda request, adapter: FakeMetrics(world.platform, latency),
+    )
+    for _ in range(10_000):
+        delay = reconciler.reconcile()
+        if delay is None:
+            break
+        world.clock.sleep(delay)
+    assert world.journal.state(deployment_id).phase() is Phase.SUCCEEDED
+
+
+SEED_BLUE_GREEN = {
+    "switchTrafficPercentage": 100,
+    "validationDuration": 5000,  # the seed's 300000, shortened
+    "autoSwitch": False,
+    "switchTriggers": [
+        {
+            "type": "health",
+            "condition": {"metric": "health_status", "operator": "eq", "value": "healthy"},
+            "action": "switch",
+        }
+    ],
+}
+
+
+def run_for(world: World, deployment_id: str, reconciler: DeploymentReconciler, rounds: int) -> None:
+    for _ in range(rounds):
+        world.clock.sleep(reconciler.reconcile() or 0)
+
+
+def test_the_seed_blue_green_validates_its_health_trigger_then_awaits_promotion(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.deploy_stable()
+    judge = RecordingJudge()
+    deployment_id = world.submit("2.0.0", {"type": "blue_green", "blueGreen": SEED_BLUE_GREEN})
+    reconciler = DeploymentReconciler(
+        world.journal, deployment_id, lambda cfg: world.platform, clock=world.clock, judge=judge
+    )
+    run_for(world, deployment_id, reconciler, 200)
+    assert world.journal.state(deployment_id).phase() is Phase.PAUSED  # autoSwitch false: a person promotes
+    assert judge.switches and judge.switches[-1]["health_status"] == "healthy"
+    [checked] = [
+        e.data for e in world.journal.events(deployment_id) if e.data.get("check") == "switch_triggers"
+    ]
+    assert checked["triggers"][0]["holds"] is True and world.smoke.calls == 0  # no smoke trigger named
+    world.journal.append(deployment_id, EventKind.PROMOTE_REQUESTED, {}, actor="alice")
+    assert world.run(deployment_id) is Phase.SUCCEEDED
+
+
+@pytest.mark.parametrize(("action", "phase"), [("rollback", Phase.ROLLED_BACK), ("pause", Phase.PAUSED)])
+def test_a_trigger_acts_as_soon_as_its_condition_holds(tmp_path: Path, action: str, phase: Phase) -> None:
+    world = World(tmp_path)
+    world.deploy_stable()
+    world.smoke.failures = 3  # 3 of 20 smoke requests fail: 15%, below the failure threshold of 50%
+    triggers = [
+        *SEED_BLUE_GREEN["switchTriggers"],  # type: ignore[misc]
+        {
+            "type": "smoke_test",
+            "condition": {"metric": "smoke_success_rate", "operator": "lt", "value": 90},
+            "action": action,
+        },
+    ]
+    strategy = {
+        "type": "blue_green",
+        "blueGreen": {
+            **SEED_BLUE_GREEN,
+            "validationDuration": 60_000,
+            "autoSwitch": True,
+            "switchTriggers": triggers,
+            "failureThreshold": {"errorRate": 50},
+            "successThreshold": {"errorRate": 1},
+        },
+    }
+    deployment_id = world.submit("2.0.0", strategy)
+    reconciler = world.reconciler(deployment_id)
+    run_for(world, deployment_id, reconciler, 30)
+    state = world.journal.state(deployment_id)
+    assert state.phase() is phase
+    assert world.clock.now() - (state.step_started_at or 0) < 60  # well before validation's end
+    assert world.platform.weights == {"1-0-0": 100}  # green never got traffic
+    fired = [e.data for e in world.journal.events(deployment_id) if e.data.get("check") == "switch_triggers"]
+    assert fired[-1]["triggers"][0]["actual"] == 85.0 and fired[-1]["figures"]["smoke_success_rate"] == 85.0
+    if action == "rollback":
+        assert state.rollback is not None
+        assert state.rollback.reason == "switch trigger smoke_success_rate lt 90.0 (is 85.0): rollback"
+
+
+def test_a_switch_trigger_not_met_at_validation_end_rolls_back(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.deploy_stable()
+    triggers = [
+        {"type": "metrics", "condition": {"metric": "request_count", "operator": "gte", "value": 1000}}
+    ]
+    strategy = {
+        "type": "blue_green",
+        "progressDeadline": 30_000,
+        "blueGreen": {"validationDuration": 3000, "switchTriggers": triggers},
+    }
+    deployment_id = world.submit("2.0.0", strategy)
+    assert world.run(deployment_id) is Phase.ROLLED_BACK
+    state = world.journal.state(deployment_id)
+    reason = state.rollback.reason  # type: ignore[union-attr]
+    assert reason.startswith(
+        "validation: switch trigger not met by the progress deadline (30s): request_count"
+    )
+    # It waited for the trigger past the validation window, up to the deadline, with green idle.
+    assert 30 <= state.rollback.at - (state.step_started_at or 0) < 33  # type: ignore[union-attr]
+    assert world.platform.weights == {"1-0-0": 100}
+
+
+def test_the_switch_waits_for_the_router_to_see_green_healthy(tmp_path: Path) -> None:
+    """Traffic switched to servers the router has not yet checked would find none up: the seed's health
+    trigger waits for the router's own view (here: down for 4 s after validation's end)."""
+    world = World(tmp_path)
+    world.deploy_stable()
+    deployment_id = world.submit("2.0.0", {"type": "blue_green", "blueGreen": {"validationDuration": 0}})
+    reconciler = world.reconciler(deployment_id)
+    up_from = None
+
+    def metrics(target: Any, revision: Any = None) -> dict[str, Any]:
+        snapshots = FakePlatform.metrics(world.platform, target, revision)
+        state = world.journal.state(deployment_id)
+        nonlocal up_from
+        if state.current_step() is not None and state.current_step().kind.value == "validate":  # type: ignore[union-attr]
+            up_from = up_from or world.clock.now() + 4
+            if world.clock.now() < up_from and "2-0-0" in snapshots:
+                snapshots["2-0-0"] = snapshots["2-0-0"].model_copy(update={"servers_up": 0})
+        return snapshots
+
+    world.platform.metrics = metrics  # type: ignore[method-assign]
+    for _ in range(1000):
+        delay = reconciler.reconcile()
+        if delay is None:
+            break
+        world.clock.sleep(delay)
+    assert world.journal.state(deployment_id).phase() is Phase.SUCCEEDED
+    switched = next(e.at for e in world.journal.events(deployment_id) if e.kind is EventKind.WEIGHTS_SET)
+    assert up_from is not None and switched >= up_from
+
+
+def test_a_smoke_trigger_a_platform_cannot_measure_does_not_hold_the_switch_back(tmp_path: Path) -> None:
+    """No direct endpoints (Lambda, a Service) or no smoke tester: the smoke figure cannot exist, so the
+    default [health_check, smoke_test] triggers switch on health alone, and the journal says why."""
+    world = World(tmp_path)
+    world.deploy_stable()
+    deployment_id = world.submit("2.0.0", {"type": "blue_green", "blueGreen": {"validationDuration": 3000}})
+    reconciler = DeploymentReconciler(
+        world.journal, deployment_id, lambda cfg: world.platform, clock=world.clock
+    )
+    for _ in range(1000):
+        delay = reconciler.reconcile()
+        if delay is None:
+            break
+        world.clock.sleep(delay)
+    assert world.journal.state(deployment_id).phase() is Phase.SUCCEEDED
+    [checked] = [
+        e.data for e in world.journal.events(deployment_id) if e.data.get("check") == "switch_triggers"
+    ]
+    assert checked["not_measurable"] == ["smoke_success_rate"]
+    assert [t["holds"] for t in checked["triggers"]] == [True, None]
