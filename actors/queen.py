@@ -65,7 +65,7 @@ class QueenImpl:
         self.config = load_config(config_path)
         self.config_path = config_path
         self.namespace = ray.get_runtime_context().namespace
-        self.journal_path = str(journal_path or self.config.journal_path())
+        self.journal_path = str(journal_path or self.config.journal_location())  # a path, URL or reference
         self.journal = Journal(self.journal_path)
         self.owner = f"{ray.get_runtime_context().gcs_address} {self.namespace}"
         self._take_lease()
@@ -83,7 +83,7 @@ class QueenImpl:
         holder = self.journal.acquire_lease(QUEEN_LEASE, self.owner, LEASE_TTL_S, alive=_cluster_answers)
         if holder is not None:
             raise JournalInUse(
-                f"the journal {self.journal_path} is driven by another orchestrator (Ray cluster at "
+                f"the journal {self.journal.location} is driven by another orchestrator (Ray cluster at "
                 f"{holder}); connect to it with RAY_ADDRESS, give this one its own journal (journal.path or "
                 f"ORCH_HOME), or wait {LEASE_TTL_S:g}s after the other one stops"
             )
@@ -115,7 +115,7 @@ class QueenImpl:
     async def ready(self) -> dict[str, Any]:
         await asyncio.wait_for(self.started.wait(), timeout=60)
         return {
-            "journal": self.journal_path,
+            "journal": self.journal.location,
             "limit": self.limit,
             "namespace": self.namespace,
             "workers": sorted(self.workers),

@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 
-from client.driver import DeploymentOrchestrator, ProgressCallback, read_journal
+from client.driver import DeploymentOrchestrator, ProgressCallback, migrate_journal, read_journal
 from engine.config import ConfigError, load_config
 from engine.control import control_event
 from engine.models import DeploymentStatus, Phase
@@ -29,6 +29,7 @@ USAGE = """Deployment orchestrator on Ray.
 python orchestrator.py quickstart
 python orchestrator.py deploy --service web --version 2.0.0 --command "python app.py" --strategy canary
 python orchestrator.py status|history|rollback|promote|pause|resume|abort ...
+python orchestrator.py journal migrate --to env:ORCH_JOURNAL_URL    # SQLite -> PostgreSQL, chain verified
 """
 
 
@@ -177,7 +178,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
         )
     ok, bad = journal.verify_chain()
     print(
-        f"journal {journal.path}: {len(states)} shown, hash chain " + ("intact" if ok else f"BROKEN at {bad}")
+        f"journal {journal.location}: {len(states)} shown, hash chain "
+        + ("intact" if ok else f"BROKEN at {bad}")
     )
     return EXIT_OK
 
@@ -199,6 +201,25 @@ def _cmd_control(args: argparse.Namespace) -> int:
         status = journal.append(state.deployment_id, kind, data, actor=by).status()
     print(status.model_dump_json(indent=2) if args.json else _show(status))
     return EXIT_OK
+
+
+def _cmd_journal(args: argparse.Namespace) -> int:
+    if args.journal_cmd == "migrate":
+        report = migrate_journal(args.to, args.source, args.config)
+        if args.json:
+            print(json.dumps(report.__dict__, indent=2))
+            return EXIT_OK
+        print(
+            f"copied {report.events} events, {report.deployments} deployments and {report.records} records "
+            f"from {report.source} to {report.target}; hash chain verified in both, ending in "
+            f"{report.head[:16]}"
+        )
+        print("use it: journal: {backend: postgresql, url: env:ORCH_JOURNAL_URL} in enterprise_config.yaml")
+        return EXIT_OK
+    journal = read_journal(args.config, args.journal)
+    ok, bad = journal.verify_chain()
+    print(f"journal {journal.location}: hash chain " + ("intact" if ok else f"BROKEN at seq {bad}"))
+    return EXIT_OK if ok else EXIT_DEPLOYMENT_FAILED
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
@@ -256,6 +277,19 @@ def _parser() -> argparse.ArgumentParser:
             control.add_argument("--full", action="store_true", help="skip the remaining steps")
         control.add_argument("--json", action="store_true")
         control.set_defaults(func=_cmd_control, action=action)
+    journal = sub.add_parser("journal", help="migrate the journal to PostgreSQL, verify its hash chain")
+    journal_sub = journal.add_subparsers(dest="journal_cmd", required=True)
+    migrate = journal_sub.add_parser("migrate", help="copy a SQLite journal into an empty PostgreSQL one")
+    migrate.add_argument(
+        "--to",
+        required=True,
+        help="the PostgreSQL journal: env:NAME or file:/path holding its URL (or a URL)",
+    )
+    migrate.add_argument("--from", dest="source", help="the journal to copy (default: the configured one)")
+    migrate.add_argument("--json", action="store_true")
+    verify = journal_sub.add_parser("verify", help="recompute the hash chain; exit 1 when it is broken")
+    verify.add_argument("--journal", help="a path, env:NAME, file:/path or URL (default: the configured one)")
+    journal.set_defaults(func=_cmd_journal)
     quick = sub.add_parser("quickstart", help="deploy the sample service: v1, a good canary, a bad canary")
     quick.add_argument("--keep", action="store_true", help="leave the sample service running at the end")
     quick.add_argument("--step-seconds", type=float, default=5.0, help="canary step duration")

@@ -1,55 +1,28 @@
 """The journal: an append-only, hash-chained event log per deployment plus a snapshot of its folded state.
 
-SQLite in WAL mode, one file. It is the source of truth: write the intent before acting and the outcome after.
-Several processes (queen, runners, drivers reading history) share the file; each append folds the event into
-the snapshot inside one ``BEGIN IMMEDIATE`` transaction, so readers never see one without the other. Every
-event carries the SHA-256 of the previous event and its own content, so editing or deleting a row is detected
-by ``verify_chain``.
+It is the source of truth: write the intent before acting and the outcome after. Its rows live in a store
+(``engine/journal_store.py``): a SQLite file in WAL mode by default, PostgreSQL for a cluster of several
+nodes. Several processes (queen, runners, drivers reading history) share it; each append folds the event into
+the snapshot inside one write transaction, serialised with every other writer, so readers never see one
+without the other and the events have one total order. Every event carries the SHA-256 of the previous event
+and its own content, so editing or deleting a row is detected by ``verify_chain``, whichever store holds it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.journal_store import JournalStore, SqliteStore, StoreCursor, open_store
 from engine.models import Artifact, DeploymentRequest, Phase
 from engine.state import DeploymentState, Event, EventKind, fold
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    deployment_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    kind TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    data TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_deployment ON events (deployment_id, seq);
-CREATE TABLE IF NOT EXISTS deployments (
-    deployment_id TEXT PRIMARY KEY,
-    target_key TEXT NOT NULL,
-    submitted_seq INTEGER NOT NULL,
-    phase TEXT NOT NULL,
-    active INTEGER NOT NULL,
-    snapshot TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deployments_active ON deployments (active, submitted_seq);
-CREATE TABLE IF NOT EXISTS records (
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (kind, key)
-);
-"""
 _GENESIS = "0" * 64
 PARSED_STATES = 64  # states kept parsed per journal connection (by deployment), while their row is unchanged
 
@@ -69,48 +42,39 @@ def _event_hash(prev: str, deployment_id: str, at: float, kind: str, actor: str,
 
 
 class Journal:
+    """The journal at ``location``: a SQLite file's path, a ``postgresql://`` URL, or a reference to one
+    (``env:NAME``, ``file:/path``), or an open ``JournalStore``."""
+
     def __init__(
-        self, path: str | Path, busy_timeout_s: float = 30.0, clock: Callable[[], float] = time.time
+        self,
+        location: str | Path | JournalStore,
+        busy_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = Path(path).expanduser()
-        self._now = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._parsed: dict[str, tuple[str, DeploymentState]] = {}
-        self._db = sqlite3.connect(
-            self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        self._store = (
+            location if not isinstance(location, str | Path) else open_store(location, busy_timeout_s)
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        # The file of a SQLite journal (None on PostgreSQL); ``location`` says where any journal is.
+        self.path: Path | None = self._store.path if isinstance(self._store, SqliteStore) else None
+        self.location = self._store.location
+        self._now = clock
+        self._lock = threading.Lock()  # guards the parsed-state cache (the store guards its connection)
+        self._parsed: dict[str, tuple[str, DeploymentState]] = {}
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        self._store.close()
 
     # ---------------------------------------------------------------------------------- writing
     def submit(self, deployment_id: str, request: DeploymentRequest, actor: str) -> DeploymentState:
         """Record a new deployment; submitting the same id twice returns the first one (idempotent)."""
         now = self._now()
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT snapshot FROM deployments WHERE deployment_id = ?", (deployment_id,)
-            ).fetchone()
-            if row is not None:
-                return DeploymentState.model_validate_json(row[0])
+
+        def work(db: StoreCursor) -> DeploymentState:
+            rows = db.execute("SELECT snapshot FROM deployments WHERE deployment_id = ?", (deployment_id,))
+            if rows:
+                return DeploymentState.model_validate_json(rows[0][0])
             data = {"request": request.model_dump(mode="json", by_alias=True)}
-            seq = self._insert(db, deployment_id, now, EventKind.SUBMITTED, actor, data)
+            seq = _insert(db, deployment_id, now, EventKind.SUBMITTED, actor, data)
             state = DeploymentState(
                 deployment_id=deployment_id, request=request, submitted_at=now, updated_at=now, last_seq=seq
             )
@@ -120,14 +84,17 @@ class Journal:
             )
             return state
 
+        return self._store.write(work)
+
     def append(
         self, deployment_id: str, kind: EventKind, data: dict[str, Any] | None = None, actor: str = "system"
     ) -> DeploymentState:
         """Append one event and fold it into the snapshot, atomically. Returns the new state."""
-        with self._transaction() as db:
-            state = self._snapshot(db, deployment_id)
+
+        def work(db: StoreCursor) -> DeploymentState:
+            state = DeploymentState.model_validate_json(_snapshot_row(db, deployment_id))
             now = max(self._now(), state.updated_at)
-            seq = self._insert(db, deployment_id, now, kind, actor, data or {})
+            seq = _insert(db, deployment_id, now, kind, actor, data or {})
             event = Event(
                 seq=seq, deployment_id=deployment_id, kind=kind, at=now, actor=actor, data=data or {}
             )
@@ -138,69 +105,39 @@ class Journal:
             )
             return new
 
-    def _insert(
-        self,
-        db: sqlite3.Connection,
-        deployment_id: str,
-        at: float,
-        kind: EventKind,
-        actor: str,
-        data: dict[str, Any],
-    ) -> int:
-        last = db.execute("SELECT hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        prev = last[0] if last else _GENESIS
-        body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-        digest = _event_hash(prev, deployment_id, at, kind.value, actor, body)
-        cursor = db.execute(
-            "INSERT INTO events (deployment_id, at, kind, actor, data, prev_hash, hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (deployment_id, at, kind.value, actor, body, prev, digest),
-        )
-        if cursor.lastrowid is None:
-            raise RuntimeError("the journal did not return the new event's sequence number")
-        return cursor.lastrowid
+        return self._store.write(work)
 
     # ---------------------------------------------------------------------------------- reading
-    def _snapshot_row(self, db: sqlite3.Connection, deployment_id: str) -> str:
-        row = db.execute(
-            "SELECT snapshot FROM deployments WHERE deployment_id = ?", (deployment_id,)
-        ).fetchone()
-        if row is None:
-            raise UnknownDeploymentError(deployment_id)
-        return str(row[0])
-
-    def _snapshot(self, db: sqlite3.Connection, deployment_id: str) -> DeploymentState:
-        """A fresh parse (the caller may change it)."""
-        return DeploymentState.model_validate_json(self._snapshot_row(db, deployment_id))
-
     def state(self, deployment_id: str) -> DeploymentState:
         """The deployment's folded state. Shared while unchanged (a runner reads it at every check, and
         parsing it costs far more than reading it): do not modify it."""
-        with self._lock:
-            return self._parse(deployment_id, self._snapshot_row(self._db, deployment_id))
+        rows = self._store.read("SELECT snapshot FROM deployments WHERE deployment_id = ?", (deployment_id,))
+        if not rows:
+            raise UnknownDeploymentError(deployment_id)
+        return self._parse(deployment_id, str(rows[0][0]))
 
     def _parse(self, deployment_id: str, snapshot: str) -> DeploymentState:
-        """The state of a snapshot row, parsed again only when the row changed (call under ``_lock``)."""
-        cached = self._parsed.get(deployment_id)
+        """The state of a snapshot row, parsed again only when the row changed."""
+        with self._lock:
+            cached = self._parsed.get(deployment_id)
         if cached is not None and cached[0] == snapshot:
             return cached[1]
         state = DeploymentState.model_validate_json(snapshot)
-        if len(self._parsed) >= PARSED_STATES:
-            self._parsed.clear()
-        self._parsed[deployment_id] = (snapshot, state)
+        with self._lock:
+            if len(self._parsed) >= PARSED_STATES:
+                self._parsed.clear()
+            self._parsed[deployment_id] = (snapshot, state)
         return state
 
     def find(self, prefix: str) -> DeploymentState:
         """A deployment by id or unique id prefix (as the CLI accepts)."""
-        with self._lock:
-            exact = self._db.execute(
-                "SELECT snapshot FROM deployments WHERE deployment_id = ?", (prefix,)
-            ).fetchone()
-            if exact is not None:
-                return DeploymentState.model_validate_json(exact[0])
-            rows = self._db.execute(
-                "SELECT snapshot FROM deployments WHERE deployment_id LIKE ? LIMIT 2", (prefix + "%",)
-            ).fetchall()
+        exact = self._store.read("SELECT snapshot FROM deployments WHERE deployment_id = ?", (prefix,))
+        if exact:
+            return DeploymentState.model_validate_json(exact[0][0])
+        rows = self._store.read(
+            "SELECT snapshot FROM deployments WHERE substr(deployment_id, 1, ?) = ? LIMIT 2",
+            (len(prefix), prefix),
+        )
         if len(rows) != 1:
             raise UnknownDeploymentError(prefix) if not rows else KeyError(f"'{prefix}' is ambiguous")
         return DeploymentState.model_validate_json(rows[0][0])
@@ -209,13 +146,15 @@ class Journal:
         self, active_only: bool = False, limit: int = 1000, target_key: str | None = None
     ) -> list[DeploymentState]:
         """Deployments in submission order (oldest first); the newest ``limit`` of them."""
-        query = "SELECT deployment_id, snapshot FROM deployments"
-        query += " WHERE (? = 0 OR active = 1) AND (? IS NULL OR target_key = ?)"
-        query += " ORDER BY submitted_seq DESC LIMIT ?"
-        with self._lock:
-            rows = self._db.execute(query, (int(active_only), target_key, target_key, limit)).fetchall()
-            if active_only:  # the queen reads these at every admission: kept parsed while unchanged
-                return [self._parse(r[0], r[1]) for r in reversed(rows)]
+        query, params = "SELECT deployment_id, snapshot FROM deployments WHERE 1 = 1", []
+        if active_only:
+            query += " AND active = 1"
+        if target_key is not None:
+            query += " AND target_key = ?"
+            params.append(target_key)
+        rows = self._store.read(query + " ORDER BY submitted_seq DESC LIMIT ?", (*params, limit))
+        if active_only:  # the queen reads these at every admission: kept parsed while unchanged
+            return [self._parse(r[0], r[1]) for r in reversed(rows)]
         return [DeploymentState.model_validate_json(r[1]) for r in reversed(rows)]
 
     def events(self, deployment_id: str | None = None, after_seq: int = 0) -> list[Event]:
@@ -224,8 +163,7 @@ class Journal:
         if deployment_id is not None:
             query += " AND deployment_id = ?"
             params += (deployment_id,)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
+        rows = self._store.read(query + " ORDER BY seq", params)
         return [
             Event(
                 seq=r[0],
@@ -240,8 +178,7 @@ class Journal:
         ]
 
     def phase_counts(self) -> dict[Phase, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT phase, COUNT(*) FROM deployments GROUP BY phase").fetchall()
+        rows = self._store.read("SELECT phase, COUNT(*) FROM deployments GROUP BY phase")
         return {Phase(r[0]): int(r[1]) for r in rows}
 
     def planned_stable_artifact(self, deployment_id: str) -> Artifact | None:
@@ -254,18 +191,15 @@ class Journal:
     def put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
         """Small durable registries (registered environments, health monitors), keyed by (kind, key)."""
         body = json.dumps(data, sort_keys=True, default=str)
-        with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", (kind, key, body))
+        self._store.write(lambda db: _put_record(db, kind, key, body))
 
     def delete_record(self, kind: str, key: str) -> None:
-        with self._transaction() as db:
-            db.execute("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))
+        self._store.write(
+            lambda db: db.execute("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))
+        )
 
     def records(self, kind: str) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT data FROM records WHERE kind = ? ORDER BY key", (kind,)
-            ).fetchall()
+        rows = self._store.read("SELECT data FROM records WHERE kind = ? ORDER BY key", (kind,))
         return [json.loads(r[0]) for r in rows]
 
     def acquire_lease(
@@ -275,34 +209,140 @@ class Journal:
         ``alive(holder)`` says it still runs.
 
         One orchestrator (one Ray cluster) drives the deployments of a journal: a second one started on the
-        same file would run them twice."""
+        same journal would run them twice. A row lease: the check and the take are one serialised write, on
+        SQLite and PostgreSQL alike; freshness is judged by the taker's clock."""
         now = self._now()
-        with self._transaction() as db:
-            row = db.execute("SELECT data FROM records WHERE kind = 'lease' AND key = ?", (name,)).fetchone()
-            if row is not None:
-                held = json.loads(row[0])
+
+        def work(db: StoreCursor) -> str | None:
+            rows = db.execute("SELECT data FROM records WHERE kind = 'lease' AND key = ?", (name,))
+            if rows:
+                held = json.loads(rows[0][0])
                 fresh = now - float(held["renewed_at"]) < ttl_s
                 if held["owner"] != owner and fresh and alive(str(held["owner"])):
                     return str(held["owner"])
-            body = json.dumps({"owner": owner, "renewed_at": now})
-            db.execute("INSERT OR REPLACE INTO records VALUES ('lease', ?, ?)", (name, body))
-        return None
+            _put_record(db, "lease", name, json.dumps({"owner": owner, "renewed_at": now}))
+            return None
+
+        return self._store.write(work)
 
     def release_lease(self, name: str, owner: str) -> None:
-        with self._transaction() as db:
-            row = db.execute("SELECT data FROM records WHERE kind = 'lease' AND key = ?", (name,)).fetchone()
-            if row is not None and json.loads(row[0])["owner"] == owner:
+        def work(db: StoreCursor) -> None:
+            rows = db.execute("SELECT data FROM records WHERE kind = 'lease' AND key = ?", (name,))
+            if rows and json.loads(rows[0][0])["owner"] == owner:
                 db.execute("DELETE FROM records WHERE kind = 'lease' AND key = ?", (name,))
+
+        self._store.write(work)
 
     def verify_chain(self) -> tuple[bool, int | None]:
         """Recompute every hash; returns (True, None) or (False, first bad seq)."""
-        prev = _GENESIS
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, deployment_id, at, kind, actor, data, prev_hash, hash FROM events ORDER BY seq"
-            ).fetchall()
-        for seq, deployment_id, at, kind, actor, data, prev_hash, digest in rows:
-            if prev_hash != prev or _event_hash(prev, deployment_id, at, kind, actor, data) != digest:
-                return False, int(seq)
-            prev = digest
-        return True, None
+        return _verify(self._store.read(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq"))
+
+
+_EVENT_COLUMNS = "seq, deployment_id, at, kind, actor, data, prev_hash, hash"
+
+
+def _insert(
+    db: StoreCursor, deployment_id: str, at: float, kind: EventKind, actor: str, data: dict[str, Any]
+) -> int:
+    """One event chained to the last one committed (the caller holds the journal's write lock)."""
+    last = db.execute("SELECT hash FROM events ORDER BY seq DESC LIMIT 1")
+    prev = last[0][0] if last else _GENESIS
+    body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    digest = _event_hash(prev, deployment_id, at, kind.value, actor, body)
+    rows = db.execute(
+        "INSERT INTO events (deployment_id, at, kind, actor, data, prev_hash, hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+        (deployment_id, at, kind.value, actor, body, prev, digest),
+    )
+    if not rows:
+        raise RuntimeError("the journal did not return the new event's sequence number")
+    return int(rows[0][0])
+
+
+def _snapshot_row(db: StoreCursor, deployment_id: str) -> str:
+    rows = db.execute("SELECT snapshot FROM deployments WHERE deployment_id = ?", (deployment_id,))
+    if not rows:
+        raise UnknownDeploymentError(deployment_id)
+    return str(rows[0][0])
+
+
+def _put_record(db: StoreCursor, kind: str, key: str, body: str) -> None:
+    db.execute(
+        "INSERT INTO records VALUES (?, ?, ?) ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data",
+        (kind, key, body),
+    )
+
+
+def _verify(rows: list[tuple[Any, ...]]) -> tuple[bool, int | None]:
+    prev = _GENESIS
+    for seq, deployment_id, at, kind, actor, data, prev_hash, digest in rows:
+        if prev_hash != prev or _event_hash(prev, deployment_id, at, kind, actor, data) != digest:
+            return False, int(seq)
+        prev = digest
+    return True, None
+
+
+# -------------------------------------------------------------------------------------------- copying
+class JournalCopyRefused(ValueError):
+    """A journal cannot be copied as asked; the message says why and what was (not) written."""
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    source: str
+    target: str
+    events: int
+    deployments: int
+    records: int
+    head: str  # the last event's hash: the same in both journals
+
+
+_DEPLOYMENT_COLUMNS = "deployment_id, target_key, submitted_seq, phase, active, snapshot"
+
+
+def copy_journal(source: Journal, target: Journal, lease_ttl_s: float = 30.0) -> CopyReport:
+    """Copy ``source`` into the empty ``target`` (e.g. a SQLite journal into PostgreSQL): every event with its
+    sequence number, time and hashes as they are, every deployment snapshot and record (not the leases: they
+    belong to the orchestrator of the source), in one transaction: all or nothing. The source's chain is
+    verified first, the target's after; the two must end in the same hash."""
+    ok, bad = source.verify_chain()
+    if not ok:
+        raise JournalCopyRefused(f"{source.location}: hash chain broken at seq {bad}; nothing was copied")
+    now = source._now()
+    for lease in source.records("lease"):
+        if now - float(lease.get("renewed_at", 0)) < lease_ttl_s:
+            raise JournalCopyRefused(
+                f"{source.location} is in use by an orchestrator ({lease.get('owner')}): stop it first, so "
+                "that nothing is written while it is copied; nothing was copied"
+            )
+    events = source._store.read(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq")
+    deployments = source._store.read(f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments")
+    records = source._store.read("SELECT kind, key, data FROM records WHERE kind <> 'lease'")
+
+    def work(db: StoreCursor) -> None:
+        if db.execute("SELECT seq FROM events LIMIT 1") or db.execute("SELECT kind FROM records LIMIT 1"):
+            raise JournalCopyRefused(f"{target.location} is not empty; nothing was copied")
+        db.execute_many(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", events)
+        db.execute_many(
+            f"INSERT INTO deployments ({_DEPLOYMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", deployments
+        )
+        db.execute_many("INSERT INTO records (kind, key, data) VALUES (?, ?, ?)", records)
+        target._store.restart_sequence(db)
+
+    target._store.write(work)
+    return _checked_copy(source, target, events, len(deployments), len(records))
+
+
+def _checked_copy(
+    source: Journal, target: Journal, events: list[tuple[Any, ...]], deployments: int, records: int
+) -> CopyReport:
+    head = str(events[-1][-1]) if events else _GENESIS
+    copied = target._store.read(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq")
+    ok, bad = _verify(copied)
+    copied_head = str(copied[-1][-1]) if copied else _GENESIS
+    if not ok or len(copied) != len(events) or copied_head != head:
+        raise JournalCopyRefused(
+            f"{target.location}: the copy does not verify (chain broken at seq {bad}, {len(copied)} of "
+            f"{len(events)} events, last hash {copied_head[:12]} for {head[:12]}): do not use it"
+        )
+    return CopyReport(source.location, target.location, len(events), deployments, records, head)

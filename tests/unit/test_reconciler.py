@@ -1,8 +1,8 @@
-"""The strategy state machines driven by the reconciler, with a fake clock and a fake platform."""
+"""The strategy state machines driven by the reconciler, with a fake clock and a fake platform, over a journal
+of each backend (``journal_at``: a SQLite file, a database on a real PostgreSQL)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,10 +28,10 @@ CANARY = {
 
 
 class World:
-    def __init__(self, tmp_path: Path, **platform: Any) -> None:
+    def __init__(self, journal_at: str, **platform: Any) -> None:
         self.clock = FakeClock()
         self.platform = FakePlatform(clock=self.clock, **platform)
-        self.journal = Journal(tmp_path / "journal.db", clock=self.clock.now)
+        self.journal = Journal(journal_at, clock=self.clock.now)
         self.smoke = FakeSmoke()
         self.count = 0
 
@@ -66,15 +66,15 @@ class World:
         assert self.run(self.submit("1.0.0", {"type": "rolling", "replicas": 3})) is Phase.SUCCEEDED
 
 
-def test_first_deployment_goes_straight_to_full_traffic(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_first_deployment_goes_straight_to_full_traffic(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     assert world.platform.weights == {"1-0-0": 100}
     assert world.platform.revisions["1-0-0"].replicas == 3
 
 
-def test_good_canary_is_promoted_through_every_weight(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_good_canary_is_promoted_through_every_weight(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     assert world.run(world.submit("2.0.0", CANARY)) is Phase.SUCCEEDED
     traffic_calls = [c for c in world.platform.calls if c.startswith("traffic")]
@@ -88,8 +88,8 @@ def test_good_canary_is_promoted_through_every_weight(tmp_path: Path) -> None:
     assert world.platform.metrics_asked and set(world.platform.metrics_asked) == {"2-0-0"}
 
 
-def test_bad_canary_is_rolled_back_on_metrics(tmp_path: Path) -> None:
-    world = World(tmp_path, error_rates={"2-0-0": 0.5})
+def test_bad_canary_is_rolled_back_on_metrics(journal_at: str) -> None:
+    world = World(journal_at, error_rates={"2-0-0": 0.5})
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", CANARY)
     assert world.run(deployment_id) is Phase.ROLLED_BACK
@@ -102,8 +102,8 @@ def test_bad_canary_is_rolled_back_on_metrics(tmp_path: Path) -> None:
     assert "traffic [('1-0-0', 60), ('2-0-0', 40)]" not in world.platform.calls
 
 
-def test_no_data_is_not_a_pass(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_no_data_is_not_a_pass(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     world.platform.rps = 0
     deployment_id = world.submit("2.0.0", CANARY)
@@ -112,8 +112,8 @@ def test_no_data_is_not_a_pass(tmp_path: Path) -> None:
     assert "no_data" in reason
 
 
-def test_never_ready_candidate_hits_the_progress_deadline(tmp_path: Path) -> None:
-    world = World(tmp_path, never_ready={"2-0-0"})
+def test_never_ready_candidate_hits_the_progress_deadline(journal_at: str) -> None:
+    world = World(journal_at, never_ready={"2-0-0"})
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", {**CANARY, "progressDeadline": 30_000})
     assert world.run(deployment_id) is Phase.ROLLED_BACK
@@ -122,16 +122,16 @@ def test_never_ready_candidate_hits_the_progress_deadline(tmp_path: Path) -> Non
     assert world.platform.weights == {"1-0-0": 100}
 
 
-def test_validation_failure_changes_nothing(tmp_path: Path) -> None:
-    world = World(tmp_path, fail_validate="connection refused")
+def test_validation_failure_changes_nothing(journal_at: str) -> None:
+    world = World(journal_at, fail_validate="connection refused")
     deployment_id = world.submit("1.0.0", CANARY)
     assert world.run(deployment_id) is Phase.FAILED
     assert "connection refused" in world.journal.state(deployment_id).message
     assert world.platform.calls == []
 
 
-def test_blue_green_waits_for_promotion_then_switches(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_blue_green_waits_for_promotion_then_switches(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     strategy = {
         "type": "blue_green",
@@ -150,8 +150,8 @@ def test_blue_green_waits_for_promotion_then_switches(tmp_path: Path) -> None:
     assert world.platform.weights == {"2-0-0": 100}
 
 
-def test_failed_smoke_test_rolls_blue_green_back_before_any_switch(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_failed_smoke_test_rolls_blue_green_back_before_any_switch(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     world.smoke.failures = 20
     deployment_id = world.submit("2.0.0", {"type": "blue_green", "blueGreen": {"validationDuration": 1000}})
@@ -159,8 +159,8 @@ def test_failed_smoke_test_rolls_blue_green_back_before_any_switch(tmp_path: Pat
     assert not any("2-0-0', " in c for c in world.platform.calls if c.startswith("traffic"))
 
 
-def test_manual_rollback_pause_resume_and_abort(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_manual_rollback_pause_resume_and_abort(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     paused = world.submit("2.0.0", CANARY)
     world.journal.append(paused, EventKind.PAUSED, {}, actor="bob")
@@ -180,8 +180,8 @@ def test_manual_rollback_pause_resume_and_abort(tmp_path: Path) -> None:
     assert world.platform.weights == {"1-0-0": 100}
 
 
-def test_promote_skips_the_remaining_analysis(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_promote_skips_the_remaining_analysis(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", CANARY)
     reconciler = world.reconciler(deployment_id)
@@ -192,8 +192,8 @@ def test_promote_skips_the_remaining_analysis(tmp_path: Path) -> None:
     assert "traffic [('1-0-0', 30), ('2-0-0', 70)]" not in world.platform.calls
 
 
-def test_a_new_reconciler_resumes_without_repeating_steps(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_a_new_reconciler_resumes_without_repeating_steps(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", CANARY)
     first = world.reconciler(deployment_id)
@@ -208,8 +208,8 @@ def test_a_new_reconciler_resumes_without_repeating_steps(tmp_path: Path) -> Non
     assert completed == sorted(set(completed))
 
 
-def test_rolling_update_keeps_capacity_and_ends_on_candidate(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_rolling_update_keeps_capacity_and_ends_on_candidate(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     assert world.run(world.submit("2.0.0", {"type": "rolling", "replicas": 3})) is Phase.SUCCEEDED
     ensures = [c for c in world.platform.calls if c.startswith("ensure")]
@@ -223,26 +223,26 @@ def test_rolling_update_keeps_capacity_and_ends_on_candidate(tmp_path: Path) -> 
     assert world.platform.weights == {"2-0-0": 100}
 
 
-def test_journal_chain_detects_tampering(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_journal_chain_detects_tampering(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     assert world.journal.verify_chain() == (True, None)
-    world.journal._db.execute("UPDATE events SET actor = 'mallory' WHERE seq = 2")
+    world.journal._store.write(lambda db: db.execute("UPDATE events SET actor = 'mallory' WHERE seq = 2"))
     ok, bad = world.journal.verify_chain()
     assert not ok and bad == 2
 
 
 @pytest.mark.parametrize("trigger", ["manual", "health"])
-def test_rollback_of_a_first_deployment_fails_it(tmp_path: Path, trigger: str) -> None:
-    world = World(tmp_path)
+def test_rollback_of_a_first_deployment_fails_it(journal_at: str, trigger: str) -> None:
+    world = World(journal_at)
     deployment_id = world.submit("1.0.0", CANARY)
     world.journal.append(deployment_id, EventKind.ROLLBACK_REQUESTED, {"trigger": trigger, "reason": "x"})
     assert world.run(deployment_id) is Phase.FAILED
     assert world.platform.revisions == {}
 
 
-def test_one_orchestrator_per_journal(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_one_orchestrator_per_journal(journal_at: str) -> None:
+    world = World(journal_at)
     assert world.journal.acquire_lease("queen", "cluster-a", ttl_s=30) is None
     assert world.journal.acquire_lease("queen", "cluster-a", ttl_s=30) is None  # renewal
     assert world.journal.acquire_lease("queen", "cluster-b", ttl_s=30) == "cluster-a"
