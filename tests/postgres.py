@@ -47,7 +47,7 @@ def _free_port() -> int:
 class PostgresServer:
     folder: Path
     port: int
-    password: str
+    password: str = field(repr=False)  # never in test output
     ca_cert: Path
     tls: bool = True
     databases: list[str] = field(default_factory=list)
