@@ -17,6 +17,7 @@ from engine.journal import Journal
 from engine.journal_store import JournalUnavailable, describe
 from engine.models import Artifact, DeploymentRequest, PlatformConfig, Strategy
 from engine.state import EventKind
+from tests.integration.test_cli import cli
 from tests.postgres import PostgresServer
 from tests.unit.test_reconciler import CANARY, World
 
@@ -134,17 +135,6 @@ def test_racing_orchestrators_get_one_lease(journal_at: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ migration
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "orchestrator.py", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def _sqlite_journal_with_history(tmp_path: Path) -> tuple[str, Journal]:
     path = str(tmp_path / "journal.db")
     world = World(path)
@@ -163,7 +153,7 @@ def test_migrate_copies_the_chain_intact_and_a_tampered_copy_is_caught(
     source_path, source = _sqlite_journal_with_history(tmp_path)
     url = postgres.create_database()
     env = {**os.environ, "ORCH_JOURNAL_URL": url}
-    migrated = _cli("journal", "migrate", "--from", source_path, "--to", "env:ORCH_JOURNAL_URL", env=env)
+    migrated = cli("journal", "migrate", "--from", source_path, "--to", "env:ORCH_JOURNAL_URL", env=env)
     assert migrated.returncode == 0, migrated.stderr
     assert postgres.password not in migrated.stdout + migrated.stderr
     target = Journal(url)
@@ -180,7 +170,7 @@ def test_migrate_copies_the_chain_intact_and_a_tampered_copy_is_caught(
     assert target.verify_chain() == (True, None)
 
     target._store.write(lambda db: db.execute("UPDATE events SET data = '{}' WHERE seq = 3"))
-    verified = _cli("journal", "verify", "--journal", "env:ORCH_JOURNAL_URL", env=env)
+    verified = cli("journal", "verify", "--journal", "env:ORCH_JOURNAL_URL", env=env)
     assert verified.returncode == 1 and "BROKEN at seq 3" in verified.stdout, verified.stdout
 
 
@@ -192,13 +182,13 @@ def test_migrate_refuses_a_tampered_source_and_a_used_target(
     env = {**os.environ, "ORCH_JOURNAL_URL": url}
     actor = source.events()[3].actor
     source._store.write(lambda db: db.execute("UPDATE events SET actor = 'mallory' WHERE seq = 4"))
-    refused = _cli("journal", "migrate", "--from", source_path, "--to", "env:ORCH_JOURNAL_URL", env=env)
+    refused = cli("journal", "migrate", "--from", source_path, "--to", "env:ORCH_JOURNAL_URL", env=env)
     assert refused.returncode == 2 and "hash chain broken at seq 4" in refused.stderr, refused.stderr
     assert Journal(url).events() == []  # nothing was copied
     source._store.write(lambda db: db.execute("UPDATE events SET actor = ? WHERE seq = 4", (actor,)))
     assert source.verify_chain() == (True, None)
     Journal(url).submit("other", _request(), actor="test")
-    again = _cli("journal", "migrate", "--from", source_path, "--to", "env:ORCH_JOURNAL_URL", env=env)
+    again = cli("journal", "migrate", "--from", source_path, "--to", "env:ORCH_JOURNAL_URL", env=env)
     assert again.returncode == 2 and "is not empty" in again.stderr, again.stderr
     assert [e.deployment_id for e in Journal(url).events()] == ["other"]
 
