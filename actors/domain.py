@@ -9,11 +9,10 @@ import uuid
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.common import QUEEN_NAME, call, find_actor, kill_quietly
 from actors.health import HealthMonitor, HealthReport
-from adapters import create_platform
+from actors.placement import PlatformNodeGone, alive_nodes, on_platform_node, spread_over_nodes
 from engine.analysis import Measurement, judge
 from engine.config import load_config
 from engine.journal import Journal
@@ -77,10 +76,11 @@ async def _started(monitors: list[Any]) -> None:
         raise
 
 
-def _spread_over_nodes(count: int) -> list[Any]:
-    """One scheduling strategy per monitor, round-robin over the alive nodes (SPREAD without guessing)."""
-    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
-    return [NodeAffinitySchedulingStrategy(node_id=nodes[i % len(nodes)], soft=True) for i in range(count)]
+def _monitor_chunks(targets: list[str], per_monitor: int) -> list[list[str]]:
+    """At most ``per_monitor`` URLs per monitor, and as many monitors as there are nodes (up to one per URL):
+    an environment's monitors run on several nodes, so losing one node leaves the others probing."""
+    count = max(-(-len(targets) // per_monitor), min(len(targets), len(alive_nodes())))
+    return [targets[i::count] for i in range(count)]
 
 
 # ---------------------------------------------------------------------------------------- DO-001
@@ -126,9 +126,9 @@ class EnvironmentCoordinatorImpl(_Worker):
         if not targets:
             raise ValueError(f"environment '{name}' has no endpoints and no live services to monitor")
         await self.stop_monitoring(name)
-        chunks = [targets[i : i + per_monitor] for i in range(0, len(targets), per_monitor)]
+        chunks = _monitor_chunks(targets, per_monitor)
         monitors = []
-        for index, (chunk, strategy) in enumerate(zip(chunks, _spread_over_nodes(len(chunks)), strict=True)):
+        for index, (chunk, strategy) in enumerate(zip(chunks, spread_over_nodes(len(chunks)), strict=True)):
             monitors.append(
                 HealthMonitor.options(
                     name=f"health:{name}:{index}", namespace=self.namespace, scheduling_strategy=strategy
@@ -224,11 +224,8 @@ class RollbackSystemImpl(_Worker):
         """Watch the candidate's replicas directly; N failed probes in a row roll the deployment back."""
         state = self.journal.find(deployment_id)
         revision = state.candidate_revision or state.request.artifact.revision
-        adapter = await asyncio.to_thread(create_platform, state.request.platform)
-        try:
-            status = await asyncio.to_thread(adapter.revision_status, state.request.target, revision)
-        finally:
-            await asyncio.to_thread(adapter.close)
+        target, platform = state.request.target, state.request.platform
+        status = await on_platform_node(platform, "revision_status", target, revision)
         if status is None or not status.endpoints:
             raise ValueError(f"deployment {deployment_id}: revision {revision} has no endpoints to probe yet")
         urls = [f"http://{e}{state.request.artifact.health_path}" for e in status.endpoints]
@@ -273,12 +270,8 @@ class PlatformRegistryImpl(_Worker):
 
     async def validate_platform(self, config: PlatformConfig) -> PlatformCheck:
         try:
-            adapter = await asyncio.to_thread(create_platform, config)
-            try:
-                await asyncio.to_thread(adapter.validate)
-            finally:
-                await asyncio.to_thread(adapter.close)
-        except (PlatformError, ValueError, OSError) as error:
+            await on_platform_node(config, "validate")
+        except (PlatformError, ValueError, OSError, PlatformNodeGone) as error:
             return PlatformCheck(platform=config.type, ok=False, error=str(error))
         return PlatformCheck(platform=config.type, ok=True)
 

@@ -16,17 +16,25 @@ import uuid
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnschedulableError, RayActorError
 
 from actors.common import (
     DOMAIN_WORKERS,
     RUNNER_PREFIX,
+    call,
     find_actor,
     kill_quietly,
     new_runner_name,
     worker_name,
 )
 from actors.domain import WORKER_CLASSES
+from actors.placement import (
+    PlatformNodeGone,
+    control_plane_strategy,
+    platform_node,
+    platform_strategy,
+    spread_over_nodes,
+)
 from actors.runner import ASSIGNMENT, DeploymentRunner
 from actors.telemetry import Telemetry
 from engine.config import load_config
@@ -47,6 +55,7 @@ log = logging.getLogger(__name__)
 SUPERVISION_INTERVAL_S = 5.0
 LEASE_TTL_S = 30.0
 RUNNER_RESTARTS = 5
+RUNNER_START_TIMEOUT_S = 300.0
 
 
 class DeploymentRefused(ControlRefused):
@@ -74,6 +83,7 @@ class QueenImpl:
         self.finished: dict[str, asyncio.Event] = {}
         self.workers: dict[str, Any] = {}
         self.standby: list[tuple[str, Any]] = []
+        self.runner_nodes: dict[str, str] = {}  # where each standby runner runs, once it said so
         self.warm_runners = self.config.concurrency.warm_runners
         self.telemetry = Telemetry(self.config.metrics.prometheus_port)
         self.started = asyncio.Event()
@@ -134,7 +144,13 @@ class QueenImpl:
                 log.warning("creating domain worker %s", name)
                 handle = (
                     WORKER_CLASSES[code]
-                    .options(name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True)
+                    .options(
+                        name=name,
+                        namespace=self.namespace,
+                        lifetime="detached",
+                        get_if_exists=True,
+                        scheduling_strategy=control_plane_strategy(),
+                    )
                     .remote(self.config_path, self.journal_path)
                 )
             self.workers[code] = handle
@@ -160,7 +176,12 @@ class QueenImpl:
                 break
             if state.admitted_at is not None or state.request.target.key in busy:
                 continue
-            runner = self._take_runner()
+            try:
+                runner = self._take_runner(state)
+            except PlatformNodeGone as error:
+                self._fail(state.deployment_id, str(error))
+                self._notify_finished(state.deployment_id)
+                continue
             self.journal.append(
                 state.deployment_id,
                 EventKind.ADMITTED,
@@ -174,10 +195,33 @@ class QueenImpl:
         self.telemetry.set_load(running=len(running), queued=len(active) - len(running))
 
     # ------------------------------------------------------------------------------ runners
-    def _start_runner(self, name: str) -> Any:
-        return DeploymentRunner.options(
-            name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True
+    def _start_runner(self, name: str, deployment_id: str | None = None) -> Any:
+        """A runner spread over the nodes; pinned to the platform's node for a deployment whose platform keeps
+        state on one (a cold start, when no standby runner was there)."""
+        strategy = None
+        if deployment_id is not None:
+            strategy = platform_strategy(self.journal.state(deployment_id).request.platform)
+        handle = DeploymentRunner.options(
+            name=name,
+            namespace=self.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            scheduling_strategy=strategy or spread_over_nodes(1)[0],
         ).remote(self.journal_path)
+        self._learn_node(name, handle)
+        return handle
+
+    def _learn_node(self, name: str, handle: Any) -> None:
+        """Record where a runner runs once it answers (Ray may place or restart it on another node)."""
+
+        async def learn() -> None:
+            try:
+                self.runner_nodes[name] = await call(handle.node.remote(), RUNNER_START_TIMEOUT_S)
+            except (RayActorError, ActorUnschedulableError, TimeoutError):
+                self.runner_nodes.pop(name, None)
+
+        self.runner_nodes.pop(name, None)
+        asyncio.get_running_loop().create_task(learn())
 
     def _refill(self) -> None:
         """Keep ``warm_runners`` runner processes started, idle or busy (busy ones come back to the pool when
@@ -187,10 +231,14 @@ class QueenImpl:
             name = new_runner_name()
             self.standby.append((name, self._start_runner(name)))
 
-    def _take_runner(self) -> str:
-        if self.standby:
-            return self.standby.pop(0)[0]
-        return new_runner_name()  # started by _drive: a cold start
+    def _take_runner(self, state: DeploymentState) -> str:
+        """A standby runner, on the platform's node when its platform keeps state on one; else a new name
+        (started by _drive: a cold start). Raises PlatformNodeGone when that node left the cluster."""
+        node = platform_node(state.request.platform)
+        for index, (name, _) in enumerate(self.standby):
+            if node is None or self.runner_nodes.get(name) == node:
+                return self.standby.pop(index)[0]
+        return new_runner_name()
 
     def _adopt_standby_runners(self) -> None:
         """Standby runners started by a previous queen (before it restarted) are used, not leaked."""
@@ -202,6 +250,7 @@ class QueenImpl:
                 handle = find_actor(name, self.namespace)
                 if handle is not None and len(self.standby) + len(self.runs) < self.warm_runners:
                     self.standby.append((name, handle))
+                    self._learn_node(name, handle)
                 elif handle is not None:
                     kill_quietly(handle)
 
@@ -216,28 +265,35 @@ class QueenImpl:
         its assignment in the journal and resumes the deployment from there."""
         runner, reusable = None, False
         try:
-            for attempt in range(RUNNER_RESTARTS + 1):
-                runner = find_actor(name, self.namespace) or self._start_runner(name)
-                try:
-                    await runner.assign.remote(deployment_id)
-                    await runner.run.remote()
-                    reusable = True
-                    break
-                except RayActorError as error:
-                    log.warning("runner of %s lost (attempt %d): %s", deployment_id, attempt + 1, error)
-                    await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
-            else:
-                self._fail(deployment_id, f"its runner was lost {RUNNER_RESTARTS + 1} times")
+            runner, reusable = await self._run_on_runner(deployment_id, name)
+        except PlatformNodeGone as error:
+            self._fail(deployment_id, str(error))
         finally:
             if runner is not None:
                 self._release_runner(name, runner, reusable)
             self.runs.pop(deployment_id, None)
             self._on_finished(deployment_id)
 
+    async def _run_on_runner(self, deployment_id: str, name: str) -> tuple[Any, bool]:
+        """(the runner, whether it may be reused) once the deployment ended, or the attempts ran out."""
+        runner = None
+        for attempt in range(RUNNER_RESTARTS + 1):
+            runner = find_actor(name, self.namespace) or self._start_runner(name, deployment_id)
+            try:
+                await runner.assign.remote(deployment_id)
+                await runner.run.remote()
+                return runner, True
+            except (RayActorError, ActorUnschedulableError) as error:
+                log.warning("runner of %s lost (attempt %d): %s", deployment_id, attempt + 1, error)
+                await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
+        self._fail(deployment_id, f"its runner was lost {RUNNER_RESTARTS + 1} times")
+        return runner, False
+
     def _release_runner(self, name: str, runner: Any, reusable: bool) -> None:
         """A runner whose deployment ended goes back to the pool (up to ``warm_runners``); others stop."""
         if reusable and len(self.standby) < self.warm_runners:
             self.standby.append((name, runner))
+            self._learn_node(name, runner)
         else:
             kill_quietly(runner)
 
@@ -248,12 +304,14 @@ class QueenImpl:
             )
 
     def _on_finished(self, deployment_id: str) -> None:
-        state = self.journal.state(deployment_id)
-        self.telemetry.finished(state)
+        self._notify_finished(deployment_id)
+        self._admit()
+
+    def _notify_finished(self, deployment_id: str) -> None:
+        self.telemetry.finished(self.journal.state(deployment_id))
         event = self.finished.pop(deployment_id, None)
         if event is not None:
             event.set()
-        self._admit()
 
     # ------------------------------------------------------------------------------ public API
     async def submit(self, request: DeploymentRequest, deployment_id: str | None = None) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -40,11 +41,14 @@ FAST_FAILURE_DETECTION = {
     "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
-# A raylet gives its agents 15 s to start by default; on a loaded 2-core machine they can take longer. It must
-# still register within the 30 s that `ray start` waits (hard-coded in ray/_private/node.py), so a node that
-# misses it is started again (START_ATTEMPTS).
-SLOW_MACHINE = {"RAY_agent_register_timeout_ms": "25000"}
-START_ATTEMPTS = 3
+# A raylet waits 15 s for its dashboard agent's port files (hard-coded), and `ray start` 30 s for the raylet
+# to register (hard-coded in ray/_private/node.py); on a loaded 2-core machine the agents can take longer.
+# So a `ray start` that gave up on a raylet still starting is not taken as a failure (the node counts as
+# started once its raylet's log says so: RAYLET_STARTED), and a node whose raylet died is started again.
+SLOW_MACHINE = {"RAY_agent_register_timeout_ms": "180000"}
+GAVE_UP = "timed out during startup"
+RAYLET_STARTED = re.compile(r"Raylet of id, \w+ started")
+START_ATTEMPTS = 2
 
 
 def _free_port() -> int:
@@ -122,6 +126,11 @@ def _tls_env(folder: Path, node_ip: str) -> dict[str, str]:
 def _start_args(node: RayNode, head_address: str | None, port: int = 0) -> list[str]:
     args = ["ray", "start", f"--temp-dir={node.temp_dir}", "--num-cpus=1", "--object-store-memory=100000000",
             "--disable-usage-stats", f"--resources={json.dumps(node.resources)}"]  # fmt: skip
+    # Agent ports chosen here: a raylet then registers without waiting for its agents to write theirs (they
+    # take long to start on a loaded machine, past what `ray start` waits for the raylet).
+    agents = ["--metrics-export-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+              "--runtime-env-agent-port"]  # fmt: skip
+    args += [f"{option}={_free_port()}" for option in agents]
     if node.labels:
         args.append("--labels=" + ",".join(f"{k}={v}" for k, v in node.labels.items()))
     if head_address is None:
@@ -141,7 +150,7 @@ def _start_node(node: RayNode, env: dict[str, str], head_address: str | None) ->
                 timeout=START_TIMEOUT_S,
             )  # fmt: skip
             output = result.stdout + result.stderr
-            if result.returncode == 0:
+            if (result.returncode == 0 or GAVE_UP in output) and _raylet_started(node):
                 return port
         except subprocess.TimeoutExpired as error:
             output = str(error.output or "")
@@ -150,6 +159,20 @@ def _start_node(node: RayNode, env: dict[str, str], head_address: str | None) ->
                 process.send_signal(signal.SIGKILL)
         shutil.rmtree(node.temp_dir, ignore_errors=True)
     raise RuntimeError(f"node {node.name}: `ray start` failed {START_ATTEMPTS} times: {output[-2000:]}")
+
+
+def _raylet_started(node: RayNode) -> bool:
+    """Whether the node's raylet registered (its log says it started), waiting for it while it runs."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    log = node.temp_dir / "session_latest" / "logs" / "raylet.out"
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if RAYLET_STARTED.search(log.read_text(errors="replace")):
+                return True
+        if not any(p.name() == "raylet" for p in node.processes()):
+            return False
+        time.sleep(0.5)
+    return False
 
 
 def start_cluster(
