@@ -148,17 +148,25 @@ def test_the_cluster_speaks_tls_only(multinode: MultiNode) -> None:
 
 
 def test_the_journal_is_reached_over_tls(multinode: MultiNode, postgres: PostgresServer) -> None:
-    """The actors' journal connections (application_name deploy-orchestrator) are all encrypted."""
+    """The actors' journal connections (application_name deploy-orchestrator) are all encrypted: the queen's
+    and the six domain workers' at least (they connect as they start, after the queen answers)."""
     started = driver(
         multinode.driver_env(), "orch = DeploymentOrchestrator()\nprint(json.dumps(orch.journal_path))"
     )
     assert started == "env:ORCH_JOURNAL_URL"
-    with postgres.admin() as admin:
-        rows = admin.execute(
-            "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid "
-            "WHERE a.application_name = 'deploy-orchestrator'"
-        ).fetchall()
-    assert len(rows) >= 7 and all(row[0] for row in rows), rows  # the queen and six domain workers at least
+    database = multinode.journal_url.split("?")[0].rsplit("/", 1)[1]
+    query = (
+        "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid "
+        "WHERE a.application_name = 'deploy-orchestrator' AND a.datname = %s"
+    )
+    deadline, rows = time.monotonic() + 120, []
+    while time.monotonic() < deadline:
+        with postgres.admin() as admin:
+            rows = admin.execute(query, (database,)).fetchall()
+        if len(rows) >= 7:
+            break
+        time.sleep(1)
+    assert len(rows) >= 7 and all(row[0] for row in rows), rows
 
 
 # ------------------------------------------------------------------------------------------------ nodes
