@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import ray
+from ray.exceptions import ActorUnschedulableError, RayActorError
 
 from actors.common import QUEEN_NAME, call, find_actor, kill_quietly
 from actors.health import HealthMonitor, HealthReport
@@ -90,6 +91,7 @@ class EnvironmentCoordinatorImpl(_Worker):
     def __init__(self, config_path: str | None, journal_path: str) -> None:
         super().__init__(config_path, journal_path)
         self.monitors: dict[str, list[Any]] = {}
+        self.monitored: dict[str, tuple[Environment, list[list[str]]]] = {}  # what each monitor probes
 
     async def environments(self) -> list[Environment]:
         registered = [Environment.model_validate(r) for r in self.journal.records("environment")]
@@ -127,28 +129,45 @@ class EnvironmentCoordinatorImpl(_Worker):
             raise ValueError(f"environment '{name}' has no endpoints and no live services to monitor")
         await self.stop_monitoring(name)
         chunks = _monitor_chunks(targets, per_monitor)
-        monitors = []
-        for index, (chunk, strategy) in enumerate(zip(chunks, spread_over_nodes(len(chunks)), strict=True)):
-            monitors.append(
-                HealthMonitor.options(
-                    name=f"health:{name}:{index}", namespace=self.namespace, scheduling_strategy=strategy
-                ).remote(
-                    f"{name}:{index}",
-                    chunk,
-                    environment.health_check_interval / 1000,
-                    environment.health_check_timeout / 1000,
-                    environment.unhealthy_threshold,
-                )
-            )
+        self.monitored[name] = (environment, chunks)
+        strategies = spread_over_nodes(len(chunks))
+        monitors = [self._start_monitor(name, index, strategy) for index, strategy in enumerate(strategies)]
         await _started(monitors)
         self.monitors[name] = monitors
         return [f"health:{name}:{i}" for i in range(len(monitors))]
+
+    def _start_monitor(self, name: str, index: int, strategy: Any) -> Any:
+        environment, chunks = self.monitored[name]
+        return HealthMonitor.options(
+            name=f"health:{name}:{index}", namespace=self.namespace, scheduling_strategy=strategy
+        ).remote(
+            f"{name}:{index}",
+            chunks[index],
+            environment.health_check_interval / 1000,
+            environment.health_check_timeout / 1000,
+            environment.unhealthy_threshold,
+        )
+
+    async def _report(self, name: str, index: int) -> HealthReport:
+        """A monitor's report; a monitor lost with its node is started again on an alive node first."""
+        try:
+            report: HealthReport = await call(
+                self.monitors[name][index].report.remote(), MONITOR_CALL_TIMEOUT_S
+            )
+            return report
+        except (RayActorError, ActorUnschedulableError) as error:
+            log.warning("health monitor %s:%d lost (%s): starting it on another node", name, index, error)
+        replacement = self._start_monitor(name, index, spread_over_nodes(1)[0])
+        self.monitors[name][index] = replacement
+        await _started([replacement])
+        replaced: HealthReport = await call(replacement.report.remote(), MONITOR_CALL_TIMEOUT_S)
+        return replaced
 
     async def get_environment_health(self, name: str) -> EnvironmentHealth:
         monitors = self.monitors.get(name)
         if not monitors:
             raise ValueError(f"environment '{name}' is not monitored: call monitor_environment_health first")
-        reports = await asyncio.gather(*(call(m.report.remote(), MONITOR_CALL_TIMEOUT_S) for m in monitors))
+        reports = await asyncio.gather(*(self._report(name, index) for index in range(len(monitors))))
         checked = all(r.checked_at is not None for r in reports)
         return EnvironmentHealth(
             environment=name,

@@ -1,7 +1,9 @@
 """Where actors run on a Ray cluster of several nodes.
 
-- Runners and health monitors are spread over the alive nodes, round robin, each with a soft node affinity:
-  it starts on the node asked for, and Ray restarts it on another node when that one dies.
+- Runners and health monitors are spread over the alive nodes, round robin, each with a node affinity. The
+  affinity is hard: Ray 2.60 placed actors with a soft one elsewhere more often than not (checked on a TLS
+  cluster of three nodes). An actor whose node dies is therefore not restarted by Ray: the queen starts the
+  runner again (same name, another node; it finds its deployment in the journal) and DO-001 a health monitor.
 - A deployment on a platform that keeps state on its node (``adapters.keeps_node_state``: the HAProxy router
   of local, docker and vm, and the local platform's processes) runs on the platform node: the node labelled
   ``deploy-orchestrator/platform-node=true`` (``ray start --labels``), else the head node. Its runner is
@@ -43,18 +45,9 @@ def spread_over_nodes(count: int) -> list[NodeAffinitySchedulingStrategy]:
     of this process stopped (so that successive runners land on successive nodes)."""
     nodes = alive_nodes()
     return [
-        NodeAffinitySchedulingStrategy(node_id=nodes[next(_next_node) % len(nodes)], soft=True)
+        NodeAffinitySchedulingStrategy(node_id=nodes[next(_next_node) % len(nodes)], soft=False)
         for _ in range(count)
     ]
-
-
-def control_plane_strategy() -> NodeAffinitySchedulingStrategy | None:
-    """The queen and the domain workers prefer the head node (which holds the cluster's GCS anyway), so that a
-    worker node's loss costs runners a restart, not the control plane; soft, so they restart elsewhere."""
-    heads = sorted(
-        str(n["NodeID"]) for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n["Resources"]
-    )
-    return NodeAffinitySchedulingStrategy(node_id=heads[0], soft=True) if heads else None
 
 
 def platform_node(config: PlatformConfig) -> str | None:

@@ -30,7 +30,6 @@ from actors.common import (
 from actors.domain import WORKER_CLASSES
 from actors.placement import (
     PlatformNodeGone,
-    control_plane_strategy,
     platform_node,
     platform_strategy,
     spread_over_nodes,
@@ -135,6 +134,8 @@ class QueenImpl:
         """Every domain worker alive: one call to the GCS lists the live named actors; only a missing worker
         is looked up or created."""
         live = {name for name in ray.util.list_named_actors() if isinstance(name, str)}
+        # Standby runners lost with their node are forgotten (and replaced by _refill).
+        self.standby = [(name, handle) for name, handle in self.standby if name in live]
         for code in DOMAIN_WORKERS:
             name = worker_name(code)
             if name in live and code in self.workers:
@@ -144,13 +145,7 @@ class QueenImpl:
                 log.warning("creating domain worker %s", name)
                 handle = (
                     WORKER_CLASSES[code]
-                    .options(
-                        name=name,
-                        namespace=self.namespace,
-                        lifetime="detached",
-                        get_if_exists=True,
-                        scheduling_strategy=control_plane_strategy(),
-                    )
+                    .options(name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True)
                     .remote(self.config_path, self.journal_path)
                 )
             self.workers[code] = handle

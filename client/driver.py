@@ -83,17 +83,12 @@ class DeploymentOrchestrator:
         return address is None
 
     def _queen(self, max_concurrent: int | None) -> Any:
-        from actors.placement import control_plane_strategy
         from actors.queen import Queen
 
         queen = find_actor(QUEEN_NAME, self.namespace)
         if queen is None:
             queen = Queen.options(
-                name=QUEEN_NAME,
-                namespace=self.namespace,
-                lifetime="detached",
-                get_if_exists=True,
-                scheduling_strategy=control_plane_strategy(),
+                name=QUEEN_NAME, namespace=self.namespace, lifetime="detached", get_if_exists=True
             ).remote(self.config_path, self.journal_path, max_concurrent)
         try:
             ray.get(queen.ready.remote(), timeout=CALL_TIMEOUT_S * 2)

@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,10 +49,11 @@ FAST_FAILURE_DETECTION = {
 SLOW_MACHINE = {"RAY_agent_register_timeout_ms": "180000"}
 GAVE_UP = "timed out during startup"
 RAYLET_STARTED = re.compile(r"Raylet of id, \w+ started")
+NODE_ID = re.compile(r"Setting node ID node_id=(\w+)")
 START_ATTEMPTS = 3
 # A node starts with a higher CPU priority (as root), so that its agents beat the raylet's 15 s on a machine
 # others load; its processes get the normal priority back once it runs.
-START_NICENESS = -15
+START_NICENESS = -20
 
 
 def _free_port() -> int:
@@ -126,14 +128,14 @@ def _tls_env(folder: Path, node_ip: str) -> dict[str, str]:
     }
 
 
-def _start_args(node: RayNode, head_address: str | None, port: int = 0) -> list[str]:
+def _start_args(node: RayNode, head_address: str | None, port: int = 0, listen_port: int = 0) -> list[str]:
     args = ["ray", "start", f"--temp-dir={node.temp_dir}", "--num-cpus=1", "--object-store-memory=100000000",
             "--disable-usage-stats", f"--resources={json.dumps(node.resources)}"]  # fmt: skip
     # Agent ports chosen here: a raylet then registers without waiting for its agents to write theirs (they
     # take long to start on a loaded machine, past what `ray start` waits for the raylet).
-    agents = ["--metrics-export-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-              "--runtime-env-agent-port"]  # fmt: skip
+    agents = ["--metrics-export-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port"]
     args += [f"{option}={_free_port()}" for option in agents]
+    args.append(f"--dashboard-agent-listen-port={listen_port or _free_port()}")
     if node.labels:
         args.append("--labels=" + ",".join(f"{k}={v}" for k, v in node.labels.items()))
     if head_address is None:
@@ -147,24 +149,53 @@ def _start_node(node: RayNode, env: dict[str, str], head_address: str | None) ->
     Returns the head's GCS port (a new one at each attempt)."""
     output = ""
     for _ in range(START_ATTEMPTS):
-        port = _free_port() if head_address is None else 0
-        try:
-            result = subprocess.run(
-                _start_args(node, head_address, port), env=env, capture_output=True, text=True,
-                timeout=START_TIMEOUT_S, preexec_fn=_higher_priority,
-            )  # fmt: skip
-            output = result.stdout + result.stderr
-            if (result.returncode == 0 or GAVE_UP in output) and _raylet_started(node):
-                _normal_priority(node)
-                return port
-        except subprocess.TimeoutExpired as error:
-            output = str(error.output or "")
+        port, listen_port = (_free_port() if head_address is None else 0), _free_port()
+        starting = subprocess.Popen(
+            _start_args(node, head_address, port, listen_port), env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, preexec_fn=_higher_priority,
+        )  # fmt: skip
+        output, code = _while_starting(node, starting, listen_port)
+        if (code == 0 or GAVE_UP in output) and _raylet_started(node):
+            _normal_priority(node)
+            return port
         output += "\n" + _raylet_log_tail(node)
         for process in node.processes():
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.send_signal(signal.SIGKILL)
         shutil.rmtree(node.temp_dir, ignore_errors=True)
     raise RuntimeError(f"node {node.name}: `ray start` failed {START_ATTEMPTS} times: {output[-3000:]}")
+
+
+def _while_starting(node: RayNode, starting: subprocess.Popen[str], port: int) -> tuple[str, int | None]:
+    """Wait for `ray start` (bounded), writing the agent's listen-port file for the raylet meanwhile.
+
+    Ray 2.60 does not pass ``--dashboard-agent-listen-port`` on to the raylet, which then waits (15 s,
+    hard-coded) for the agent to write that port to a file, and aborts when the agent starts slower (a loaded
+    machine). The port is ours (chosen above), so the file is written as soon as the raylet has its node id;
+    the agent writes the same port when it gets there."""
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.append(starting.communicate()[0]), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while reader.is_alive() and time.monotonic() < deadline:
+        _persist_listen_port(node, port)
+        reader.join(0.05)
+    if reader.is_alive():
+        starting.kill()
+        reader.join(30)
+    return "".join(output), starting.returncode
+
+
+def _persist_listen_port(node: RayNode, port: int) -> None:
+    with contextlib.suppress(OSError, StopIteration):
+        session = (node.temp_dir / "session_latest").resolve(strict=True)
+        log = (session / "logs" / "raylet.out").read_text(errors="replace")
+        node_id = next(m.group(1) for m in NODE_ID.finditer(log))
+        target = session / f"dashboard_agent_listen_port_{node_id}"
+        if not target.exists():
+            partial = target.with_name(target.name + ".tmp")
+            partial.write_text(str(port))
+            partial.rename(target)
 
 
 def _raylet_log_tail(node: RayNode, lines: int = 8) -> str:

@@ -47,7 +47,7 @@ from tests.integration.simulated_traffic import LiveTraffic
 from tests.postgres import PostgresServer
 from tests.ray_cluster import RayCluster, ray_cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]  # a cluster start on a loaded machine
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ["mn-a", "mn-b", "mn-c"]
 ENVIRONMENT = "development"

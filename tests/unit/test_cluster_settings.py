@@ -122,9 +122,8 @@ def test_runners_and_monitors_are_spread_round_robin(nodes: list[Any]) -> None:
     nodes += [_node("b"), _node("a", head=True), _node("c"), _node("d", alive=False)]
     chosen = [s.node_id for s in placement.spread_over_nodes(6)]
     assert sorted(chosen) == [_id(n) for n in "aabbcc"]
-    assert all(s.soft for s in placement.spread_over_nodes(2))  # restarted elsewhere when the node dies
-    head = placement.control_plane_strategy()
-    assert head is not None and head.node_id == _id("a") and head.soft
+    # Hard: Ray 2.60 often placed soft ones elsewhere; a lost node's actors are started again by us.
+    assert not any(s.soft for s in placement.spread_over_nodes(2))
 
 
 def test_an_environments_monitors_cover_several_nodes(nodes: list[Any]) -> None:
