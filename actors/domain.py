@@ -16,6 +16,7 @@ from actors.health import HealthMonitor, HealthReport
 from actors.placement import PlatformNodeGone, alive_nodes, on_platform_node, spread_over_nodes
 from engine.analysis import Measurement, judge
 from engine.config import load_config
+from engine.identity import AccessControl, AccessRole
 from engine.journal import Journal
 from engine.models import (
     SUPPORTED_PLATFORMS,
@@ -52,19 +53,23 @@ class PlatformCheck(Model):
 
 
 class _Worker:
-    def __init__(self, config_path: str | None, journal_path: str) -> None:
+    def __init__(self, config_path: str | None, journal_path: str, service_secret: str | None = None) -> None:
         self.config = load_config(config_path)
         self.journal = Journal(journal_path)
         self.namespace = ray.get_runtime_context().namespace
+        self.service_secret = service_secret  # how this worker's own calls to the queen identify themselves
+        self.access = AccessControl(self.config, self.journal, service_secret)
 
     async def ping(self) -> str:
         return type(self).__name__
 
-    async def _queen_control(self, deployment_id: str, action: str, by: str, reason: str) -> Any:
+    async def _queen_control(
+        self, deployment_id: str, action: str, by: str, reason: str, token: str | None
+    ) -> Any:
         queen = find_actor(QUEEN_NAME, self.namespace)
         if queen is None:
             raise RuntimeError("the queen is not running")
-        return await call(queen.control.remote(deployment_id, action, by, reason), 30)
+        return await call(queen.control.remote(deployment_id, action, by, reason, token=token), 30)
 
 
 async def _started(monitors: list[Any]) -> None:
@@ -88,26 +93,32 @@ def _monitor_chunks(targets: list[str], per_monitor: int) -> list[list[str]]:
 class EnvironmentCoordinatorImpl(_Worker):
     """DO-001: the environment registry, readiness and parallel health monitoring."""
 
-    def __init__(self, config_path: str | None, journal_path: str) -> None:
-        super().__init__(config_path, journal_path)
+    def __init__(self, config_path: str | None, journal_path: str, service_secret: str | None = None) -> None:
+        super().__init__(config_path, journal_path, service_secret)
         self.monitors: dict[str, list[Any]] = {}
         self.monitored: dict[str, tuple[Environment, list[list[str]]]] = {}  # what each monitor probes
 
-    async def environments(self) -> list[Environment]:
+    async def environments(self, token: str | None = None) -> list[Environment]:
+        self.access.require(token, AccessRole.VIEWER, action="environments")
+        return self._environments()
+
+    def _environments(self) -> list[Environment]:
         registered = [Environment.model_validate(r) for r in self.journal.records("environment")]
         known = dict(self.config.environments)
         known.update({e.name: e for e in registered})
         return list(known.values())
 
-    async def register_environment(self, environment: Environment) -> Environment:
+    async def register_environment(self, environment: Environment, token: str | None = None) -> Environment:
+        who = self.access.require(token, AccessRole.ADMIN, environment.name, action="register_environment")
         self.journal.put_record("environment", environment.name, environment.model_dump(mode="json"))
+        self.access.trail.record("environment_registered", who.person, environment=environment.name)
         return environment
 
     async def _environment(self, name: str) -> Environment:
-        for environment in await self.environments():
+        for environment in self._environments():
             if environment.name == name:
                 return environment
-        known = ", ".join(sorted(e.name for e in await self.environments()))
+        known = ", ".join(sorted(e.name for e in self._environments()))
         raise ValueError(f"environment: unknown environment '{name}'; known: {known}")
 
     def _service_urls(self, name: str) -> list[str]:
@@ -121,13 +132,14 @@ class EnvironmentCoordinatorImpl(_Worker):
         return list(latest.values())
 
     async def monitor_environment_health(
-        self, name: str, urls: list[str] | None = None, per_monitor: int = 8
+        self, name: str, urls: list[str] | None = None, per_monitor: int = 8, token: str | None = None
     ) -> list[str]:
+        self.access.require(token, AccessRole.DEPLOYER, name, action="monitor_environment_health")
         environment = await self._environment(name)
         targets = list(urls or [*environment.endpoints, *self._service_urls(name)])
         if not targets:
             raise ValueError(f"environment '{name}' has no endpoints and no live services to monitor")
-        await self.stop_monitoring(name)
+        self._stop_monitors(name)
         chunks = _monitor_chunks(targets, per_monitor)
         self.monitored[name] = (environment, chunks)
         strategies = spread_over_nodes(len(chunks))
@@ -163,7 +175,8 @@ class EnvironmentCoordinatorImpl(_Worker):
         replaced: HealthReport = await call(replacement.report.remote(), MONITOR_CALL_TIMEOUT_S)
         return replaced
 
-    async def get_environment_health(self, name: str) -> EnvironmentHealth:
+    async def get_environment_health(self, name: str, token: str | None = None) -> EnvironmentHealth:
+        self.access.require(token, AccessRole.VIEWER, name, action="get_environment_health")
         monitors = self.monitors.get(name)
         if not monitors:
             raise ValueError(f"environment '{name}' is not monitored: call monitor_environment_health first")
@@ -176,7 +189,11 @@ class EnvironmentCoordinatorImpl(_Worker):
             checked_at=time.time(),
         )
 
-    async def stop_monitoring(self, name: str) -> None:
+    async def stop_monitoring(self, name: str, token: str | None = None) -> None:
+        self.access.require(token, AccessRole.DEPLOYER, name, action="stop_monitoring")
+        self._stop_monitors(name)
+
+    def _stop_monitors(self, name: str) -> None:
         for monitor in self.monitors.pop(name, []):
             kill_quietly(monitor)
 
@@ -190,11 +207,14 @@ class BlueGreenEngineImpl(_Worker):
             raise ValueError(f"strategy.type: blue-green engine got '{strategy.type.value}'")
         return build_plan(strategy, has_stable)
 
-    async def switch_back(self, deployment_id: str, by: str, reason: str = "switch back to blue") -> Any:
+    async def switch_back(
+        self, deployment_id: str, by: str, reason: str = "switch back to blue", token: str | None = None
+    ) -> Any:
+        self.access.require(token, AccessRole.DEPLOYER, deployment=deployment_id, action="switch_back")
         state = self.journal.find(deployment_id)
         if state.request.strategy.type is not StrategyType.BLUE_GREEN:
             raise ValueError(f"deployment {deployment_id} is not blue-green")
-        return await self._queen_control(state.deployment_id, "rollback", by, reason)
+        return await self._queen_control(state.deployment_id, "rollback", by, reason, token)
 
 
 # ---------------------------------------------------------------------------------------- DO-003
@@ -216,22 +236,28 @@ class CanaryControllerImpl(_Worker):
     ) -> Measurement:
         return judge(snapshot, baseline, success, failure, min_requests)
 
-    async def control(self, deployment_id: str, action: str, by: str, reason: str = "") -> Any:
+    async def control(
+        self, deployment_id: str, action: str, by: str, reason: str = "", token: str | None = None
+    ) -> Any:
+        self.access.require(token, AccessRole.DEPLOYER, deployment=deployment_id, action=action)
         if action not in ("pause", "resume", "promote", "promote_full", "abort"):
             raise ValueError(f"unknown canary action '{action}'")
-        return await self._queen_control(deployment_id, action, by, reason)
+        return await self._queen_control(deployment_id, action, by, reason, token)
 
 
 # ---------------------------------------------------------------------------------------- DO-004
 class RollbackSystemImpl(_Worker):
     """DO-004: manual rollback, health watching of deployments, rollback history."""
 
-    def __init__(self, config_path: str | None, journal_path: str) -> None:
-        super().__init__(config_path, journal_path)
+    def __init__(self, config_path: str | None, journal_path: str, service_secret: str | None = None) -> None:
+        super().__init__(config_path, journal_path, service_secret)
         self.monitors: dict[str, Any] = {}
 
-    async def trigger_rollback(self, deployment_id: str, reason: str, by: str = "unknown") -> Any:
-        return await self._queen_control(deployment_id, "rollback", by, reason)
+    async def trigger_rollback(
+        self, deployment_id: str, reason: str, by: str = "unknown", token: str | None = None
+    ) -> Any:
+        self.access.require(token, AccessRole.DEPLOYER, deployment=deployment_id, action="trigger_rollback")
+        return await self._queen_control(deployment_id, "rollback", by, reason, token)
 
     async def monitor_deployment(
         self,
@@ -239,8 +265,10 @@ class RollbackSystemImpl(_Worker):
         interval_s: float = 1.0,
         timeout_s: float = 1.0,
         unhealthy_threshold: int = 3,
+        token: str | None = None,
     ) -> str:
         """Watch the candidate's replicas directly; N failed probes in a row roll the deployment back."""
+        self.access.require(token, AccessRole.DEPLOYER, deployment=deployment_id, action="monitor_deployment")
         state = self.journal.find(deployment_id)
         revision = state.candidate_revision or state.request.artifact.revision
         target, platform = state.request.target, state.request.platform
@@ -250,7 +278,14 @@ class RollbackSystemImpl(_Worker):
         urls = [f"http://{e}{state.request.artifact.health_path}" for e in status.endpoints]
         me = find_actor(self._own_name(), self.namespace)
         monitor = HealthMonitor.options(namespace=self.namespace).remote(
-            f"deployment:{deployment_id}", urls, interval_s, timeout_s, unhealthy_threshold, me, deployment_id
+            f"deployment:{deployment_id}",
+            urls,
+            interval_s,
+            timeout_s,
+            unhealthy_threshold,
+            me,
+            deployment_id,
+            self.service_secret,
         )
         await _started([monitor])
         self.monitors[state.deployment_id] = monitor
@@ -259,15 +294,19 @@ class RollbackSystemImpl(_Worker):
     def _own_name(self) -> str:
         return ray.get_runtime_context().get_actor_name() or ""
 
-    async def on_unhealthy(self, deployment_id: str, reason: str) -> None:
+    async def on_unhealthy(self, deployment_id: str, reason: str, token: str | None = None) -> None:
+        self.access.require_system(token, action="on_unhealthy")
         monitor = self.monitors.pop(deployment_id, None)
         if monitor is not None:
             kill_quietly(monitor)
         state = self.journal.state(deployment_id)
         if state.active:
-            await self._queen_control(deployment_id, "rollback_health", "health-monitor", reason)
+            await self._queen_control(
+                deployment_id, "rollback_health", "health-monitor", reason, self.service_secret
+            )
 
-    async def rollbacks(self, limit: int = 100) -> list[dict[str, Any]]:
+    async def rollbacks(self, limit: int = 100, token: str | None = None) -> list[dict[str, Any]]:
+        self.access.require(token, AccessRole.VIEWER, action="rollbacks")
         return [
             {
                 "deployment_id": s.deployment_id,
@@ -287,7 +326,8 @@ class PlatformRegistryImpl(_Worker):
     async def supported(self) -> list[str]:
         return list(SUPPORTED_PLATFORMS)
 
-    async def validate_platform(self, config: PlatformConfig) -> PlatformCheck:
+    async def validate_platform(self, config: PlatformConfig, token: str | None = None) -> PlatformCheck:
+        self.access.require(token, AccessRole.VIEWER, action="validate_platform")
         try:
             await on_platform_node(config, "validate")
         except (PlatformError, ValueError, OSError, PlatformNodeGone) as error:
@@ -314,11 +354,15 @@ class PipelineStatus(Model):
 class PipelineOrchestratorImpl(_Worker):
     """DO-006: stages in order (e.g. development -> staging -> production); a stage that fails stops it."""
 
-    def __init__(self, config_path: str | None, journal_path: str) -> None:
-        super().__init__(config_path, journal_path)
+    def __init__(self, config_path: str | None, journal_path: str, service_secret: str | None = None) -> None:
+        super().__init__(config_path, journal_path, service_secret)
         self.pipelines: dict[str, PipelineStatus] = {}
 
-    async def start_pipeline(self, artifact: Artifact, stages: list[PipelineStage], by: str) -> str:
+    async def start_pipeline(
+        self, artifact: Artifact, stages: list[PipelineStage], by: str, token: str | None = None
+    ) -> str:
+        envs = [s.environment for s in stages]
+        by = self.access.require_each(token, AccessRole.DEPLOYER, envs, "start_pipeline").acting_as(by)
         pipeline_id = f"pipeline-{uuid.uuid4().hex[:10]}"
         self.pipelines[pipeline_id] = PipelineStatus(
             pipeline_id=pipeline_id,
@@ -345,20 +389,21 @@ class PipelineOrchestratorImpl(_Worker):
                 platform=stage.platform,
                 requested_by=by,
             )
-            deployment_id = await call(queen.submit.remote(request), 60)
+            deployment_id = await call(queen.submit.remote(request, token=self.service_secret), 60)
             status.deployments.append(deployment_id)
             deadline = time.monotonic() + stage.strategy.progress_deadline / 1000 * 10
-            result = await call(queen.wait.remote(deployment_id, 3600.0), 3700.0)
+            result = await call(queen.wait.remote(deployment_id, 3600.0, self.service_secret), 3700.0)
             while result.phase.value not in ("succeeded", "rolled_back", "failed", "aborted"):
                 if time.monotonic() > deadline:
                     break
-                result = await call(queen.wait.remote(deployment_id, 3600.0), 3700.0)
+                result = await call(queen.wait.remote(deployment_id, 3600.0, self.service_secret), 3700.0)
             if result.phase.value != "succeeded":
                 status.state, status.message = "failed", f"stage {stage.environment}: {result.phase.value}"
                 return
         status.state = "succeeded"
 
-    async def pipeline_status(self, pipeline_id: str) -> PipelineStatus:
+    async def pipeline_status(self, pipeline_id: str, token: str | None = None) -> PipelineStatus:
+        self.access.require(token, AccessRole.VIEWER, action="pipeline_status")
         if pipeline_id not in self.pipelines:
             raise ValueError(f"unknown pipeline '{pipeline_id}'")
         return self.pipelines[pipeline_id]

@@ -57,6 +57,7 @@ class HealthMonitorImpl:
         unhealthy_threshold: int,
         notify: Any | None = None,
         notify_key: str = "",
+        notify_token: str | None = None,
     ) -> None:
         self.name = name
         self.interval_s = interval_s
@@ -64,6 +65,8 @@ class HealthMonitorImpl:
         self.threshold = unhealthy_threshold
         self.notify = notify  # an actor handle with ``on_unhealthy(key, reason)``
         self.notify_key = notify_key
+        # The orchestrator's service secret: ``on_unhealthy`` accepts the orchestrator's own calls only.
+        self.notify_token = notify_token
         self.endpoints = {url: EndpointHealth(url=url) for url in urls}
         self.checked_at: float | None = None
         self._notified = False
@@ -84,7 +87,7 @@ class HealthMonitorImpl:
             return
         reason = "; ".join(f"{e.url}: {e.consecutive_failures} failed checks ({e.last_error})" for e in sick)
         self._notified = True
-        self.notify.on_unhealthy.remote(self.notify_key, reason)
+        self.notify.on_unhealthy.remote(self.notify_key, reason, token=self.notify_token)
 
     async def report(self) -> HealthReport:
         return HealthReport(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 import time
 import uuid
@@ -36,8 +37,10 @@ from actors.placement import (
 )
 from actors.runner import ASSIGNMENT, DeploymentRunner
 from actors.telemetry import Telemetry
+from engine.audit import AuditKeeper
 from engine.config import load_config
 from engine.control import ControlRefused, control_event
+from engine.identity import AccessControl, AccessRole
 from engine.journal import Journal
 from engine.models import (
     BlueGreenConfig,
@@ -69,7 +72,13 @@ QUEEN_LEASE = "queen"
 
 
 class QueenImpl:
-    def __init__(self, config_path: str | None, journal_path: str | None, max_concurrent: int | None) -> None:
+    def __init__(
+        self,
+        config_path: str | None,
+        journal_path: str | None,
+        max_concurrent: int | None,
+        service_secret: str | None = None,
+    ) -> None:
         self.config = load_config(config_path)
         self.config_path = config_path
         self.namespace = ray.get_runtime_context().namespace
@@ -77,6 +86,11 @@ class QueenImpl:
         self.journal = Journal(self.journal_path)
         self.owner = f"{ray.get_runtime_context().gcs_address} {self.namespace}"
         self._take_lease()
+        # The secret the orchestrator's own actors call each other with: given by the driver that created
+        # this queen, so that Ray restarting it (with the same arguments) keeps the workers' copy valid.
+        self.service_secret = service_secret or secrets.token_urlsafe(32)
+        self.access = AccessControl(self.config, self.journal, self.service_secret)
+        self.audit = AuditKeeper(self.config, self.journal)
         self.limit = max_concurrent or self.config.concurrency.max_concurrent_deployments
         self.runs: dict[str, asyncio.Task[None]] = {}
         self.finished: dict[str, asyncio.Event] = {}
@@ -97,8 +111,10 @@ class QueenImpl:
                 f"ORCH_HOME), or wait {LEASE_TTL_S:g}s after the other one stops"
             )
 
-    async def release(self) -> None:
+    async def release(self, token: str | None = None) -> None:
         """Let another orchestrator take this journal over (called on a clean shutdown)."""
+        self.access.require(token, AccessRole.ADMIN, action="release")
+        self.audit.shutdown()
         self.journal.release_lease(QUEEN_LEASE, self.owner)
 
     # ------------------------------------------------------------------------------ start-up
@@ -146,7 +162,7 @@ class QueenImpl:
                 handle = (
                     WORKER_CLASSES[code]
                     .options(name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True)
-                    .remote(self.config_path, self.journal_path)
+                    .remote(self.config_path, self.journal_path, self.service_secret)
                 )
             self.workers[code] = handle
 
@@ -158,6 +174,7 @@ class QueenImpl:
                 self._take_lease()
                 self._ensure_workers()
                 self._admit()
+                self.audit.tick()
             except Exception:  # supervision must go on whatever one round meets
                 log.exception("supervision round failed")
 
@@ -309,7 +326,10 @@ class QueenImpl:
             event.set()
 
     # ------------------------------------------------------------------------------ public API
-    async def submit(self, request: DeploymentRequest, deployment_id: str | None = None) -> str:
+    async def submit(
+        self, request: DeploymentRequest, deployment_id: str | None = None, token: str | None = None
+    ) -> str:
+        request = self.access.checked_request(token, request, action="submit")
         await asyncio.wait_for(self.started.wait(), timeout=60)
         self._check_environment(request.environment)
         active = self.journal.deployments(active_only=True, limit=100_000)
@@ -331,11 +351,13 @@ class QueenImpl:
                 f"environment: unknown environment '{name}'; known: {', '.join(sorted(known))}"
             )
 
-    async def status(self, deployment_id: str) -> DeploymentStatus:
+    async def status(self, deployment_id: str, token: str | None = None) -> DeploymentStatus:
+        self.access.require(token, AccessRole.VIEWER, deployment=deployment_id, action="status")
         return self.journal.find(deployment_id).status()
 
-    async def wait(self, deployment_id: str, timeout_s: float) -> DeploymentStatus:
+    async def wait(self, deployment_id: str, timeout_s: float, token: str | None = None) -> DeploymentStatus:
         """Returns once the deployment is terminal or ``timeout_s`` has passed, whichever is first."""
+        self.access.require(token, AccessRole.VIEWER, deployment=deployment_id, action="wait")
         state = self.journal.find(deployment_id)
         event = self.finished.get(state.deployment_id)
         if state.active and event is not None:
@@ -343,16 +365,24 @@ class QueenImpl:
                 await asyncio.wait_for(event.wait(), timeout=timeout_s)
         return self.journal.state(state.deployment_id).status()
 
-    async def history(self, limit: int = 50, service: str | None = None) -> list[DeploymentStatus]:
+    async def history(
+        self, limit: int = 50, service: str | None = None, token: str | None = None
+    ) -> list[DeploymentStatus]:
+        self.access.require(token, AccessRole.VIEWER, action="history")
         states = self.journal.deployments(limit=limit if service is None else 100_000)
         chosen = [s for s in states if service is None or s.request.artifact.name == service]
         return [s.status() for s in chosen[-limit:]]
 
-    async def control(self, deployment_id: str, action: str, by: str, reason: str = "") -> DeploymentStatus:
+    async def control(
+        self, deployment_id: str, action: str, by: str, reason: str = "", token: str | None = None
+    ) -> DeploymentStatus:
         """pause | resume | promote | promote_full | abort | rollback, journaled, then the runner woken."""
+        by = self.access.require(
+            token, AccessRole.DEPLOYER, deployment=deployment_id, action=action
+        ).acting_as(by)
         state = self.journal.find(deployment_id)
         if not state.active and action == "rollback" and state.phase() is Phase.SUCCEEDED:
-            return await self._redeploy_previous(state, by, reason)
+            return await self._redeploy_previous(state, by, reason, token)
         if not state.active:
             raise DeploymentRefused(f"deployment {state.deployment_id} already ended: {state.phase().value}")
         if state.admitted_at is None and action in ("abort", "rollback", "rollback_health"):
@@ -371,7 +401,9 @@ class QueenImpl:
             runner.wake.remote()
         return self.journal.state(state.deployment_id).status()
 
-    async def _redeploy_previous(self, state: DeploymentState, by: str, reason: str) -> DeploymentStatus:
+    async def _redeploy_previous(
+        self, state: DeploymentState, by: str, reason: str, token: str | None
+    ) -> DeploymentStatus:
         """Rolling back a deployment that already succeeded: the revision it replaced comes back, switched in
         blue-green style as soon as it is ready (no analysis: the on-call engineer has decided)."""
         newer = [
@@ -397,19 +429,21 @@ class QueenImpl:
         request = state.request.model_copy(
             update={"artifact": previous, "strategy": strategy, "requested_by": by}
         )
-        new_id = await self.submit(request, f"{state.deployment_id}-rollback")
+        new_id = await self.submit(request, f"{state.deployment_id}-rollback", token)
         self.journal.append(
             new_id, EventKind.NOTE, {"message": f"rollback of {state.deployment_id}: {reason}"}, actor=by
         )
         return self.journal.state(new_id).status()
 
-    async def worker(self, code: str) -> Any:
+    async def worker(self, code: str, token: str | None = None) -> Any:
+        self.access.require(token, None, action="worker")  # each worker checks the role of its own calls
         if code not in DOMAIN_WORKERS:
             raise ValueError(f"unknown domain worker {code}: known are {', '.join(DOMAIN_WORKERS)}")
         self._ensure_workers()
         return self.workers[code]
 
-    async def overview(self) -> dict[str, Any]:
+    async def overview(self, token: str | None = None) -> dict[str, Any]:
+        self.access.require(token, AccessRole.VIEWER, action="overview")
         counts = self.journal.phase_counts()
         return {
             "limit": self.limit,
@@ -417,6 +451,19 @@ class QueenImpl:
             "phases": {p.value: n for p, n in counts.items()},
             "time": time.time(),
         }
+
+    # ------------------------------------------------------------------------------ tokens (admin)
+    async def issue_token(self, person: str, token: str | None = None) -> str:
+        """A new token for ``person``, returned once (only its hash is kept)."""
+        return self.access.issue_token(token, person).token
+
+    async def revoke_token(
+        self, token_id: str | None = None, person: str | None = None, token: str | None = None
+    ) -> list[dict[str, Any]]:
+        return [r.public() for r in self.access.revoke_token(token, token_id, person)]
+
+    async def tokens(self, token: str | None = None) -> list[dict[str, Any]]:
+        return self.access.list_tokens(token)
 
 
 def _cluster_answers(owner: str) -> bool:

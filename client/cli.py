@@ -1,7 +1,8 @@
 """The command line: ``python orchestrator.py <command>`` (or ``deploy-orchestrator <command>``).
 
-It uses only the driver's public API (``client.driver``) and reads the journal directly where no cluster is
-needed (``status``, ``history``).
+It uses only the driver's public API (``client.driver``, ``client.local``) and reads the journal directly
+where no cluster is needed (``status``, ``history``, ``token``, ``audit``). Every command presents the
+caller's token (``--token-file``, ``$ORCH_TOKEN`` or ``$ORCH_HOME/token``).
 """
 
 from __future__ import annotations
@@ -13,23 +14,27 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 
 from client.driver import DeploymentOrchestrator, ProgressCallback, migrate_journal, read_journal
+from client.local import LocalJournal
 from engine.config import ConfigError, load_config
 from engine.control import control_event
+from engine.identity import AccessDenied, AccessRole, read_token_file, save_token
 from engine.models import DeploymentStatus, Phase
 from engine.requests import build_request
 
-EXIT_OK, EXIT_DEPLOYMENT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_DEPLOYMENT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 USAGE = """Deployment orchestrator on Ray.
 
 python orchestrator.py quickstart
 python orchestrator.py deploy --service web --version 2.0.0 --command "python app.py" --strategy canary
 python orchestrator.py status|history|rollback|promote|pause|resume|abort ...
 python orchestrator.py journal migrate --to env:ORCH_JOURNAL_URL    # SQLite -> PostgreSQL, chain verified
+python orchestrator.py token bootstrap|issue|revoke|list ...
+python orchestrator.py audit verify|export|prune|checkpoint ...
 """
 
 
@@ -132,7 +137,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     request = build_request(
         config, _artifact_from_args(args), args.strategy, args.environment, args.platform, **overrides
     )
-    orch = DeploymentOrchestrator(config_path=args.config)
+    orch = DeploymentOrchestrator(config_path=args.config, token=_token(args))
     deployment_id = orch.submit_request(request)
     if args.no_wait:
         print(json.dumps({"deployment_id": deployment_id}) if args.json else deployment_id)
@@ -141,8 +146,24 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return _finish(result.status, args.json) if result.status.phase.terminal else EXIT_DEPLOYMENT_FAILED
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    """The token in ``--token-file`` (else the driver looks in $ORCH_TOKEN and $ORCH_HOME/token)."""
+    if not args.token_file:
+        return None
+    token = read_token_file(Path(args.token_file))
+    if token is None:
+        raise ValueError(f"--token-file: {args.token_file} is missing or empty")
+    return token
+
+
+def _local(args: argparse.Namespace) -> LocalJournal:
+    return LocalJournal(args.config, _token(args))
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
-    journal = read_journal(args.config)
+    local = _local(args)
+    local.require(AccessRole.VIEWER, "status", deployment=args.deployment_id)
+    journal = local.journal
     state = journal.find(args.deployment_id)
     if args.json:
         print(state.status().model_dump_json(indent=2))
@@ -160,7 +181,9 @@ def _brief(data: dict[str, Any]) -> str:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    journal = read_journal(args.config)
+    local = _local(args)
+    local.require(AccessRole.VIEWER, "history")
+    journal = local.journal
     states = [
         s
         for s in journal.deployments(limit=100_000)
@@ -187,12 +210,13 @@ def _cmd_history(args: argparse.Namespace) -> int:
 def _cmd_control(args: argparse.Namespace) -> int:
     action = "promote_full" if args.action == "promote" and args.full else args.action
     reason = getattr(args, "reason", "") or ""
-    by = os.environ.get("USER", "cli")
     if os.environ.get("RAY_ADDRESS"):
-        orch = DeploymentOrchestrator(config_path=args.config)
-        status = orch.control(args.deployment_id, action, reason, by)
+        orch = DeploymentOrchestrator(config_path=args.config, token=_token(args))
+        status = orch.control(args.deployment_id, action, reason)
     else:  # no cluster named: journal it; the running deployment's runner reads it at its next step
-        journal = read_journal(args.config)
+        local = _local(args)
+        by = local.require(AccessRole.DEPLOYER, action, deployment=args.deployment_id).person
+        journal = local.journal
         state = journal.find(args.deployment_id)
         if not state.active:
             print(f"deployment {state.deployment_id} already ended: {state.phase().value}", file=sys.stderr)
@@ -222,10 +246,98 @@ def _cmd_journal(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_DEPLOYMENT_FAILED
 
 
+def _cmd_token(args: argparse.Namespace) -> int:
+    """bootstrap | issue | revoke | list: through the cluster when RAY_ADDRESS is set, else on the journal."""
+    if args.action == "bootstrap":
+        record, path = _local(args).bootstrap(args.person)
+        print(f"admin token {record.token_id} for {record.person} saved in {path} (readable by you only)")
+        return EXIT_OK
+    admin: TokenAdmin = (
+        DeploymentOrchestrator(config_path=args.config, token=_token(args)) if _on_cluster() else _local(args)
+    )
+    if args.action == "issue":
+        token = admin.issue_token(args.person)
+        if args.output:
+            print(f"token for {args.person} saved in {save_token(Path(args.output), token)}")
+        else:
+            print(token)
+            print(f"token for {args.person}: shown once, give it to them privately", file=sys.stderr)
+    elif args.action == "revoke":
+        for revoked in admin.revoke_token(args.token_id, args.person):
+            print(f"revoked token {revoked['token_id']} of {revoked['person']}")
+    elif args.json:
+        print(json.dumps(admin.tokens(), indent=2))
+    else:
+        for row in admin.tokens():
+            print(_token_line(row))
+    return EXIT_OK
+
+
+def _token_line(row: dict[str, Any]) -> str:
+    issued = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(row["issued_at"])))
+    state = "admin (bootstrap)" if row.get("bootstrap") else "active"
+    if row.get("revoked_at"):
+        state = f"revoked by {row.get('revoked_by')}"
+    return f"{row['token_id']}  {row['person']:<20} issued {issued} by {row['issued_by']:<16} {state}"
+
+
+class TokenAdmin(Protocol):
+    """Token administration, through the cluster (the driver) or on the local journal."""
+
+    def issue_token(self, person: str) -> str: ...
+    def revoke_token(
+        self, token_id: str | None = None, person: str | None = None
+    ) -> list[dict[str, Any]]: ...
+    def tokens(self) -> list[dict[str, Any]]: ...
+
+
+def _on_cluster() -> bool:
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    """verify | export | prune | checkpoint, on the journal file and the signing key of this machine."""
+    local = _local(args)
+    if args.action == "verify":
+        result = local.verify(args.public_key)
+        print(result.model_dump_json(indent=2) if args.json else result.summary())
+        return EXIT_OK if result.ok else EXIT_DEPLOYMENT_FAILED
+    if args.action == "export":
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as out:
+                count = local.export(out, args.after)
+        else:
+            count = local.export(sys.stdout, args.after)
+        print(f"exported {count} audit entries", file=sys.stderr)
+        return EXIT_OK
+    if args.action == "prune":
+        print(local.prune(args.dry_run).summary())
+        return EXIT_OK
+    checkpoint = local.checkpoint()
+    print(f"signed seq {checkpoint.seq}" if checkpoint else "nothing new to sign since the last checkpoint")
+    return EXIT_OK
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from examples.quickstart import run_quickstart
 
     return run_quickstart(config_path=args.config, keep=args.keep, step_seconds=args.step_seconds)
+
+
+def _journal_parser(sub: Any) -> None:
+    journal = sub.add_parser("journal", help="migrate the journal to PostgreSQL, verify its hash chain")
+    journal_sub = journal.add_subparsers(dest="journal_cmd", required=True)
+    migrate = journal_sub.add_parser("migrate", help="copy a SQLite journal into an empty PostgreSQL one")
+    migrate.add_argument(
+        "--to",
+        required=True,
+        help="the PostgreSQL journal: env:NAME or file:/path holding its URL (or a URL)",
+    )
+    migrate.add_argument("--from", dest="source", help="the journal to copy (default: the configured one)")
+    migrate.add_argument("--json", action="store_true")
+    verify = journal_sub.add_parser("verify", help="recompute the hash chain; exit 1 when it is broken")
+    verify.add_argument("--journal", help="a path, env:NAME, file:/path or URL (default: the configured one)")
+    journal.set_defaults(func=_cmd_journal)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -234,6 +346,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--config", help="enterprise_config.yaml to use ($ORCH_CONFIG, else the repository's)"
+    )
+    parser.add_argument(
+        "--token-file", help="file holding your personal token (else $ORCH_TOKEN, else $ORCH_HOME/token)"
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     deploy = sub.add_parser("deploy", help="deploy a revision and follow it to the end")
@@ -277,19 +392,9 @@ def _parser() -> argparse.ArgumentParser:
             control.add_argument("--full", action="store_true", help="skip the remaining steps")
         control.add_argument("--json", action="store_true")
         control.set_defaults(func=_cmd_control, action=action)
-    journal = sub.add_parser("journal", help="migrate the journal to PostgreSQL, verify its hash chain")
-    journal_sub = journal.add_subparsers(dest="journal_cmd", required=True)
-    migrate = journal_sub.add_parser("migrate", help="copy a SQLite journal into an empty PostgreSQL one")
-    migrate.add_argument(
-        "--to",
-        required=True,
-        help="the PostgreSQL journal: env:NAME or file:/path holding its URL (or a URL)",
-    )
-    migrate.add_argument("--from", dest="source", help="the journal to copy (default: the configured one)")
-    migrate.add_argument("--json", action="store_true")
-    verify = journal_sub.add_parser("verify", help="recompute the hash chain; exit 1 when it is broken")
-    verify.add_argument("--journal", help="a path, env:NAME, file:/path or URL (default: the configured one)")
-    journal.set_defaults(func=_cmd_journal)
+    _journal_parser(sub)
+    _token_parser(sub)
+    _audit_parser(sub)
     quick = sub.add_parser("quickstart", help="deploy the sample service: v1, a good canary, a bad canary")
     quick.add_argument("--keep", action="store_true", help="leave the sample service running at the end")
     quick.add_argument("--step-seconds", type=float, default=5.0, help="canary step duration")
@@ -297,11 +402,45 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _token_parser(sub: Any) -> None:
+    token = sub.add_parser("token", help="personal tokens: bootstrap the first admin, issue, revoke, list")
+    actions = token.add_subparsers(dest="action", required=True)
+    boot = actions.add_parser("bootstrap", help="the first admin token, saved in $ORCH_HOME/token")
+    boot.add_argument("--person", help="who holds it (default: your login name)")
+    issue = actions.add_parser("issue", help="a new token for a person (admin); printed once")
+    issue.add_argument("--person", required=True)
+    issue.add_argument("--output", help="write it to this file (0600) instead of printing it")
+    revoke = actions.add_parser("revoke", help="revoke a token by id, or every token of a person (admin)")
+    revoke.add_argument("token_id", nargs="?")
+    revoke.add_argument("--person")
+    listing = actions.add_parser("list", help="tokens (ids, people, dates; never a secret) (admin)")
+    listing.add_argument("--json", action="store_true")
+    token.set_defaults(func=_cmd_token)
+
+
+def _audit_parser(sub: Any) -> None:
+    audit = sub.add_parser("audit", help="verify, export and prune the audit trail")
+    actions = audit.add_subparsers(dest="action", required=True)
+    verify = actions.add_parser("verify", help="check the hash chain and the signed checkpoints")
+    verify.add_argument("--public-key", help="the signing key's public half (default: beside the key)")
+    verify.add_argument("--json", action="store_true")
+    export = actions.add_parser("export", help="JSON lines for a SIEM, with the hash chain fields (viewer)")
+    export.add_argument("--output", help="file to write (default: standard output)")
+    export.add_argument("--after", type=int, default=0, help="only entries after this seq")
+    prune = actions.add_parser("prune", help="remove entries past their environment's retention (admin)")
+    prune.add_argument("--dry-run", action="store_true")
+    actions.add_parser("checkpoint", help="sign the journal's head now (admin)")
+    audit.set_defaults(func=_cmd_audit)
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except AccessDenied as error:  # also a refusal raised inside an actor (Ray's error is an instance of it)
+        print(f"refused: {getattr(error, 'cause', error)}", file=sys.stderr)
+        return EXIT_REFUSED
     except ConfigError as error:
         print(f"configuration error:\n{error}", file=sys.stderr)
     except (ValueError, KeyError, RuntimeError) as error:

@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import ray
 
 from actors.common import DOMAIN_WORKERS, QUEEN_NAME, find_actor, kill_quietly, worker_name
+from client.local import bootstrap_if_new, find_token
 from engine.config import load_config
 from engine.journal import CopyReport, Journal, copy_journal
 from engine.journal_store import is_postgres
@@ -42,7 +44,12 @@ ProgressCallback = Callable[[DeploymentStatus], None]
 
 
 class DeploymentOrchestrator:
-    """The driver API. Every call goes to the queen actor; history also reads the journal without Ray."""
+    """The driver API. Every call goes to the queen actor; history also reads the journal without Ray.
+
+    Every call carries the caller's personal token: ``token=``, else ``$ORCH_TOKEN``, else the file
+    ``$ORCH_HOME/token``. Without a cluster named (embedded, or a local Ray), on a journal that has no admin
+    yet, it makes the first admin token there itself (the quickstart works for a new user); the actors check
+    the token and the role."""
 
     def __init__(
         self,
@@ -51,11 +58,16 @@ class DeploymentOrchestrator:
         journal_path: str | Path | None = None,
         max_concurrent: int | None = None,
         num_cpus: int | None = None,
+        token: str | None = None,
     ) -> None:
         self.config = load_config(config_path)
         self.config_path = str(self.config.source) if self.config.source else None
         self.journal_path = str(journal_path or self.config.journal_location())  # a path, URL or reference
         self.namespace = self.config.namespace
+        self._token = find_token(token)
+        # On this machine's journal (no cluster named), a new user gets the first admin token made for them.
+        if self._token is None and not (address or os.environ.get("RAY_ADDRESS")):
+            self._token = bootstrap_if_new(self.config, self.journal_path)
         embedded = self._connect(address, num_cpus)
         self.queen = self._queen(max_concurrent)
         if embedded:  # the local Ray ends with this process: hand the journal over at once, not after a TTL
@@ -89,7 +101,7 @@ class DeploymentOrchestrator:
         if queen is None:
             queen = Queen.options(
                 name=QUEEN_NAME, namespace=self.namespace, lifetime="detached", get_if_exists=True
-            ).remote(self.config_path, self.journal_path, max_concurrent)
+            ).remote(self.config_path, self.journal_path, max_concurrent, secrets.token_urlsafe(32))
         try:
             ray.get(queen.ready.remote(), timeout=CALL_TIMEOUT_S * 2)
         except ray.exceptions.RayActorError as error:
@@ -105,7 +117,7 @@ class DeploymentOrchestrator:
 
     def worker(self, code: str) -> Any:
         """A domain worker's handle: DO-001 environments ... DO-006 pipelines."""
-        return self._get(self.queen.worker.remote(code))
+        return self._get(self.queen.worker.remote(code, token=self._token))
 
     # ------------------------------------------------------------------------------ requests
     def request(
@@ -137,7 +149,7 @@ class DeploymentOrchestrator:
 
     def submit_request(self, request: DeploymentRequest, deployment_id: str | None = None) -> str:
         """Start an already validated request (see ``request``); returns its id at once."""
-        return str(self._get(self.queen.submit.remote(request, deployment_id)))
+        return str(self._get(self.queen.submit.remote(request, deployment_id, token=self._token)))
 
     def deploy(
         self,
@@ -154,7 +166,7 @@ class DeploymentOrchestrator:
         return self.wait(deployment_id, timeout_s, on_progress)
 
     def status(self, deployment_id: str) -> DeploymentStatus:
-        return self._get(self.queen.status.remote(deployment_id))  # type: ignore[no-any-return]
+        return self._get(self.queen.status.remote(deployment_id, token=self._token))  # type: ignore[no-any-return]
 
     def wait(
         self, deployment_id: str, timeout_s: float = 3600.0, on_progress: ProgressCallback | None = None
@@ -166,7 +178,9 @@ class DeploymentOrchestrator:
             if on_progress:
                 on_progress(status)
             wait_s = max(0.0, min(poll, deadline - time.monotonic()))
-            status = self._get(self.queen.wait.remote(deployment_id, wait_s), wait_s + CALL_TIMEOUT_S)
+            status = self._get(
+                self.queen.wait.remote(deployment_id, wait_s, token=self._token), wait_s + CALL_TIMEOUT_S
+            )
         if on_progress:
             on_progress(status)
         return DeploymentResult(
@@ -174,14 +188,16 @@ class DeploymentOrchestrator:
         )
 
     def history(self, limit: int = 50, service: str | None = None) -> list[DeploymentStatus]:
-        return self._get(self.queen.history.remote(limit, service))  # type: ignore[no-any-return]
+        return self._get(self.queen.history.remote(limit, service, token=self._token))  # type: ignore[no-any-return]
 
     def control(
         self, deployment_id: str, action: str, reason: str = "", by: str | None = None
     ) -> DeploymentStatus:
-        """pause | resume | promote | promote_full | abort | rollback, through the queen."""
+        """pause | resume | promote | promote_full | abort | rollback, through the queen (recorded as the
+        token's person; ``by`` is kept for compatibility)."""
         who = by or os.environ.get("USER", "unknown")
-        return self._get(self.queen.control.remote(deployment_id, action, who, reason))  # type: ignore[no-any-return]
+        ref = self.queen.control.remote(deployment_id, action, who, reason, token=self._token)
+        return self._get(ref)  # type: ignore[no-any-return]
 
     def rollback(
         self, deployment_id: str, reason: str = "manual rollback", by: str | None = None
@@ -203,13 +219,15 @@ class DeploymentOrchestrator:
     # ------------------------------------------------------------------------------ domain workers
     def register_environment(self, environment: Environment | dict[str, Any]) -> Environment:
         env = Environment.model_validate(environment) if isinstance(environment, dict) else environment
-        return self._get(self.worker("DO-001").register_environment.remote(env))  # type: ignore[no-any-return]
+        ref = self.worker("DO-001").register_environment.remote(env, token=self._token)
+        return self._get(ref)  # type: ignore[no-any-return]
 
     def monitor_environment_health(self, environment: str, urls: list[str] | None = None) -> list[str]:
-        return self._get(self.worker("DO-001").monitor_environment_health.remote(environment, urls))  # type: ignore[no-any-return]
+        ref = self.worker("DO-001").monitor_environment_health.remote(environment, urls, token=self._token)
+        return self._get(ref)  # type: ignore[no-any-return]
 
     def get_environment_health(self, environment: str) -> Any:
-        return self._get(self.worker("DO-001").get_environment_health.remote(environment))
+        return self._get(self.worker("DO-001").get_environment_health.remote(environment, token=self._token))
 
     def monitor_deployment(
         self,
@@ -220,13 +238,14 @@ class DeploymentOrchestrator:
     ) -> str:
         return self._get(
             self.worker("DO-004").monitor_deployment.remote(  # type: ignore[no-any-return]
-                deployment_id, interval_s, timeout_s, unhealthy_threshold
+                deployment_id, interval_s, timeout_s, unhealthy_threshold, token=self._token
             )
         )
 
     def trigger_rollback(self, deployment_id: str, reason: str, by: str | None = None) -> DeploymentStatus:
         who = by or os.environ.get("USER", "unknown")
-        return self._get(self.worker("DO-004").trigger_rollback.remote(deployment_id, reason, who))  # type: ignore[no-any-return]
+        ref = self.worker("DO-004").trigger_rollback.remote(deployment_id, reason, who, token=self._token)
+        return self._get(ref)  # type: ignore[no-any-return]
 
     def run_pipeline(
         self, artifact: Artifact | dict[str, Any], stages: list[dict[str, Any]], timeout_s: float = 3600.0
@@ -251,32 +270,33 @@ class DeploymentOrchestrator:
         request = Artifact.model_validate(artifact) if isinstance(artifact, dict) else artifact
         who = os.environ.get("USER", "unknown")
         pipelines = self.worker("DO-006")
-        pipeline_id = self._get(pipelines.start_pipeline.remote(request, built, who))
+        pipeline_id = self._get(pipelines.start_pipeline.remote(request, built, who, token=self._token))
         deadline = time.monotonic() + timeout_s
-        status = self._get(pipelines.pipeline_status.remote(pipeline_id))
+        status = self._get(pipelines.pipeline_status.remote(pipeline_id, token=self._token))
         while status.state == "running" and time.monotonic() < deadline:
             time.sleep(0.5)
-            status = self._get(pipelines.pipeline_status.remote(pipeline_id))
+            status = self._get(pipelines.pipeline_status.remote(pipeline_id, token=self._token))
         return status
 
     def validate_platform(self, platform: PlatformConfig | str) -> Any:
         config = self.config.platform(platform) if isinstance(platform, str) else platform
-        return self._get(self.worker("DO-005").validate_platform.remote(config))
+        return self._get(self.worker("DO-005").validate_platform.remote(config, token=self._token))
 
     # ------------------------------------------------------------------------------ async variants
     async def submit_async(
         self, artifact: Any, strategy: Any, environment: str, platform: Any = "local", **kwargs: Any
     ) -> str:
         request = self.request(artifact, strategy, environment, platform, **kwargs)
-        return str(await asyncio.wait_for(self.queen.submit.remote(request, None), CALL_TIMEOUT_S))
+        ref = self.queen.submit.remote(request, None, token=self._token)
+        return str(await asyncio.wait_for(ref, CALL_TIMEOUT_S))
 
     async def wait_async(self, deployment_id: str, timeout_s: float = 3600.0) -> DeploymentResult:
         deadline = time.monotonic() + timeout_s
-        status: DeploymentStatus = await self.queen.status.remote(deployment_id)
+        status: DeploymentStatus = await self.queen.status.remote(deployment_id, token=self._token)
         while not status.phase.terminal and time.monotonic() < deadline:
             wait_s = max(0.0, min(30.0, deadline - time.monotonic()))
             status = await asyncio.wait_for(
-                self.queen.wait.remote(deployment_id, wait_s), wait_s + CALL_TIMEOUT_S
+                self.queen.wait.remote(deployment_id, wait_s, token=self._token), wait_s + CALL_TIMEOUT_S
             )
         return DeploymentResult(
             deployment_id=status.deployment_id, success=status.phase is Phase.SUCCEEDED, status=status
@@ -295,13 +315,27 @@ class DeploymentOrchestrator:
         return await self.wait_async(deployment_id, timeout_s)
 
     async def status_async(self, deployment_id: str) -> DeploymentStatus:
-        return await asyncio.wait_for(self.queen.status.remote(deployment_id), CALL_TIMEOUT_S)  # type: ignore[no-any-return]
+        ref = self.queen.status.remote(deployment_id, token=self._token)
+        return await asyncio.wait_for(ref, CALL_TIMEOUT_S)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------------------ tokens (admin)
+    def issue_token(self, person: str) -> str:
+        """A new personal token for ``person``: shown once, only its hash is kept."""
+        return str(self._get(self.queen.issue_token.remote(person, token=self._token)))
+
+    def revoke_token(self, token_id: str | None = None, person: str | None = None) -> list[dict[str, Any]]:
+        """Revoke one token (by its id, as ``tokens()`` lists it) or every token of ``person``."""
+        return self._get(self.queen.revoke_token.remote(token_id, person, token=self._token))  # type: ignore[no-any-return]
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every token's id, person, issuer and dates (never a secret or a hash)."""
+        return self._get(self.queen.tokens.remote(token=self._token))  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------------------ lifecycle
     def _release(self) -> None:
         with contextlib.suppress(ray.exceptions.RayError, RuntimeError):
             if ray.is_initialized():
-                ray.get(self.queen.release.remote(), timeout=10)
+                ray.get(self.queen.release.remote(token=self._token), timeout=10)
 
     def shutdown(self, stop_ray: bool = True) -> None:
         """Stop the queen and the domain workers (deployments in flight resume when a queen starts again)."""

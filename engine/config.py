@@ -22,6 +22,8 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 from pydantic.alias_generators import to_snake
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from engine.audit import AuditSettings
+from engine.identity import AccessGrants, access_problems
 from engine.models import (
     SUPPORTED_PLATFORMS,
     ApprovalWorkflow,
@@ -144,6 +146,10 @@ class EnterpriseConfig(Model):
     roles: dict[str, list[str]] = Field(default_factory=dict, description="approver group -> members")
     namespace: str = Field(default="deploy-orchestrator", min_length=1, description="Ray namespace")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    access: dict[str, AccessGrants] = Field(
+        default_factory=dict, description="environment (or pattern) -> role -> people (engine/identity.py)"
+    )
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -170,7 +176,11 @@ class EnterpriseConfig(Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> EnterpriseConfig:
-        problems = [*self._name_mismatches(), *self._unknown_approver_groups()]
+        problems = [
+            *self._name_mismatches(),
+            *self._unknown_approver_groups(),
+            *access_problems(self.access, self.environments, self.roles),
+        ]
         if problems:
             summary = "; ".join(f"{path}: {message}" for path, message in problems)
             raise PydanticCustomError(_LOCATED, "{summary}", {"summary": summary, "problems": problems})
@@ -255,9 +265,21 @@ class EnterpriseConfig(Model):
             raise ValueError(
                 "journal.backend is postgresql: the journal has no file (see journal_location())"
             )
-        if self.journal.path is None:
-            return orchestrator_home() / "journal.db"
-        path = Path(self.journal.path).expanduser()
+        return self._file_setting(self.journal.path, "journal.db")
+
+    def audit_key_path(self) -> Path:
+        """The audit signing key: ``audit.signingKey`` or $ORCH_HOME/audit/signing-key.pem."""
+        return self._file_setting(self.audit.signing_key, "audit/signing-key.pem")
+
+    def audit_checkpoints_path(self) -> Path:
+        """The signed checkpoints: ``audit.checkpoints`` or $ORCH_HOME/audit/checkpoints.jsonl."""
+        return self._file_setting(self.audit.checkpoints, "audit/checkpoints.jsonl")
+
+    def _file_setting(self, value: str | None, default: str) -> Path:
+        """A configured file (relative to the config file) or ``default`` under $ORCH_HOME."""
+        if value is None:
+            return orchestrator_home() / default
+        path = Path(value).expanduser()
         if not path.is_absolute() and self._source is not None:
             path = self._source.parent / path
         return path
@@ -536,6 +558,10 @@ def write_isolated_config(
     """A copy of a configuration whose journal, platform state and ports are its own (tests, benchmarks)."""
     data = yaml.safe_load((source or default_config_path()).read_text())
     data["journal"] = {"path": str(folder / "journal.db")}
+    data.setdefault("audit", {}).update(
+        signingKey=str(folder / "audit" / "signing-key.pem"),
+        checkpoints=str(folder / "audit" / "checkpoints.jsonl"),
+    )
     data["platforms"]["local"]["settings"] = {
         "stateDir": str(folder / "platforms"),
         "frontendPortRange": list(frontend_ports),

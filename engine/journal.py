@@ -14,16 +14,16 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.journal_store import JournalStore, SqliteStore, StoreCursor, open_store
 from engine.models import Artifact, DeploymentRequest, Phase
 from engine.state import DeploymentState, Event, EventKind, fold
 
-_GENESIS = "0" * 64
+GENESIS = "0" * 64
 PARSED_STATES = 64  # states kept parsed per journal connection (by deployment), while their row is unchanged
 
 
@@ -39,6 +39,31 @@ class UnknownDeploymentError(KeyError):
 def _event_hash(prev: str, deployment_id: str, at: float, kind: str, actor: str, data: str) -> str:
     payload = json.dumps([prev, deployment_id, repr(at), kind, actor, data], separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class ChainRow(NamedTuple):
+    """One event as stored, with the fields its hash covers (what verifiers and exports need)."""
+
+    seq: int
+    subject: str  # the deployment id, or what an audit entry is about
+    at: float
+    kind: str
+    actor: str
+    data: str  # the canonical JSON the hash covers
+    prev_hash: str
+    hash: str
+
+    def recomputed_hash(self) -> str:
+        return _event_hash(self.prev_hash, self.subject, self.at, self.kind, self.actor, self.data)
+
+
+def first_broken(rows: Iterable[ChainRow], prev: str = GENESIS) -> ChainRow | None:
+    """The first row that does not follow ``prev`` or whose content does not match its hash, or None."""
+    for row in rows:
+        if row.prev_hash != prev or row.recomputed_hash() != row.hash:
+            return row
+        prev = row.hash
+    return None
 
 
 class Journal:
@@ -106,6 +131,13 @@ class Journal:
             return new
 
         return self._store.write(work)
+
+    def append_event(
+        self, subject: str, kind: EventKind, data: dict[str, Any] | None = None, actor: str = "system"
+    ) -> int:
+        """Append one chained event that belongs to no deployment's state (audit entries: refusals, tokens,
+        configuration changes, checkpoints). Returns its sequence number."""
+        return self._store.write(lambda db: _insert(db, subject, self._now(), kind, actor, data or {}))
 
     # ---------------------------------------------------------------------------------- reading
     def state(self, deployment_id: str) -> DeploymentState:
@@ -233,9 +265,49 @@ class Journal:
 
         self._store.write(work)
 
-    def verify_chain(self) -> tuple[bool, int | None]:
-        """Recompute every hash; returns (True, None) or (False, first bad seq)."""
-        return _verify(self._store.read(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq"))
+    def verify_chain(self, anchor: str = GENESIS) -> tuple[bool, int | None]:
+        """Recompute every hash from ``anchor`` (the hash before the first kept event: GENESIS unless old
+        events were pruned); returns (True, None) or (False, first bad seq)."""
+        bad = first_broken(self.chain(), anchor)
+        return (True, None) if bad is None else (False, bad.seq)
+
+    def chain(self, after_seq: int = 0, limit: int | None = None) -> list[ChainRow]:
+        """The events as stored (seq order), with every field their hashes cover."""
+        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq"
+        params: tuple[Any, ...] = (after_seq,)
+        if limit is not None:
+            query, params = query + " LIMIT ?", (after_seq, limit)
+        return [ChainRow(*row) for row in self._store.read(query, params)]
+
+    def head(self) -> tuple[int, str] | None:
+        """The newest event's (seq, hash), or None when the journal is empty."""
+        rows = self._store.read("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        return None if not rows else (int(rows[0][0]), str(rows[0][1]))
+
+    def prune(self, before_seq: int) -> int:
+        """Delete the events before ``before_seq`` and the finished deployments whose events all came
+        before it (retention); returns how many events went. The caller anchors the chain first."""
+
+        def work(db: StoreCursor) -> int:
+            active = db.execute("SELECT MIN(submitted_seq) FROM deployments WHERE active = 1")[0][0]
+            newest = db.execute("SELECT MAX(seq) FROM events")[0][0]
+            if active is not None and before_seq > int(active):
+                raise ValueError(f"cannot prune to seq {before_seq}: an active deployment began at {active}")
+            if newest is None or before_seq > int(newest):
+                # The newest event stays: new events chain from it.
+                raise ValueError(f"cannot prune up to seq {before_seq}: the newest event is {newest}")
+            removed = int(db.execute("SELECT COUNT(*) FROM events WHERE seq < ?", (before_seq,))[0][0])
+            db.execute("DELETE FROM events WHERE seq < ?", (before_seq,))
+            db.execute(
+                "DELETE FROM deployments WHERE active = 0 AND deployment_id NOT IN "
+                "(SELECT DISTINCT deployment_id FROM events)"
+            )
+            return removed
+
+        removed = self._store.write(work)
+        with self._lock:
+            self._parsed.clear()
+        return removed
 
 
 _EVENT_COLUMNS = "seq, deployment_id, at, kind, actor, data, prev_hash, hash"
@@ -246,7 +318,7 @@ def _insert(
 ) -> int:
     """One event chained to the last one committed (the caller holds the journal's write lock)."""
     last = db.execute("SELECT hash FROM events ORDER BY seq DESC LIMIT 1")
-    prev = last[0][0] if last else _GENESIS
+    prev = last[0][0] if last else GENESIS
     body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     digest = _event_hash(prev, deployment_id, at, kind.value, actor, body)
     rows = db.execute(
@@ -273,15 +345,6 @@ def _put_record(db: StoreCursor, kind: str, key: str, body: str) -> None:
     )
 
 
-def _verify(rows: list[tuple[Any, ...]]) -> tuple[bool, int | None]:
-    prev = _GENESIS
-    for seq, deployment_id, at, kind, actor, data, prev_hash, digest in rows:
-        if prev_hash != prev or _event_hash(prev, deployment_id, at, kind, actor, data) != digest:
-            return False, int(seq)
-        prev = digest
-    return True, None
-
-
 # -------------------------------------------------------------------------------------------- copying
 class JournalCopyRefused(ValueError):
     """A journal cannot be copied as asked; the message says why and what was (not) written."""
@@ -304,10 +367,13 @@ def copy_journal(source: Journal, target: Journal, lease_ttl_s: float = 30.0) ->
     """Copy ``source`` into the empty ``target`` (e.g. a SQLite journal into PostgreSQL): every event with its
     sequence number, time and hashes as they are, every deployment snapshot and record (not the leases: they
     belong to the orchestrator of the source), in one transaction: all or nothing. The source's chain is
-    verified first, the target's after; the two must end in the same hash."""
-    ok, bad = source.verify_chain()
-    if not ok:
-        raise JournalCopyRefused(f"{source.location}: hash chain broken at seq {bad}; nothing was copied")
+    verified first, the target's after; the two must end in the same hash. A pruned journal is verified from
+    its first kept event (whose anchor the signed audit checkpoints vouch for: ``audit verify``)."""
+    events = source.chain()
+    anchor = events[0].prev_hash if events else GENESIS
+    bad = first_broken(events, anchor)
+    if bad is not None:
+        raise JournalCopyRefused(f"{source.location}: hash chain broken at seq {bad.seq}; nothing was copied")
     now = source._now()
     for lease in source.records("lease"):
         if now - float(lease.get("renewed_at", 0)) < lease_ttl_s:
@@ -315,7 +381,6 @@ def copy_journal(source: Journal, target: Journal, lease_ttl_s: float = 30.0) ->
                 f"{source.location} is in use by an orchestrator ({lease.get('owner')}): stop it first, so "
                 "that nothing is written while it is copied; nothing was copied"
             )
-    events = source._store.read(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq")
     deployments = source._store.read(f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments")
     records = source._store.read("SELECT kind, key, data FROM records WHERE kind <> 'lease'")
 
@@ -330,19 +395,20 @@ def copy_journal(source: Journal, target: Journal, lease_ttl_s: float = 30.0) ->
         target._store.restart_sequence(db)
 
     target._store.write(work)
-    return _checked_copy(source, target, events, len(deployments), len(records))
+    return _checked_copy(source, target, events, anchor, (len(deployments), len(records)))
 
 
 def _checked_copy(
-    source: Journal, target: Journal, events: list[tuple[Any, ...]], deployments: int, records: int
+    source: Journal, target: Journal, events: list[ChainRow], anchor: str, counts: tuple[int, int]
 ) -> CopyReport:
-    head = str(events[-1][-1]) if events else _GENESIS
-    copied = target._store.read(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq")
-    ok, bad = _verify(copied)
-    copied_head = str(copied[-1][-1]) if copied else _GENESIS
-    if not ok or len(copied) != len(events) or copied_head != head:
+    head = events[-1].hash if events else GENESIS
+    copied = target.chain()
+    bad = first_broken(copied, anchor)
+    copied_head = copied[-1].hash if copied else GENESIS
+    if bad is not None or len(copied) != len(events) or copied_head != head:
         raise JournalCopyRefused(
-            f"{target.location}: the copy does not verify (chain broken at seq {bad}, {len(copied)} of "
-            f"{len(events)} events, last hash {copied_head[:12]} for {head[:12]}): do not use it"
+            f"{target.location}: the copy does not verify (chain broken at seq {bad.seq if bad else None}, "
+            f"{len(copied)} of {len(events)} events, last hash {copied_head[:12]} for {head[:12]}): "
+            "do not use it"
         )
-    return CopyReport(source.location, target.location, len(events), deployments, records, head)
+    return CopyReport(source.location, target.location, len(events), *counts, head)

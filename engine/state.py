@@ -150,6 +150,7 @@ class EventKind(str, Enum):
     ROLLBACK_STARTED = "rollback_started"
     FINISHED = "finished"
     NOTE = "note"
+    AUDIT = "audit"  # an audit entry of no deployment's state (engine/audit.py): its data names the action
 
 
 class Event(Model):
@@ -293,4 +294,5 @@ _APPLY = {
     EventKind.ROLLBACK_STARTED: _rollback_started,
     EventKind.FINISHED: _finished,
     EventKind.NOTE: _note,
+    EventKind.AUDIT: _nothing,
 }

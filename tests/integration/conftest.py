@@ -29,14 +29,23 @@ def orchestrator(orch_home: Path) -> Iterator[Any]:
     from orchestrator import DeploymentOrchestrator
 
     os.environ["ORCH_HOME"] = str(orch_home)
+    os.environ.pop("ORCH_TOKEN", None)  # the session's own admin token, not the developer's
     config = write_isolated_config(
         orch_home, namespace=f"orch-test-{os.getpid()}", prometheus_port=free_port()
     )
+    # Embedded on a new journal: the driver makes the first admin token in $ORCH_HOME/token and uses it.
     orch = DeploymentOrchestrator(config_path=config, num_cpus=2)
+    assert (orch_home / "token").exists()
     yield orch
     _remove_everything(orch)
     orch.shutdown(stop_ray=False)
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def admin_token(orchestrator: Any, orch_home: Path) -> str:
+    """The session's admin token (the one the ``orchestrator`` fixture's driver uses)."""
+    return (orch_home / "token").read_text().strip()
 
 
 def _remove_everything(orch: Any) -> None:

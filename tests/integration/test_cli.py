@@ -46,6 +46,10 @@ def home(tmp_path: Path) -> dict[str, str]:
     config = write_isolated_config(tmp_path, (19800, 19899), (40000, 40999), namespace="orch-cli")
     env = {**os.environ, "ORCH_HOME": str(tmp_path), "ORCH_CONFIG": str(config)}
     env.pop("RAY_ADDRESS", None)
+    env.pop("ORCH_TOKEN", None)
+    # The first admin token, in $ORCH_HOME/token: a driver on a cluster (ray job submit) finds it there.
+    boot = cli("token", "bootstrap", env=env, timeout=60)
+    assert boot.returncode == 0, boot.stderr
     return env
 
 

@@ -64,8 +64,17 @@ class MultiNode:
     prometheus: Prometheus
     settings: dict[str, Any]
 
+    home: Path
+
     def driver_env(self) -> dict[str, str]:
-        return self.ray.client_env(ORCH_CONFIG=str(self.config), PYTHONPATH=str(REPO))
+        """A driver's environment: the cluster's, the configuration, and (for the CLI's own journal reads and
+        the token file) the journal's URL and a home of its own."""
+        return self.ray.client_env(
+            ORCH_CONFIG=str(self.config),
+            PYTHONPATH=str(REPO),
+            ORCH_JOURNAL_URL=self.journal_url,
+            ORCH_HOME=str(self.home),
+        )
 
     def journal(self) -> Journal:
         return Journal(self.journal_url)
@@ -122,7 +131,14 @@ def multinode(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer
         cluster = stack.enter_context(
             ray_cluster(2, node_env=node_env, head_labels={PLATFORM_NODE_LABEL: "true"})
         )
-        yield MultiNode(cluster, url, config, kube, prometheus, settings)
+        running = MultiNode(cluster, url, config, kube, prometheus, settings, folder / "driver-home")
+        # The first admin token, in the drivers' $ORCH_HOME/token (the journal is the cluster's PostgreSQL).
+        boot = subprocess.run(
+            [sys.executable, "orchestrator.py", "token", "bootstrap"],
+            cwd=REPO, env=running.driver_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert boot.returncode == 0, boot.stderr[-2000:]
+        yield running
         assert not kube.controller.errors, kube.controller.errors
 
 
