@@ -37,6 +37,7 @@ from engine.state import Step
 log = logging.getLogger(__name__)
 MONITOR_CALL_TIMEOUT_S = 10.0
 MONITOR_START_TIMEOUT_S = 60.0
+MONITORED = "health-monitors"  # journal records: an environment's monitors, kept across DO-001's restarts
 
 
 class EnvironmentHealth(Model):
@@ -97,6 +98,17 @@ class EnvironmentCoordinatorImpl(_Worker):
         super().__init__(config_path, journal_path, service_secret)
         self.monitors: dict[str, list[Any]] = {}
         self.monitored: dict[str, tuple[Environment, list[list[str]]]] = {}  # what each monitor probes
+        self._adopt_monitors()
+
+    def _adopt_monitors(self) -> None:
+        """After a restart (its node died, say): the monitors it started, from the journal; the ones still
+        alive are used, a lost one is started again when next read (``_report``)."""
+        for record in self.journal.records(MONITORED):
+            name, chunks = str(record["environment"]["name"]), list(record["chunks"])
+            self.monitored[name] = (Environment.model_validate(record["environment"]), chunks)
+            self.monitors[name] = [
+                find_actor(f"health:{name}:{index}", self.namespace) for index in range(len(chunks))
+            ]
 
     async def environments(self, token: str | None = None) -> list[Environment]:
         self.access.require(token, AccessRole.VIEWER, action="environments")
@@ -146,6 +158,8 @@ class EnvironmentCoordinatorImpl(_Worker):
         monitors = [self._start_monitor(name, index, strategy) for index, strategy in enumerate(strategies)]
         await _started(monitors)
         self.monitors[name] = monitors
+        record = {"environment": environment.model_dump(mode="json"), "chunks": chunks}
+        self.journal.put_record(MONITORED, name, record)
         return [f"health:{name}:{i}" for i in range(len(monitors))]
 
     def _start_monitor(self, name: str, index: int, strategy: Any) -> Any:
@@ -162,11 +176,11 @@ class EnvironmentCoordinatorImpl(_Worker):
 
     async def _report(self, name: str, index: int) -> HealthReport:
         """A monitor's report; a monitor lost with its node is started again on an alive node first."""
+        monitor = self.monitors[name][index]
         try:
-            report: HealthReport = await call(
-                self.monitors[name][index].report.remote(), MONITOR_CALL_TIMEOUT_S
-            )
-            return report
+            if monitor is not None:
+                report: HealthReport = await call(monitor.report.remote(), MONITOR_CALL_TIMEOUT_S)
+                return report
         except (RayActorError, ActorUnschedulableError) as error:
             log.warning("health monitor %s:%d lost (%s): starting it on another node", name, index, error)
         replacement = self._start_monitor(name, index, spread_over_nodes(1)[0])
@@ -195,7 +209,10 @@ class EnvironmentCoordinatorImpl(_Worker):
 
     def _stop_monitors(self, name: str) -> None:
         for monitor in self.monitors.pop(name, []):
-            kill_quietly(monitor)
+            if monitor is not None:
+                kill_quietly(monitor)
+        if self.monitored.pop(name, None) is not None:
+            self.journal.delete_record(MONITORED, name)
 
 
 # ---------------------------------------------------------------------------------------- DO-002

@@ -238,6 +238,13 @@ def _monitor_nodes(env: dict[str, str], urls: list[str] | None) -> list[str]:
     return list(answer["nodes"])
 
 
+# The domain worker killed as a node's loss would (Ray restarts it); its next answer comes from the new one.
+_KILL_DO_001 = (
+    "orch = DeploymentOrchestrator()\nworker = orch.worker('DO-001')\n"
+    "ray.kill(worker, no_restart=False)\nray.get(worker.ping.remote(), timeout=180)\n"
+)
+
+
 def _submit(env: dict[str, str], version: str, strategy: dict[str, Any]) -> list[str]:
     artifacts = [image_artifact(s, version, False).model_dump(mode="json") for s in SERVICES]
     code = (
@@ -306,6 +313,9 @@ def test_a_worker_node_killed_mid_canary_is_survived(multinode: MultiNode) -> No
     with health_endpoints(3) as urls:
         monitors = _monitor_nodes(env, urls)
         assert len(set(monitors)) >= 2, f"the health monitors share one node: {monitors}"
+        # DO-001 restarted (as when its node dies) finds its monitors again through the journal.
+        driver(env, f"{_KILL_DO_001}print(json.dumps(True))")
+        assert _monitor_nodes(env, None) == monitors
 
         adapter = KubernetesPlatform(Path("/nonexistent"), multinode.settings)
         targets = [Target(service=s, environment=ENVIRONMENT) for s in SERVICES]
