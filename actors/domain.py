@@ -11,11 +11,12 @@ import time
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.exceptions import ActorUnschedulableError, RayActorError
 
 from actors.common import QUEEN_NAME, call, find_actor, kill_quietly, worker_name
 from actors.health import HealthMonitor, HealthReport
 from actors.pipelines import PipelineRuns
+from actors.placement import PlatformNodeGone, alive_nodes, on_platform_node, spread_over_nodes
 from adapters import create_platform
 from engine.config import load_config
 from engine.identity import AccessControl, AccessRole
@@ -52,6 +53,7 @@ from engine.supervision import SupervisorStateManager
 log = logging.getLogger(__name__)
 MONITOR_CALL_TIMEOUT_S = 10.0
 MONITOR_START_TIMEOUT_S = 60.0
+MONITORED = "health-monitors"  # journal records: an environment's monitors, kept across DO-001's restarts
 
 
 class EnvironmentHealth(Model):
@@ -100,10 +102,11 @@ async def _started(monitors: list[Any]) -> None:
         raise
 
 
-def _spread_over_nodes(count: int) -> list[Any]:
-    """One scheduling strategy per monitor, round-robin over the alive nodes (SPREAD without guessing)."""
-    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
-    return [NodeAffinitySchedulingStrategy(node_id=nodes[i % len(nodes)], soft=True) for i in range(count)]
+def _monitor_chunks(targets: list[str], per_monitor: int) -> list[list[str]]:
+    """At most ``per_monitor`` URLs per monitor, and as many monitors as there are nodes (up to one per URL):
+    an environment's monitors run on several nodes, so losing one node leaves the others probing."""
+    count = max(-(-len(targets) // per_monitor), min(len(targets), len(alive_nodes())))
+    return [targets[i::count] for i in range(count)]
 
 
 # ---------------------------------------------------------------------------------------- DO-001
@@ -127,6 +130,18 @@ class EnvironmentCoordinatorImpl(_Worker):
                 target=supervisor.run, args=(self._stop_supervision,), name="supervision", daemon=True
             ).start()
         self.monitor_health: dict[str, dict[str, bool]] = {}
+        self.monitored: dict[str, tuple[Environment, list[list[str]]]] = {}  # what each monitor probes
+        self._adopt_monitors()
+
+    def _adopt_monitors(self) -> None:
+        """After a restart (its node died, say): the monitors it started, from the journal; the ones still
+        alive are used, a lost one is started again when next read (``_report``)."""
+        for record in self.journal.records(MONITORED):
+            name, chunks = str(record["environment"]["name"]), list(record["chunks"])
+            self.monitored[name] = (Environment.model_validate(record["environment"]), chunks)
+            self.monitors[name] = [
+                find_actor(f"health:{name}:{index}", self.namespace) for index in range(len(chunks))
+            ]
 
     async def environments(self, token: str | None = None) -> list[Environment]:
         self.access.require(token, AccessRole.VIEWER, action="environments")
@@ -170,34 +185,52 @@ class EnvironmentCoordinatorImpl(_Worker):
         if not targets:
             raise ValueError(f"environment '{name}' has no endpoints and no live services to monitor")
         self._stop_monitors(name)
-        chunks = [targets[i : i + per_monitor] for i in range(0, len(targets), per_monitor)]
-        watcher = find_actor(ray.get_runtime_context().get_actor_name() or "", self.namespace)
-        monitors = []
-        for index, (chunk, strategy) in enumerate(zip(chunks, _spread_over_nodes(len(chunks)), strict=True)):
-            monitors.append(
-                HealthMonitor.options(
-                    name=f"health:{name}:{index}", namespace=self.namespace, scheduling_strategy=strategy
-                ).remote(
-                    f"{name}:{index}",
-                    chunk,
-                    environment.health_check_interval / 1000,
-                    environment.health_check_timeout / 1000,
-                    environment.unhealthy_threshold,
-                    notify_token=self.service_secret,  # identifies the monitor's calls to on_health_change
-                    ca_file=environment.security.tls.ca,
-                    watcher=watcher,
-                )
-            )
+        chunks = _monitor_chunks(targets, per_monitor)
+        self.monitored[name] = (environment, chunks)
+        strategies = spread_over_nodes(len(chunks))
+        monitors = [self._start_monitor(name, index, strategy) for index, strategy in enumerate(strategies)]
         await _started(monitors)
         self.monitors[name] = monitors
+        record = {"environment": environment.model_dump(mode="json"), "chunks": chunks}
+        self.journal.put_record(MONITORED, name, record)
         return [f"health:{name}:{i}" for i in range(len(monitors))]
+
+    def _start_monitor(self, name: str, index: int, strategy: Any) -> Any:
+        environment, chunks = self.monitored[name]
+        return HealthMonitor.options(
+            name=f"health:{name}:{index}", namespace=self.namespace, scheduling_strategy=strategy
+        ).remote(
+            f"{name}:{index}",
+            chunks[index],
+            environment.health_check_interval / 1000,
+            environment.health_check_timeout / 1000,
+            environment.unhealthy_threshold,
+            notify_token=self.service_secret,  # identifies the monitor's calls to on_health_change
+            ca_file=environment.security.tls.ca,
+            watcher=find_actor(ray.get_runtime_context().get_actor_name() or "", self.namespace),
+        )
+
+    async def _report(self, name: str, index: int) -> HealthReport:
+        """A monitor's report; a monitor lost with its node is started again on an alive node first."""
+        monitor = self.monitors[name][index]
+        try:
+            if monitor is not None:
+                report: HealthReport = await call(monitor.report.remote(), MONITOR_CALL_TIMEOUT_S)
+                return report
+        except (RayActorError, ActorUnschedulableError) as error:
+            log.warning("health monitor %s:%d lost (%s): starting it on another node", name, index, error)
+        replacement = self._start_monitor(name, index, spread_over_nodes(1)[0])
+        self.monitors[name][index] = replacement
+        await _started([replacement])
+        replaced: HealthReport = await call(replacement.report.remote(), MONITOR_CALL_TIMEOUT_S)
+        return replaced
 
     async def get_environment_health(self, name: str, token: str | None = None) -> EnvironmentHealth:
         self.access.require(token, AccessRole.VIEWER, name, action="get_environment_health")
         monitors = self.monitors.get(name)
         if not monitors:
             raise ValueError(f"environment '{name}' is not monitored: call monitor_environment_health first")
-        reports = await asyncio.gather(*(call(m.report.remote(), MONITOR_CALL_TIMEOUT_S) for m in monitors))
+        reports = await asyncio.gather(*(self._report(name, index) for index in range(len(monitors))))
         checked = all(r.checked_at is not None for r in reports)
         return EnvironmentHealth(
             environment=name,
@@ -213,7 +246,10 @@ class EnvironmentCoordinatorImpl(_Worker):
     def _stop_monitors(self, name: str) -> None:
         self.monitor_health.pop(name, None)
         for monitor in self.monitors.pop(name, []):
-            kill_quietly(monitor)
+            if monitor is not None:
+                kill_quietly(monitor)
+        if self.monitored.pop(name, None) is not None:
+            self.journal.delete_record(MONITORED, name)
 
     async def on_health_change(
         self, monitor: str, healthy: bool, reason: str, token: str | None = None
@@ -348,11 +384,8 @@ class RollbackSystemImpl(_Worker):
         self.access.require(token, AccessRole.DEPLOYER, deployment=deployment_id, action="monitor_deployment")
         state = self.journal.find(deployment_id)
         revision = state.candidate_revision or state.request.artifact.revision
-        adapter = await asyncio.to_thread(create_platform, state.request.platform)
-        try:
-            status = await asyncio.to_thread(adapter.revision_status, state.request.target, revision)
-        finally:
-            await asyncio.to_thread(adapter.close)
+        target, platform = state.request.target, state.request.platform
+        status = await on_platform_node(platform, "revision_status", target, revision)
         if status is None or not status.endpoints:
             raise ValueError(f"deployment {deployment_id}: revision {revision} has no endpoints to probe yet")
         urls = [f"http://{e}{state.request.artifact.health_path}" for e in status.endpoints]
@@ -409,12 +442,8 @@ class PlatformRegistryImpl(_Worker):
     async def validate_platform(self, config: PlatformConfig, token: str | None = None) -> PlatformCheck:
         self.access.require(token, AccessRole.VIEWER, action="validate_platform")
         try:
-            adapter = await asyncio.to_thread(create_platform, config)
-            try:
-                await asyncio.to_thread(adapter.validate)
-            finally:
-                await asyncio.to_thread(adapter.close)
-        except (PlatformError, ValueError, OSError) as error:
+            await on_platform_node(config, "validate")
+        except (PlatformError, ValueError, OSError, PlatformNodeGone) as error:
             return PlatformCheck(platform=config.type, ok=False, error=str(error))
         return PlatformCheck(platform=config.type, ok=True)
 

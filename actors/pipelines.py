@@ -25,6 +25,7 @@ from engine.config import EnterpriseConfig
 from engine.governance import environment_of
 from engine.journal import Journal, UnknownDeploymentError
 from engine.models import DeploymentRequest, DeploymentStatus, Environment, Phase, Target
+from engine.paths import orchestrator_home
 from engine.pipeline import (
     CommandStage,
     DeployerUnavailable,
@@ -124,7 +125,9 @@ class PipelineRuns:
         self.deployer = QueenDeployer(namespace, journal, service_secret)
         self.checker = HttpChecker()
         self.approve = ApproveStage(Approvals(journal, config.roles))
-        commands = CommandStage(SubprocessRunner(), Path(journal.path).parent / "pipelines")
+        # Stage logs beside a SQLite journal; under $ORCH_HOME with a PostgreSQL one.
+        logs = Path(journal.path).parent if journal.path is not None else orchestrator_home()
+        commands = CommandStage(SubprocessRunner(), logs / "pipelines")
         executors: dict[StageKind, StageExecutor] = {
             StageKind.BUILD: commands,
             StageKind.TEST: commands,

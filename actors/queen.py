@@ -15,13 +15,14 @@ import uuid
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnschedulableError, RayActorError
 
 from actors.common import (
     DOMAIN_WORKERS,
     LEASE_TTL_S,
     QUEEN_LEASE,
     RUNNER_PREFIX,
+    call,
     cluster_answers,
     find_actor,
     kill_quietly,
@@ -29,6 +30,11 @@ from actors.common import (
     worker_name,
 )
 from actors.domain import WORKER_CLASSES
+from actors.placement import (
+    platform_node,
+    platform_strategy,
+    spread_over_nodes,
+)
 from actors.runner import DeploymentRunner
 from actors.telemetry import Telemetry
 from adapters import platform_capabilities
@@ -65,6 +71,7 @@ from engine.readiness import with_capabilities
 from engine.state import DeploymentState, EventKind
 
 log = logging.getLogger(__name__)
+RUNNER_START_TIMEOUT_S = 300.0  # a runner's process start on a loaded node
 
 SUPERVISION_INTERVAL_S = 5.0
 __all__ = ["DeploymentRefused", "JournalInUse", "Queen", "QueenImpl"]
@@ -85,7 +92,7 @@ class QueenImpl:
         self.config = load_config(config_path)
         self.config_path = config_path
         self.namespace = ray.get_runtime_context().namespace
-        self.journal_path = str(journal_path or self.config.journal_path())
+        self.journal_path = str(journal_path or self.config.journal_location())  # a path, URL or reference
         self.journal = Journal(self.journal_path)
         self.owner = f"{ray.get_runtime_context().gcs_address} {self.namespace}"
         self._take_lease()
@@ -103,7 +110,7 @@ class QueenImpl:
         self.config_versions = ConfigVersions(self.config, config_version)
         self.admission = Admission(
             self.journal,
-            _RayRunners(self.namespace, self.journal_path, self.service_secret),
+            _RayRunners(self.namespace, self.journal, self.journal_path, self.service_secret),
             limit=self.limit,
             max_queued=self.config.concurrency.max_queued,
             warm_runners=self.config.concurrency.warm_runners,
@@ -117,7 +124,7 @@ class QueenImpl:
         holder = self.journal.acquire_lease(QUEEN_LEASE, self.owner, LEASE_TTL_S, alive=cluster_answers)
         if holder is not None:
             raise JournalInUse(
-                f"the journal {self.journal_path} is driven by another orchestrator (Ray cluster at "
+                f"the journal {self.journal.location} is driven by another orchestrator (Ray cluster at "
                 f"{holder}); connect to it with RAY_ADDRESS={holder.split(' ')[0]}, give this one its own "
                 f"journal (journal.path or ORCH_HOME), or wait {LEASE_TTL_S:g}s after the other one stops"
             )
@@ -156,6 +163,8 @@ class QueenImpl:
         """Every domain worker alive: one call to the GCS lists the live named actors; only a missing worker
         is looked up or created."""
         live = {name for name in ray.util.list_named_actors() if isinstance(name, str)}
+        # Standby runners lost with their node are forgotten (and replaced by _refill).
+        self.admission.pool.forget_dead(live)
         for code in DOMAIN_WORKERS:
             name = worker_name(code)
             if name in live and code in self.workers:
@@ -384,21 +393,55 @@ class QueenImpl:
 class _RayRunners:
     """Runner actors for ``engine.admission``: the only place admission reaches Ray."""
 
-    def __init__(self, namespace: str, journal_path: str, service_secret: str) -> None:
+    def __init__(self, namespace: str, journal: Journal, journal_path: str, service_secret: str) -> None:
         self.namespace = namespace
+        self.journal = journal
         self.journal_path = journal_path
         self.service_secret = service_secret
+        self.nodes: dict[str, str] = {}  # where each runner runs, once it said so
 
     def new_name(self) -> str:
         return new_runner_name()
 
-    def start(self, name: str) -> Any:
-        return DeploymentRunner.options(
-            name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True
+    def start(self, name: str, deployment_id: str | None = None) -> Any:
+        """A runner spread over the nodes; pinned to the platform's node for a deployment whose platform
+        keeps state on one (a cold start, when no standby runner was there)."""
+        strategy = None
+        if deployment_id is not None:
+            strategy = platform_strategy(self.journal.state(deployment_id).request.platform)
+        handle = DeploymentRunner.options(
+            name=name,
+            namespace=self.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            scheduling_strategy=strategy or spread_over_nodes(1)[0],
         ).remote(self.journal_path, self.service_secret)
+        self._learn_node(name, handle)
+        return handle
+
+    def _learn_node(self, name: str, handle: Any) -> None:
+        """Record where a runner runs once it answers (Ray may place or restart it on another node)."""
+
+        async def learn() -> None:
+            try:
+                self.nodes[name] = await call(handle.node.remote(), RUNNER_START_TIMEOUT_S)
+            except (RayActorError, ActorUnschedulableError, TimeoutError):
+                self.nodes.pop(name, None)
+
+        self.nodes.pop(name, None)
+        asyncio.get_running_loop().create_task(learn())
+
+    def place(self, state: DeploymentState) -> str | None:
+        return platform_node(state.request.platform)  # PlatformNodeGone is admission's NoPlaceToRun
+
+    def node_of(self, name: str) -> str | None:
+        return self.nodes.get(name)
 
     def find(self, name: str) -> Any | None:
-        return find_actor(name, self.namespace)
+        handle = find_actor(name, self.namespace)
+        if handle is not None and name not in self.nodes:
+            self._learn_node(name, handle)  # e.g. a standby runner a previous queen started
+        return handle
 
     def live_names(self) -> list[str]:
         names = ray.util.list_named_actors()  # this namespace's, in one call to the GCS
@@ -411,7 +454,7 @@ class _RayRunners:
         try:
             await handle.assign.remote(deployment_id)
             await handle.run.remote()
-        except RayActorError as error:
+        except (RayActorError, ActorUnschedulableError) as error:
             raise RunnerLost(str(error)) from error
 
 

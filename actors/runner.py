@@ -28,6 +28,7 @@ from engine.journal import Journal
 from engine.models import DeploymentStatus, RollbackTrigger
 from engine.reconciler import DeploymentReconciler
 from engine.rollback_decision import ROLLBACK_SYSTEM, DelegatingDecider
+from engine.state import EventKind
 
 log = logging.getLogger(__name__)
 ASSIGNMENT = RUNNER_ASSIGNMENT  # the record admission reads to know which runners are busy
@@ -63,6 +64,7 @@ class DeploymentRunnerImpl:
         self.name = ray.get_runtime_context().get_actor_name() or f"runner@{os.getpid()}"
         self.namespace = ray.get_runtime_context().namespace
         self.service_secret = service_secret  # how it asks DO-004 to decide its rollbacks (a system call)
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.deployment_id: str | None = None
         self.reconciler: DeploymentReconciler | None = None
         self._wake = threading.Event()
@@ -70,13 +72,21 @@ class DeploymentRunnerImpl:
         self.workers = DomainWorkers(ray.get_runtime_context().namespace)
         for record in self.journal.records(ASSIGNMENT):
             if record.get("runner") == self.name:  # restarted after a crash: same name, same deployment
-                self._resume(str(record["deployment_id"]))
+                self._resume(str(record["deployment_id"]), record.get("node"))
 
-    def _resume(self, deployment_id: str) -> None:
-        if self.journal.state(deployment_id).active:
-            self._bind(deployment_id)
-        else:  # it ended just before the crash: this runner is free
+    def _resume(self, deployment_id: str, node: str | None) -> None:
+        if not self.journal.state(deployment_id).active:  # it ended just before the crash: the runner is free
             self.journal.delete_record(ASSIGNMENT, self.name)
+            return
+        self._bind(deployment_id)
+        self._record_assignment(deployment_id)
+        # Where it goes on after a restart (another node when its node died), in the journal's history.
+        note = {"runner_restarted": self.name, "node": self.node_id, "previous_node": node}
+        self.journal.append(deployment_id, EventKind.NOTE, note, actor=self.name)
+
+    def _record_assignment(self, deployment_id: str) -> None:
+        record = {"runner": self.name, "deployment_id": deployment_id, "node": self.node_id}
+        self.journal.put_record(ASSIGNMENT, self.name, record)
 
     def _bind(self, deployment_id: str) -> None:
         self.deployment_id = deployment_id
@@ -119,7 +129,7 @@ class DeploymentRunnerImpl:
             return self.name
         if self.deployment_id is not None and not self._idle():
             raise ValueError(f"{self.name} already runs {self.deployment_id}")
-        self.journal.put_record(ASSIGNMENT, self.name, {"runner": self.name, "deployment_id": deployment_id})
+        self._record_assignment(deployment_id)
         self._task = None
         self._wake = threading.Event()
         self._bind(deployment_id)
@@ -162,6 +172,9 @@ class DeploymentRunnerImpl:
 
     async def pid(self) -> int:
         return os.getpid()
+
+    async def node(self) -> str:
+        return self.node_id
 
 
 def _until_wait(reconciler: DeploymentReconciler, most: int = 20) -> float | None:

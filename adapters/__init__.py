@@ -29,6 +29,17 @@ def _platform_dir(config: PlatformConfig, state_dir: Path | None) -> Path:
     return base / config.type
 
 
+# Platforms whose adapters keep state on the node they run on: the HAProxy router (process, weights, ports)
+# for all three, and the replica processes for ``local``. Their work stays on one node (actors/placement.py).
+# Kubernetes and Lambda keep nothing there: the cluster or the API is the record.
+NODE_BOUND_PLATFORMS = frozenset({"local", "docker", "vm"})
+
+
+def keeps_node_state(config: PlatformConfig) -> bool:
+    """Whether the platform's adapter needs the files (and processes) of the node where it ran before."""
+    return config.type in NODE_BOUND_PLATFORMS
+
+
 def create_platform(config: PlatformConfig, state_dir: Path | None = None) -> PlatformAdapter:
     """Build the adapter for a platform configuration. Imports lazily: each adapter has its own client."""
     base = _platform_dir(config, state_dir)

@@ -19,7 +19,14 @@ from typing import Any, Protocol
 import ray
 
 from client.background import deploy_in_background
-from client.driver import DeploymentOrchestrator, ProgressCallback, connect_to_running, running_cluster
+from client.driver import (
+    DeploymentOrchestrator,
+    ProgressCallback,
+    connect_to_running,
+    migrate_journal,
+    read_journal,
+    running_cluster,
+)
 from client.local import LocalJournal
 from engine.approvals import ApprovalRequest, Approvals
 from engine.compliance import report as compliance_report
@@ -42,6 +49,7 @@ python orchestrator.py artifacts SERVICE | artifacts sign --artifact FILE --key 
 python orchestrator.py report ID [--json]
 python orchestrator.py pipeline run production-pipeline --artifact artifact.yaml --environments a,b,c
 python orchestrator.py pipeline status PIPELINE_ID
+python orchestrator.py journal migrate --to env:ORCH_JOURNAL_URL    # SQLite -> PostgreSQL, chain verified
 python orchestrator.py token bootstrap|issue|revoke|list ...
 python orchestrator.py audit verify|export|prune|checkpoint ...
 """
@@ -269,7 +277,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
         )
     ok, bad = journal.verify_chain()
     print(
-        f"journal {journal.path}: {len(states)} shown, hash chain " + ("intact" if ok else f"BROKEN at {bad}")
+        f"journal {journal.location}: {len(states)} shown, hash chain "
+        + ("intact" if ok else f"BROKEN at {bad}")
     )
     return EXIT_OK
 
@@ -360,6 +369,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK if found.passed else EXIT_DEPLOYMENT_FAILED
 
 
+def _cmd_journal(args: argparse.Namespace) -> int:
+    if args.journal_cmd == "migrate":
+        report = migrate_journal(args.to, args.source, args.config)
+        if args.json:
+            print(json.dumps(report.__dict__, indent=2))
+            return EXIT_OK
+        print(
+            f"copied {report.events} events, {report.deployments} deployments and {report.records} records "
+            f"from {report.source} to {report.target}; hash chain verified in both, ending in "
+            f"{report.head[:16]}"
+        )
+        print("use it: journal: {backend: postgresql, url: env:ORCH_JOURNAL_URL} in enterprise_config.yaml")
+        return EXIT_OK
+    journal = read_journal(args.config, args.journal)
+    ok, bad = journal.verify_chain()
+    print(f"journal {journal.location}: hash chain " + ("intact" if ok else f"BROKEN at seq {bad}"))
+    return EXIT_OK if ok else EXIT_DEPLOYMENT_FAILED
+
+
 def _cmd_token(args: argparse.Namespace) -> int:
     """bootstrap | issue | revoke | list: through the cluster when RAY_ADDRESS is set, else on the journal."""
     if args.action == "bootstrap":
@@ -448,6 +476,22 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment of the service")
 
 
+def _journal_parser(sub: Any) -> None:
+    journal = sub.add_parser("journal", help="migrate the journal to PostgreSQL, verify its hash chain")
+    journal_sub = journal.add_subparsers(dest="journal_cmd", required=True)
+    migrate = journal_sub.add_parser("migrate", help="copy a SQLite journal into an empty PostgreSQL one")
+    migrate.add_argument(
+        "--to",
+        required=True,
+        help="the PostgreSQL journal: env:NAME or file:/path holding its URL (or a URL)",
+    )
+    migrate.add_argument("--from", dest="source", help="the journal to copy (default: the configured one)")
+    migrate.add_argument("--json", action="store_true")
+    verify = journal_sub.add_parser("verify", help="recompute the hash chain; exit 1 when it is broken")
+    verify.add_argument("--journal", help="a path, env:NAME, file:/path or URL (default: the configured one)")
+    journal.set_defaults(func=_cmd_journal)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator.py", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -501,6 +545,7 @@ def _parser() -> argparse.ArgumentParser:
     from client.pipeline_cli import add_pipeline_commands
 
     add_pipeline_commands(sub)
+    _journal_parser(sub)
     _token_parser(sub)
     _audit_parser(sub)
     quick = sub.add_parser("quickstart", help="deploy the sample service: v1, a good canary, a bad canary")

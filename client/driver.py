@@ -35,7 +35,8 @@ from engine.approvals import ApprovalRequest
 from engine.artifacts import ArtifactEntry, ArtifactRegistry
 from engine.compliance import ComplianceReport, report
 from engine.config import load_config
-from engine.journal import Journal
+from engine.journal import CopyReport, Journal, copy_journal
+from engine.journal_store import is_postgres
 from engine.models import (
     Artifact,
     ChangeRecord,
@@ -124,7 +125,7 @@ class DeploymentOrchestrator:
     ) -> None:
         self.config = load_config(config_path)
         self.config_path = str(self.config.source) if self.config.source else None
-        self.journal_path = str(journal_path or self.config.journal_path())
+        self.journal_path = str(journal_path or self.config.journal_location())  # a path, URL or reference
         self.namespace = self.config.namespace
         self._token = find_token(token)
         # On this machine's journal (no cluster named), a new user gets the first admin token made for them.
@@ -557,9 +558,9 @@ def connection_problem(address: str, error: BaseException) -> str:
 
 
 def read_journal(config_path: str | None = None, journal_path: str | None = None) -> Journal:
-    """The journal, read straight from its file: history and status need no Ray cluster."""
+    """The journal, read straight from its file or database: history and status need no Ray cluster."""
     config = load_config(config_path)
-    return Journal(journal_path or config.journal_path())
+    return Journal(journal_path or config.journal_location())
 
 
 def running_cluster(config_path: str | None = None) -> str | None:
@@ -603,3 +604,21 @@ def _token_at_hand() -> bool:
         return True
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
     return Path(path).is_file()
+
+
+def migrate_journal(target: str, source: str | None = None, config_path: str | None = None) -> CopyReport:
+    """Copy a journal (``source``, by default the configured SQLite one) into an empty PostgreSQL journal
+    (``target``: ``env:NAME``, ``file:/path`` or a URL), hash chain intact: verified before and after."""
+    if not is_postgres(target):
+        raise ValueError(
+            f"journal migrate --to: '{target}' is not env:NAME, file:/path or a postgresql:// URL"
+        )
+    origin = Journal(source or load_config(config_path).journal_location())
+    try:
+        destination = Journal(target)
+        try:
+            return copy_journal(origin, destination)
+        finally:
+            destination.close()
+    finally:
+        origin.close()

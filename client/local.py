@@ -81,7 +81,7 @@ class LocalJournal:
 
     def __init__(self, config_path: str | None = None, token: str | None = None) -> None:
         self.config = load_config(config_path)
-        self.journal = Journal(self.config.journal_path())
+        self.journal = Journal(self.config.journal_location())
         self.access = AccessControl(self.config, self.journal)
         self.token = find_token(token)
 
@@ -98,7 +98,7 @@ class LocalJournal:
     def _token(self) -> str | None:
         """The caller's token; on a new journal the first admin token is made, as the embedded driver does."""
         if self.token is None:
-            self.token = bootstrap_if_new(self.config, self.journal.path)
+            self.token = bootstrap_if_new(self.config, self.config.journal_location())
         return self.token
 
     # ------------------------------------------------------------------------------ tokens

@@ -37,13 +37,27 @@ class RunnerLost(Exception):
     """The runner actor died while it was assigned or running a deployment (its process is gone)."""
 
 
+class NoPlaceToRun(RuntimeError):
+    """No runner can drive the deployment: e.g. the node that holds its platform's state left the cluster.
+    The deployment fails with this message rather than start over on an empty state."""
+
+
 class Runners(Protocol):
     """Runner actors by name. The queen's implementation is the only one that calls Ray."""
 
     def new_name(self) -> str: ...
 
-    def start(self, name: str) -> Any:
-        """Start (or get, if it already runs) the runner actor of that name; returns its handle."""
+    def start(self, name: str, deployment_id: str | None = None) -> Any:
+        """Start (or get, if it already runs) the runner actor of that name, where ``deployment_id``'s
+        platform needs it when one is given; returns its handle."""
+        ...
+
+    def place(self, state: DeploymentState) -> str | None:
+        """The node a runner of this deployment must run on, or None when any will do; raises NoPlaceToRun."""
+        ...
+
+    def node_of(self, name: str) -> str | None:
+        """Where that runner runs, once known."""
         ...
 
     def find(self, name: str) -> Any | None:
@@ -131,11 +145,19 @@ class RunnerPool:
             name = self.runners.new_name()
             self.standby.append((name, self.runners.start(name)))
 
-    def take(self) -> str:
-        """A standby runner's name, or a new name (its actor is then started by the drive: a cold start)."""
-        if self.standby:
-            return self.standby.pop(0)[0]
+    def take(self, state: DeploymentState | None = None) -> str:
+        """A standby runner's name (one on the node ``state``'s platform needs, when it needs one), or a new
+        name (its actor is then started by the drive: a cold start). Raises NoPlaceToRun."""
+        node = self.runners.place(state) if state is not None else None
+        for index, (name, _) in enumerate(self.standby):
+            if node is None or self.runners.node_of(name) == node:
+                return self.standby.pop(index)[0]
         return self.runners.new_name()
+
+    def forget_dead(self, live: set[str]) -> None:
+        """Standby runners whose actors are gone (lost with their node) are forgotten; ``refill`` replaces
+        them."""
+        self.standby = [(name, handle) for name, handle in self.standby if name in live]
 
     def give_back(self, name: str, handle: Any, reusable: bool) -> None:
         """A runner whose deployment ended goes back to the pool (up to ``warm``); others stop."""
@@ -238,7 +260,12 @@ class Admission:
             if state.deployment_id in waiting:  # it holds its target: the target's deployments keep order
                 busy.add(state.request.target.key)
                 continue
-            runner = self.pool.take()
+            try:
+                runner = self.pool.take(state)
+            except NoPlaceToRun as error:
+                self._fail(state.deployment_id, str(error))
+                self._notify_ended(state.deployment_id)
+                continue
             self.journal.append(
                 state.deployment_id, EventKind.ADMITTED, {"limit": self.limit, "runner": runner}, self.actor
             )
@@ -298,22 +325,29 @@ class Admission:
         times; then the deployment fails."""
         handle, reusable = None, False
         try:
-            for attempt in range(self.restarts + 1):
-                handle = self.runners.find(name) or self.runners.start(name)
-                try:
-                    await self.runners.drive(handle, deployment_id)
-                    reusable = True
-                    break
-                except RunnerLost as error:
-                    log.warning("runner of %s lost (attempt %d): %s", deployment_id, attempt + 1, error)
-                    await self.clock.sleep(min(10.0, 0.5 * 2**attempt))
-            else:
-                self._fail(deployment_id, f"its runner was lost {self.restarts + 1} times")
+            handle, reusable = await self._attempts(deployment_id, name)
+        except NoPlaceToRun as error:
+            self._fail(deployment_id, str(error))
         finally:
             if handle is not None:
                 self.pool.give_back(name, handle, reusable)
             self.runs.pop(deployment_id, None)
             self.ended(deployment_id)
+
+    async def _attempts(self, deployment_id: str, name: str) -> tuple[Any, bool]:
+        """(the runner, whether it may be reused) once the deployment ended, or the attempts ran out (a lost
+        runner is started again, on another node if its own is gone)."""
+        handle = None
+        for attempt in range(self.restarts + 1):
+            handle = self.runners.find(name) or self.runners.start(name, deployment_id)
+            try:
+                await self.runners.drive(handle, deployment_id)
+                return handle, True
+            except RunnerLost as error:
+                log.warning("runner of %s lost (attempt %d): %s", deployment_id, attempt + 1, error)
+                await self.clock.sleep(min(10.0, 0.5 * 2**attempt))
+        self._fail(deployment_id, f"its runner was lost {self.restarts + 1} times")
+        return handle, False
 
     def _fail(self, deployment_id: str, message: str) -> None:
         if self.journal.state(deployment_id).active:

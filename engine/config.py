@@ -12,7 +12,9 @@ import hashlib
 import os
 import re
 import types
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
@@ -40,6 +42,7 @@ from engine.models import (
 )
 from engine.paths import orchestrator_home
 from engine.pipeline_model import PipelineTemplate, StageTemplate, template_problems
+from engine.secrets import REFERENCE
 from engine.supervision import SupervisionSettings
 
 CONFIG_ENV_VAR = "ORCH_CONFIG"
@@ -88,8 +91,42 @@ class ConcurrencySettings(Model):
     )
 
 
+class JournalBackend(str, Enum):
+    SQLITE = "sqlite"
+    POSTGRESQL = "postgresql"
+
+
 class JournalSettings(Model):
-    path: str | None = Field(default=None, description="None: $ORCH_HOME/journal.db")
+    """``backend: sqlite`` (one file, the embedded default) or ``backend: postgresql`` (several nodes),
+    whose ``url`` is a reference resolved where the journal is opened (``env:NAME`` or
+    ``file:/run/secrets/...``), or a URL without a password: a password never goes in the file."""
+
+    backend: JournalBackend = JournalBackend.SQLITE
+    path: str | None = Field(default=None, description="sqlite only; None: $ORCH_HOME/journal.db")
+    url: str | None = Field(default=None, description="postgresql only: env:NAME, file:/path or a URL")
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> JournalSettings:
+        if self.backend is JournalBackend.SQLITE:
+            if self.url is not None:
+                raise ValueError("url: is for backend postgresql; a SQLite journal takes 'path'")
+            return self
+        if self.path is not None:
+            raise ValueError("path: is for backend sqlite; a PostgreSQL journal takes 'url'")
+        if not self.url:
+            raise ValueError("url: required for backend postgresql: env:NAME or file:/path holding the URL")
+        if REFERENCE.match(self.url):
+            return self
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("url: must be env:NAME, file:/path, or a postgresql:// URL")
+        if parts.password is not None or "password=" in parts.query:
+            raise ValueError(
+                "url: holds a password, which must not be written in this file: put the URL in an "
+                "environment variable (url: env:ORCH_JOURNAL_URL) or a secret file "
+                "(url: file:/run/secrets/...)"
+            )
+        return self
 
 
 class HealthSettings(Model):
@@ -291,8 +328,19 @@ class EnterpriseConfig(Model):
             f"bare types are {', '.join(SUPPORTED_PLATFORMS)}"
         )
 
+    def journal_location(self) -> str:
+        """Where the journal is, as ``Journal`` opens it: the SQLite file's path, or PostgreSQL's ``url``
+        as written (a reference is resolved by each process that opens the journal, on its own node)."""
+        if self.journal.backend is JournalBackend.POSTGRESQL and self.journal.url:
+            return self.journal.url
+        return str(self.journal_path())
+
     def journal_path(self) -> Path:
         """The journal file: ``journal.path`` (relative to the config file) or $ORCH_HOME/journal.db."""
+        if self.journal.backend is JournalBackend.POSTGRESQL:
+            raise ValueError(
+                "journal.backend is postgresql: the journal has no file (see journal_location())"
+            )
         return self._file_setting(self.journal.path, "journal.db")
 
     def audit_key_path(self) -> Path:

@@ -19,21 +19,22 @@ def looks_secret(name: str) -> bool:
     return bool(SECRET_NAME.search(name))
 
 
-def resolve(name: str, reference: str) -> str:
-    """The value behind one reference; ValueError naming the variable (never the value) when missing."""
+def resolve(name: str, reference: str, section: str = "secretEnv") -> str:
+    """The value behind one reference; ValueError naming the setting (``section.name``) and the variable or
+    file, never the value, when it is missing."""
     match = REFERENCE.match(reference)
     if match is None:
-        raise ValueError(f"secretEnv.{name}: '{reference}' is not a reference: use env:NAME or file:/path")
+        raise ValueError(f"{section}.{name}: '{reference}' is not a reference: use env:NAME or file:/path")
     kind, where = match.groups()
     if kind == "env":
         value = os.environ.get(where)
         if value is None:
-            raise ValueError(f"secretEnv.{name}: the environment variable {where} is not set where it runs")
+            raise ValueError(f"{section}.{name}: the environment variable {where} is not set where it runs")
         return value
     try:
         return Path(where).expanduser().read_text().rstrip("\n")
     except OSError as error:
-        raise ValueError(f"secretEnv.{name}: cannot read {where}: {error.strerror}") from error
+        raise ValueError(f"{section}.{name}: cannot read {where}: {error.strerror}") from error
 
 
 def runtime_env(artifact: Artifact) -> dict[str, str]:

@@ -155,8 +155,11 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
 class KubeEmulator:
     """Runs ``ApiServerEmulator`` behind ``kmock.Server`` on 127.0.0.1 in a background thread."""
 
-    def __init__(self, gateway_api: bool = True) -> None:
+    def __init__(self, gateway_api: bool = True, resources: dict[str, dict[str, Any]] | None = None) -> None:
+        """``resources``: more served resources ("group/version/plural" -> kmock.ResourceInfo's fields), as
+        if their CRDs were installed."""
         self.gateway_api = gateway_api
+        self.extra_resources = dict(resources or {})
         self.url = ""
         self._emulator: ApiServerEmulator | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -196,6 +199,7 @@ class KubeEmulator:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         async with ApiServerEmulator(strict=False) as emulator, kmock.Server(emulator) as server:
             resources = {**_RESOURCES, **(_GATEWAY_RESOURCES if self.gateway_api else {})}
+            resources.update(self.extra_resources)
             for key, info in resources.items():
                 emulator.resources[key] = kmock.ResourceInfo(**info)
             self._emulator, self.url = emulator, str(server.url).rstrip("/")

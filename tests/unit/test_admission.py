@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.admission import RUNNER_ASSIGNMENT, Admission, DeploymentRefused, RunnerLost
+from engine.admission import RUNNER_ASSIGNMENT, Admission, DeploymentRefused, NoPlaceToRun, RunnerLost
 from engine.journal import Journal
 from engine.models import Artifact, DeploymentRequest, Phase, PlatformConfig, Strategy
-from engine.state import EventKind
+from engine.state import DeploymentState, EventKind
 
 
 @dataclass
@@ -34,17 +34,35 @@ class FakeRunners:
         self.lose_always: set[str] = set()
         self._outcomes: dict[str, asyncio.Future[str]] = {}
         self._count = 0
+        self.nodes: dict[str, str] = {}  # runner -> its node
+        self.platform_node: dict[str, str | None] = {}  # service -> the node its platform needs
+        self.gone: set[str] = set()  # nodes that left the cluster
+        self.placed: list[tuple[str, str | None]] = []  # (runner, deployment) of each start
 
     def new_name(self) -> str:
         self._count += 1
         return f"runner-{self._count}"
 
-    def start(self, name: str) -> FakeRunner:
+    def start(self, name: str, deployment_id: str | None = None) -> FakeRunner:
         self.started.append(name)
+        self.placed.append((name, deployment_id))
+        if deployment_id is not None:
+            node = self.place(self.journal.state(deployment_id))
+            if node is not None:
+                self.nodes[name] = node
         runner = self.actors.get(name)
         if runner is None or not runner.alive:
             runner = self.actors[name] = FakeRunner(name, drives=runner.drives if runner else [])
         return runner
+
+    def place(self, state: DeploymentState) -> str | None:
+        node = self.platform_node.get(state.request.artifact.name)
+        if node in self.gone:
+            raise NoPlaceToRun(f"the node {node} that holds the platform's state left the cluster")
+        return node
+
+    def node_of(self, name: str) -> str | None:
+        return self.nodes.get(name)
 
     def find(self, name: str) -> FakeRunner | None:
         runner = self.actors.get(name)
@@ -308,5 +326,38 @@ def test_ended_while_queued_admits_the_next(tmp_path: Path) -> None:
         await settle()
         assert world.admitted() == [first, third]
         assert world.phase(queued) is Phase.ABORTED
+
+    run(scenario)
+
+
+def test_a_deployment_takes_a_standby_runner_on_its_platform_node_or_starts_one_there(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        world = World(tmp_path, warm=2)
+        world.admission.recover()
+        world.runners.nodes = {"runner-1": "node-a", "runner-2": "node-b"}
+        world.runners.platform_node = {"pinned": "node-b", "elsewhere": "node-c"}
+        pinned = world.submit("pinned")
+        await settle()
+        assert world.journal.state(pinned).runner == "runner-2"  # not the first standby: the one on node-b
+        other = world.submit("elsewhere")
+        await settle()
+        cold = world.journal.state(other).runner
+        assert cold not in ("runner-1", "runner-2")  # no standby on node-c: a new runner...
+        assert (cold, other) in world.runners.placed and world.runners.nodes[cold] == "node-c"  # ...placed there
+
+    run(scenario)
+
+
+def test_a_deployment_whose_platform_node_is_gone_fails_with_the_reason(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        world = World(tmp_path, warm=1)
+        world.runners.platform_node = {"stranded": "node-x"}
+        world.runners.gone = {"node-x"}
+        stranded = world.submit("stranded")
+        free = world.submit("free")
+        await settle()
+        state = world.journal.state(stranded)
+        assert state.phase() is Phase.FAILED and "node-x" in state.message and state.runner is None
+        assert world.journal.state(free).runner is not None  # the queue goes on
 
     run(scenario)

@@ -269,7 +269,7 @@ def test_strategy_overrides_merge_between_the_defaults_and_the_deployment(tmp_pa
     assert production.canary is not None
     assert production.canary.step_duration == 600_000  # the environment's
     assert production.canary.step_percentage == 25  # the deployment's
-    assert production.canary.success_threshold.error_rate == 0.01  # the defaults', deep-merged
+    assert production.canary.success_threshold.error_rate == 1  # the defaults', deep-merged
     assert production.canary.success_threshold.response_time == 300
     assert production.replicas == 4
     assert config.strategy_for("canary", {"stepDuration": "2m"}, "production").canary.step_duration == 120_000  # type: ignore[union-attr]

@@ -1,8 +1,8 @@
-"""The strategy state machines driven by the reconciler, with a fake clock and a fake platform."""
+"""The strategy state machines driven by the reconciler, with a fake clock and a fake platform, over a journal
+of each backend (``journal_at``: a SQLite file, a database on a real PostgreSQL)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,10 +39,10 @@ CANARY = {
 
 
 class World:
-    def __init__(self, tmp_path: Path, **platform: Any) -> None:
+    def __init__(self, journal_at: str, **platform: Any) -> None:
         self.clock = FakeClock()
         self.platform = FakePlatform(clock=self.clock, **platform)
-        self.journal = Journal(tmp_path / "journal.db", clock=self.clock.now)
+        self.journal = Journal(journal_at, clock=self.clock.now)
         self.smoke = FakeSmoke()
         self.count = 0
 
@@ -77,15 +77,15 @@ class World:
         assert self.run(self.submit("1.0.0", {"type": "rolling", "replicas": 3})) is Phase.SUCCEEDED
 
 
-def test_first_deployment_goes_straight_to_full_traffic(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_first_deployment_goes_straight_to_full_traffic(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     assert world.platform.weights == {"1-0-0": 100}
     assert world.platform.revisions["1-0-0"].replicas == 3
 
 
-def test_good_canary_is_promoted_through_every_weight(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_good_canary_is_promoted_through_every_weight(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     assert world.run(world.submit("2.0.0", CANARY)) is Phase.SUCCEEDED
     traffic_calls = [c for c in world.platform.calls if c.startswith("traffic")]
@@ -103,8 +103,8 @@ def test_good_canary_is_promoted_through_every_weight(tmp_path: Path) -> None:
     assert asked.count("2-0-0") > 3 * windows
 
 
-def test_bad_canary_is_rolled_back_on_metrics(tmp_path: Path) -> None:
-    world = World(tmp_path, error_rates={"2-0-0": 0.5})
+def test_bad_canary_is_rolled_back_on_metrics(journal_at: str) -> None:
+    world = World(journal_at, error_rates={"2-0-0": 0.5})
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", CANARY)
     assert world.run(deployment_id) is Phase.ROLLED_BACK
@@ -117,8 +117,8 @@ def test_bad_canary_is_rolled_back_on_metrics(tmp_path: Path) -> None:
     assert "traffic [('1-0-0', 60), ('2-0-0', 40)]" not in world.platform.calls
 
 
-def test_no_data_extends_the_window_then_pauses_for_a_person(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_no_data_extends_the_window_then_pauses_for_a_person(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     world.platform.rps = 0
     deployment_id = world.submit("2.0.0", CANARY)
@@ -135,8 +135,8 @@ def test_no_data_extends_the_window_then_pauses_for_a_person(tmp_path: Path) -> 
     assert world.journal.state(deployment_id).step_index == 2  # the first analysis step, not past it
 
 
-def test_no_data_fails_when_configured_so(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_no_data_fails_when_configured_so(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     world.platform.rps = 0
     strategy = {**CANARY, "canary": {**CANARY["canary"], "onInconclusive": "fail", "maxWindowExtensions": 1}}
@@ -147,8 +147,8 @@ def test_no_data_fails_when_configured_so(tmp_path: Path) -> None:
     assert world.platform.weights == {"1-0-0": 100}
 
 
-def test_never_ready_candidate_hits_the_progress_deadline(tmp_path: Path) -> None:
-    world = World(tmp_path, never_ready={"2-0-0"})
+def test_never_ready_candidate_hits_the_progress_deadline(journal_at: str) -> None:
+    world = World(journal_at, never_ready={"2-0-0"})
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", {**CANARY, "progressDeadline": 30_000})
     assert world.run(deployment_id) is Phase.ROLLED_BACK
@@ -157,16 +157,16 @@ def test_never_ready_candidate_hits_the_progress_deadline(tmp_path: Path) -> Non
     assert world.platform.weights == {"1-0-0": 100}
 
 
-def test_validation_failure_changes_nothing(tmp_path: Path) -> None:
-    world = World(tmp_path, fail_validate="connection refused")
+def test_validation_failure_changes_nothing(journal_at: str) -> None:
+    world = World(journal_at, fail_validate="connection refused")
     deployment_id = world.submit("1.0.0", CANARY)
     assert world.run(deployment_id) is Phase.FAILED
     assert "connection refused" in world.journal.state(deployment_id).message
     assert world.platform.calls == []
 
 
-def test_blue_green_waits_for_promotion_then_switches(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_blue_green_waits_for_promotion_then_switches(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     strategy = {
         "type": "blue_green",
@@ -185,8 +185,8 @@ def test_blue_green_waits_for_promotion_then_switches(tmp_path: Path) -> None:
     assert world.platform.weights == {"2-0-0": 100}
 
 
-def test_failed_smoke_test_rolls_blue_green_back_before_any_switch(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_failed_smoke_test_rolls_blue_green_back_before_any_switch(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     world.smoke.failures = 20
     deployment_id = world.submit("2.0.0", {"type": "blue_green", "blueGreen": {"validationDuration": 1000}})
@@ -194,8 +194,8 @@ def test_failed_smoke_test_rolls_blue_green_back_before_any_switch(tmp_path: Pat
     assert not any("2-0-0', " in c for c in world.platform.calls if c.startswith("traffic"))
 
 
-def test_manual_rollback_pause_resume_and_abort(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_manual_rollback_pause_resume_and_abort(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     paused = world.submit("2.0.0", CANARY)
     world.journal.append(paused, EventKind.PAUSED, {}, actor="bob")
@@ -215,8 +215,8 @@ def test_manual_rollback_pause_resume_and_abort(tmp_path: Path) -> None:
     assert world.platform.weights == {"1-0-0": 100}
 
 
-def test_promote_skips_the_remaining_analysis(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_promote_skips_the_remaining_analysis(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", CANARY)
     reconciler = world.reconciler(deployment_id)
@@ -227,8 +227,8 @@ def test_promote_skips_the_remaining_analysis(tmp_path: Path) -> None:
     assert "traffic [('1-0-0', 30), ('2-0-0', 70)]" not in world.platform.calls
 
 
-def test_a_new_reconciler_resumes_without_repeating_steps(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_a_new_reconciler_resumes_without_repeating_steps(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", CANARY)
     first = world.reconciler(deployment_id)
@@ -243,8 +243,8 @@ def test_a_new_reconciler_resumes_without_repeating_steps(tmp_path: Path) -> Non
     assert completed == sorted(set(completed))
 
 
-def test_rolling_update_keeps_capacity_and_ends_on_candidate(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_rolling_update_keeps_capacity_and_ends_on_candidate(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     assert world.run(world.submit("2.0.0", {"type": "rolling", "replicas": 3})) is Phase.SUCCEEDED
     ensures = [c for c in world.platform.calls if c.startswith("ensure")]
@@ -258,26 +258,26 @@ def test_rolling_update_keeps_capacity_and_ends_on_candidate(tmp_path: Path) -> 
     assert world.platform.weights == {"2-0-0": 100}
 
 
-def test_journal_chain_detects_tampering(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_journal_chain_detects_tampering(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     assert world.journal.verify_chain() == (True, None)
-    world.journal._db.execute("UPDATE events SET actor = 'mallory' WHERE seq = 2")
+    world.journal._store.write(lambda db: db.execute("UPDATE events SET actor = 'mallory' WHERE seq = 2"))
     ok, bad = world.journal.verify_chain()
     assert not ok and bad == 2
 
 
 @pytest.mark.parametrize("trigger", ["manual", "health"])
-def test_rollback_of_a_first_deployment_fails_it(tmp_path: Path, trigger: str) -> None:
-    world = World(tmp_path)
+def test_rollback_of_a_first_deployment_fails_it(journal_at: str, trigger: str) -> None:
+    world = World(journal_at)
     deployment_id = world.submit("1.0.0", CANARY)
     world.journal.append(deployment_id, EventKind.ROLLBACK_REQUESTED, {"trigger": trigger, "reason": "x"})
     assert world.run(deployment_id) is Phase.FAILED
     assert world.platform.revisions == {}
 
 
-def test_one_orchestrator_per_journal(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_one_orchestrator_per_journal(journal_at: str) -> None:
+    world = World(journal_at)
     assert world.journal.acquire_lease("queen", "cluster-a", ttl_s=30) is None
     assert world.journal.acquire_lease("queen", "cluster-a", ttl_s=30) is None  # renewal
     assert world.journal.acquire_lease("queen", "cluster-b", ttl_s=30) == "cluster-a"
@@ -317,8 +317,8 @@ class RecordingPlanner(LocalPlanner):
         return super().plan(strategy, has_stable)
 
 
-def test_plans_and_window_ends_go_through_the_injected_seams(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_plans_and_window_ends_go_through_the_injected_seams(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     planner, judge = RecordingPlanner(), RecordingJudge()
     deployment_id = world.submit("2.0.0", CANARY)
@@ -347,8 +347,8 @@ def test_plans_and_window_ends_go_through_the_injected_seams(tmp_path: Path) -> 
     assert all(d["candidate"]["requests"] >= 10 and d["stable"]["requests"] > 0 for d in journaled)
 
 
-def test_a_slower_candidate_is_rolled_back_by_the_comparison(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_a_slower_candidate_is_rolled_back_by_the_comparison(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     latency = {"1-0-0": 20.0, "2-0-0": 60.0}  # within every threshold, three times slower than stable
     deployment_id = world.submit("2.0.0", CANARY)
@@ -372,8 +372,8 @@ def test_a_slower_candidate_is_rolled_back_by_the_comparison(tmp_path: Path) -> 
     assert world.platform.weights == {"1-0-0": 100}
 
 
-def test_an_equally_fast_candidate_passes_the_comparison(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_an_equally_fast_candidate_passes_the_comparison(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     latency = {"1-0-0": 20.0, "2-0-0": 20.0}
     deployment_id = world.submit("2.0.0", CANARY)
@@ -411,8 +411,8 @@ def run_for(world: World, deployment_id: str, reconciler: DeploymentReconciler, 
         world.clock.sleep(reconciler.reconcile() or 0)
 
 
-def test_the_seed_blue_green_validates_its_health_trigger_then_awaits_promotion(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_the_seed_blue_green_validates_its_health_trigger_then_awaits_promotion(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     judge = RecordingJudge()
     deployment_id = world.submit("2.0.0", {"type": "blue_green", "blueGreen": SEED_BLUE_GREEN})
@@ -431,8 +431,8 @@ def test_the_seed_blue_green_validates_its_health_trigger_then_awaits_promotion(
 
 
 @pytest.mark.parametrize(("action", "phase"), [("rollback", Phase.ROLLED_BACK), ("pause", Phase.PAUSED)])
-def test_a_trigger_acts_as_soon_as_its_condition_holds(tmp_path: Path, action: str, phase: Phase) -> None:
-    world = World(tmp_path)
+def test_a_trigger_acts_as_soon_as_its_condition_holds(journal_at: str, action: str, phase: Phase) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     world.smoke.failures = 3  # 3 of 20 smoke requests fail: 15%, below the failure threshold of 50%
     triggers = [
@@ -468,8 +468,8 @@ def test_a_trigger_acts_as_soon_as_its_condition_holds(tmp_path: Path, action: s
         assert state.rollback.reason == "switch trigger smoke_success_rate lt 90.0 (is 85.0): rollback"
 
 
-def test_a_switch_trigger_not_met_at_validation_end_rolls_back(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_a_switch_trigger_not_met_at_validation_end_rolls_back(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     triggers = [
         {"type": "metrics", "condition": {"metric": "request_count", "operator": "gte", "value": 1000}}
@@ -491,10 +491,10 @@ def test_a_switch_trigger_not_met_at_validation_end_rolls_back(tmp_path: Path) -
     assert world.platform.weights == {"1-0-0": 100}
 
 
-def test_the_switch_waits_for_the_router_to_see_green_healthy(tmp_path: Path) -> None:
+def test_the_switch_waits_for_the_router_to_see_green_healthy(journal_at: str) -> None:
     """Traffic switched to servers the router has not yet checked would find none up: the seed's health
     trigger waits for the router's own view (here: down for 4 s after validation's end)."""
-    world = World(tmp_path)
+    world = World(journal_at)
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", {"type": "blue_green", "blueGreen": {"validationDuration": 0}})
     reconciler = world.reconciler(deployment_id)
@@ -521,10 +521,10 @@ def test_the_switch_waits_for_the_router_to_see_green_healthy(tmp_path: Path) ->
     assert up_from is not None and switched >= up_from
 
 
-def test_a_smoke_trigger_a_platform_cannot_measure_does_not_hold_the_switch_back(tmp_path: Path) -> None:
+def test_a_smoke_trigger_a_platform_cannot_measure_does_not_hold_the_switch_back(journal_at: str) -> None:
     """No direct endpoints (Lambda, a Service) or no smoke tester: the smoke figure cannot exist, so the
     default [health_check, smoke_test] triggers switch on health alone, and the journal says why."""
-    world = World(tmp_path)
+    world = World(journal_at)
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", {"type": "blue_green", "blueGreen": {"validationDuration": 3000}})
     reconciler = DeploymentReconciler(

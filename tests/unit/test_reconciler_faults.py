@@ -43,7 +43,7 @@ def canary_analysing(
     tmp_path: Path, weight: int = 10, **strategy: object
 ) -> tuple[World, str, DeploymentReconciler]:
     """A stable revision, then a canary reconciled until it analyses at ``weight`` percent."""
-    world = World(tmp_path)
+    world = World(str(tmp_path / "journal.db"))
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", {**CANARY, **strategy})
     reconciler = world.reconciler(deployment_id)
@@ -76,7 +76,7 @@ def test_a_router_killed_mid_canary_pauses_restores_and_the_candidate_is_promote
 
 
 def test_the_window_after_a_restore_is_judged_on_a_fresh_baseline(tmp_path: Path) -> None:
-    world = World(tmp_path, error_rates={"2-0-0": 0.0})
+    world = World(str(tmp_path / "journal.db"), error_rates={"2-0-0": 0.0})
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", CANARY)
     reconciler = world.reconciler(deployment_id)
@@ -171,7 +171,7 @@ def test_a_router_that_cannot_be_started_again_fails_the_deployment_by_its_deadl
 
 
 def test_redeploying_a_live_revision_whose_replicas_died_deploys_it_again(tmp_path: Path) -> None:
-    world = World(tmp_path)
+    world = World(str(tmp_path / "journal.db"))
     world.deploy_stable()
     world.platform.kill("1-0-0")
     again = world.submit("1.0.0", {"type": "rolling", "replicas": 3})
@@ -185,7 +185,7 @@ def test_redeploying_a_live_revision_whose_replicas_died_deploys_it_again(tmp_pa
 
 
 def test_weight_goes_to_a_dead_stable_only_after_it_was_started_again(tmp_path: Path) -> None:
-    world = World(tmp_path)
+    world = World(str(tmp_path / "journal.db"))
     world.deploy_stable()
     world.platform.kill("1-0-0")
     deployment_id = world.submit("2.0.0", CANARY)

@@ -57,7 +57,7 @@ def rollback_requests(world: World, deployment_id: str) -> list[tuple[str, dict[
 
 
 def test_the_reconciler_proposes_and_the_rollback_system_records(tmp_path: Path) -> None:
-    world = World(tmp_path, error_rates={"2-0-0": 0.5})
+    world = World(str(tmp_path / "journal.db"), error_rates={"2-0-0": 0.5})
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", CANARY)
     proposals = Proposals(world)
@@ -72,7 +72,7 @@ def test_the_reconciler_proposes_and_the_rollback_system_records(tmp_path: Path)
 
 
 def test_without_an_answer_from_the_rollback_system_the_runner_records_it_and_says_so(tmp_path: Path) -> None:
-    world = World(tmp_path, error_rates={"2-0-0": 0.5})
+    world = World(str(tmp_path / "journal.db"), error_rates={"2-0-0": 0.5})
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", CANARY)
     asked: list[str] = []
@@ -93,7 +93,7 @@ def test_without_an_answer_from_the_rollback_system_the_runner_records_it_and_sa
 
 
 def test_an_answering_rollback_system_records_alone(tmp_path: Path) -> None:
-    world = World(tmp_path, error_rates={"2-0-0": 0.5})
+    world = World(str(tmp_path / "journal.db"), error_rates={"2-0-0": 0.5})
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", CANARY)
     rollback_system = JournalDecider(world.journal, ROLLBACK_SYSTEM)
@@ -103,7 +103,7 @@ def test_an_answering_rollback_system_records_alone(tmp_path: Path) -> None:
 
 
 def test_a_late_decision_after_the_fallback_records_nothing_more(tmp_path: Path) -> None:
-    world = World(tmp_path)
+    world = World(str(tmp_path / "journal.db"))
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", CANARY)
     fallback = "DO-004 did not answer (TimeoutError: late); recorded by runner-7"

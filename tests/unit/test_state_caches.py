@@ -63,11 +63,11 @@ def test_a_file_changed_within_the_racy_window_is_not_trusted(tmp_path: Path) ->
     assert second is not None and second.value == 2
 
 
-def test_a_journal_state_is_reused_until_another_process_appends(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_a_journal_state_is_reused_until_another_process_appends(journal_at: str) -> None:
+    world = World(journal_at)
     world.deploy_stable()
     deployment_id = world.submit("2.0.0", CANARY)
-    reader = Journal(tmp_path / "journal.db")  # its own connection, as another process has
+    reader = Journal(journal_at)  # its own connection, as another process has
     before = reader.state(deployment_id)
     assert reader.state(deployment_id) is before
     world.journal.append(deployment_id, EventKind.PAUSED, {})

@@ -30,7 +30,7 @@ class Supervised:
     """A world with one live revision (1-0-0, 3 replicas) and the supervisor over it."""
 
     def __init__(self, tmp_path: Path, settings: SupervisionSettings = FAST, **platform: Any) -> None:
-        self.world = World(tmp_path, **platform)
+        self.world = World(str(tmp_path / "journal.db"), **platform)
         self.world.deploy_stable()
         self.live = self.world.journal.deployments()[-1].deployment_id
         self.crash_loops: list[CrashLoop] = []
