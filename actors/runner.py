@@ -19,6 +19,8 @@ import ray
 
 from adapters import create_platform
 from adapters.http_probe import HttpSmokeTester
+from adapters.webhooks import HttpWebhookSender
+from engine.hooks import WebhookGate
 from engine.journal import Journal
 from engine.models import DeploymentStatus
 from engine.reconciler import DeploymentReconciler
@@ -56,7 +58,12 @@ class DeploymentRunnerImpl:
     def _bind(self, deployment_id: str) -> None:
         self.deployment_id = deployment_id
         self.reconciler = DeploymentReconciler(
-            self.journal, deployment_id, create_platform, smoke=HttpSmokeTester(), actor=self.name
+            self.journal,
+            deployment_id,
+            create_platform,
+            smoke=HttpSmokeTester(),
+            actor=self.name,
+            gate=WebhookGate(self.journal, HttpWebhookSender(), actor=self.name),
         )
 
     async def ready(self) -> str:

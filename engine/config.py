@@ -21,6 +21,7 @@ from pydantic.alias_generators import to_snake
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from engine.audit import AuditSettings
+from engine.hooks import ConfiguredWebhook
 from engine.identity import AccessGrants, access_problems
 from engine.models import (
     SUPPORTED_PLATFORMS,
@@ -113,6 +114,9 @@ class EnterpriseConfig(Model):
         default_factory=dict, description="environment (or pattern) -> role -> people (engine/identity.py)"
     )
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    hooks: list[ConfiguredWebhook] = Field(
+        default_factory=list, description="Webhooks per environment and strategy (engine/hooks.py)"
+    )
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -243,13 +247,17 @@ class EnterpriseConfig(Model):
         the strategy's own keys (``replicas``, ``progressDeadline``, ``maxPauseDuration``) may be mixed in.
         """
         kind = Strategy(type=type_).type  # normalises 'blueGreen', refuses unknown
-        flat = _snake_keys(dict(overrides or {}))
+        given = dict(overrides or {})
+        webhooks = given.pop("webhooks", None)  # as given: their metadata keys are the receiver's
+        flat = _snake_keys(given)
+        if webhooks is not None:
+            flat["webhooks"] = webhooks
         top_level = {key: flat.pop(key) for key in list(flat) if key in _STRATEGY_TOP_LEVEL}
         defaults = self.strategy_defaults.for_type(kind).model_dump()
         return Strategy.from_seed(kind.value, _deep_merge(defaults, flat), **top_level)
 
 
-_STRATEGY_TOP_LEVEL = frozenset({"replicas", "progress_deadline", "max_pause_duration"})
+_STRATEGY_TOP_LEVEL = frozenset({"replicas", "progress_deadline", "max_pause_duration", "webhooks"})
 
 
 def _snake_keys(value: Any) -> Any:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from engine.analysis import Measurement, Verdict, baseline_of, judge
+from engine.hooks import Halt, Hold, StepGate
 from engine.journal import Journal
 from engine.models import (
     DEFAULT_ANALYSIS_INTERVAL_MS,
@@ -87,6 +88,7 @@ class DeploymentReconciler:
         smoke: SmokeTester | None = None,
         actor: str = "runner",
         tick_s: float = 0.5,
+        gate: StepGate | None = None,
     ) -> None:
         self.journal = journal
         self.deployment_id = deployment_id
@@ -102,6 +104,7 @@ class DeploymentReconciler:
         self._transient_failures = 0
         self._unhealthy_checks = 0
         self._smoked_at: float | None = None
+        self.gate = gate
 
     # ------------------------------------------------------------------------------- plumbing
     @property
@@ -179,6 +182,9 @@ class DeploymentReconciler:
             self._finish(Phase.SUCCEEDED, f"{state.candidate_revision or state.stable_revision} is live")
             return 0.0
         if state.step_started_at is None:
+            held = self._gate(state, step)
+            if held is not None:
+                return held
             self._start_step(state, step)
             return 0.0
         outcome = self._run_step(state, step)
@@ -245,6 +251,14 @@ class DeploymentReconciler:
         return self.journal.planned_stable_artifact(self.deployment_id)
 
     # ------------------------------------------------------------------------------- steps
+    def _gate(self, state: DeploymentState, step: Step) -> float | None:
+        """The step's gating webhooks (engine/hooks.py): hold it, roll back, or let it start (None)."""
+        verdict = self.gate.before_step(state, step) if self.gate is not None else None
+        if isinstance(verdict, Halt):
+            self._request_rollback(verdict.trigger, verdict.reason)
+            return 0.0
+        return verdict.delay if isinstance(verdict, Hold) else None
+
     def _start_step(self, state: DeploymentState, step: Step) -> None:
         baseline: dict[str, float] = {}
         if step.kind in (StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE) and state.candidate_revision:

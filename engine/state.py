@@ -76,6 +76,7 @@ class DeploymentState(Model):
     step_baseline: dict[str, Any] = Field(default_factory=dict)
     stable_revision: str | None = None
     candidate_revision: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict, description="revision -> version people gave it")
     weights: dict[str, int] = Field(default_factory=dict)
     address: str | None = None
     paused: bool = False
@@ -131,6 +132,7 @@ class DeploymentState(Model):
             updated_at=self.updated_at,
             finished_at=self.finished_at,
             runner=self.runner,
+            versions={self.request.artifact.revision: self.request.artifact.version, **self.versions},
         )
 
 
@@ -150,6 +152,7 @@ class EventKind(str, Enum):
     ROLLBACK_STARTED = "rollback_started"
     FINISHED = "finished"
     NOTE = "note"
+    HOOK = "hook"  # a gating webhook's answer (engine/hooks.py): passed, held or failed
     AUDIT = "audit"  # an audit entry of no deployment's state (engine/audit.py): its data names the action
 
 
@@ -188,6 +191,10 @@ def _planned(s: DeploymentState, e: Event) -> None:
     s.weights = dict(e.data.get("weights", {}))
     s.address = e.data.get("address")
     s.step_index = 0
+    s.versions = {s.request.artifact.revision: s.request.artifact.version}
+    stable_artifact = e.data.get("stable_artifact")
+    if s.stable_revision and isinstance(stable_artifact, dict) and stable_artifact.get("version"):
+        s.versions[s.stable_revision] = str(stable_artifact["version"])
 
 
 def _step_started(s: DeploymentState, e: Event) -> None:
@@ -274,6 +281,13 @@ def _note(s: DeploymentState, e: Event) -> None:
         s.message = str(e.data["message"])
 
 
+def _hook(s: DeploymentState, e: Event) -> None:
+    if e.data.get("outcome") == "held":  # shown by status while the deployment waits at the gate
+        s.message = (
+            f"waiting for {e.data.get('type')} hook '{e.data.get('hook')}': {e.data.get('answer', '')}"
+        )
+
+
 def _nothing(s: DeploymentState, e: Event) -> None:
     return None
 
@@ -294,5 +308,6 @@ _APPLY = {
     EventKind.ROLLBACK_STARTED: _rollback_started,
     EventKind.FINISHED: _finished,
     EventKind.NOTE: _note,
+    EventKind.HOOK: _hook,
     EventKind.AUDIT: _nothing,
 }
