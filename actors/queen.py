@@ -29,7 +29,7 @@ from actors.common import (
 )
 from actors.domain import WORKER_CLASSES
 from actors.runner import ASSIGNMENT, DeploymentRunner
-from actors.telemetry import Telemetry
+from actors.telemetry import Observer, Telemetry
 from engine.audit import AuditKeeper
 from engine.config import load_config
 from engine.control import ControlRefused, control_event
@@ -90,7 +90,8 @@ class QueenImpl:
         self.workers: dict[str, Any] = {}
         self.standby: list[tuple[str, Any]] = []
         self.warm_runners = self.config.concurrency.warm_runners
-        self.telemetry = Telemetry(self.config.metrics.prometheus_port)
+        self.telemetry = Telemetry(self.config, self.journal_path)
+        self.observer = Observer(self.config, self.journal_path, self.telemetry)  # hooks, alerts, metrics
         self.started = asyncio.Event()
         asyncio.get_running_loop().create_task(self._start())
 
@@ -120,6 +121,7 @@ class QueenImpl:
         self._refill()
         self.started.set()
         asyncio.get_running_loop().create_task(self._supervise())
+        asyncio.get_running_loop().create_task(self.observer.run())
 
     async def warm(self, timeout_s: float) -> int:
         """Wait until every standby runner has started (bounded); returns how many are ready."""

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 from pydantic.alias_generators import to_snake
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from engine.alerting import AlertingSettings, alerting_problems
 from engine.audit import AuditSettings
 from engine.hooks import ConfiguredWebhook
 from engine.identity import AccessGrants, access_problems
@@ -96,6 +97,9 @@ class HealthSettings(Model):
 
 class MetricsSettings(Model):
     prometheus_port: int | None = Field(default=None, ge=1, le=65_535)
+    dora_window: PositiveDurationMs = Field(
+        default=30 * 86_400_000, description="DORA metrics' trailing window"
+    )
 
 
 class EnterpriseConfig(Model):
@@ -117,6 +121,7 @@ class EnterpriseConfig(Model):
     hooks: list[ConfiguredWebhook] = Field(
         default_factory=list, description="Webhooks per environment and strategy (engine/hooks.py)"
     )
+    alerting: AlertingSettings = Field(default_factory=AlertingSettings)
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -147,6 +152,7 @@ class EnterpriseConfig(Model):
             *self._name_mismatches(),
             *self._unknown_approver_groups(),
             *access_problems(self.access, self.environments, self.roles),
+            *alerting_problems(self.alerting),
         ]
         if problems:
             summary = "; ".join(f"{path}: {message}" for path, message in problems)
