@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from engine.models import Phase
+from pydantic import ValidationError
+
+from engine.models import Phase, Strategy
 from engine.state import Event, EventKind
 
 DAY_S = 86_400.0
@@ -92,7 +94,7 @@ class Record:
     phase: str = Phase.QUEUED.value
     restores: str | None = None  # a rollback redeployment: the deployment it undoes
     undone: bool = False  # a succeeded deployment rolled back later (a failed change)
-    restored: bool = False  # a failed deployment whose target went live again since
+    restore_s: float | None = None  # how long it took to restore service, when it did
 
 
 def commit_time(metadata: Mapping[str, Any]) -> float | None:
@@ -137,10 +139,14 @@ class DeploymentMetrics:
         self.weights: dict[tuple[str, str], dict[str, int]] = {}  # (service, environment) -> revision -> %
         self.versions: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
         self.live: dict[tuple[str, str], str] = {}  # target -> deployment id of the live revision
-        self.last_judgement: dict[tuple[str, str], dict[str, Any]] = {}
+        self.last_judgement: dict[tuple[str, str], tuple[dict[str, Any], Strategy | None]] = {}
         self.environment_health: dict[str, float] = {}
         self.compliance_score: dict[str, float] = {}
         self.last_checkpoint: tuple[float, int] | None = None
+        self._strategies: dict[str, Strategy | None] = {}
+        self.unrestored: dict[
+            tuple[str, str], float
+        ] = {}  # target -> when its first unrestored failure ended
 
     # ------------------------------------------------------------------------------ folding
     def fold(self, events: Iterable[Event]) -> None:
@@ -176,6 +182,10 @@ class DeploymentMetrics:
             submitted_at=event.at,
         )
         self.records[event.deployment_id] = record
+        try:  # its thresholds, which an older judgement does not carry itself
+            self._strategies[event.deployment_id] = Strategy.model_validate(request.get("strategy"))
+        except ValidationError:
+            self._strategies[event.deployment_id] = None
         self._count("submitted", _labels(environment=record.environment, strategy=record.strategy))
 
     def _on_planned(self, event: Event, record: Record | None) -> None:
@@ -219,7 +229,8 @@ class DeploymentMetrics:
             return
         verdict = str(event.data["verdict"])
         self._count("judgements", _labels(environment=record.environment, verdict=verdict))
-        self.last_judgement[(record.service, record.environment)] = dict(event.data)
+        target = (record.service, record.environment)
+        self.last_judgement[target] = (dict(event.data), self._strategies.get(record.deployment_id))
 
     def _on_finished(self, event: Event, record: Record | None) -> None:
         if record is None or record.outcome is not None:
@@ -240,34 +251,26 @@ class DeploymentMetrics:
                     _labels(environment=record.environment),
                     event.at - record.commit_time,
                 )
-        restore = self._restore_time(record)
-        if restore is not None:
-            self._observe("restore", RESTORE_BUCKETS, _labels(environment=record.environment), restore)
+        record.restore_s = self._restore_time(record)
+        if record.restore_s is not None:
+            self._observe(
+                "restore", RESTORE_BUCKETS, _labels(environment=record.environment), record.restore_s
+            )
 
     def _restore_time(self, record: Record) -> float | None:
         """How long this deployment took to restore service, if it restored (or ended a failure)."""
         assert record.finished_at is not None
+        target = (record.service, record.environment)
+        if record.outcome == Phase.FAILED.value:
+            self.unrestored.setdefault(target, record.finished_at)
         if record.outcome == Phase.ROLLED_BACK.value and record.rollback_at is not None:
             return record.finished_at - record.rollback_at
         if record.outcome != Phase.SUCCEEDED.value:
             return None
+        failed_at = self.unrestored.pop(target, None)
         if record.restores is not None:
-            return record.finished_at - record.submitted_at
-        failed = [
-            r
-            for r in self.records.values()
-            if (r.service, r.environment) == (record.service, record.environment)
-            and r.outcome == Phase.FAILED.value
-            and r.finished_at is not None
-            and r.finished_at <= record.finished_at
-            and not r.restored
-        ]
-        if not failed:
-            return None
-        first = min(failed, key=lambda r: r.finished_at or 0.0)
-        for r in failed:
-            r.restored = True
-        return record.finished_at - (first.finished_at or record.finished_at)
+            return record.finished_at - min(record.submitted_at, failed_at or record.submitted_at)
+        return None if failed_at is None else record.finished_at - failed_at
 
     def _on_note(self, event: Event, record: Record | None) -> None:
         match = _REDEPLOY_NOTE.match(str(event.data.get("message", "")))
@@ -474,8 +477,8 @@ class DeploymentMetrics:
 
         value: dict[Labels, float] = {}
         bound: dict[Labels, float] = {}
-        for (service, environment), data in self.last_judgement.items():
-            for check in judgement_checks(data, None):
+        for (service, environment), (data, strategy) in self.last_judgement.items():
+            for check in judgement_checks(data, strategy):
                 labels = _labels(service=service, environment=environment, metric=check.metric)
                 if check.value is not None:
                     value[labels] = check.value
@@ -529,7 +532,7 @@ class DeploymentMetrics:
             if changes:
                 failed = [r for r in changes if r.outcome != Phase.SUCCEEDED.value or r.undone]
                 failure[labels] = len(failed) / len(changes)
-            times = [t for r in mine if (t := self._restore_of(r)) is not None]
+            times = [r.restore_s for r in mine if r.restore_s is not None]
             if times:
                 restore[labels] = statistics.median(times)
         return [
@@ -538,17 +541,6 @@ class DeploymentMetrics:
             _gauge("orchestrator_dora_change_failure_rate", "Failed / all changes (window)", ENV, failure),
             _gauge("orchestrator_dora_time_to_restore_median_seconds", "Median (window)", ENV, restore),
         ]
-
-    def _restore_of(self, record: Record) -> float | None:
-        if (
-            record.outcome == Phase.ROLLED_BACK.value
-            and record.rollback_at is not None
-            and record.finished_at
-        ):
-            return record.finished_at - record.rollback_at
-        if record.restores is not None and record.outcome == Phase.SUCCEEDED.value and record.finished_at:
-            return record.finished_at - record.submitted_at
-        return None
 
 
 # The phase an active deployment shows after an event of these kinds (other kinds leave it as it was).
