@@ -44,7 +44,7 @@ from engine.models import (
     Strategy,
     StrategyType,
 )
-from engine.state import DeploymentState, EventKind
+from engine.state import DeploymentState, Event, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -385,6 +385,16 @@ class QueenImpl:
             new_id, EventKind.NOTE, {"message": f"rollback of {state.deployment_id}: {reason}"}, actor=by
         )
         return self.journal.state(new_id).status()
+
+    async def events(self, deployment_id: str, after_seq: int = 0, token: str | None = None) -> list[Event]:
+        """A deployment's journal events after ``after_seq`` (the console's and ``status``'s detail)."""
+        self.access.require(token, AccessRole.VIEWER, deployment=deployment_id, action="events")
+        return self.journal.events(self.journal.find(deployment_id).deployment_id, after_seq)
+
+    async def whoami(self, token: str | None = None) -> dict[str, Any]:
+        """Who the token belongs to (a console's sign-in); never the token itself."""
+        who = self.access.require(token, None, action="whoami")
+        return {"person": who.person, "token_id": who.token_id}
 
     async def worker(self, code: str, token: str | None = None) -> Any:
         self.access.require(token, None, action="worker")  # each worker checks the role of its own calls

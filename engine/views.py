@@ -8,9 +8,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from engine.models import DeploymentStatus, Model, Strategy
+from engine.models import DeploymentRequest, DeploymentStatus, Model, Strategy
+from engine.state import Event, EventKind, Step
 
 HIDDEN_EVENT_KEYS = frozenset({"request", "plan", "stable_artifact", "baseline"})
 
@@ -94,3 +95,94 @@ def event_summary(
     if versions and isinstance(shown.get("weights"), Mapping):
         shown["weights"] = {versions.get(r, r): w for r, w in shown["weights"].items()}
     return json.dumps(shown, default=str)[:width]
+
+
+# --------------------------------------------------------------------------------------------
+# The console's views of deployments (plain data, JSON-ready)
+# --------------------------------------------------------------------------------------------
+def status_view(status: DeploymentStatus) -> dict[str, Any]:
+    """One deployment as the console's list shows it: revisions named by their versions."""
+    step = ""
+    if status.step_count:
+        shown = min(status.step_index + 1, status.step_count)
+        step = f"{shown}/{status.step_count} {status.step_name or ''}".strip()
+    return {
+        "id": status.deployment_id,
+        "service": status.target.service,
+        "environment": status.target.environment,
+        "strategy": status.strategy.value,
+        "phase": status.phase.value,
+        "terminal": status.phase.terminal,
+        "step": step,
+        "stepIndex": status.step_index,
+        "stepCount": status.step_count,
+        "weights": weights_by_version(status),
+        "candidate": status.version_of(status.candidate_revision) if status.candidate_revision else None,
+        "stable": status.version_of(status.stable_revision) if status.stable_revision else None,
+        "message": status.message,
+        "rollback": None
+        if status.rollback_reason is None
+        else {
+            "trigger": status.rollback_trigger.value if status.rollback_trigger else None,
+            "reason": status.rollback_reason,
+        },
+        "submittedAt": status.submitted_at,
+        "updatedAt": status.updated_at,
+        "finishedAt": status.finished_at,
+    }
+
+
+def deployment_view(status: DeploymentStatus, events: list[Event]) -> dict[str, Any]:
+    """One deployment in detail: its strategy's steps, every judgement with its figures against the
+    thresholds, the gating hooks' answers and its events."""
+    strategy = _strategy_of(events)
+    plan: list[Step] = []
+    for event in events:
+        if event.kind is EventKind.PLANNED:
+            plan = [Step.model_validate(step) for step in event.data.get("plan", [])]
+    done = (
+        status.step_count
+        if status.phase.terminal and status.phase.value == "succeeded"
+        else status.step_index
+    )
+    steps = [
+        {"index": i, "label": s.label, "state": "done" if i < done else "current" if i == done else "todo"}
+        for i, s in enumerate(plan)
+    ]
+    judgements = [
+        {
+            "seq": e.seq,
+            "at": e.at,
+            "verdict": e.data.get("verdict"),
+            "reason": e.data.get("reason", ""),
+            "checks": [c.model_dump() for c in judgement_checks(e.data, strategy)],
+        }
+        for e in events
+        if e.kind is EventKind.MEASUREMENT and "verdict" in e.data
+    ]
+    return {
+        **status_view(status),
+        "steps": steps,
+        "judgements": judgements,
+        "hooks": [{"at": e.at, **e.data} for e in events if e.kind is EventKind.HOOK],
+        "events": [
+            {
+                "seq": e.seq,
+                "at": e.at,
+                "actor": e.actor,
+                "kind": e.kind.value,
+                "summary": event_summary(e.data, status.versions),
+            }
+            for e in events[-200:]
+        ],
+    }
+
+
+def _strategy_of(events: list[Event]) -> Strategy | None:
+    for event in events:
+        if event.kind is EventKind.SUBMITTED:
+            try:
+                return DeploymentRequest.model_validate(event.data["request"]).strategy
+            except (KeyError, ValidationError):
+                return None
+    return None
