@@ -25,7 +25,7 @@ from engine.control import control_event
 from engine.identity import AccessDenied, AccessRole, read_token_file, save_token
 from engine.models import DeploymentStatus, Phase
 from engine.requests import build_request
-from engine.views import deployment_view, event_summary, weights_text
+from engine.views import deployment_view, event_summary, readable, weights_text
 
 EXIT_OK, EXIT_DEPLOYMENT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 log = logging.getLogger("orchestrator.cli")
@@ -108,9 +108,9 @@ def _show(status: DeploymentStatus) -> str:
         text += f" at {status.address}"
     if status.rollback_reason:
         text += f"\n    rollback ({status.rollback_trigger.value if status.rollback_trigger else '?'}): "
-        text += status.rollback_reason
+        text += readable(status.rollback_reason, status.versions)
     elif status.phase.terminal and status.message:
-        text += f"\n    {status.message}"
+        text += f"\n    {readable(status.message, status.versions)}"
     return text
 
 
@@ -185,6 +185,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     local = _local(args)
     local.require(AccessRole.VIEWER, "status", deployment=args.deployment_id)
     journal = local.journal
+    log.debug("reading deployment %s from the journal %s", args.deployment_id, journal.path)
     if args.watch:
         return _watch(journal, args.deployment_id, args.interval, args.timeout)
     state = journal.find(args.deployment_id)
@@ -218,6 +219,10 @@ def _watch(journal: Any, deployment_id: str, interval: float, timeout: float) ->
         time.sleep(interval)
 
 
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
 def watch_view(status: DeploymentStatus, events: list[Any]) -> str:
     """The live view: the deployment, its traffic by version, its steps and the last judgement."""
     detail = deployment_view(status, events)
@@ -234,8 +239,10 @@ def watch_view(status: DeploymentStatus, events: list[Any]) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(last["at"]))
         lines += ["", f"  last judgement ({stamp}): {last['verdict']}: {last['reason']}"]
         for check in last["checks"]:
-            limits = f"success {check['success']}, failure {check['failure']}"
-            lines.append(f"    {check['metric']:<14} {check['value']}  ({limits})")
+            figures = [_figure(check[key]) for key in ("value", "success", "failure")]
+            lines.append(
+                f"    {check['metric']:<14} {figures[0]:>10}  (success {figures[1]}, failure {figures[2]})"
+            )
     if detail["message"] and not status.rollback_reason:
         lines += ["", f"  {detail['message']}"]
     return "\n".join(lines)

@@ -95,6 +95,10 @@ async def _page(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
+async def _no_icon(request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
 async def _whoami(request: web.Request) -> web.Response:
     return web.json_response(await asyncio.to_thread(_caller(request).whoami))
 
@@ -186,6 +190,7 @@ def make_app(orch: DeploymentOrchestrator) -> web.Application:
     app = web.Application(middlewares=[_answers], client_max_size=64 * 1024)
     app[ORCH] = orch
     app.router.add_get("/", _page)
+    app.router.add_get("/favicon.ico", _no_icon)
     app.router.add_static("/static/", STATIC, show_index=False)
     app.router.add_get("/api/whoami", _whoami)
     app.router.add_get("/api/overview", _overview_handler)

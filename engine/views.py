@@ -5,6 +5,7 @@ metrics (no Ray here)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,15 +87,28 @@ def weights_text(status: DeploymentStatus) -> str:
     return " ".join(f"{version}={weight}%" for version, weight in shown) or "-"
 
 
+def readable(text: str, versions: Mapping[str, str]) -> str:
+    """``text`` with each revision named by its version ("2-0-0 is live" -> "2.0.0 is live")."""
+    for revision, version in versions.items():
+        if revision != version:
+            text = re.sub(rf"(?<![\w.-]){re.escape(revision)}(?![\w.-])", version, text)
+    return text
+
+
 def event_summary(
     data: Mapping[str, Any], versions: Mapping[str, str] | None = None, width: int = 160
 ) -> str:
     """An event's data in one line, without the bulky parts (the request, the plan, baselines); revision
     names in weights are shown as versions."""
     shown = {k: v for k, v in data.items() if k not in HIDDEN_EVENT_KEYS}
-    if versions and isinstance(shown.get("weights"), Mapping):
-        shown["weights"] = {versions.get(r, r): w for r, w in shown["weights"].items()}
-    return json.dumps(shown, default=str)[:width]
+    if versions:
+        if isinstance(shown.get("weights"), Mapping):
+            shown["weights"] = {versions.get(r, r): w for r, w in shown["weights"].items()}
+        for key, value in shown.items():
+            if key.endswith("revision") and isinstance(value, str):
+                shown[key] = versions.get(value, value)
+    text = json.dumps(shown, default=str)
+    return (readable(text, versions) if versions else text)[:width]
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,12 +133,12 @@ def status_view(status: DeploymentStatus) -> dict[str, Any]:
         "weights": weights_by_version(status),
         "candidate": status.version_of(status.candidate_revision) if status.candidate_revision else None,
         "stable": status.version_of(status.stable_revision) if status.stable_revision else None,
-        "message": status.message,
+        "message": readable(status.message, status.versions),
         "rollback": None
         if status.rollback_reason is None
         else {
             "trigger": status.rollback_trigger.value if status.rollback_trigger else None,
-            "reason": status.rollback_reason,
+            "reason": readable(status.rollback_reason, status.versions),
         },
         "submittedAt": status.submitted_at,
         "updatedAt": status.updated_at,

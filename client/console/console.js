@@ -221,7 +221,9 @@ function renderCharts(judgements) {
       metrics.get(check.metric).push({ ...check, verdict: j.verdict, at: j.at });
     }
   }
-  const charts = [...metrics.entries()].map(([metric, points]) => chart(metric, points));
+  const charts = [...metrics.entries()]
+    .filter(([, points]) => points.some((p) => p.value !== null))
+    .map(([metric, points]) => chart(metric, points));
   if (!charts.length) charts.push(el("p", "no judgement yet", "hint"));
   $("charts").replaceChildren(...charts);
 }
@@ -238,15 +240,15 @@ function chart(metric, points) {
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("width", "100%");
   svg.setAttribute("role", "img");
-  const line = (y1, color, dash, label) => {
+  const line = (y1, color, dash, label, atLeft) => {
     const l = document.createElementNS(SVG, "line");
     for (const [k, v] of Object.entries({ x1: pad, x2: width - pad, y1, y2: y1, stroke: color, "stroke-dasharray": dash })) {
       l.setAttribute(k, v);
     }
     const t = document.createElementNS(SVG, "text");
-    t.setAttribute("x", width - pad);
+    t.setAttribute("x", atLeft ? pad + 2 : width - pad);
     t.setAttribute("y", y1 - 3);
-    t.setAttribute("text-anchor", "end");
+    t.setAttribute("text-anchor", atLeft ? "start" : "end");
     t.setAttribute("font-size", "9");
     t.setAttribute("fill", color);
     t.textContent = label;
@@ -257,8 +259,8 @@ function chart(metric, points) {
     axis.setAttribute(k, v);
   }
   svg.append(axis);
-  if (last.success !== null && last.success !== undefined) line(y(last.success), "#1f9d55", "4 3", `success ${fmt(last.success)}`);
-  if (last.failure !== null && last.failure !== undefined) line(y(last.failure), "#d64545", "4 3", `failure ${fmt(last.failure)}`);
+  if (last.success !== null && last.success !== undefined) line(y(last.success), "#1f9d55", "4 3", `success ${fmt(last.success)}`, true);
+  if (last.failure !== null && last.failure !== undefined) line(y(last.failure), "#d64545", "4 3", `failure ${fmt(last.failure)}`, false);
   const path = document.createElementNS(SVG, "polyline");
   path.setAttribute("points", points.map((p, i) => (p.value === null ? "" : `${x(i)},${y(p.value)}`)).join(" "));
   path.setAttribute("fill", "none");

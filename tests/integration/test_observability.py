@@ -5,7 +5,12 @@ metrics, the queen killed in the middle of a deployment."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +24,22 @@ from engine.identity import AccessDenied
 from engine.models import Artifact, Phase
 from engine.state import EventKind
 from examples.traffic import TrafficGenerator
-from tests.integration.conftest import canary, sample_artifact
+from tests.integration.conftest import canary, free_port, sample_artifact
 from tests.integration.observability import ENV, Observed, observed_orchestrator
 
 pytestmark = pytest.mark.integration
 SERVICE = "shop"
 REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOT_ENV = "ORCH_CONSOLE_SCREENSHOT"  # set to docs/console.png to refresh the README's screenshot
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +229,106 @@ def test_every_dashboard_panel_returns_data(observed: Observed, traffic: Traffic
             if not any(observed.query_range(e, observed.started, time.time()) for e in exprs):
                 empty.append(f"{path.stem}: {panel['title']}: {exprs}")
     assert empty == []
+
+
+# --------------------------------------------------------------------------------------------
+# The web console, in a real headless Chromium
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def console(observed: Observed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """``python orchestrator.py console`` as a person starts it, joined to the test's Ray cluster."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("console") / "console.log"
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "ORCH_CONFIG": str(observed.config),
+    }
+    env.pop("ORCH_TOKEN", None)
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "orchestrator.py", "console", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        else:
+            raise AssertionError(f"the console did not start: {log.read_text()[-2000:]}")
+        yield url, log
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_the_console_follows_a_canary_live_and_aborts_it(
+    observed: Observed, traffic: TrafficGenerator, console: tuple[str, Path], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, log = console
+    alice, victor = observed.orch.issue_token("alice"), observed.orch.issue_token("victor")
+    deployment = observed.orch.as_caller(alice).submit(revision("5.0.0"), canary(5000, 3), ENV)
+    answers: list[Any] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1100})
+        page.on("response", answers.append)
+        page.goto(url)
+        sign_in(page, victor)
+        expect(page.locator("#who")).to_have_text("signed in as victor")
+        page.click(f'#deployment-rows tr[data-id="{deployment}"]')
+        candidate = page.locator('#weights .weight[data-version="5.0.0"] .value')
+        expect(candidate).to_have_text("20%", timeout=90_000)
+        # A refusal from the actors, shown as they worded it: victor's token is revoked meanwhile.
+        observed.orch.revoke_token(person="victor")
+        page.click('button[data-action="pause"]')
+        expect(page.locator("#banner")).to_contain_text("refused: pause refused", timeout=30_000)
+        assert observed.orch.status(deployment).phase is Phase.PROGRESSING
+        page.click("#signout")
+        sign_in(page, alice)
+        expect(page.locator("#who")).to_have_text("signed in as alice")
+        expect(candidate).to_have_text("50%", timeout=90_000)  # the weights moved: no reload, live updates
+        assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+        expect(page.locator('#weights .weight[data-version="4.0.0"] .value')).to_have_text("50%")
+        expect(page.locator('#charts .chart[data-metric="errorRate"] circle').first).to_be_visible()
+        expect(page.locator("#steps li.current")).to_have_count(1)
+        expect(page.locator("#judgements tr").first).to_contain_text("success")
+        shot = tmp_path / "console.png"
+        page.screenshot(path=str(shot), full_page=True)
+        page.fill("#reason", "console test: stop it")
+        page.click('button[data-action="abort"]')
+        expect(page.locator("#detail-phase")).to_have_text("aborted", timeout=90_000)
+        expect(page.locator('#weights .weight[data-version="4.0.0"] .value')).to_have_text("100%")
+        expect(page.locator("#detail-message")).to_contain_text("console test: stop it")
+        expect(page.locator(f'#deployment-rows tr[data-id="{deployment}"] .phase')).to_have_text("aborted")
+        bodies = [
+            a.text() for a in answers if "/api/stream" not in a.url and a.request.method in ("GET", "POST")
+        ]
+        browser.close()
+    assert shot.stat().st_size > 30_000
+    if os.environ.get(SCREENSHOT_ENV):
+        shutil.copyfile(shot, REPO / os.environ[SCREENSHOT_ENV])
+    requested = [e for e in observed.journal().events(deployment) if e.kind is EventKind.ROLLBACK_REQUESTED]
+    assert [(e.actor, e.data["trigger"], e.data["reason"]) for e in requested] == [
+        ("alice", "abort", "console test: stop it")
+    ]
+    assert observed.orch.status(deployment).phase is Phase.ABORTED
+    for secret in (alice, victor):  # never echoed back, never logged
+        assert all(secret not in body for body in bodies)
+        assert secret not in log.read_text()
+
+
+def sign_in(page: Any, token: str) -> None:
+    page.fill("#token", token)
+    page.click("#signin-form button[type=submit]")
