@@ -331,7 +331,7 @@ class DeploymentMetrics:
             ),
             (
                 "finished",
-                "orchestrator_deployments",
+                "orchestrator_deployments_finished",
                 "Deployments ended, by outcome",
                 ("environment", "strategy", "outcome"),
             ),

@@ -56,7 +56,7 @@ OVERVIEW = [
         "timeseries",
         "none",
         12,
-        (per("outcome", "orchestrator_deployments_total"), "{{outcome}}"),
+        (per("outcome", "orchestrator_deployments_finished_total"), "{{outcome}}"),
     ),
     panel(
         "Rollbacks by trigger",
@@ -137,7 +137,11 @@ HEALTH = [
         "none",
         12,
         (
-            per("environment", "orchestrator_deployments_total", f'{ENV},outcome=~"failed|rolled_back"'),
+            per(
+                "environment",
+                "orchestrator_deployments_finished_total",
+                f'{ENV},outcome=~"failed|rolled_back"',
+            ),
             "{{environment}}",
         ),
     ),

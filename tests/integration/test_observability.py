@@ -172,7 +172,7 @@ def test_no_event_is_lost_when_the_queen_dies(observed: Observed, traffic: Traff
     # The metrics, computed again from the journal by the new queen, still count what came before.
     scraped = urllib.request.urlopen(observed.exporter + "/metrics", timeout=5).read().decode()
     rolled_back = 'environment="development",outcome="rolled_back",strategy="canary"'
-    assert f"orchestrator_deployments_total{{{rolled_back}}} 1.0" in scraped
+    assert f"orchestrator_deployments_finished_total{{{rolled_back}}} 1.0" in scraped
 
 
 def test_metrics_in_prometheus_match_the_journal(observed: Observed, traffic: TrafficGenerator) -> None:
@@ -184,7 +184,10 @@ def test_metrics_in_prometheus_match_the_journal(observed: Observed, traffic: Tr
         (series,) = observed.wait_query(expr)
         return float(series["value"][1])
 
-    assert one(f'sum(orchestrator_deployments_total{{environment="{ENV}",outcome="succeeded"}})') == succeeded
+    assert (
+        one(f'sum(orchestrator_deployments_finished_total{{environment="{ENV}",outcome="succeeded"}})')
+        == succeeded
+    )
     assert one('orchestrator_rollbacks_total{trigger="metrics"}') == 1
     assert one(f'orchestrator_deployment_success_ratio{{environment="{ENV}"}}') == succeeded / (succeeded + 1)
     live = observed.wait_query(f'orchestrator_traffic_weight_percent{{service="{SERVICE}"}}')
@@ -201,7 +204,8 @@ def test_metrics_in_prometheus_match_the_journal(observed: Observed, traffic: Tr
     assert one("histogram_quantile(0.5, sum by (le) (orchestrator_deployment_duration_seconds_bucket))") > 0
     # The same figures through Ray's metrics (the Ray dashboard's metrics view reads these).
     ray_total = observed.wait_query(
-        f'sum(ray_orchestrator_deployments_total{{environment="{ENV}",outcome="succeeded"}})', timeout=90
+        f'sum(ray_orchestrator_deployments_finished_total{{environment="{ENV}",outcome="succeeded"}})',
+        timeout=90,
     )
     assert float(ray_total[0]["value"][1]) >= 1
 

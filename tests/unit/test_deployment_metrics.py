@@ -129,15 +129,33 @@ def test_deployment_metrics_of_real_runs(tmp_path: Path) -> None:
     families = by_name(metrics.families(world.clock.now()))
     staging = {"environment": "staging"}
     assert (
-        value(families, "orchestrator_deployments_total", **staging, strategy="canary", outcome="succeeded")
+        value(
+            families,
+            "orchestrator_deployments_finished_total",
+            **staging,
+            strategy="canary",
+            outcome="succeeded",
+        )
         == 1
     )
     assert (
-        value(families, "orchestrator_deployments_total", **staging, strategy="canary", outcome="rolled_back")
+        value(
+            families,
+            "orchestrator_deployments_finished_total",
+            **staging,
+            strategy="canary",
+            outcome="rolled_back",
+        )
         == 1
     )
     assert (
-        value(families, "orchestrator_deployments_total", **staging, strategy="rolling", outcome="succeeded")
+        value(
+            families,
+            "orchestrator_deployments_finished_total",
+            **staging,
+            strategy="rolling",
+            outcome="succeeded",
+        )
         == 1
     )
     assert value(families, "orchestrator_rollbacks_total", **staging, trigger="metrics") == 1
