@@ -29,6 +29,8 @@ from engine.state import DeploymentState
 
 log = logging.getLogger(__name__)
 OBSERVE_INTERVAL_S = 1.0
+STUCK_CHECK_S = 10.0  # deadlines are minutes long: looking every 10 s is soon enough
+REFRESH_AT_REST_S = 60.0  # the DORA windows slide even when nothing happens
 
 
 class Telemetry(Collector):
@@ -41,7 +43,7 @@ class Telemetry(Collector):
         self.dispatch_counts: Counter[tuple[str, str, str]] = Counter()
         self._lock = threading.Lock()
         self._ray: dict[str, Any] = {}
-        self._ray_tags: dict[str, set[tuple[tuple[str, str], ...]]] = {}
+        self._ray_values: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
         self.registry = prometheus_client.CollectorRegistry()
         self.registry.register(self)
         prometheus_client.ProcessCollector(registry=self.registry)  # the queen's own CPU and memory
@@ -51,7 +53,7 @@ class Telemetry(Collector):
                 prometheus_client.start_http_server(port, addr="127.0.0.1", registry=self.registry)
             except OSError as error:  # a restarted queen may find its old port still held for a moment
                 log.warning("Prometheus exporter not started on port %s: %s", port, error)
-        self.refresh()
+        self.refresh(force=True)
 
     # ------------------------------------------------------------------------------ the queen's calls
     def submitted(self, request: DeploymentRequest) -> None:
@@ -64,10 +66,14 @@ class Telemetry(Collector):
         self.refresh()
 
     # ------------------------------------------------------------------------------ refreshing
-    def refresh(self) -> None:
-        """Fold the events written since the last refresh, then give Ray's gauges the new figures."""
+    def refresh(self, force: bool = False) -> None:
+        """Fold the events written since the last refresh, then give Ray's gauges the new figures (when there
+        were new events, or when ``force``d: the DORA windows slide with time)."""
         with self._lock:
-            self.metrics.fold(self.journal.events(after_seq=self.metrics.seq))
+            before = self.metrics.seq
+            self.metrics.fold(self.journal.events(after_seq=before))
+            if self.metrics.seq == before and not force:
+                return
             families = [*self.metrics.families(time.time()), *self._dispatch_families()]
         for family in families:
             self._to_ray(family)
@@ -109,12 +115,13 @@ class Telemetry(Collector):
         gauge = self._ray.get(family.name)
         if gauge is None:
             gauge = self._ray[family.name] = ray_metrics.Gauge(family.name, family.help, tag_keys=tag_keys)
-        seen = self._ray_tags.setdefault(family.name, set())
-        for labels in seen - set(samples):
-            gauge.set(0.0, tags=dict(labels))
+        pushed = self._ray_values.setdefault(family.name, {})
+        for labels in set(pushed) - set(samples):
+            samples[labels] = 0.0
         for labels, value in samples.items():
-            gauge.set(value, tags=dict(labels))
-        seen |= set(samples)
+            if pushed.get(labels) != value:  # only what changed: each set costs the queen CPU
+                gauge.set(value, tags=dict(labels))
+                pushed[labels] = value
 
     # ------------------------------------------------------------------------------ scraping
     def collect(self) -> Iterator[Metric]:
@@ -149,14 +156,29 @@ class Observer:
 
     def __init__(self, config: EnterpriseConfig, journal_path: str, telemetry: Telemetry) -> None:
         self.telemetry = telemetry
+        self.journal = Journal(journal_path)
         self.dispatcher = Dispatcher(
-            Journal(journal_path), config.hooks, config.alerting, HttpWebhookSender(), AppriseNotifier()
+            self.journal, config.hooks, config.alerting, HttpWebhookSender(), AppriseNotifier()
         )
         telemetry.dispatch_counts = self.dispatcher.counts
+        self._seen = -1
+        self._stuck_checked = self._refreshed = 0.0
 
     def round(self) -> int:
-        handled = self.dispatcher.round()
-        self.telemetry.refresh()
+        """At rest (no new event) a round reads one row; the stuck check and the metrics' refresh wait for
+        their own periods."""
+        head = self.journal.head()
+        seq = head[0] if head else 0
+        now = time.monotonic()
+        stuck = now - self._stuck_checked >= STUCK_CHECK_S
+        if seq == self._seen and not stuck and now - self._refreshed < REFRESH_AT_REST_S:
+            return 0
+        handled = self.dispatcher.round(stuck)
+        self._stuck_checked = now if stuck else self._stuck_checked
+        if seq != self._seen or now - self._refreshed >= REFRESH_AT_REST_S:
+            self.telemetry.refresh(force=True)  # the dispatcher's counts may have changed too
+            self._refreshed = now
+        self._seen = seq if handled < BATCH else self._seen
         return handled
 
     async def run(self, interval_s: float = OBSERVE_INTERVAL_S) -> None:

@@ -93,9 +93,9 @@ class Dispatcher:
         return self._cursor() or 0
 
     # ------------------------------------------------------------------------------ rounds
-    def round(self) -> int:
-        """Handle the events written since the last round (at most ``BATCH``), then look for deployments
-        stuck past their deadline; returns how many events were handled."""
+    def round(self, stuck: bool = True) -> int:
+        """Handle the events written since the last round (at most ``BATCH``), then (with ``stuck``) look for
+        deployments stuck past their deadline; returns how many events were handled."""
         events = self.journal.events(after_seq=self.cursor)[:BATCH]
         for event in events:
             try:
@@ -104,7 +104,7 @@ class Dispatcher:
                 log.exception("dispatching event %s (%s) failed", event.seq, event.kind.value)
         if events:
             self._save_cursor(events[-1].seq)
-        for state in self.journal.deployments(active_only=True, limit=100_000):
+        for state in self.journal.deployments(active_only=True, limit=100_000) if stuck else []:
             alert = stuck_alert(state, self.clock(), self.alerting)
             if alert is not None:
                 self.raise_alert(alert)
