@@ -21,10 +21,9 @@ import yaml
 from engine.config import load_config, write_isolated_config
 from engine.identity import AccessControl, save_token
 from engine.journal import Journal
-from engine.models import Artifact, DeploymentRequest, Phase, PlatformConfig, Strategy
+from engine.models import Phase
 from engine.reconciler import DeploymentReconciler
-from engine.state import EventKind
-from tests.unit.fakes import FakeClock, FakePlatform, FakeSmoke
+from tests.unit.fakes import FakeClock, FakePlatform, FakeSmoke, drive, submit_admitted
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -53,16 +52,7 @@ class Home:
 
     def submit(self, version: str, strategy: dict[str, Any], environment: str = "development") -> str:
         self.count += 1
-        request = DeploymentRequest(
-            artifact=Artifact(name="web", version=version, command=["true"]),
-            strategy=Strategy.model_validate(strategy),
-            environment=environment,
-            platform=PlatformConfig(type="local"),
-        )
-        deployment_id = f"web-{self.count}"
-        self.journal.submit(deployment_id, request, actor="test")
-        self.journal.append(deployment_id, EventKind.ADMITTED, {})
-        return deployment_id
+        return submit_admitted(self.journal, f"web-{self.count}", version, strategy, environment)
 
     def reconciler(self, deployment_id: str) -> DeploymentReconciler:
         return DeploymentReconciler(
@@ -70,15 +60,7 @@ class Home:
         )
 
     def run(self, deployment_id: str, until: Any = None) -> Phase:
-        reconciler = self.reconciler(deployment_id)
-        for _ in range(5_000):
-            if until is not None and until(self.journal.state(deployment_id)):
-                break
-            delay = reconciler.reconcile()
-            if delay is None:
-                break
-            self.clock.sleep(delay)
-        return self.journal.state(deployment_id).phase()
+        return drive(self.reconciler(deployment_id), self.clock, self.journal, deployment_id, until)
 
     def cli(
         self, *args: str, cwd: Path | None = None, command: list[str] | None = None

@@ -10,7 +10,7 @@ from engine.deployment_metrics import DAY_S, DeploymentMetrics, Family, commit_t
 from engine.journal import Journal
 from engine.models import Artifact, DeploymentRequest, PlatformConfig, Strategy
 from engine.state import EventKind
-from tests.unit.fakes import FakeClock
+from tests.unit.fakes import FakeClock, submit_admitted
 from tests.unit.test_reconciler import CANARY
 from tests.unit.test_reconciler import World as ReconcilerWorld
 
@@ -34,16 +34,9 @@ class Stream:
     def deployment(self, version: str, environment: str = "production", commit: str | None = None) -> str:
         self.count += 1
         metadata = {"commitTime": commit} if commit else {}
-        request = DeploymentRequest(
-            artifact=Artifact(name="web", version=version, metadata=metadata),
-            strategy=Strategy(type="canary"),
-            environment=environment,
-            platform=PlatformConfig(type="local"),
+        return submit_admitted(
+            self.journal, f"web-{self.count}", version, {"type": "canary"}, environment, metadata
         )
-        deployment_id = f"web-{self.count}"
-        self.journal.submit(deployment_id, request, actor="test")
-        self.journal.append(deployment_id, EventKind.ADMITTED, {})
-        return deployment_id
 
     def at(self, seconds: float) -> None:
         self.clock.t = 1_700_000_000.0 + seconds

@@ -34,7 +34,7 @@ from engine.plans import build_plan
 from engine.reconciler import DeploymentReconciler
 from engine.state import EventKind
 from tests.receiver import Receiver, http_receiver
-from tests.unit.fakes import FakeSmoke
+from tests.unit.fakes import FakeSmoke, drive
 from tests.unit.test_reconciler import World as ReconcilerWorld
 
 CANARY: dict[str, Any] = {
@@ -86,15 +86,7 @@ class World(ReconcilerWorld):
         )
 
     def run(self, deployment_id: str, steps: int = 2_000, until: Any = None) -> Phase:
-        reconciler = self.reconciler(deployment_id)
-        for _ in range(steps):
-            if until is not None and until(self.journal.state(deployment_id)):
-                break
-            delay = reconciler.reconcile()
-            if delay is None:
-                break
-            self.clock.sleep(delay)
-        return self.journal.state(deployment_id).phase()
+        return drive(self.reconciler(deployment_id), self.clock, self.journal, deployment_id, until, steps)
 
     def hook_events(self, deployment_id: str) -> list[dict[str, Any]]:
         return [e.data for e in self.journal.events(deployment_id) if e.kind is EventKind.HOOK]
