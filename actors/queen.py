@@ -33,7 +33,6 @@ from actors.telemetry import Observer, Telemetry
 from engine.audit import AuditKeeper
 from engine.config import load_config
 from engine.control import ControlRefused, control_event
-from engine.hooks import attach_configured
 from engine.identity import AccessControl, AccessRole
 from engine.journal import Journal
 from engine.models import (
@@ -280,7 +279,6 @@ class QueenImpl:
         self, request: DeploymentRequest, deployment_id: str | None = None, token: str | None = None
     ) -> str:
         request = self.access.checked_request(token, request, action="submit")
-        request = attach_configured(self.config.hooks, request)  # journaled with it: what it runs with
         await asyncio.wait_for(self.started.wait(), timeout=60)
         self._check_environment(request.environment)
         active = self.journal.deployments(active_only=True, limit=100_000)

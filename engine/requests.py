@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from engine.config import EnterpriseConfig
+from engine.hooks import attach_configured
 from engine.models import Artifact, DeploymentRequest, PlatformConfig, Strategy
 from engine.schedules import strategy_for_schedule
 
@@ -24,7 +25,8 @@ def build_request(
     """A validated request, without any cluster: bad input fails here, before anything starts.
 
     A strategy name is canary, blue_green or rolling (with the config file's defaults) or a CodeDeploy
-    schedule name such as Canary10Percent5Minutes or Linear10PercentEvery1Minute."""
+    schedule name such as Canary10Percent5Minutes or Linear10PercentEvery1Minute. The configuration's hooks
+    for the environment and strategy join the request's own (journaled with it: what it runs with)."""
     if isinstance(strategy, str) and strategy.startswith(SCHEDULE_PREFIXES):
         strategy = Strategy.model_validate({**strategy_for_schedule(strategy), **strategy_overrides})
     elif isinstance(strategy, str):
@@ -33,10 +35,11 @@ def build_request(
         strategy = Strategy.model_validate(strategy)
     if isinstance(platform, str):
         platform = config.platform(platform)
-    return DeploymentRequest(
+    request = DeploymentRequest(
         artifact=Artifact.model_validate(artifact) if isinstance(artifact, dict) else artifact,
         strategy=strategy,
         environment=environment,
         platform=PlatformConfig.model_validate(platform) if isinstance(platform, dict) else platform,
         requested_by=requested_by or os.environ.get("USER", "unknown"),
     )
+    return attach_configured(config.hooks, request)

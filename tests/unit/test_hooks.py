@@ -358,3 +358,35 @@ def test_notifications_of_an_event(tmp_path: Path, receiver: Receiver) -> None:
     assert sent["rollback_started"] == ["everything", "rollback-hook"]
     assert sent["finished"] == ["everything", "post-rollout-hook"]
     assert sent["submitted"] == ["everything"]
+
+
+def test_a_request_built_from_the_configuration_carries_its_hooks() -> None:
+    from engine.config import EnterpriseConfig
+    from engine.requests import build_request
+
+    config = EnterpriseConfig.from_mapping(
+        {
+            "environments": {"staging": {}, "production": {}},
+            "hooks": [
+                {
+                    "name": "gate",
+                    "type": "confirm-promotion",
+                    "url": "env:GATE_URL",
+                    "environments": ["production"],
+                },
+                {"name": "siem", "type": "event", "url": "http://siem/"},
+            ],
+        }
+    )
+    artifact = {"name": "web", "version": "2.0.0"}
+    own = [
+        {"name": "load", "type": "rollout", "url": "http://load/", "metadata": {"someKey": "kept as given"}}
+    ]
+    production = build_request(config, artifact, "canary", "production", webhooks=own)
+    assert [(h.name, h.type.value) for h in production.strategy.webhooks] == [
+        ("gate", "confirm-promotion"),
+        ("load", "rollout"),
+    ]
+    assert production.strategy.webhooks[1].metadata == {"someKey": "kept as given"}
+    staging = build_request(config, artifact, "canary", "staging")
+    assert staging.strategy.webhooks == []  # the event hook is the dispatcher's, for every event
