@@ -36,7 +36,7 @@ from actors.placement import (
     spread_over_nodes,
 )
 from actors.runner import DeploymentRunner
-from actors.telemetry import Telemetry
+from actors.telemetry import Observer, Telemetry
 from adapters import platform_capabilities
 from adapters.git_version import config_version
 from engine.admission import ALL, Admission, DeploymentRefused, RunnerLost
@@ -68,7 +68,7 @@ from engine.models import (
 from engine.one_journal import queen_identity
 from engine.platform import PlatformError
 from engine.readiness import with_capabilities
-from engine.state import DeploymentState, EventKind
+from engine.state import DeploymentState, Event, EventKind
 
 log = logging.getLogger(__name__)
 RUNNER_START_TIMEOUT_S = 300.0  # a runner's process start on a loaded node
@@ -103,7 +103,8 @@ class QueenImpl:
         self.audit = AuditKeeper(self.config, self.journal)
         self.limit = max_concurrent or self.config.concurrency.max_concurrent_deployments
         self.workers: dict[str, Any] = {}
-        self.telemetry = Telemetry(self.config.metrics.prometheus_port)
+        self.telemetry = Telemetry(self.config, self.journal_path)
+        self.observer = Observer(self.config, self.journal_path, self.telemetry)  # hooks, alerts, metrics
         self.approvals = Approvals(self.journal, self.config.roles)
         self.approval_gate = ApprovalGate(self.journal, self.approvals)
         self.artifacts = ArtifactRegistry(self.journal)
@@ -141,6 +142,7 @@ class QueenImpl:
         self.admission.recover()
         self.started.set()
         asyncio.get_running_loop().create_task(self._supervise())
+        asyncio.get_running_loop().create_task(self.observer.run())
 
     async def warm(self, timeout_s: float) -> int:
         """Wait until every standby runner has started (bounded); returns how many are ready."""
@@ -358,6 +360,16 @@ class QueenImpl:
             new_id, EventKind.NOTE, {"message": f"rollback of {state.deployment_id}: {reason}"}, actor=by
         )
         return self.journal.state(new_id).status()
+
+    async def events(self, deployment_id: str, after_seq: int = 0, token: str | None = None) -> list[Event]:
+        """A deployment's journal events after ``after_seq`` (the console's and ``status``'s detail)."""
+        self.access.require(token, AccessRole.VIEWER, deployment=deployment_id, action="events")
+        return self.journal.events(self.journal.find(deployment_id).deployment_id, after_seq)
+
+    async def whoami(self, token: str | None = None) -> dict[str, Any]:
+        """Who the token belongs to (a console's sign-in); never the token itself."""
+        who = self.access.require(token, None, action="whoami")
+        return {"person": who.person, "token_id": who.token_id}
 
     async def worker(self, code: str, token: str | None = None) -> Any:
         self.access.require(token, None, action="worker")  # each worker checks the role of its own calls

@@ -22,8 +22,10 @@ from actors.common import find_actor, worker_name
 from actors.delegates import DomainWorkers, WorkerJudge, WorkerPlanner
 from adapters import content_digests, create_metric_provider, create_platform
 from adapters.http_probe import HttpSmokeTester
+from adapters.webhooks import HttpWebhookSender
 from engine.admission import RUNNER_ASSIGNMENT
 from engine.governance import feature_enabled, preflight
+from engine.hooks import WebhookGate
 from engine.journal import Journal
 from engine.models import DeploymentStatus, RollbackTrigger
 from engine.reconciler import DeploymentReconciler
@@ -106,6 +108,7 @@ class DeploymentRunnerImpl:
             metrics=create_metric_provider,
             planner=WorkerPlanner(self.workers),
             judge=WorkerJudge(self.workers),
+            gate=WebhookGate(self.journal, HttpWebhookSender(), actor=self.name),
         )
 
     def _ask_rollback_system(

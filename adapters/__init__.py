@@ -126,3 +126,29 @@ def create_metric_provider(
 
         return CloudWatchMetrics(config, adapter.metric_labels)
     return PlatformCounters(adapter)
+
+
+def settings_problems(config: PlatformConfig) -> list[tuple[str, str, bool]]:
+    """(key path inside ``settings``, problem, whether it is only missing) for settings the platform's adapter
+    would refuse, found without connecting to anything (``lint``)."""
+    from pydantic import BaseModel, ValidationError
+
+    model: type[BaseModel] | None = None
+    if config.type == "docker":
+        from adapters.docker_backend import DockerSettings as model
+    elif config.type == "kubernetes":
+        from adapters.kubernetes_platform import KubernetesSettings as model
+    elif config.type == "lambda":
+        from adapters.lambda_platform import LambdaSettings as model
+    elif config.type == "vm":
+        from adapters.vm_backend import VmSettings as model
+    if model is None:
+        return []
+    try:
+        model.model_validate(config.settings)
+    except ValidationError as error:
+        return [
+            (".".join(str(part) for part in e["loc"]), e["msg"], e["type"] in ("missing", "too_short"))
+            for e in error.errors()
+        ]
+    return []

@@ -37,8 +37,10 @@ from engine.identity import AccessDenied, AccessRole, read_token_file, save_toke
 from engine.judge import Judgement, describe_judgement
 from engine.models import DeploymentRequest, DeploymentStatus, Phase
 from engine.requests import build_request
+from engine.views import deployment_view, event_summary, readable, weights_text
 
 EXIT_OK, EXIT_DEPLOYMENT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+log = logging.getLogger("orchestrator.cli")
 USAGE = """Deployment orchestrator on Ray.
 
 python orchestrator.py quickstart
@@ -50,9 +52,14 @@ python orchestrator.py report ID [--json]
 python orchestrator.py pipeline run production-pipeline --artifact artifact.yaml --environments a,b,c
 python orchestrator.py pipeline status PIPELINE_ID
 python orchestrator.py journal migrate --to env:ORCH_JOURNAL_URL    # SQLite -> PostgreSQL, chain verified
+python orchestrator.py status ID --watch     # a live view until the deployment ends
+python orchestrator.py lint [FILE]           # every problem of a configuration file, with its YAML path
+python orchestrator.py console [--port 8470] # the web console
 python orchestrator.py token bootstrap|issue|revoke|list ...
 python orchestrator.py audit verify|export|prune|checkpoint ...
 """
+DEBUG_ENVIRONMENTS = ("development",)  # debug logging is on by default there (the seed's "debug mode")
+OUR_LOGGERS = ("orchestrator", "client", "engine", "adapters", "actors")
 
 
 def _scalar(text: str) -> Any:
@@ -102,7 +109,7 @@ def _artifact_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _show(status: DeploymentStatus) -> str:
-    weights = " ".join(f"{rev}={pct}%" for rev, pct in sorted(status.weights.items())) or "-"
+    weights = weights_text(status)
     step = (
         f"step {min(status.step_index + 1, status.step_count)}/{status.step_count} {status.step_name or ''}"
     )
@@ -111,13 +118,17 @@ def _show(status: DeploymentStatus) -> str:
     text = (
         f"{status.deployment_id} {status.target.key} {status.phase.value:<12} {step.strip():<28} [{weights}]"
     )
+    if status.candidate_revision:
+        text += f" {status.version_of(status.candidate_revision)}"
+        if status.stable_revision:
+            text += f" replacing {status.version_of(status.stable_revision)}"
     if status.address:
         text += f" at {status.address}"
     if status.rollback_reason:
         text += f"\n    rollback ({status.rollback_trigger.value if status.rollback_trigger else '?'}): "
-        text += status.rollback_reason
+        text += readable(status.rollback_reason, status.versions)
     elif (status.phase.terminal or status.phase is Phase.AWAITING_APPROVAL) and status.message:
-        text += f"\n    {status.message}"
+        text += f"\n    {readable(status.message, status.versions)}"
     return text
 
 
@@ -167,10 +178,21 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         change_record=_change_record(args),
         **overrides,
     )
+    log.debug(
+        "deploying %s %s (revision %s) to %s on %s, %s strategy: %s",
+        request.artifact.name,
+        request.artifact.version,
+        request.artifact.revision,
+        request.environment,
+        request.platform.type,
+        request.strategy.type.value,
+        request.strategy.model_dump_json(exclude_defaults=True),
+    )
     if args.no_wait and not os.environ.get("RAY_ADDRESS"):
         return _deploy_embedded_no_wait(request, args)
     orch = DeploymentOrchestrator(config_path=args.config, token=_token(args))
     deployment_id = orch.submit_request(request)
+    log.debug("submitted as %s to the queen in namespace %s", deployment_id, orch.namespace)
     if args.no_wait:
         print(json.dumps({"deployment_id": deployment_id}) if args.json else deployment_id)
         return EXIT_OK
@@ -222,16 +244,68 @@ def _cmd_status(args: argparse.Namespace) -> int:
     local = _local(args)
     local.require(AccessRole.VIEWER, "status", deployment=args.deployment_id)
     journal = local.journal
+    log.debug("reading deployment %s from the journal %s", args.deployment_id, journal.path)
+    if args.watch:
+        return _watch(journal, args.deployment_id, args.interval, args.timeout)
     state = journal.find(args.deployment_id)
+    status = state.status()
     if args.json:
-        print(state.status().model_dump_json(indent=2))
+        print(status.model_dump_json(indent=2))
     else:
-        print(_show(state.status()))
+        print(_show(status))
         for event in journal.events(state.deployment_id)[-args.events :]:
             stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
-            print(f"  {stamp} {event.actor:<16} {event.kind.value:<18} {_brief(event.data)}")
+            summary = event_summary(event.data, status.versions)
+            print(f"  {stamp} {event.actor:<16} {event.kind.value:<18} {summary}")
         _show_judgements(journal.events(state.deployment_id), args.judgements)
-    return _finish(state.status(), False)
+    return _finish(status, False)
+
+
+def _watch(journal: Any, deployment_id: str, interval: float, timeout: float) -> int:
+    """Redraw the live view whenever it changes, until the deployment ends (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    redraw = sys.stdout.isatty()
+    shown = ""
+    while True:
+        state = journal.find(deployment_id)
+        status = state.status()
+        view = watch_view(status, journal.events(state.deployment_id))
+        if view != shown:
+            print("\x1b[H\x1b[2J" if redraw else ("-" * 72 if shown else ""), end="" if redraw else "\n")
+            print(view, flush=True)
+            shown = view
+        if status.phase.terminal or time.monotonic() >= deadline:
+            return _finish(status, False) if status.phase.terminal else EXIT_DEPLOYMENT_FAILED
+        time.sleep(interval)
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def watch_view(status: DeploymentStatus, events: list[Any]) -> str:
+    """The live view: the deployment, its traffic by version, its steps and the last judgement."""
+    detail = deployment_view(status, events)
+    lines = [f"{_show(status)}", ""]
+    for version, weight in sorted(detail["weights"].items()):
+        bar = "#" * round(weight / 5)
+        lines.append(f"  traffic  {version:<12} {bar:<20} {weight:>3}%")
+    lines.append("")
+    marks = {"done": "done", "current": " -> ", "todo": "    "}
+    for step in detail["steps"]:
+        lines.append(f"  {marks[step['state']]:>4} {step['index'] + 1:>2}. {step['label']}")
+    if detail["judgements"]:
+        last = detail["judgements"][-1]
+        stamp = time.strftime("%H:%M:%S", time.localtime(last["at"]))
+        lines += ["", f"  last judgement ({stamp}): {last['verdict']}: {last['reason']}"]
+        for check in last["checks"]:
+            figures = [_figure(check[key]) for key in ("value", "success", "failure")]
+            lines.append(
+                f"    {check['metric']:<14} {figures[0]:>10}  (success {figures[1]}, failure {figures[2]})"
+            )
+    if detail["message"] and not status.rollback_reason:
+        lines += ["", f"  {detail['message']}"]
+    return "\n".join(lines)
 
 
 def _show_judgements(events: list[Any], count: int) -> None:
@@ -249,11 +323,6 @@ def _show_judgements(events: list[Any], count: int) -> None:
         for line in rest:
             print(f"      {line}")
         print(f"      reason: {judgement.reason}")
-
-
-def _brief(data: dict[str, Any]) -> str:
-    shown = {k: v for k, v in data.items() if k not in ("request", "plan", "stable_artifact")}
-    return json.dumps(shown, default=str)[:160]
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
@@ -502,6 +571,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--token-file", help="file holding your personal token (else $ORCH_TOKEN, else $ORCH_HOME/token)"
     )
+    parser.add_argument(
+        "--debug",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="debug logging (default: on for the development environment, off elsewhere)",
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     deploy = sub.add_parser("deploy", help="deploy a revision and follow it to the end")
     add_artifact_arguments(deploy)
@@ -526,7 +601,20 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--events", type=int, default=15)
     status.add_argument("--judgements", type=int, default=3, help="analysis judgements shown in full")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", action="store_true", help="redraw a live view until the deployment ends")
+    status.add_argument("--interval", type=float, default=1.0, help="--watch: seconds between redraws")
+    status.add_argument("--timeout", type=float, default=86_400.0, help="--watch: stop after this long")
     status.set_defaults(func=_cmd_status)
+    lint = sub.add_parser("lint", help="check a configuration file: every problem with its YAML path")
+    lint.add_argument(
+        "file", nargs="?", help="the file (default: --config, $ORCH_CONFIG or the repository's)"
+    )
+    lint.add_argument("--strict", action="store_true", help="warnings fail too")
+    lint.set_defaults(func=_cmd_lint)
+    console = sub.add_parser("console", help="serve the web console (sign in with your personal token)")
+    console.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 on a cluster)")
+    console.add_argument("--port", type=int, default=8470)
+    console.set_defaults(func=_cmd_console)
     history = sub.add_parser("history", help="past deployments (from the journal; no cluster needed)")
     history.add_argument("--service")
     history.add_argument("--limit", type=int, default=20)
@@ -620,9 +708,48 @@ def _audit_parser(sub: Any) -> None:
     audit.set_defaults(func=_cmd_audit)
 
 
-def main(argv: list[str]) -> int:
+def _cmd_lint(args: argparse.Namespace) -> int:
+    from client.local import lint_configuration
+
+    source, findings = lint_configuration(args.file or args.config)
+    for finding in findings:
+        print(finding.line(source))
+    errors = [f for f in findings if f.severity == "error" or args.strict]
+    print(f"{source}: {len(errors)} problem(s), {len(findings) - len(errors)} warning(s)", file=sys.stderr)
+    return EXIT_DEPLOYMENT_FAILED if errors else EXIT_OK
+
+
+def _cmd_console(args: argparse.Namespace) -> int:
+    from client.console import serve
+
+    serve(DeploymentOrchestrator(config_path=args.config, token=_token(args)), args.host, args.port)
+    return EXIT_OK
+
+
+def debug_wanted(args: argparse.Namespace) -> bool:
+    """``--debug``/``--no-debug`` when given; else on when the command concerns the development environment
+    (a deployment to it, or a deployment of it), as the seed's debug mode is."""
+    if args.debug is not None:
+        return bool(args.debug)
+    environment = getattr(args, "environment", None)
+    if environment is None and getattr(args, "deployment_id", None):
+        try:
+            journal = read_journal(args.config)
+            environment = journal.find(args.deployment_id).request.environment
+        except (ConfigError, KeyError, OSError):
+            environment = None
+    return environment in DEBUG_ENVIRONMENTS
+
+
+def _logging(debug: bool) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.NOTSET)
+
+
+def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    _logging(debug_wanted(args))
     try:
         return int(args.func(args))
     except AccessDenied as error:  # also a refusal raised inside an actor (Ray's error is an instance of it)

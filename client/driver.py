@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import copy
 import logging
 import os
 import secrets
@@ -53,6 +54,7 @@ from engine.pipeline_model import PipelineTemplate
 from engine.pipeline_spec import RunInput
 from engine.pipeline_state import PipelineDeploymentResult, PipelinePhase, PipelineStatus
 from engine.requests import build_request
+from engine.state import Event
 
 REPO = Path(__file__).resolve().parent.parent
 CALL_TIMEOUT_S = 60.0
@@ -257,6 +259,26 @@ class DeploymentOrchestrator:
         return DeploymentResult(
             deployment_id=status.deployment_id, success=status.phase is Phase.SUCCEEDED, status=status
         )
+
+    def as_caller(self, token: str) -> DeploymentOrchestrator:
+        """The same orchestrator calling with another person's token (a console serving several people:
+        each request acts as the person who made it, checked inside the actors)."""
+        caller = copy.copy(self)
+        caller._token = token
+        return caller
+
+    def whoami(self) -> dict[str, Any]:
+        """The person the token belongs to (and the token's id); refused for an unknown or revoked token."""
+        return self._get(self.queen.whoami.remote(token=self._token))  # type: ignore[no-any-return]
+
+    def events(self, deployment_id: str, after_seq: int = 0) -> list[Event]:
+        """A deployment's journal events (steps, weights, judgements, hooks, ...) after ``after_seq``."""
+        ref = self.queen.events.remote(deployment_id, after_seq, token=self._token)
+        return self._get(ref)  # type: ignore[no-any-return]
+
+    def environments(self) -> list[Environment]:
+        """The configured and registered environments (DO-001)."""
+        return self._get(self.worker("DO-001").environments.remote(token=self._token))  # type: ignore[no-any-return]
 
     def history(self, limit: int = 50, service: str | None = None) -> list[DeploymentStatus]:
         return self._get(self.queen.history.remote(limit, service, token=self._token))  # type: ignore[no-any-return]

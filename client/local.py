@@ -38,6 +38,7 @@ from engine.identity import (
     save_token,
 )
 from engine.journal import Journal
+from engine.lint import Finding, lint_file
 from engine.paths import orchestrator_home
 
 log = logging.getLogger("orchestrator")
@@ -139,3 +140,12 @@ class LocalJournal:
         who = self.require(AccessRole.ADMIN, "audit prune")
         keep = retention_days(self.config, self.journal)
         return prune_expired(self.journal, self.checkpointer(), keep, who.person, dry_run)
+
+
+def lint_configuration(path: str | None = None) -> tuple[str, list[Finding]]:
+    """Every problem of a configuration file with its YAML path: what loading it refuses, and what loads but
+    will not work as meant (engine/lint.py), the platforms' settings and the alert channels' URLs included."""
+    from adapters import settings_problems
+    from adapters.notifications import check_url
+
+    return lint_file(path, settings_problems, check_url)

@@ -23,7 +23,9 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 from pydantic.alias_generators import to_camel, to_snake
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from engine.alerting import AlertingSettings, alerting_problems
 from engine.audit import AuditSettings
+from engine.hooks import ConfiguredWebhook
 from engine.identity import AccessGrants, access_problems
 from engine.models import (
     SUPPORTED_PLATFORMS,
@@ -137,6 +139,9 @@ class HealthSettings(Model):
 
 class MetricsSettings(Model):
     prometheus_port: int | None = Field(default=None, ge=1, le=65_535)
+    dora_window: PositiveDurationMs = Field(
+        default=30 * 86_400_000, description="DORA metrics' trailing window"
+    )
 
 
 class ScannerSettings(Model):
@@ -169,6 +174,10 @@ class EnterpriseConfig(Model):
     )
     audit: AuditSettings = Field(default_factory=AuditSettings)
     supervision: SupervisionSettings = Field(default_factory=SupervisionSettings)
+    hooks: list[ConfiguredWebhook] = Field(
+        default_factory=list, description="Webhooks per environment and strategy (engine/hooks.py)"
+    )
+    alerting: AlertingSettings = Field(default_factory=AlertingSettings)
 
     _source: Path | None = PrivateAttr(default=None)
     _sha256: str | None = PrivateAttr(default=None)
@@ -202,6 +211,7 @@ class EnterpriseConfig(Model):
             *self._governance_problems(),
             *self._pipeline_problems(),
             *access_problems(self.access, self.environments, self.roles),
+            *alerting_problems(self.alerting),
         ]
         if problems:
             summary = "; ".join(f"{path}: {message}" for path, message in problems)
@@ -370,10 +380,14 @@ class EnterpriseConfig(Model):
         the strategy's own keys (``replicas``, ``progressDeadline``, ``maxPauseDuration``) may be mixed in.
         """
         kind = Strategy(type=type_).type  # normalises 'blueGreen', refuses unknown
+        given = dict(overrides or {})
+        webhooks = given.pop("webhooks", None)  # as given: their metadata keys are the receiver's
         flat: dict[str, Any] = {}
         if environment is not None and environment in self.environments:
             flat = _snake_keys(dict(self.environments[environment].strategy_overrides.get(kind.value, {})))
-        flat = _deep_merge(flat, _snake_keys(dict(overrides or {})))
+        flat = _deep_merge(flat, _snake_keys(given))
+        if webhooks is not None:
+            flat["webhooks"] = webhooks
         top_level = {key: flat.pop(key) for key in list(flat) if key in _STRATEGY_TOP_LEVEL}
         defaults = self.strategy_defaults.for_type(kind).model_dump()
         return Strategy.from_seed(kind.value, _deep_merge(defaults, flat), **top_level)
@@ -383,7 +397,7 @@ _CAMEL_KIND = {"blue_green": "blueGreen", "bluegreen": "blueGreen", "blue-green"
 _PIPELINE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-_STRATEGY_TOP_LEVEL = frozenset({"replicas", "progress_deadline", "max_pause_duration"})
+_STRATEGY_TOP_LEVEL = frozenset({"replicas", "progress_deadline", "max_pause_duration", "webhooks"})
 
 
 def _snake_keys(value: Any) -> Any:

@@ -490,6 +490,69 @@ class RollingConfig(AnalysisSettings):
         return self
 
 
+# --------------------------------------------------------------------------------------------
+# Webhooks (engine/hooks.py calls them; Flagger's hook types and meanings)
+# --------------------------------------------------------------------------------------------
+class HookType(str, Enum):
+    CONFIRM_ROLLOUT = "confirm-rollout"  # before the candidate is scaled up: holds until 2xx
+    PRE_ROLLOUT = "pre-rollout"  # before the candidate gets traffic (or is validated): a failure rolls back
+    ROLLOUT = "rollout"  # before each analysis step: failures count like failed windows
+    CONFIRM_TRAFFIC_INCREASE = "confirm-traffic-increase"  # before each weight increase: holds until 2xx
+    CONFIRM_PROMOTION = "confirm-promotion"  # before the promotion: holds until 2xx
+    POST_ROLLOUT = "post-rollout"  # after the deployment ended (promoted, rolled back, failed): notification
+    ROLLBACK = "rollback"  # when a rollback starts: notification
+    EVENT = "event"  # every journal event: notification
+
+
+GATE_HOOKS = frozenset(
+    {
+        HookType.CONFIRM_ROLLOUT,
+        HookType.PRE_ROLLOUT,
+        HookType.ROLLOUT,
+        HookType.CONFIRM_TRAFFIC_INCREASE,
+        HookType.CONFIRM_PROMOTION,
+    }
+)
+_HOOK_URL = re.compile(r"^https?://[^/@\s]+(/\S*)?$")
+
+
+class Webhook(Model):
+    """One HTTP webhook: a JSON POST, answered 2xx to pass. ``url`` may be a reference (``env:NAME``,
+    ``file:/path``) so that a URL holding a secret stays out of the configuration and the journal."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")]
+    type: HookType
+    url: str
+    timeout: Annotated[DurationMs, Field(gt=0, le=300_000)] = 5_000
+    retries: int = Field(default=2, ge=0, le=10, description="Attempts after the first, with back-off")
+    backoff: Annotated[DurationMs, Field(gt=0)] = 500
+    interval: Annotated[DurationMs, Field(gt=0)] = 5_000
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _normalise_type(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            spelled = re.sub(r"(?<=[a-z])([A-Z])", r"-\1", value.strip()).lower().replace("_", "-")
+            if spelled not in {t.value for t in HookType}:
+                known = ", ".join(t.value for t in HookType)
+                raise ValueError(f"unknown hook type '{value}': use one of {known}")
+            return spelled
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url_or_reference(cls, url: str) -> str:
+        if REFERENCE.match(url):
+            return url
+        if not _HOOK_URL.match(url):
+            raise ValueError(
+                f"'{url}' is not an http(s) URL without credentials: put a URL that holds a secret in "
+                "env:NAME or file:/path"
+            )
+        return url
+
+
 class Strategy(Model):
     """A strategy with its config; ``type`` picks which of the three configs applies."""
 
@@ -500,6 +563,7 @@ class Strategy(Model):
     canary: CanaryConfig | None = None
     blue_green: BlueGreenConfig | None = None
     rolling: RollingConfig | None = None
+    webhooks: list[Webhook] = Field(default_factory=list, description="This deployment's hooks")
 
     @field_validator("type", mode="before")
     @classmethod
@@ -947,6 +1011,7 @@ class RollbackTrigger(str, Enum):
     MANUAL = "manual"
     ABORT = "abort"
     ERROR = "error"
+    HOOK = "hook"  # a pre-rollout or rollout webhook failed
 
 
 class DeploymentStatus(Model):
@@ -968,6 +1033,13 @@ class DeploymentStatus(Model):
     updated_at: float
     finished_at: float | None = None
     runner: str | None = Field(default=None, description="Name of the runner actor driving it")
+    versions: dict[str, str] = Field(
+        default_factory=dict, description="revision -> the version people gave it (2-0-0 -> 2.0.0)"
+    )
+
+    def version_of(self, revision: str | None) -> str:
+        """The version a person gave ``revision`` (the platform-safe form when it is not known)."""
+        return self.versions.get(revision or "", revision or "")
 
 
 class DeploymentResult(Model):

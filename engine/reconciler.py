@@ -17,6 +17,7 @@ from typing import Protocol, cast
 from engine.analysis import MetricsFactory, WindowReader, analysis_settings, platform_counters, window_end
 from engine.control import control_event
 from engine.governance import feature_enabled
+from engine.hooks import Halt, Hold, StepGate
 from engine.journal import Journal
 from engine.judge import (
     Judgement,
@@ -123,6 +124,7 @@ class DeploymentReconciler:
         metrics: MetricsFactory | None = None,
         planner: Planner | None = None,
         judge: WindowJudge | None = None,
+        gate: StepGate | None = None,
     ) -> None:
         self.journal = journal
         # Automated rollbacks are proposed here and decided (and journaled) by the rollback system, DO-004.
@@ -147,6 +149,7 @@ class DeploymentReconciler:
         self.judge = judge or LocalJudge()
         self.window = WindowReader(lambda: self.adapter, metrics or platform_counters, self.clock.now)
         self._fired: set[int] = set()  # pause triggers already acted on in this step
+        self.gate = gate
 
     # ------------------------------------------------------------------------------- plumbing
     @property
@@ -236,6 +239,9 @@ class DeploymentReconciler:
             self._finish(Phase.SUCCEEDED, f"{state.candidate_revision or state.stable_revision} is live")
             return 0.0
         if state.step_started_at is None:
+            held = self._gate(state, step)
+            if held is not None:
+                return held
             self._start_step(state, step)
             return 0.0
         outcome = self._run_step(state, step)
@@ -365,6 +371,14 @@ class DeploymentReconciler:
         return self.journal.planned_stable_artifact(self.deployment_id)
 
     # ------------------------------------------------------------------------------- steps
+    def _gate(self, state: DeploymentState, step: Step) -> float | None:
+        """The step's gating webhooks (engine/hooks.py): hold it, roll back, or let it start (None)."""
+        verdict = self.gate.before_step(state, step) if self.gate is not None else None
+        if isinstance(verdict, Halt):
+            self._request_rollback(verdict.trigger, verdict.reason)
+            return 0.0
+        return verdict.delay if isinstance(verdict, Hold) else None
+
     def _start_step(self, state: DeploymentState, step: Step) -> None:
         baseline: dict[str, object] = {}
         self.window.start_step()

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from engine.config import EnterpriseConfig
+from engine.hooks import attach_configured
 from engine.models import Artifact, ChangeRecord, DeploymentRequest, PlatformConfig, Strategy
 from engine.schedules import strategy_for_schedule
 
@@ -26,7 +27,9 @@ def build_request(
 
     A strategy name is canary, blue_green or rolling (with the config file's defaults, then the
     environment's strategyOverrides) or a CodeDeploy schedule name such as Canary10Percent5Minutes or
-    Linear10PercentEvery1Minute. ``change_record`` (or ``changeRecord``): {id, summary} of the change."""
+    Linear10PercentEvery1Minute. ``change_record`` (or ``changeRecord``): {id, summary} of the change. The
+    configuration's hooks for the environment and strategy join the request's own (journaled with it: what
+    it runs with)."""
     change_record = change_record or strategy_overrides.pop("changeRecord", None)
     if isinstance(strategy, str) and strategy.startswith(SCHEDULE_PREFIXES):
         strategy = Strategy.model_validate({**strategy_for_schedule(strategy), **strategy_overrides})
@@ -36,7 +39,7 @@ def build_request(
         strategy = Strategy.model_validate(strategy)
     if isinstance(platform, str):
         platform = config.platform(platform)
-    return DeploymentRequest(
+    request = DeploymentRequest(
         artifact=Artifact.model_validate(artifact) if isinstance(artifact, dict) else artifact,
         strategy=strategy,
         environment=environment,
@@ -46,3 +49,4 @@ def build_request(
         if isinstance(change_record, dict)
         else change_record,
     )
+    return attach_configured(config.hooks, request)

@@ -78,6 +78,7 @@ class DeploymentState(Model):
     step_baseline: dict[str, Any] = Field(default_factory=dict)
     stable_revision: str | None = None
     candidate_revision: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict, description="revision -> version people gave it")
     weights: dict[str, int] = Field(default_factory=dict)
     address: str | None = None
     paused: bool = False
@@ -143,6 +144,7 @@ class DeploymentState(Model):
             updated_at=self.updated_at,
             finished_at=self.finished_at,
             runner=self.runner,
+            versions={self.request.artifact.revision: self.request.artifact.version, **self.versions},
         )
 
 
@@ -169,6 +171,7 @@ class EventKind(str, Enum):
     APPROVAL_EXPIRED = "approval_expired"
     ARTIFACT_VERIFIED = "artifact_verified"
     COMPLIANCE_CHECKED = "compliance_checked"
+    HOOK = "hook"  # a gating webhook's answer (engine/hooks.py): passed, held or failed
     AUDIT = "audit"  # an audit entry of no deployment's state (engine/audit.py): its data names the action
     DRIFT = "drift"  # supervision: what was found on the platform and what was done; no fact changes
     PLATFORM_FAULT = "platform_fault"  # the router or the platform API failed: analysis paused
@@ -215,6 +218,10 @@ def _planned(s: DeploymentState, e: Event) -> None:
     s.weights = dict(e.data.get("weights", {}))
     s.address = e.data.get("address")
     s.step_index = 0
+    s.versions = {s.request.artifact.revision: s.request.artifact.version}
+    stable_artifact = e.data.get("stable_artifact")
+    if s.stable_revision and isinstance(stable_artifact, dict) and stable_artifact.get("version"):
+        s.versions[s.stable_revision] = str(stable_artifact["version"])
 
 
 def _step_started(s: DeploymentState, e: Event) -> None:
@@ -329,6 +336,13 @@ def _approval(s: DeploymentState, e: Event) -> None:
         s.message = str(e.data["message"])
 
 
+def _hook(s: DeploymentState, e: Event) -> None:
+    if e.data.get("outcome") == "held":  # shown by status while the deployment waits at the gate
+        s.message = (
+            f"waiting for {e.data.get('type')} hook '{e.data.get('hook')}': {e.data.get('answer', '')}"
+        )
+
+
 def _nothing(s: DeploymentState, e: Event) -> None:
     return None
 
@@ -356,6 +370,7 @@ _APPLY = {
     EventKind.APPROVAL_EXPIRED: _approval,
     EventKind.ARTIFACT_VERIFIED: _nothing,
     EventKind.COMPLIANCE_CHECKED: _nothing,
+    EventKind.HOOK: _hook,
     EventKind.AUDIT: _nothing,
     EventKind.DRIFT: _nothing,
     EventKind.PLATFORM_FAULT: _platform_fault,

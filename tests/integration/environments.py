@@ -427,13 +427,26 @@ def prometheus_server(folder: Path, labels: list[str], wait_scraped: bool = True
         [x for x in labels if x != "code"],
         registry=registry,
     )
-    exporter_port, prometheus_port = closed_port(), closed_port()
+    exporter_port = closed_port()
     exporter, exporter_thread = prometheus_client.start_http_server(exporter_port, "127.0.0.1", registry)
+    try:
+        with prometheus_scraping(folder, {"app": [f"127.0.0.1:{exporter_port}"]}, wait_scraped) as url:
+            yield Prometheus(url, requests, latency)
+    finally:
+        exporter.shutdown()
+        exporter_thread.join(5)
+
+
+@contextmanager
+def prometheus_scraping(
+    folder: Path, jobs: dict[str, list[str]], wait_scraped: bool = True, interval: str = "500ms"
+) -> Iterator[str]:
+    """A real Prometheus on loopback scraping ``jobs`` (job name -> host:port targets); yields its URL once
+    it has scraped the first job (or at once without ``wait_scraped``)."""
+    prometheus_port = closed_port()
     config = folder / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 500ms}\n"
-        f"scrape_configs: [{{job_name: app, static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]}}]\n"
-    )
+    scrapes = [{"job_name": job, "static_configs": [{"targets": targets}]} for job, targets in jobs.items()]
+    config.write_text(json.dumps({"global": {"scrape_interval": interval}, "scrape_configs": scrapes}))
     with (folder / "prometheus.log").open("wb") as log:
         process = subprocess.Popen(
             ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={folder / 'tsdb'}",
@@ -443,8 +456,8 @@ def prometheus_server(folder: Path, labels: list[str], wait_scraped: bool = True
     url = f"http://127.0.0.1:{prometheus_port}"
     try:
         if wait_scraped:
-            _wait_scraped(url, process)
-        yield Prometheus(url, requests, latency)
+            _wait_scraped(url, process, next(iter(jobs)))
+        yield url
     finally:
         process.terminate()
         try:
@@ -452,24 +465,22 @@ def prometheus_server(folder: Path, labels: list[str], wait_scraped: bool = True
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
-        exporter.shutdown()
-        exporter_thread.join(5)
 
 
-def _wait_scraped(url: str, process: subprocess.Popen[bytes]) -> None:
+def _wait_scraped(url: str, process: subprocess.Popen[bytes], job: str) -> None:
     deadline = time.monotonic() + PROMETHEUS_START_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"prometheus exited with {process.returncode}")
-        if _scraped(url):
+        if _scraped(url, job):
             return
         time.sleep(0.2)
     raise RuntimeError(f"prometheus at {url} did not scrape the exporter within {PROMETHEUS_START_S}s")
 
 
-def _scraped(url: str) -> bool:
+def _scraped(url: str, job: str) -> bool:
     """Ready is not enough: service discovery delays the first scrape by up to 5 s after the start."""
-    query = urllib.parse.urlencode({"query": 'up{job="app"} == 1'})
+    query = urllib.parse.urlencode({"query": f'up{{job="{job}"}} == 1'})
     try:
         with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=2) as response:
             return bool(json.loads(response.read()).get("data", {}).get("result"))

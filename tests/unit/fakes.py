@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from engine.journal import Journal
 from engine.metrics import Capability, PlatformCounters, RevisionFigures, Window, percentile
-from engine.models import MetricProviderConfig, MetricProviderType, Target
+from engine.models import (
+    Artifact,
+    DeploymentRequest,
+    MetricProviderConfig,
+    MetricProviderType,
+    Phase,
+    PlatformConfig,
+    Strategy,
+    Target,
+)
 from engine.platform import (
     CapacityPool,
     LiveState,
@@ -20,6 +31,7 @@ from engine.platform import (
     TrafficState,
     TransientPlatformError,
 )
+from engine.state import EventKind
 
 
 class FakeClock:
@@ -269,3 +281,42 @@ class FakeMetrics(PlatformCounters):
             figure.response_time_ms = percentile(samples, window.percentile)
             figure.latency_samples = samples if window.samples else []
         return figures
+
+
+def submit_admitted(
+    journal: Journal,
+    deployment_id: str,
+    version: str,
+    strategy: dict[str, Any],
+    environment: str = "staging",
+    metadata: dict[str, str] | None = None,
+) -> str:
+    """A deployment of the ``web`` service, submitted and admitted (as the queen would) in ``journal``."""
+    request = DeploymentRequest(
+        artifact=Artifact(name="web", version=version, command=["true"], metadata=metadata or {}),
+        strategy=Strategy.model_validate(strategy),
+        environment=environment,
+        platform=PlatformConfig(type="local"),
+    )
+    journal.submit(deployment_id, request, actor="test")
+    journal.append(deployment_id, EventKind.ADMITTED, {})
+    return deployment_id
+
+
+def drive(
+    reconciler: Any,
+    clock: FakeClock,
+    journal: Journal,
+    deployment_id: str,
+    until: Any = None,
+    steps: int = 5_000,
+) -> Phase:
+    """Reconcile with the fake clock until the deployment ends, ``until(state)`` holds, or ``steps`` ran."""
+    for _ in range(steps):
+        if until is not None and until(journal.state(deployment_id)):
+            break
+        delay = reconciler.reconcile()
+        if delay is None:
+            break
+        clock.sleep(delay)
+    return journal.state(deployment_id).phase()

@@ -343,7 +343,9 @@ def test_a_deployment_takes_a_standby_runner_on_its_platform_node_or_starts_one_
         await settle()
         cold = world.journal.state(other).runner
         assert cold not in ("runner-1", "runner-2")  # no standby on node-c: a new runner...
-        assert (cold, other) in world.runners.placed and world.runners.nodes[cold] == "node-c"  # ...placed there
+        assert (cold, other) in world.runners.placed and world.runners.nodes[
+            cold
+        ] == "node-c"  # ...placed there
 
     run(scenario)
 
