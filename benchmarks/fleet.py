@@ -25,7 +25,8 @@ from engine.config import write_isolated_config  # noqa: E402
 from engine.journal import Journal  # noqa: E402
 from engine.state import Event, EventKind  # noqa: E402
 
-ENV = "development"  # no approvals there: admission is the queen's alone
+ENV = "development"
+RAY_START_ATTEMPTS = 3  # no approvals there: admission is the queen's alone
 
 
 def port_range(text: str) -> tuple[int, int]:
@@ -42,6 +43,8 @@ def port_range(text: str) -> tuple[int, int]:
 
 def start_orchestrator(prefix: str, frontend: tuple[int, int], replicas: tuple[int, int]) -> tuple[Any, Path]:
     """A driver on a fresh journal and namespace of its own; returns it and its ORCH_HOME."""
+    import ray
+
     from orchestrator import DeploymentOrchestrator
 
     folder = Path(tempfile.mkdtemp(prefix=f"orch-{prefix}-"))
@@ -49,7 +52,18 @@ def start_orchestrator(prefix: str, frontend: tuple[int, int], replicas: tuple[i
     os.environ.pop("ORCH_TOKEN", None)  # the run's own admin token, made on its new journal
     namespace = f"orch-{prefix}-{os.getpid()}-{int(time.time())}"
     config = write_isolated_config(folder, frontend, replicas, namespace=namespace)
-    return DeploymentOrchestrator(config_path=config, num_cpus=2), folder
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            return DeploymentOrchestrator(config_path=config, num_cpus=2), folder
+        except Exception as error:
+            # Ray 2.60 gives its raylet a fixed 30 s to register: on a shared, overloaded machine that start
+            # fails now and then, before anything of ours ran. Only that failure is tried again.
+            if "timed out during startup" not in str(error) or attempt == RAY_START_ATTEMPTS:
+                raise
+            print(f"Ray did not start (attempt {attempt}): {error}; trying again", file=sys.stderr)
+            ray.shutdown()
+            time.sleep(5.0)
+    raise AssertionError("unreachable")
 
 
 def stop_orchestrator(orch: Any, services: Iterable[str]) -> None:

@@ -142,15 +142,22 @@ def bound_s(args: argparse.Namespace) -> float:
 class Killer:
     """Fires each planned kill when its deployment gets there, by SIGKILL to the actor's process."""
 
-    def __init__(self, orch: Any, journal: Journal, plans: list[Planned]) -> None:
+    def __init__(self, orch: Any, plans: list[Planned]) -> None:
         self.orch = orch
-        self.journal = journal
+        self.journal = Journal(orch.journal_path)  # its own connection: it reads from its own thread
         self.pending = [p for p in plans if p.kill]
         self.rotation = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        try:
+            self._fire_all()
+        except Exception as error:  # recorded: a kill that did not fire is reported, never silently lost
+            for plan in self.pending:
+                plan.killed = {"actor": plan.kill, "error": f"the killer stopped: {error!r}"}
+
+    def _fire_all(self) -> None:
         while self.pending and not self.stop.is_set():
             for plan in list(self.pending):
                 state = self.journal.state(plan.deployment_id)
@@ -252,7 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         strategy = canary(args)
         for plan in plans:
             plan.deployment_id = orch.submit(candidate(plan, args), dict(strategy), ENV)
-        killer = Killer(orch, journal, plans)
+        killer = Killer(orch, plans)
         killer.thread.start()
         wait_terminal(journal, plans, args.timeout)
         ended = time.time()
@@ -270,6 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             generator.stop()
         if killer is not None:
             killer.stop.set()
+            killer.journal.close()
         journal.close()
         stop_orchestrator(orch, services)
     result["orch_home"] = str(folder)
