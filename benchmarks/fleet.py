@@ -26,7 +26,7 @@ from engine.journal import Journal  # noqa: E402
 from engine.state import Event, EventKind  # noqa: E402
 
 ENV = "development"
-RAY_START_ATTEMPTS = 3  # no approvals there: admission is the queen's alone
+RAY_START_ATTEMPTS = 8  # no approvals there: admission is the queen's alone
 
 
 def port_range(text: str) -> tuple[int, int]:
