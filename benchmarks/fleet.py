@@ -25,8 +25,8 @@ from engine.config import write_isolated_config  # noqa: E402
 from engine.journal import Journal  # noqa: E402
 from engine.state import Event, EventKind  # noqa: E402
 
-ENV = "development"
-RAY_START_ATTEMPTS = 8  # no approvals there: admission is the queen's alone
+ENV = "development"  # no approvals there: admission is the queen's alone
+RAY_START_ATTEMPTS = 8
 
 
 def port_range(text: str) -> tuple[int, int]:
