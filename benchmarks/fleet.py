@@ -26,7 +26,8 @@ from engine.journal import Journal  # noqa: E402
 from engine.state import Event, EventKind  # noqa: E402
 
 ENV = "development"  # no approvals there: admission is the queen's alone
-RAY_START_ATTEMPTS = 8
+RAY_START_ATTEMPTS = 12
+RAYLET_REGISTRATION_S = 90.0
 
 
 def port_range(text: str) -> tuple[int, int]:
@@ -52,6 +53,10 @@ def start_orchestrator(prefix: str, frontend: tuple[int, int], replicas: tuple[i
     os.environ.pop("ORCH_TOKEN", None)  # the run's own admin token, made on its new journal
     namespace = f"orch-{prefix}-{os.getpid()}-{int(time.time())}"
     config = write_isolated_config(folder, frontend, replicas, namespace=namespace)
+    _patient_raylet_registration()
+    # The raylet waits this long for its agents (metrics, runtime env) to report their ports, then aborts
+    # ("Timed out waiting for file .../metrics_agent_port_..."): seen here at load averages of 40-60.
+    os.environ.setdefault("RAY_agent_register_timeout_ms", str(int(RAYLET_REGISTRATION_S * 1000)))
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         try:
             return DeploymentOrchestrator(config_path=config, num_cpus=2), folder
@@ -64,6 +69,31 @@ def start_orchestrator(prefix: str, frontend: tuple[int, int], replicas: tuple[i
             ray.shutdown()
             time.sleep(5.0)
     raise AssertionError("unreachable")
+
+
+def _patient_raylet_registration(wait_s: float = RAYLET_REGISTRATION_S) -> None:
+    """Ray 2.60 gives a new node's raylet a fixed 30 s to register with its GCS, then fails ray.init. On this
+    shared 2-core machine (load averages of 40-60 from other work) that failed most starts, before anything of
+    ours ran. Its lookup of the node is made to keep asking for up to ``wait_s`` instead: what is measured
+    starts after the orchestrator is ready, so this changes no figure."""
+    import ray._private.services as services
+
+    original = services.get_node
+    if getattr(original, "patient", False):
+        return
+
+    def get_node(gcs_address: str, node_id: str) -> Any:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return original(gcs_address, node_id)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+    get_node.patient = True  # type: ignore[attr-defined]
+    services.get_node = get_node
 
 
 def stop_orchestrator(orch: Any, services: Iterable[str]) -> None:
