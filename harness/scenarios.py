@@ -8,11 +8,12 @@ ones built over the same journal and platform (the scenarios also run once throu
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from adapters import create_metric_provider
 from engine.journal import Journal
@@ -28,7 +29,30 @@ from engine.platform import PlatformAdapter, RevisionSpec
 from engine.reconciler import DeploymentReconciler, SmokeTester
 from engine.state import DeploymentState, EventKind
 
-Traffic = Callable[[PlatformAdapter, Target], AbstractContextManager[Any]]
+
+class CountedTraffic(Protocol):
+    """Live traffic that counts what it sent by (version answering, status); status 0 when nothing
+    answered and version "?" when no revision did (``TrafficGenerator``, ``SimulatedTraffic``)."""
+
+    def snapshot(self) -> Counter[tuple[str, int]]: ...
+
+
+Traffic = Callable[[PlatformAdapter, Target], AbstractContextManager[CountedTraffic]]
+
+
+def downtime(counts: Counter[tuple[str, int]], faulty: Collection[str] = ()) -> dict[tuple[str, int], int]:
+    """The failed requests (no answer, or a 5xx) but for the errors a faulty version answered itself."""
+    return {
+        (version, status): count
+        for (version, status), count in counts.items()
+        if (status == 0 or status >= 500) and not (version in faulty and status != 0)
+    }
+
+
+def assert_no_downtime(traffic: CountedTraffic, faulty: Collection[str] = ()) -> None:
+    counts = traffic.snapshot()
+    assert sum(counts.values()) > 0, "no request was sent"
+    assert downtime(counts, faulty) == {}, f"failed requests outside {sorted(faulty)}'s own errors: {counts}"
 
 
 @dataclass
@@ -128,7 +152,7 @@ class Harness:
         finally:
             adapter.close()
 
-    def live(self) -> AbstractContextManager[Any]:
+    def live(self) -> AbstractContextManager[CountedTraffic]:
         adapter = self.env.make_adapter()
         return self.env.traffic(adapter, self.target)
 

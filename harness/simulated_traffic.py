@@ -1,10 +1,12 @@
 """Live traffic, simulated where a platform would have it (Kubernetes on the emulator, Lambda on moto).
 
 A ``SimulatedTraffic`` ticks in a background thread while its ``with`` block runs: each tick splits
-``per_second * tick_s`` requests over the revisions by the weights in force (the fractions left over carry to
+``per_second * tick_s`` requests over the revisions by the route in force (the fractions left over carry to
 the next tick) and fails exactly the share of a revision's requests so far that its ``ERROR_RATE`` says, so
-that no verdict depends on chance. Subclasses say where the weights and error rates come from and where the
-counts go.
+that no verdict depends on chance. Requests that no revision could answer (no route at all, or a route to a
+revision that is not serving: no ready replica, a deleted version) are counted as failed under
+``UNROUTED``: that is downtime, which the scenarios require to be zero. Subclasses say where the route,
+readiness and error rates come from and where the counts go.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import math
 import threading
 from abc import ABC, abstractmethod
+from collections import Counter
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -28,6 +31,7 @@ if TYPE_CHECKING:  # environments.py builds these simulations: a run-time import
     from harness.environments import Cluster, Moto
 
 log = logging.getLogger(__name__)
+UNROUTED = "?"  # the label of requests no revision answered, as TrafficGenerator labels them
 
 
 class SimulatedTraffic(ABC):
@@ -41,7 +45,9 @@ class SimulatedTraffic(ABC):
         self.label = label
         self.served: dict[str, int] = {}
         self.failed: dict[str, int] = {}
+        self.unrouted = 0  # requests that no revision answered
         self.problems: list[str] = []
+        self._known: dict[str, tuple[float, str]] = {}  # the last (ERROR_RATE, VERSION) seen of each revision
         self._carry: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=thread_name, daemon=True)
@@ -71,9 +77,48 @@ class SimulatedTraffic(ABC):
             self.problems.append(repr(error))
             log.warning("%s: %r", self.label, error)
 
-    @abstractmethod
     def _tick(self) -> None:
-        """Send one tick's worth of simulated requests."""
+        """Send one tick's worth of simulated requests over the route in force."""
+        routed = self._route()
+        rates = self._serving(routed)
+        # A revision routed to but not serving is downtime only if the route still has it once its state is
+        # known: one that left the route meanwhile (a switch, then its removal) answered its requests.
+        again = self._route() if not routed or set(routed) - set(rates) else routed
+        sent: dict[str, tuple[int, int]] = {}
+        for revision, count in self._counts(routed or {UNROUTED: self.weight_unit}).items():
+            if revision == UNROUTED or (revision not in rates and revision in again):
+                if revision != UNROUTED or not again:
+                    self.unrouted += count
+                continue
+            self._known[revision] = rates.get(revision, self._known.get(revision, (0.0, revision)))
+            if count:
+                sent[revision] = (count, self._failures(revision, count, self._known[revision][0]))
+        if sent:
+            self._publish(sent)
+
+    @abstractmethod
+    def _route(self) -> dict[str, float]:
+        """revision -> weight (above zero) of the route in force; empty when there is no route."""
+
+    @abstractmethod
+    def _serving(self, revisions: dict[str, float]) -> dict[str, tuple[float, str]]:
+        """revision -> (ERROR_RATE, VERSION), of those of ``revisions`` (and maybe others) that can answer a
+        request now."""
+
+    @abstractmethod
+    def _publish(self, sent: dict[str, tuple[int, int]]) -> None:
+        """Count the requests answered this tick: revision -> (requests, of which failed)."""
+
+    def snapshot(self) -> Counter[tuple[str, int]]:
+        """The requests so far by (version, status), as ``TrafficGenerator`` counts HTTP answers by their
+        ``X-Version``: 200 answered, 500 a revision's own errors, 0 no revision answered (``UNROUTED``)."""
+        counts: Counter[tuple[str, int]] = Counter()
+        for revision, served in list(self.served.items()):
+            failed, version = self.failed.get(revision, 0), self._known[revision][1]
+            counts[(version, 200)] += served - failed
+            counts[(version, 500)] += failed
+        counts[(UNROUTED, 0)] += self.unrouted
+        return +counts
 
     def _counts(self, weights: dict[str, float]) -> dict[str, int]:
         """Requests of this tick per revision; the fractions carry over to the next tick."""
@@ -106,14 +151,27 @@ class LiveTraffic(SimulatedTraffic):
         super().__init__(adapter, f"simulated traffic of {target.key}", f"traffic-{target.service}")
         self.target, self.cluster, self.counter = target, cluster, counter
 
-    def _tick(self) -> None:
-        in_force = self.adapter.traffic(self.target).weights.items()
-        weights: dict[str, float] = {rev: w for rev, w in in_force if w > 0}
-        if not weights:
-            return
-        error_rates = self._error_rates()
-        for revision, count in self._counts(weights).items():
-            errors = self._failures(revision, count, error_rates.get(revision, 0.0))
+    def _route(self) -> dict[str, float]:
+        return {rev: w for rev, w in self.adapter.traffic(self.target).weights.items() if w > 0}
+
+    def _serving(self, revisions: dict[str, float]) -> dict[str, tuple[float, str]]:
+        """Revisions whose Deployment has a ready replica, from its pods' environment."""
+        serving: dict[str, tuple[float, str]] = {}
+        for deployment in self.cluster.deployments():
+            template = deployment["spec"]["template"]
+            labels = template["metadata"].get("labels", {})
+            ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+            if labels.get("app.kubernetes.io/name") != self.target.service or ready == 0:
+                continue
+            env = {e["name"]: e.get("value", "") for e in template["spec"]["containers"][0].get("env", [])}
+            serving[labels.get(LABEL_REVISION, "")] = (
+                float(env.get("ERROR_RATE") or 0),
+                env.get("VERSION", ""),
+            )
+        return serving
+
+    def _publish(self, sent: dict[str, tuple[int, int]]) -> None:
+        for revision, (count, errors) in sent.items():
             labels = {
                 "namespace": self.cluster.namespace,
                 "service": self.target.service,
@@ -123,18 +181,6 @@ class LiveTraffic(SimulatedTraffic):
                 self.counter.labels(code="200", **labels).inc(count - errors)
             if errors:
                 self.counter.labels(code="503", **labels).inc(errors)
-
-    def _error_rates(self) -> dict[str, float]:
-        """revision -> ERROR_RATE from the environment of its Deployment's pods."""
-        rates: dict[str, float] = {}
-        for deployment in self.cluster.deployments():
-            template = deployment["spec"]["template"]
-            labels = template["metadata"].get("labels", {})
-            if labels.get("app.kubernetes.io/name") != self.target.service:
-                continue
-            env = {e["name"]: e.get("value", "") for e in template["spec"]["containers"][0].get("env", [])}
-            rates[labels.get(LABEL_REVISION, "")] = float(env.get("ERROR_RATE") or 0)
-        return rates
 
 
 class LiveInvocations(SimulatedTraffic):
@@ -156,25 +202,42 @@ class LiveInvocations(SimulatedTraffic):
         self.alias = adapter.settings.alias_name
         self.lambda_client, self.cloudwatch = aws.client("lambda"), aws.client("cloudwatch")
 
-    def _weights(self) -> dict[str, float]:
-        """version -> fraction of invocations, as Lambda routes through the weighted alias."""
-        alias = self.lambda_client.get_alias(FunctionName=self.function, Name=self.alias)
+    def _route(self) -> dict[str, float]:
+        """version -> fraction of invocations as Lambda routes them by the weighted alias (none without)."""
+        try:
+            alias = self.lambda_client.get_alias(FunctionName=self.function, Name=self.alias)
+        except self.lambda_client.exceptions.ResourceNotFoundException:
+            return {}
         extra = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
         weights = {str(version): float(weight) for version, weight in extra.items()}
         weights[str(alias["FunctionVersion"])] = 1.0 - sum(weights.values())
         return {version: weight for version, weight in weights.items() if weight > 0}
 
-    def _tick(self) -> None:
-        data: list[dict[str, Any]] = []
-        now = datetime.now(UTC)
-        for version, count in self._counts(self._weights()).items():
-            if count:
-                data += self._invoke(version, count, now)
-        if data:
-            self.cloudwatch.put_metric_data(Namespace="AWS/Lambda", MetricData=data)
+    def _serving(self, revisions: dict[str, float]) -> dict[str, tuple[float, str]]:
+        """The routed versions that exist, from their environment (read every tick: moto, unlike Lambda,
+        gives a deleted newest version's number to the next one)."""
+        serving: dict[str, tuple[float, str]] = {}
+        for version in revisions:
+            try:
+                config = self.lambda_client.get_function_configuration(
+                    FunctionName=self.function, Qualifier=version
+                )
+            except self.lambda_client.exceptions.ResourceNotFoundException:
+                continue
+            variables = (config.get("Environment") or {}).get("Variables") or {}
+            serving[version] = (float(variables.get("ERROR_RATE") or 0), variables.get("VERSION", ""))
+        return serving
 
-    def _invoke(self, version: str, count: int, now: datetime) -> list[dict[str, Any]]:
-        errors = self._failures(version, count, self._error_rate(version))
+    def _publish(self, sent: dict[str, tuple[int, int]]) -> None:
+        now = datetime.now(UTC)
+        data = [
+            point
+            for version, (count, errors) in sent.items()
+            for point in self._points(version, count, errors, now)
+        ]
+        self.cloudwatch.put_metric_data(Namespace="AWS/Lambda", MetricData=data)
+
+    def _points(self, version: str, count: int, errors: int, now: datetime) -> list[dict[str, Any]]:
         dimensions = [
             {"Name": "FunctionName", "Value": self.function},
             {"Name": "Resource", "Value": f"{self.function}:{self.alias}"},
@@ -189,9 +252,3 @@ class LiveInvocations(SimulatedTraffic):
             {"MetricName": name, "Dimensions": dimensions, "Values": points, "Timestamp": now}
             for name, points in values.items()
         ]
-
-    def _error_rate(self, version: str) -> float:
-        # Read every time: moto, unlike Lambda, gives a deleted newest version's number to the next one.
-        config = self.lambda_client.get_function_configuration(FunctionName=self.function, Qualifier=version)
-        variables = (config.get("Environment") or {}).get("Variables") or {}
-        return float(variables.get("ERROR_RATE") or 0)

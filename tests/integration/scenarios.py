@@ -14,6 +14,7 @@ from harness.scenarios import (
     ROLLING,
     Harness,
     ScenarioEnv,
+    assert_no_downtime,
     blue_green_strategy,
     canary_strategy,
     leave_candidate,
@@ -34,25 +35,28 @@ class PlatformScenarios:
         """A runner died after creating the candidate, before journaling it: the next one adopts it."""
         harness = self._stable(env, service)
         leave_candidate(env, harness.target, "2.0.0")
-        with harness.live():
+        with harness.live() as traffic:
             state = harness.deploy("2.0.0", ROLLING)
         assert state.phase() is Phase.SUCCEEDED, state.status()
         assert harness.weights() == {"2-0-0": 100}
+        assert_no_downtime(traffic)
         return harness
 
     def test_good_canary_is_promoted(self, scenario_env: ScenarioEnv) -> None:
         harness = self._stable(scenario_env, "sc-good")
-        with harness.live():
+        with harness.live() as traffic:
             state = harness.deploy("2.0.0", canary_strategy(scenario_env.step_ms))
+        assert_no_downtime(traffic)
         assert state.phase() is Phase.SUCCEEDED, state.status()
         assert harness.weights() == {"2-0-0": 100}
         assert harness.revisions() == {"2-0-0"}
 
     def test_bad_canary_is_rolled_back(self, scenario_env: ScenarioEnv) -> None:
         harness = self._stable(scenario_env, "sc-bad")
-        with harness.live():
+        with harness.live() as traffic:
             state = harness.deploy("2.0.0", canary_strategy(scenario_env.step_ms), faulty=True)
         assert state.phase() is Phase.ROLLED_BACK, state.status()
+        assert_no_downtime(traffic, faulty={"2.0.0"})  # its own errors aside, every request was answered
         assert state.rollback is not None and state.rollback.trigger is RollbackTrigger.METRICS
         # Rolled back for the error rate it showed (half of its requests fail), not for a lack of data.
         assert "error rate" in state.rollback.reason and "[fail]" in state.rollback.reason, state.rollback
@@ -79,29 +83,32 @@ class PlatformScenarios:
                     {"trigger": "manual", "reason": "switch back", "by": "scenario"},
                 )
 
-        with harness.live():
+        with harness.live() as traffic:
             back = harness.deploy("2.0.0", blue_green_strategy(60_000), on_step=switch_back_once_switched)
             assert switched, "green never took the traffic"
             assert back.phase() is Phase.ROLLED_BACK, back.status()
             assert harness.weights() == {"1-0-0": 100}
             assert harness.revisions() == {"1-0-0"}
             forward = harness.deploy("3.0.0", blue_green_strategy(500))
+        assert_no_downtime(traffic)
         assert forward.phase() is Phase.SUCCEEDED, forward.status()
         assert harness.weights() == {"3-0-0": 100}
         assert harness.revisions() == {"3-0-0"}
 
     def test_rolling_update(self, scenario_env: ScenarioEnv) -> None:
         harness = self._stable(scenario_env, "sc-roll")
-        with harness.live():
+        with harness.live() as traffic:
             state = harness.deploy("2.0.0", ROLLING)
+        assert_no_downtime(traffic)
         assert state.phase() is Phase.SUCCEEDED, state.status()
         assert harness.weights() == {"2-0-0": 100}
         assert harness.revisions() == {"2-0-0"}
 
     def test_runner_crash_resumes_without_duplicates(self, scenario_env: ScenarioEnv) -> None:
         harness = self._stable(scenario_env, "sc-crash")
-        with harness.live():
+        with harness.live() as traffic:
             state = harness.deploy("2.0.0", canary_strategy(scenario_env.step_ms), crash_after_steps=3)
+        assert_no_downtime(traffic)
         assert state.phase() is Phase.SUCCEEDED, state.status()
         events = harness.journal.events(state.deployment_id)
         assert [e.kind for e in events].count(EventKind.PLANNED) == 1
@@ -109,3 +116,4 @@ class PlatformScenarios:
         assert completed == list(range(len(completed)))
         assert harness.revisions() == {"2-0-0"}
         assert harness.weights() == {"2-0-0": 100}
+
