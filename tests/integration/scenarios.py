@@ -6,6 +6,10 @@ harness itself lives in harness/scenarios.py (benchmarks use it too) and is re-e
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from engine.models import Phase, RollbackTrigger
 from engine.state import DeploymentState, EventKind
 from harness.scenarios import *  # noqa: F403  (the harness' names, as the tests have imported them)
@@ -58,15 +62,7 @@ class PlatformScenarios:
         assert state.phase() is Phase.ROLLED_BACK, state.status()
         assert_no_downtime(traffic, faulty={"2.0.0"})  # its own errors aside, every request was answered
         assert state.rollback is not None and state.rollback.trigger is RollbackTrigger.METRICS
-        # Rolled back for the error rate it showed (half of its requests fail), not for a lack of data.
-        assert "error rate" in state.rollback.reason and "[fail]" in state.rollback.reason, state.rollback
-        assert "no_data" not in state.rollback.reason and "inconclusive" not in state.rollback.reason
-        failed = [
-            e.data
-            for e in harness.journal.events(state.deployment_id)
-            if e.kind is EventKind.MEASUREMENT and e.data.get("verdict") == "failure"
-        ]
-        assert failed and failed[-1]["candidate"]["error_rate"] > 10, failed
+        assert_rolled_back_for_its_error_rate(harness, state)
         assert harness.weights() == {"1-0-0": 100}
         assert harness.revisions() == {"1-0-0"}
 
@@ -117,3 +113,25 @@ class PlatformScenarios:
         assert harness.revisions() == {"2-0-0"}
         assert harness.weights() == {"2-0-0": 100}
 
+
+BREACH = re.compile(r"error rate (?P<value>[0-9.]+)% over (?P<requests>[0-9]+) requests \[fail\]")
+
+
+def assert_rolled_back_for_its_error_rate(harness: Harness, state: DeploymentState) -> None:
+    """Rolled back for the error rate it showed (half of its requests fail, the failure threshold is 10%),
+    with the value measured: not for a lack of data, an inconclusive window or any other metric."""
+    assert state.rollback is not None
+    reason = state.rollback.reason
+    assert "no_data" not in reason and "inconclusive" not in reason and "fewer than" not in reason, reason
+    breach = BREACH.search(reason)
+    assert breach is not None, f"the rollback does not name the error rate's breach: {reason!r}"
+    failed = [
+        e.data
+        for e in harness.journal.events(state.deployment_id)
+        if e.kind is EventKind.MEASUREMENT and e.data.get("verdict") == "failure"
+    ]
+    assert failed, "no failing measurement was journaled"
+    measured = failed[-1]["candidate"]
+    assert measured["error_rate"] > 10 and float(breach["value"]) > 10, (reason, measured)
+    assert float(breach["value"]) == pytest.approx(measured["error_rate"], rel=1e-3), (reason, measured)
+    assert int(breach["requests"]) == measured["requests"], (reason, measured)
