@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     traffic: dict[str, TrafficGenerator] = {}
     killer: Killer | None = None
     try:
-        addresses = first_revisions(orch, services, 300)
+        addresses = first_revisions(orch, services, args.timeout)
         for service, address in addresses.items():
             traffic[service] = TrafficGenerator(
                 address + "/", rps=args.rps, threads=4, max_seconds=args.timeout + 600
