@@ -59,6 +59,7 @@ from engine.models import Phase, PlatformConfig, Target  # noqa: E402
 from engine.platform import PlatformAdapter  # noqa: E402
 from engine.reconciler import DeploymentReconciler, SmokeTester  # noqa: E402
 from engine.state import DeploymentState, Event, EventKind, Step, StepKind  # noqa: E402
+from harness.k8s_emulator import KubeEmulator  # noqa: E402
 from tests.integration.environments import (  # noqa: E402
     HOSTS,
     RUN,
@@ -82,7 +83,6 @@ from tests.integration.environments import (  # noqa: E402
     sample_process,
     ssh_daemons,
 )
-from tests.integration.k8s_emulator import KubeEmulator  # noqa: E402
 from tests.integration.scenarios import (  # noqa: E402
     FIRST,
     ROLLING,

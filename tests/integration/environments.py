@@ -47,7 +47,7 @@ from engine.models import Artifact, PlatformConfig, Target
 from engine.platform import PlatformAdapter
 from engine.supervision import SupervisionSettings, SupervisorStateManager
 from examples.traffic import TrafficGenerator
-from tests.integration.k8s_emulator import FakeController, KubeEmulator
+from harness.k8s_emulator import FakeController, KubeEmulator
 from tests.integration.scenarios import ScenarioEnv
 from tests.integration.simulated_traffic import LiveInvocations, LiveTraffic
 

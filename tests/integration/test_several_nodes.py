@@ -33,6 +33,9 @@ from engine.config import write_isolated_config
 from engine.journal import Journal
 from engine.models import Phase, Target
 from engine.state import DeploymentState, EventKind
+from harness.k8s_emulator import KubeEmulator
+from harness.postgres import PostgresServer
+from harness.ray_cluster import RayCluster, ray_cluster
 from tests.integration.environments import (
     METRICS_SELECTOR,
     Cluster,
@@ -41,11 +44,8 @@ from tests.integration.environments import (
     kube_cluster,
     prometheus_server,
 )
-from tests.integration.k8s_emulator import KubeEmulator
 from tests.integration.scenarios import canary_strategy
 from tests.integration.simulated_traffic import LiveTraffic
-from tests.postgres import PostgresServer
-from tests.ray_cluster import RayCluster, ray_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]  # a cluster start on a loaded machine
 REPO = Path(__file__).resolve().parents[2]
