@@ -13,8 +13,6 @@ traffic on its candidate, left dead for a while, then started again on the same 
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,16 +24,13 @@ import pytest
 from adapters.kubernetes_platform import KubernetesPlatform
 from engine.models import Phase, Target
 from engine.state import EventKind
-from harness.k8s_emulator import KubeEmulator
 from harness.postgres import PostgresServer
-from harness.ray_cluster import RayCluster, ray_cluster, restart_head
+from harness.ray_cluster import RayCluster, restart_head
 from harness.redis import redis_server
-from tests.integration.environments import METRICS_SELECTOR, kube_cluster, prometheus_server
 from tests.integration.scenarios import canary_strategy
 from tests.integration.simulated_traffic import LiveTraffic
 from tests.integration.test_several_nodes import (
     ENVIRONMENT,
-    REPO,
     SERVICES,
     STEP_MS,
     MultiNode,
@@ -43,8 +38,8 @@ from tests.integration.test_several_nodes import (
     _one_terminal_event_each,
     _submit,
     _wait_all,
-    cluster_config,
     driver,
+    start_multinode,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -58,30 +53,11 @@ def head_ft(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer) 
     url = postgres.create_database()
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(redis_server())
-        emulator = stack.enter_context(KubeEmulator(gateway_api=False))
-        (folder / "prometheus").mkdir()
-        labels = ["namespace", "service", "revision", "code"]
-        prometheus = stack.enter_context(prometheus_server(folder / "prometheus", labels))
-        kube = stack.enter_context(kube_cluster(emulator, "hl"))
-        settings = {
-            "host": emulator.url, "namespace": kube.namespace, "metricsUrl": prometheus.url,
-            "metricsSelector": METRICS_SELECTOR, "splitReadyTimeout": 20, "retryBackoff": 0.05,
-        }  # fmt: skip
-        config = cluster_config(folder, {"kube": {"type": "kubernetes", "settings": settings}}, len(SERVICES))
-        node_env = {
-            "ORCH_JOURNAL_URL": url, "ORCH_HOME": str(folder / "home"), "PYTHONPATH": str(REPO),
-            "RAY_gcs_rpc_server_reconnect_timeout_s": RECONNECT_TIMEOUT_S,
-        }  # fmt: skip
-        cluster = stack.enter_context(
-            ray_cluster(2, node_env=node_env, head_env={"RAY_REDIS_ADDRESS": redis.address})
-        )
-        running = MultiNode(cluster, url, config, kube, prometheus, settings, folder / "driver-home")
-        boot = subprocess.run(
-            [sys.executable, "orchestrator.py", "token", "bootstrap"],
-            cwd=REPO, env=running.driver_env(), capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert boot.returncode == 0, boot.stderr[-2000:]
+        reconnect = {"RAY_gcs_rpc_server_reconnect_timeout_s": RECONNECT_TIMEOUT_S}
+        head_env = {"RAY_REDIS_ADDRESS": redis.address}
+        running = start_multinode(stack, folder, url, "hl", node_env=reconnect, head_env=head_env)
         yield running
+        assert not running.kube.controller.errors, running.kube.controller.errors
 
 
 @dataclass
