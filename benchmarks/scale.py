@@ -260,13 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         return drive_run(Path(args.run))
     root = Path(os.environ.get("SCALE_TMP") or "/tmp") / f"scale-{secrets.token_hex(4)}"
     root.mkdir(parents=True)
-    started = time.time()
+    started, measured = time.time(), commit()  # the code that runs, whatever is committed meanwhile
     cells = run_all(args, root)
     problems = [f"{c['backend']} x{c['size']}: {p}" for c in cells for p in c.get("problems", [])]
     arguments = {k: v for k, v in vars(args).items() if k not in ("out", "run", "size_list", "backend_list")}
     result = {
         "benchmark": "scale",
-        "commit": commit(),
+        "commit": measured,
         "arguments": arguments,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
