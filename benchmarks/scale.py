@@ -23,6 +23,7 @@ FIFO order. Per burst:
   that also rewrites the deployment's snapshot row; lease renewals and runner records come on top), and
   journal_writes_per_deployment.
 - preparation_p50_s: admitted -> planned (runner start or reuse, artifact checks, reading the platform).
+- runners_per_node_max: the most runner actors seen alive at once on each node (sampled every 5 s).
 ``growth`` gives, per backend and burst, each figure at the largest size over the same figure at the smallest.
 
 SQLite on several nodes works here only because every node runs on this machine and opens the same file; on
@@ -45,8 +46,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -307,7 +308,7 @@ def drive_run(spec: Path) -> int:
         warm = orch.warm_up(240)
         for index in range(len(run.sizes)):
             cell = grow_to(orch, journal, run, index)
-            cells.append({**cell, "warm_runners": warm, "runners_per_node": runners_per_node(orch.namespace)})
+            cells.append({**cell, "warm_runners": warm})
             (spec.parent / "result.json").write_text(json.dumps(cells))
         if journal.verify_chain() != (True, None):
             cells[-1]["problems"].append("the journal's hash chain does not verify")
@@ -343,11 +344,16 @@ def run_burst(
         env = {"VERSION": version}
         artifact = Artifact(name=service, version=version, source=f"docker://{image}", env=env)
         ids.append(orch.submit(artifact, STRATEGY, ENVIRONMENT, PLATFORM))
-    ended = wait_ended(journal, set(ids), before, run.burst_deadline(len(ids)))
-    return measure(journal, ids, before, run.concurrency), lost_or_failed(journal, ids, ended)
+    placement = RunnerPlacement(orch.namespace)
+    ended = wait_ended(journal, set(ids), before, run.burst_deadline(len(ids)), placement.sample)
+    figures = measure(journal, ids, before, run.concurrency)
+    figures["runners_per_node_max"] = placement.most
+    return figures, lost_or_failed(journal, ids, ended)
 
 
-def wait_ended(journal: Any, ids: set[str], after_seq: int, deadline_s: float) -> set[str]:
+def wait_ended(
+    journal: Any, ids: set[str], after_seq: int, deadline_s: float, on_poll: Callable[[], None]
+) -> set[str]:
     """The ids with a terminal event, read incrementally from the journal until all have one or the
     deadline passes."""
     ended: set[str] = set()
@@ -358,6 +364,7 @@ def wait_ended(journal: Any, ids: set[str], after_seq: int, deadline_s: float) -
             if event.kind is EventKind.FINISHED and event.deployment_id in ids:
                 ended.add(event.deployment_id)
         if ended != ids:
+            on_poll()
             time.sleep(0.5)
     return ended
 
@@ -429,8 +436,26 @@ def percentile(values: list[float], q: int) -> float:
     return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 4)
 
 
+@dataclass
+class RunnerPlacement:
+    """The most runner actors seen alive at once on each node during a burst (sampled every few seconds
+    while it runs), by the node's own resource name."""
+
+    namespace: str
+    every_s: float = 5.0
+    most: dict[str, int] = field(default_factory=dict)
+    _last: float = 0.0
+
+    def sample(self) -> None:
+        if time.monotonic() - self._last < self.every_s:
+            return
+        self._last = time.monotonic()
+        for node, count in runners_per_node(self.namespace).items():
+            self.most[node] = max(count, self.most.get(node, 0))
+
+
 def runners_per_node(namespace: str) -> dict[str, int]:
-    """How many of the namespace's runner actors are alive on each node (by the node's own resource)."""
+    """How many of the namespace's runner actors are alive on each node now."""
     import ray
     from ray._private.state import actors
     from ray.util import list_named_actors
