@@ -42,6 +42,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -102,6 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deadline-s", type=float, default=900.0, help="per burst, for the largest size")
     parser.add_argument("--short", action="store_true", help="sizes 2,4 at concurrency 2 (CI)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--keep", action="store_true", help="keep the run's folder (journals, configuration)")
     parser.add_argument("--run", type=Path, help=argparse.SUPPRESS)  # internal: one backend, as a driver
     args = parser.parse_args(argv)
     if args.short:
@@ -262,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(os.environ.get("SCALE_TMP") or "/tmp") / f"scale-{secrets.token_hex(4)}"
     root.mkdir(parents=True)
     started, measured = time.time(), commit()  # the code that runs, whatever is committed meanwhile
-    cells = run_all(args, root)
+    try:
+        cells = run_all(args, root)
+    finally:
+        if not args.keep:  # the journals, and the file with the (by then stopped) PostgreSQL's password
+            shutil.rmtree(root, ignore_errors=True)
     problems = [f"{c['backend']} x{c['size']}: {p}" for c in cells for p in c.get("problems", [])]
     arguments = {k: v for k, v in vars(args).items() if k not in ("out", "run", "size_list", "backend_list")}
     result = {
