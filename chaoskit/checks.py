@@ -77,9 +77,7 @@ def check_case(
 def terminal_events(journal: Journal, target: Target) -> list[str]:
     """Every deployment of the target: exactly one FINISHED, and nothing but records after it."""
     problems: list[str] = []
-    for deployment in journal.deployments(limit=100_000):
-        if deployment.request.target != target:
-            continue
+    for deployment in journal.deployments(limit=100_000, target_key=target.key):
         events = journal.events(deployment.deployment_id)
         finished = [e for e in events if e.kind is EventKind.FINISHED]
         if len(finished) != 1:
@@ -162,9 +160,9 @@ def platform_differences(
     running = [(revision, index) for revision, index, _ in objects.replicas]
     if running != wanted:
         problems.append(f"replicas running {running}, journal says {wanted}")
-    recorded = sorted((revision, index) for revision, index, _ in objects.recorded_replicas)
-    if recorded != wanted or {i for *_, i in objects.recorded_replicas} != {i for *_, i in objects.replicas}:
-        problems.append(f"state file records {objects.recorded_replicas}, running {objects.replicas}")
+    recorded = [(revision, index) for revision, index, _ in objects.recorded_replicas]
+    if recorded != wanted or objects.recorded_replicas != objects.replicas:
+        problems.append(f"the state file records {objects.recorded_replicas}, running are {objects.replicas}")
     if objects.stopped_containers:
         problems.append(f"containers left behind: {objects.stopped_containers}")
     if objects.recorded_router is None or objects.routers != [objects.recorded_router]:

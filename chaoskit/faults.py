@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +100,7 @@ class ProcessDriver:
             self.env.pop(name, None)
         self.processes: list[subprocess.Popen[str]] = []
         self.sessions: list[str] = []
+        self.lines: dict[int, queue.Queue[str]] = {}
 
     def local_platform(self) -> PlatformConfig:
         from engine.config import load_config
@@ -115,16 +118,23 @@ class ProcessDriver:
             text=True,
         )
         self.processes.append(process)
+        lines: queue.Queue[str] = queue.Queue()
+        self.lines[process.pid] = lines
+        threading.Thread(target=_read_lines, args=(process, lines), daemon=True).start()
         return process
 
     def _line(self, process: subprocess.Popen[str], what: str) -> dict[str, Any]:
-        """The driver's next JSON line (bounded by the driver's own deadline)."""
-        assert process.stdout is not None
-        line = process.stdout.readline()
+        """The driver's next JSON line, within DRIVER_START_S."""
+        try:
+            line = self.lines[process.pid].get(timeout=DRIVER_START_S)
+        except queue.Empty:
+            line = ""
         if not line:
+            if process.poll() is None:
+                process.kill()
             process.wait(30)
             log = (self.home / f"driver-{self.processes.index(process)}.log").read_text()[-2000:]
-            raise RuntimeError(f"the driver process ended before {what} (exit {process.returncode}): {log}")
+            raise RuntimeError(f"no line from the driver before {what} (exit {process.returncode}): {log}")
         data: dict[str, Any] = json.loads(line)
         if "session" in data:
             self.sessions.append(str(data["session"]))
@@ -172,6 +182,14 @@ class ProcessDriver:
                 process.wait(30)
         for session in self.sessions:
             _kill_session(session)
+
+
+def _read_lines(process: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
+    """Every line the driver prints, then "" once it has closed its output."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.put(line)
+    lines.put("")
 
 
 def _name(process: psutil.Process) -> str:
