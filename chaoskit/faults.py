@@ -34,6 +34,7 @@ from chaoskit.machine import (
     recorded_router,
     router_processes,
 )
+from chaoskit.raystart import agent_ports_chosen
 from engine.config import write_isolated_config
 from engine.journal import Journal
 from engine.models import PlatformConfig, Target
@@ -219,7 +220,7 @@ def _kill_session(session: str) -> int:
 START_NICENESS = -20  # as tests/ray_cluster.py: Ray's agents then beat the raylet's 15 s when others load
 
 
-def embedded(factory: Any, config: Path, attempts: int = 3) -> Any:
+def embedded(factory: Any, config: Path, attempts: int = 10) -> Any:
     """An embedded orchestrator (``factory`` is DeploymentOrchestrator). Ray gives a new raylet 30 s to
     register and the raylet its agents 15 s to start (both hard-coded), which a machine shared with other
     loads misses: Ray starts with a higher CPU priority (as root), its processes get this process's own back
@@ -231,9 +232,11 @@ def embedded(factory: Any, config: Path, attempts: int = 3) -> Any:
         if os.geteuid() == 0:
             os.setpriority(os.PRIO_PROCESS, 0, START_NICENESS)
         try:
-            return factory(config_path=config, num_cpus=2)
+            with agent_ports_chosen():
+                return factory(config_path=config, num_cpus=2)
         except Exception as error:
-            if "timed out during startup" not in str(error) or attempt == attempts - 1:
+            starting = any(m in str(error) for m in ("timed out during startup", "Raylet", "raylet"))
+            if not starting or attempt == attempts - 1:
                 raise
             print(f"Ray did not start ({error}); trying again", file=sys.stderr)
             ray.shutdown()
