@@ -34,7 +34,7 @@ from chaoskit.machine import (
     recorded_router,
     router_processes,
 )
-from chaoskit.raystart import agent_ports_chosen
+from chaoskit.raystart import start_ray
 from engine.config import write_isolated_config
 from engine.journal import Journal
 from engine.models import PlatformConfig, Target
@@ -217,39 +217,13 @@ def _kill_session(session: str) -> int:
     return len(left)
 
 
-START_NICENESS = -20  # as tests/ray_cluster.py: Ray's agents then beat the raylet's 15 s when others load
+def embedded(factory: Any, config: Path) -> Any:
+    """An embedded orchestrator (``factory`` is DeploymentOrchestrator) on a Ray started the way a loaded
+    machine needs (chaoskit/raystart.py)."""
+    from engine.config import load_config
 
-
-def embedded(factory: Any, config: Path, attempts: int = 10) -> Any:
-    """An embedded orchestrator (``factory`` is DeploymentOrchestrator). Ray gives a new raylet 30 s to
-    register and the raylet its agents 15 s to start (both hard-coded), which a machine shared with other
-    loads misses: Ray starts with a higher CPU priority (as root), its processes get this process's own back
-    once it runs, and a start that timed out is tried again."""
-    import ray
-
-    before = os.getpriority(os.PRIO_PROCESS, 0)
-    for attempt in range(attempts):
-        if os.geteuid() == 0:
-            os.setpriority(os.PRIO_PROCESS, 0, START_NICENESS)
-        try:
-            with agent_ports_chosen():
-                return factory(config_path=config, num_cpus=2)
-        except Exception as error:
-            starting = any(m in str(error) for m in ("timed out during startup", "Raylet", "raylet"))
-            if not starting or attempt == attempts - 1:
-                raise
-            print(f"Ray did not start ({error}); trying again", file=sys.stderr)
-            ray.shutdown()
-        finally:
-            _set_priority(before)
-    raise AssertionError("unreachable")
-
-
-def _set_priority(niceness: int) -> None:
-    os.setpriority(os.PRIO_PROCESS, 0, niceness)
-    for process in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            process.nice(niceness)
+    start_ray(load_config(config).namespace)
+    return factory(config_path=config, num_cpus=2)
 
 
 # --------------------------------------------------------------------------------------------

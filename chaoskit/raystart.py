@@ -15,11 +15,14 @@ import contextlib
 import os
 import re
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 NODE_ID = re.compile(r"Setting node ID node_id=(\w+)")
 AGENT_PORTS = ("metrics_agent_port", "runtime_env_agent_port", "metrics_export_port")
@@ -75,3 +78,42 @@ def _write_listen_port(port: int, stop: threading.Event) -> None:
                     partial = target.with_name(target.name + ".tmp")
                     partial.write_text(str(port))
                     partial.rename(target)
+
+
+START_NICENESS = -20  # as tests/ray_cluster.py: Ray's agents then beat the raylet's 15 s sooner
+
+
+def start_ray(namespace: str, num_cpus: int = 2, attempts: int = 10) -> None:
+    """This process's embedded Ray, started as the driver starts it (``DeploymentOrchestrator._connect``,
+    so that a driver made afterwards finds it running and uses it), with the agents' ports chosen, a higher
+    CPU priority while it starts (as root; its processes get this process's own back once it runs), and
+    again when the start times out."""
+    import ray
+
+    from client.driver import DeploymentOrchestrator
+
+    driver = DeploymentOrchestrator.__new__(DeploymentOrchestrator)
+    driver.namespace = namespace
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    for attempt in range(attempts):
+        if os.geteuid() == 0:
+            os.setpriority(os.PRIO_PROCESS, 0, START_NICENESS)
+        try:
+            with agent_ports_chosen():
+                driver._connect(None, num_cpus)
+            return
+        except Exception as error:
+            starting = any(m in str(error) for m in ("timed out during startup", "Raylet", "raylet"))
+            if not starting or attempt == attempts - 1:
+                raise
+            print(f"Ray did not start ({error}); trying again", file=sys.stderr)
+            ray.shutdown()
+        finally:
+            _set_priority(before)
+
+
+def _set_priority(niceness: int) -> None:
+    os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            process.nice(niceness)

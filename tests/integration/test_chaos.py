@@ -14,6 +14,7 @@ import pytest
 
 from chaoskit.cases import FAULTS, Case, Outcome
 from chaoskit.faults import Bench
+from chaoskit.raystart import start_ray
 from chaoskit.run import run_case
 from tests.integration.environments import docker_engine_started
 
@@ -44,6 +45,19 @@ DOCKER_SLICE = [
 
 def test_the_local_slice_covers_every_fault() -> None:
     assert sorted(c.fault for c in LOCAL_SLICE) == sorted(FAULTS)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_on_a_loaded_machine() -> None:
+    """When this module starts the session's Ray, it is started as chaoskit starts its own (agents' ports
+    chosen, tried again): a plain start times out on a machine that others keep busy. The orchestrator
+    fixture (conftest.py, its namespace) then finds it running and uses it."""
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        start_ray(f"orch-test-{os.getpid()}")
 
 
 @pytest.fixture(scope="module")
