@@ -80,6 +80,7 @@ def _write_listen_port(port: int, stop: threading.Event) -> None:
                     partial.rename(target)
 
 
+AGENT_TIMEOUT_MS = 180_000
 START_NICENESS = -20  # as tests/ray_cluster.py: Ray's agents then beat the raylet's 15 s sooner
 
 
@@ -92,6 +93,8 @@ def start_ray(namespace: str, num_cpus: int = 2, attempts: int = 10) -> None:
 
     from client.driver import DeploymentOrchestrator
 
+    # The raylet exits when its runtime-env agent has not answered within 30 s (the default); seen here.
+    os.environ.setdefault("RAY_agent_register_timeout_ms", str(AGENT_TIMEOUT_MS))
     driver = DeploymentOrchestrator.__new__(DeploymentOrchestrator)
     driver.namespace = namespace
     before = os.getpriority(os.PRIO_PROCESS, 0)
