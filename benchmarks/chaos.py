@@ -36,6 +36,7 @@ from chaoskit.cases import FAILED_BOUND_S, FAULTS, STRATEGIES, TIMINGS, Case, Ou
 from chaoskit.faults import Bench, embedded  # noqa: E402
 from chaoskit.run import run_case  # noqa: E402
 from engine.config import write_isolated_config  # noqa: E402
+from harness.environments import docker_engine_started  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "chaos.json"
 
@@ -44,15 +45,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def start_docker() -> None:
-    """The engine and the sample image (cluster/start_docker.sh is idempotent)."""
-    started = subprocess.run(
-        ["bash", str(REPO / "cluster" / "start_docker.sh")], capture_output=True, text=True, timeout=600
-    )
-    if started.returncode != 0:
-        raise SystemExit(f"cluster/start_docker.sh failed:\n{started.stdout}\n{started.stderr}")
 
 
 def totals(outcomes: list[Outcome]) -> dict[str, Any]:
@@ -116,10 +108,12 @@ def main() -> int:
     cases = args.repeat * matrix(
         tuple(args.strategies), tuple(args.faults), tuple(args.timings), args.bad, not args.no_docker
     )
-    if any(c.platform == "docker" for c in cases):
-        start_docker()
     started = time.time()
-    outcomes = run(args, cases)
+    if any(c.platform == "docker" for c in cases):
+        with docker_engine_started():  # the engine and the sample image (cluster/start_docker.sh)
+            outcomes = run(args, cases)
+    else:
+        outcomes = run(args, cases)
     result: dict[str, Any] = {
         "commit": subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False

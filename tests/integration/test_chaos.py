@@ -16,7 +16,7 @@ from chaoskit.cases import FAULTS, Case, Outcome
 from chaoskit.faults import Bench
 from chaoskit.raystart import start_ray
 from chaoskit.run import run_case
-from tests.integration.environments import docker_engine_started
+from harness.environments import docker_engine_started
 
 pytestmark = pytest.mark.integration
 STEP_MS = 2000
