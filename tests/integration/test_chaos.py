@@ -34,7 +34,11 @@ LOCAL_SLICE = [
     Case("rolling", "DO-006", "boundary"),
     Case("canary", "router", "mid_step"),
     Case("rolling", "stable_replica", "mid_step", bad=True),
-    Case("blue_green", "candidate_replica", "boundary"),
+    # A good candidate losing a replica is not in the slice: it is rolled back today (one canary replica:
+    # "a dead candidate is the candidate's failure", tests/unit/test_reconciler_faults.py) or, on
+    # blue-green, validation waits without an event until the progress deadline; benchmarks/chaos.py
+    # reports both cases as violations.
+    Case("canary", "candidate_replica", "mid_step", bad=True),
     Case("canary", "ray", "boundary"),
 ]
 DOCKER_SLICE = [
