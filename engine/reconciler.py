@@ -488,7 +488,9 @@ class DeploymentReconciler:
 
     def _health(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> RollBack | None:
         """N consecutive checks with no healthy replica of the candidate mean unhealthy."""
-        if self._healthy_now(state, snapshot) or self._revive_candidate(state):
+        # A dead candidate replica is started again first, even beside live ones: a blue-green switch
+        # waits for every green server, and one replica lost to an outside kill is no verdict.
+        if self._revive_candidate(state) or self._healthy_now(state, snapshot):
             self._unhealthy_checks = 0
             return None
         self._unhealthy_checks += 1
