@@ -244,11 +244,13 @@ def test_audit_hooks_compliance_environment_status_and_drift(tmp_path: Path) -> 
     )
     metrics = stream.metrics()
     families = by_name(metrics.families(now=1_700_000_100.0))
-    assert value(families, "orchestrator_hook_gate_answers_total", type="confirm-rollout", outcome="held") == 1
+    hooks = value(families, "orchestrator_hook_gate_answers_total", type="confirm-rollout", outcome="held")
+    assert hooks == 1
     assert value(families, "orchestrator_access_refusals_total", environment="production") == 1
     assert value(families, "orchestrator_alerts_sent_total", kind="failed", severity="critical") == 1
     assert value(families, "orchestrator_audit_entries_total", action="checkpoint") == 1
-    assert value(families, "orchestrator_drift_findings_total", environment="production", crash_loop="true") == 1
+    drift = value(families, "orchestrator_drift_findings_total", environment="production", crash_loop="true")
+    assert drift == 1
     assert value(families, "orchestrator_compliance_score_percent", environment="production") == 80.5
     assert value(families, "orchestrator_environment_healthy", environment="staging") == 0.0
     assert value(families, "orchestrator_environment_healthy", environment="qa") == 1.0
