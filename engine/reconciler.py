@@ -69,6 +69,10 @@ log = logging.getLogger(__name__)
 
 MAX_TRANSIENT_RETRIES = 6
 UNHEALTHY_CHECKS = 3
+# A candidate replica whose process is gone is started again this many times per deployment, as a
+# platform's own controller would (a Kubernetes ReplicaSet): a replica killed from outside is no verdict on
+# the candidate; one that keeps dying is.
+CANDIDATE_RESTARTS = 2
 PLATFORM_FAULT_BACKOFF_S = 5.0  # the longest wait between two attempts to restore a faulty platform
 WINDOW_STEPS = (StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE)
 # Rollbacks decided by judging the candidate (the automatedRollback feature may leave them to a person).
@@ -484,7 +488,7 @@ class DeploymentReconciler:
 
     def _health(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> RollBack | None:
         """N consecutive checks with no healthy replica of the candidate mean unhealthy."""
-        if self._healthy_now(state, snapshot):
+        if self._healthy_now(state, snapshot) or self._revive_candidate(state):
             self._unhealthy_checks = 0
             return None
         self._unhealthy_checks += 1
@@ -494,6 +498,35 @@ class DeploymentReconciler:
             RollbackTrigger.HEALTH,
             f"{state.candidate_revision} failed {self._unhealthy_checks} health checks in a row",
         )
+
+    def _revive_candidate(self, state: DeploymentState) -> bool:
+        """Start the candidate's dead replicas again (journaled as drift), up to CANDIDATE_RESTARTS times per
+        deployment, on platforms whose replicas we run; True when it did."""
+        repairable, revision = self._repairable(), state.candidate_revision
+        if repairable is None or revision is None:
+            return False
+        restarts = sum(
+            1
+            for event in self.journal.events(state.deployment_id)
+            if event.kind is EventKind.DRIFT and event.data.get("candidate_restart")
+        )
+        if restarts >= CANDIDATE_RESTARTS:
+            return False
+        observed = repairable.live_state(state.request.target, revision)
+        dead = [replica.index for replica in observed.replicas if not replica.alive]
+        if not dead:
+            return False
+        status = self.adapter.ensure_revision(
+            self._spec(state, state.request.artifact, len(observed.replicas))
+        )
+        self._append(
+            EventKind.DRIFT,
+            candidate_restart=True,
+            found=f"{revision}: replica(s) {dead} not running",
+            done=f"started again ({status.running_replicas}/{status.desired_replicas}), "
+            f"restart {restarts + 1} of {CANDIDATE_RESTARTS}",
+        )
+        return True
 
     def _step_analyze(self, state: DeploymentState, step: Step) -> StepOutcome:
         _, failure, _, interval = self._thresholds(state)

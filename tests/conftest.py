@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.postgres import PostgresServer, postgres_server
 from scripts.programs import missing
-from tests.postgres import PostgresServer, postgres_server
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -17,8 +17,8 @@ from engine.journal import Journal
 from engine.journal_store import JournalUnavailable, describe
 from engine.models import Artifact, DeploymentRequest, PlatformConfig, Strategy
 from engine.state import EventKind
+from harness.postgres import PostgresServer
 from tests.integration.test_cli import cli
-from tests.postgres import PostgresServer
 from tests.unit.test_reconciler import CANARY, World
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ import yaml
 from kubernetes import client
 
 from client.cli import _parser
-from tests.integration.k8s_emulator import KubeEmulator
+from harness.k8s_emulator import KubeEmulator
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

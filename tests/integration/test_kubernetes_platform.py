@@ -33,9 +33,9 @@ from engine.models import Artifact, DeploymentRequest, PlatformConfig, Strategy,
 from engine.platform import PlatformError, RevisionSpec, SupervisionMode, TransientPlatformError
 from engine.state import EventKind
 from engine.supervision import SupervisorStateManager
+from harness.k8s_emulator import FakeController, KubeEmulator
 from tests.integration.contract import ContractEnv, PlatformContract, deploy, wait_ready
 from tests.integration.environments import closed_port, prometheus_server
-from tests.integration.k8s_emulator import FakeController, KubeEmulator
 
 pytestmark = pytest.mark.integration
 

@@ -20,6 +20,7 @@ import pytest
 from kubernetes import client
 
 from adapters.kubernetes_platform import ANN_DEPLOYMENT_ID, LABEL_REVISION
+from harness.k8s_emulator import KubeEmulator
 from tests.integration.environments import (
     Cluster,
     Prometheus,
@@ -27,7 +28,6 @@ from tests.integration.environments import (
     kubernetes_scenario_env,
     prometheus_server,
 )
-from tests.integration.k8s_emulator import KubeEmulator
 from tests.integration.scenarios import PlatformScenarios, ScenarioEnv
 
 pytestmark = pytest.mark.integration

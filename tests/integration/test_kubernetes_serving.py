@@ -38,7 +38,7 @@ from engine.models import (
 from engine.platform import NetworkPolicySpec, RevisionSpec, Serving, TlsMaterial
 from engine.reconciler import DeploymentReconciler
 from engine.state import EventKind
-from tests.integration.k8s_emulator import FakeController, KubeEmulator
+from harness.k8s_emulator import FakeController, KubeEmulator
 from tests.tls_certs import CertificateFiles, make_certificates
 
 pytestmark = pytest.mark.integration

@@ -33,6 +33,9 @@ from engine.config import write_isolated_config
 from engine.journal import Journal
 from engine.models import Phase, Target
 from engine.state import DeploymentState, EventKind
+from harness.k8s_emulator import KubeEmulator
+from harness.postgres import PostgresServer
+from harness.ray_cluster import RayCluster, ray_cluster
 from tests.integration.environments import (
     METRICS_SELECTOR,
     Cluster,
@@ -41,11 +44,8 @@ from tests.integration.environments import (
     kube_cluster,
     prometheus_server,
 )
-from tests.integration.k8s_emulator import KubeEmulator
 from tests.integration.scenarios import canary_strategy
 from tests.integration.simulated_traffic import LiveTraffic
-from tests.postgres import PostgresServer
-from tests.ray_cluster import RayCluster, ray_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]  # a cluster start on a loaded machine
 REPO = Path(__file__).resolve().parents[2]
@@ -108,38 +108,50 @@ def driver(env: dict[str, str], code: str, timeout: float = 300) -> Any:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def start_multinode(
+    stack: contextlib.ExitStack[Any], folder: Path, journal_url: str, prefix: str,
+    node_env: dict[str, str] | None = None, **cluster_options: Any,
+) -> MultiNode:  # fmt: skip
+    """The Kubernetes emulator with its controller, Prometheus, a three-node TLS cluster whose journal is
+    ``journal_url``, and the first admin token in the drivers' home; all stopped by ``stack``.
+    ``cluster_options`` go to ``ray_cluster`` (head labels, the head's environment)."""
+    emulator = stack.enter_context(KubeEmulator(gateway_api=False))
+    labels = ["namespace", "service", "revision", "code"]
+    (folder / "prometheus").mkdir()
+    prometheus = stack.enter_context(prometheus_server(folder / "prometheus", labels))
+    kube = stack.enter_context(kube_cluster(emulator, prefix))
+    settings = {
+        "host": emulator.url,
+        "namespace": kube.namespace,
+        "metricsUrl": prometheus.url,
+        "metricsSelector": METRICS_SELECTOR,
+        "splitReadyTimeout": 20,
+        "retryBackoff": 0.05,
+    }
+    config = cluster_config(folder, {"kube": {"type": "kubernetes", "settings": settings}}, len(SERVICES))
+    node_env = {
+        "ORCH_JOURNAL_URL": journal_url, "ORCH_HOME": str(folder / "home"), "PYTHONPATH": str(REPO),
+        **(node_env or {}),
+    }  # fmt: skip
+    cluster = stack.enter_context(ray_cluster(2, node_env=node_env, **cluster_options))
+    running = MultiNode(cluster, journal_url, config, kube, prometheus, settings, folder / "driver-home")
+    # The first admin token, in the drivers' $ORCH_HOME/token (the journal is the cluster's PostgreSQL).
+    boot = subprocess.run(
+        [sys.executable, "orchestrator.py", "token", "bootstrap"],
+        cwd=REPO, env=running.driver_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert boot.returncode == 0, boot.stderr[-2000:]
+    return running
+
+
 @pytest.fixture(scope="module")
 def multinode(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer) -> Iterator[MultiNode]:
     folder = tmp_path_factory.mktemp("multinode")
     url = postgres.create_database()
     with contextlib.ExitStack() as stack:
-        emulator = stack.enter_context(KubeEmulator(gateway_api=False))
-        labels = ["namespace", "service", "revision", "code"]
-        (folder / "prometheus").mkdir()
-        prometheus = stack.enter_context(prometheus_server(folder / "prometheus", labels))
-        kube = stack.enter_context(kube_cluster(emulator, "mn"))
-        settings = {
-            "host": emulator.url,
-            "namespace": kube.namespace,
-            "metricsUrl": prometheus.url,
-            "metricsSelector": METRICS_SELECTOR,
-            "splitReadyTimeout": 20,
-            "retryBackoff": 0.05,
-        }
-        config = cluster_config(folder, {"kube": {"type": "kubernetes", "settings": settings}}, len(SERVICES))
-        node_env = {"ORCH_JOURNAL_URL": url, "ORCH_HOME": str(folder / "home"), "PYTHONPATH": str(REPO)}
-        cluster = stack.enter_context(
-            ray_cluster(2, node_env=node_env, head_labels={PLATFORM_NODE_LABEL: "true"})
-        )
-        running = MultiNode(cluster, url, config, kube, prometheus, settings, folder / "driver-home")
-        # The first admin token, in the drivers' $ORCH_HOME/token (the journal is the cluster's PostgreSQL).
-        boot = subprocess.run(
-            [sys.executable, "orchestrator.py", "token", "bootstrap"],
-            cwd=REPO, env=running.driver_env(), capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert boot.returncode == 0, boot.stderr[-2000:]
+        running = start_multinode(stack, folder, url, "mn", head_labels={PLATFORM_NODE_LABEL: "true"})
         yield running
-        assert not kube.controller.errors, kube.controller.errors
+        assert not running.kube.controller.errors, running.kube.controller.errors
 
 
 # ------------------------------------------------------------------------------------------------ TLS

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from engine.models import Phase
 from engine.platform import PlatformError
-from engine.reconciler import DeploymentReconciler
+from engine.reconciler import CANDIDATE_RESTARTS, DeploymentReconciler
 from engine.state import EventKind, StepKind
 from tests.unit.test_reconciler import CANARY, World
 
@@ -120,12 +120,27 @@ def test_every_revision_down_at_once_is_a_platform_fault_and_both_come_back(tmp_
     assert EventKind.ROLLBACK_REQUESTED not in kinds(world, deployment_id)
 
 
-def test_a_dead_candidate_beside_a_healthy_stable_is_still_the_candidates_failure(tmp_path: Path) -> None:
+def test_a_candidate_that_keeps_dying_beside_a_healthy_stable_is_the_candidates_failure(
+    tmp_path: Path,
+) -> None:
     world, deployment_id, _reconciler = canary_analysing(tmp_path)
+    world.platform.restart_fails = {"2-0-0"}  # its replicas die again as soon as they are started
     world.platform.kill("2-0-0")
     assert world.run(deployment_id) is Phase.ROLLED_BACK
     assert EventKind.PLATFORM_FAULT not in kinds(world, deployment_id)
     assert "health checks" in (world.journal.state(deployment_id).rollback.reason or "")  # type: ignore[union-attr]
+    restarts = [e for e in world.journal.events(deployment_id) if e.data.get("candidate_restart")]
+    assert len(restarts) == CANDIDATE_RESTARTS  # started again, bounded, then judged
+
+
+def test_a_killed_candidate_replica_is_started_again_and_a_good_candidate_promoted(tmp_path: Path) -> None:
+    """Issue 8's chaos matrix: one candidate replica killed from outside is no verdict on the candidate."""
+    world, deployment_id, _reconciler = canary_analysing(tmp_path)
+    world.platform.kill("2-0-0")
+    assert world.run(deployment_id) is Phase.SUCCEEDED
+    restarts = [e for e in world.journal.events(deployment_id) if e.data.get("candidate_restart")]
+    assert len(restarts) == 1 and restarts[0].kind is EventKind.DRIFT
+    assert EventKind.ROLLBACK_REQUESTED not in kinds(world, deployment_id)
 
 
 def test_an_unreachable_platform_pauses_then_resumes_without_blaming_the_candidate(tmp_path: Path) -> None:

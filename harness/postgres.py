@@ -18,7 +18,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,17 +29,12 @@ from typing import Any
 
 import psycopg
 
+from harness.ports import free_port
 from scripts.programs import PG_BIN
 from scripts.tls import make_ca, make_cert
 
 START_TIMEOUT_S = 60
 USER = "orch"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -131,7 +125,7 @@ def start(tls: bool = True, durable: bool = False) -> PostgresServer:
     """Initialise and start a server in a new folder under /tmp; ``stop`` it when done."""
     folder = Path(tempfile.mkdtemp(prefix="pg", dir="/tmp"))  # short: the socket path must fit
     entry = pwd.getpwnam("postgres")
-    server = PostgresServer(folder, _free_port(), secrets.token_urlsafe(18), folder / "certs/ca.crt", tls)
+    server = PostgresServer(folder, free_port(), secrets.token_urlsafe(18), folder / "certs/ca.crt", tls)
     try:
         os.chown(folder, entry.pw_uid, entry.pw_gid)
         _checked(

@@ -20,7 +20,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import psutil
 
+from harness.ports import free_port
 from scripts.tls import make_ca, make_cert
 
 START_TIMEOUT_S = 240
@@ -54,12 +54,6 @@ START_ATTEMPTS = 3
 # A node starts with a higher CPU priority (as root), so that its agents beat the raylet's 15 s on a machine
 # others load; its processes get the normal priority back once it runs.
 START_NICENESS = -20
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _node_ip() -> str:
@@ -101,6 +95,7 @@ class RayCluster:
     node_ip: str
     nodes: dict[str, RayNode] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)  # what every node and client needs (auth, TLS)
+    node_environment: dict[str, str] = field(default_factory=dict, repr=False)  # what the nodes started with
 
     def client_env(self, **extra: str) -> dict[str, str]:
         """The environment of a driver process that connects to this cluster."""
@@ -134,8 +129,8 @@ def _start_args(node: RayNode, head_address: str | None, port: int = 0, listen_p
     # Agent ports chosen here: a raylet then registers without waiting for its agents to write theirs (they
     # take long to start on a loaded machine, past what `ray start` waits for the raylet).
     agents = ["--metrics-export-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port"]
-    args += [f"{option}={_free_port()}" for option in agents]
-    args.append(f"--dashboard-agent-listen-port={listen_port or _free_port()}")
+    args += [f"{option}={free_port()}" for option in agents]
+    args.append(f"--dashboard-agent-listen-port={listen_port or free_port()}")
     if node.labels:
         args.append("--labels=" + ",".join(f"{k}={v}" for k, v in node.labels.items()))
     if head_address is None:
@@ -144,12 +139,13 @@ def _start_args(node: RayNode, head_address: str | None, port: int = 0, listen_p
     return [*args, f"--address={head_address}", "--include-log-monitor=false"]
 
 
-def _start_node(node: RayNode, env: dict[str, str], head_address: str | None) -> int:
+def _start_node(node: RayNode, env: dict[str, str], head_address: str | None, gcs_port: int = 0) -> int:
     """``ray start`` for one node, again (after killing what the failed attempt left) when it times out.
-    Returns the head's GCS port (a new one at each attempt)."""
+    Returns the head's GCS port: ``gcs_port`` when given (a head started again), else a new one at each
+    attempt."""
     output = ""
     for _ in range(START_ATTEMPTS):
-        port, listen_port = (_free_port() if head_address is None else 0), _free_port()
+        port, listen_port = (gcs_port or free_port() if head_address is None else 0), free_port()
         starting = subprocess.Popen(
             _start_args(node, head_address, port, listen_port), env=env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, preexec_fn=_higher_priority,
@@ -237,9 +233,11 @@ def start_cluster(
     tls: bool = True,
     node_env: dict[str, str] | None = None,
     head_labels: dict[str, str] | None = None,
+    head_env: dict[str, str] | None = None,
 ) -> RayCluster:
     """Start a head and ``workers`` worker nodes (named ``head``, ``w1``, ``w2`` ...); ``stop_cluster`` it.
-    Nodes start one after the other: in parallel they overload a 2-core machine past Ray's start-up limits."""
+    Nodes start one after the other: in parallel they overload a 2-core machine past Ray's start-up limits.
+    ``head_env`` goes to the head only (``RAY_REDIS_ADDRESS`` for GCS fault tolerance)."""
     folder = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: socket paths must fit in 107 bytes
     node_ip = _node_ip()
     token = folder / "token"
@@ -253,10 +251,11 @@ def start_cluster(
     node_environment = {**os.environ, **env, **FAST_FAILURE_DETECTION, **SLOW_MACHINE, **(node_env or {})}
     node_environment[MARKER] = str(folder)
     node_environment.pop("RAY_ADDRESS", None)
+    cluster.node_environment = {**node_environment, **(head_env or {})}
     try:
         head = RayNode("head", folder / "h", {"node-head": 1}, dict(head_labels or {}), head=True)
         cluster.nodes["head"] = head
-        port = _start_node(head, node_environment, None)
+        port = _start_node(head, cluster.node_environment, None)
         cluster.gcs_address = f"{node_ip}:{port}"
         for index in range(1, workers + 1):
             node = RayNode(f"w{index}", folder / f"w{index}", {f"node-w{index}": 1}, {})
@@ -266,6 +265,18 @@ def start_cluster(
         stop_cluster(cluster)
         raise
     return cluster
+
+
+def restart_head(cluster: RayCluster) -> None:
+    """Start the killed head again on the same GCS address (a new session folder of its own): with GCS fault
+    tolerance the new GCS loads the cluster's state from Redis and the worker nodes reconnect to it."""
+    head = cluster.nodes["head"]
+    for process in head.processes():  # what the kill left (none when kill_node ran)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGKILL)
+    head.temp_dir = cluster.folder / f"h{secrets.token_hex(2)}"
+    port = int(cluster.gcs_address.rsplit(":", 1)[1])
+    _start_node(head, cluster.node_environment, None, gcs_port=port)
 
 
 def own_processes(folder: Path) -> list[psutil.Process]:
@@ -299,8 +310,9 @@ def ray_cluster(
     tls: bool = True,
     node_env: dict[str, str] | None = None,
     head_labels: dict[str, str] | None = None,
+    head_env: dict[str, str] | None = None,
 ) -> Iterator[RayCluster]:
-    cluster = start_cluster(workers, tls, node_env, head_labels)
+    cluster = start_cluster(workers, tls, node_env, head_labels, head_env)
     try:
         yield cluster
     finally:
