@@ -62,10 +62,14 @@ DEBUG_ENVIRONMENTS = ("development",)  # debug logging is on by default there (t
 OUR_LOGGERS = ("orchestrator", "client", "engine", "adapters", "actors")
 
 
-def _scalar(text: str) -> Any:
+def _scalar(text: str, where: str) -> Any:
     import yaml
 
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:  # e.g. '--set stepDuration=[': say which setting, not a traceback
+        problem = getattr(error, "problem", None) or "not a YAML value"
+        raise ValueError(f"--set {where}: '{text}' is not a value: {problem}") from None
 
 
 def _pairs(items: list[str], what: str) -> dict[str, Any]:
@@ -80,20 +84,19 @@ def _pairs(items: list[str], what: str) -> dict[str, Any]:
             continue
         *parents, leaf = key.split(".")
         node = result
-        for parent in parents:
+        for depth, parent in enumerate(parents):
             node = node.setdefault(parent, {})
-        node[leaf] = _scalar(value)
+            if not isinstance(node, dict):  # '--set a=1 --set a.b=2': 'a' cannot be both
+                given = ".".join(parents[: depth + 1])
+                raise ValueError(f"--set {key}: '{given}' is already set to a value, not a mapping")
+        node[leaf] = _scalar(value, key)
     return result
 
 
 def _artifact_from_args(args: argparse.Namespace) -> dict[str, Any]:
     import shlex
 
-    import yaml
-
-    data: dict[str, Any] = {}
-    if args.artifact:
-        data = yaml.safe_load(Path(args.artifact).read_text()) or {}
+    data: dict[str, Any] = _artifact_file(args.artifact) if args.artifact else {}
     if args.service:
         data["name"] = args.service
     if args.version:
@@ -104,7 +107,26 @@ def _artifact_from_args(args: argparse.Namespace) -> dict[str, Any]:
         data["workingDir"] = args.workdir
     if args.source:
         data["source"] = args.source
-    data.setdefault("env", {}).update(_pairs(args.env or [], "--env"))
+    env = data.setdefault("env", {})
+    if not isinstance(env, dict):
+        raise ValueError(f"--artifact: {args.artifact}: env: must be a mapping (NAME: value lines)")
+    env.update(_pairs(args.env or [], "--env"))
+    return data
+
+
+def _artifact_file(path: str) -> dict[str, Any]:
+    """The artifact file's mapping; ValueError naming the file and what is wrong with it."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise ValueError(f"--artifact: cannot read {path}: {error.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"--artifact: {path} is not YAML or JSON: {error}") from None
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ValueError(f"--artifact: {path} must hold a mapping (name:, version:, ...), not a {kind}")
     return data
 
 
@@ -451,10 +473,28 @@ def _cmd_journal(args: argparse.Namespace) -> int:
         )
         print("use it: journal: {backend: postgresql, url: env:ORCH_JOURNAL_URL} in enterprise_config.yaml")
         return EXIT_OK
+    if args.journal_cmd == "salvage":
+        return _salvage(args)
     journal = read_journal(args.config, args.journal)
     ok, bad = journal.verify_chain()
     print(f"journal {journal.location}: hash chain " + ("intact" if ok else f"BROKEN at seq {bad}"))
     return EXIT_OK if ok else EXIT_DEPLOYMENT_FAILED
+
+
+def _salvage(args: argparse.Namespace) -> int:
+    """What a damaged SQLite journal still holds, verified; the file itself is not changed."""
+    from engine.journal_salvage import salvage
+
+    path = args.journal or str(load_config(args.config).journal_location())
+    if not Path(path).is_file():
+        raise ValueError(f"--journal: {path} is not a SQLite journal file")
+    found = salvage(path)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as out:
+            for row in found.kept:
+                out.write(json.dumps(row._asdict()) + "\n")
+    print(found.summary() + (f"; verified events written to {args.out}" if args.out else ""))
+    return EXIT_OK if found.damaged_at is None else EXIT_DEPLOYMENT_FAILED
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -558,6 +598,9 @@ def _journal_parser(sub: Any) -> None:
     migrate.add_argument("--json", action="store_true")
     verify = journal_sub.add_parser("verify", help="recompute the hash chain; exit 1 when it is broken")
     verify.add_argument("--journal", help="a path, env:NAME, file:/path or URL (default: the configured one)")
+    rescue = journal_sub.add_parser("salvage", help="read back a damaged SQLite journal's verified events")
+    rescue.add_argument("--journal", help="the SQLite file (default: the configured journal)")
+    rescue.add_argument("--out", help="write the verified events here as JSON lines")
     journal.set_defaults(func=_cmd_journal)
 
 

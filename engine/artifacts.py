@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import Field
@@ -166,7 +166,7 @@ def load_private_key(data: bytes, password: bytes | None = None) -> Ed25519Priva
             key: Any = serialization.load_ssh_private_key(data, password)
         else:
             key = serialization.load_pem_private_key(data, password)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
         raise ValueError(f"not a readable private key: {error}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"the key is {type(key).__name__}, not ed25519")
@@ -204,7 +204,7 @@ def load_public_key(text: str) -> Ed25519PublicKey:
             key = serialization.load_ssh_public_key(value.encode())
         else:
             key = Ed25519PublicKey.from_public_bytes(base64.b64decode(value, validate=True))
-    except (ValueError, binascii.Error) as error:
+    except (ValueError, binascii.Error, UnsupportedAlgorithm) as error:  # 'ssh-foo ...': not a key type
         raise ValueError(f"not an ed25519 public key (PEM, ssh-ed25519 or base64): {error}") from None
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError(f"the key is {type(key).__name__}, not ed25519")
@@ -371,7 +371,7 @@ def _findings(report: Any) -> list[dict[str, str]]:
     if isinstance(report.get("vulnerabilities"), list):
         items = report["vulnerabilities"]
     elif isinstance(report.get("Results"), list):
-        items = [v for result in report["Results"] for v in (result or {}).get("Vulnerabilities") or []]
+        items = _trivy_items(report["Results"])
     else:
         raise ValueError("the report has neither 'vulnerabilities' nor Trivy's 'Results'")
     found = []
@@ -382,6 +382,21 @@ def _findings(report: Any) -> list[dict[str, str]]:
         severity = str(item.get("severity") or item.get("Severity") or "unknown").lower()
         found.append({"id": str(ident)[:100], "severity": severity})
     return found
+
+
+def _trivy_items(results: list[Any]) -> list[Any]:
+    """The findings of Trivy's ``Results`` (each result a JSON object with a list of ``Vulnerabilities``)."""
+    items: list[Any] = []
+    for index, result in enumerate(results):
+        if not result:
+            continue
+        if not isinstance(result, dict):
+            raise ValueError(f"Results[{index}] is not a JSON object")
+        found = result.get("Vulnerabilities") or []
+        if not isinstance(found, list):
+            raise ValueError(f"Results[{index}].Vulnerabilities is not a list")
+        items.extend(found)
+    return items
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,9 +17,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
-from engine.journal_store import JournalStore, SqliteStore, StoreCursor, open_store
+from pydantic import ValidationError
+
+from engine.journal_store import JournalDamaged, JournalStore, SqliteStore, StoreCursor, open_store
 from engine.models import Artifact, DeploymentRequest, Phase
 from engine.pipeline_state import PipelineEvent, PipelineEventKind
 from engine.state import DeploymentState, Event, EventKind, fold
@@ -208,7 +210,7 @@ class Journal:
             query += " AND deployment_id = ?"
             params += (deployment_id,)
         rows = self._store.read(query + " ORDER BY seq", params)
-        return [Event.model_validate(_event_row(r, "deployment_id")) for r in rows]
+        return [_parsed(Event, _event_row(r, "deployment_id")) for r in rows]
 
     def phase_counts(self) -> dict[Phase, int]:
         rows = self._store.read("SELECT phase, COUNT(*) FROM deployments GROUP BY phase")
@@ -394,7 +396,7 @@ class Journal:
             "WHERE pipeline_id = ? ORDER BY seq",
             (pipeline_id,),
         )
-        return [PipelineEvent.model_validate(_event_row(r, "pipeline_id")) for r in rows]
+        return [_parsed(PipelineEvent, _event_row(r, "pipeline_id")) for r in rows]
 
     def pipeline_ids(self, unfinished_only: bool = False, prefix: str = "") -> list[str]:
         """Pipelines in creation order; ``unfinished_only``: those without a finished event."""
@@ -422,15 +424,35 @@ PIPELINE_STREAM = ("pipeline_events", "pipeline_id")
 def _event_row(row: tuple[Any, ...], key: str) -> dict[str, Any]:
     """An event row (seq, id, at, kind, actor, data, hash) as the fields of its model."""
     seq, stream_id, at, kind, actor, data, digest = row
+    try:
+        parsed = json.loads(data)
+    except (TypeError, ValueError) as error:
+        raise JournalDamaged(f"journal event seq {seq}: its data is not JSON ({error}): {_CHANGED}") from None
     return {
         "seq": seq,
         key: stream_id,
         "at": at,
         "kind": kind,
         "actor": actor,
-        "data": json.loads(data),
+        "data": parsed,
         "hash": digest,
     }
+
+
+_CHANGED = "the row was changed outside the orchestrator; `journal verify` names the first damaged event"
+Parsed = TypeVar("Parsed", Event, PipelineEvent)
+
+
+def _parsed(model: type[Parsed], fields: dict[str, Any]) -> Parsed:
+    """An event row as its model; a row that no longer fits it is damage, named by its seq."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise JournalDamaged(
+            f"journal event seq {fields['seq']}: {where}: {problem['msg']}: {_CHANGED}"
+        ) from None
 
 
 _EVENT_COLUMNS = "seq, deployment_id, at, kind, actor, data, prev_hash, hash"

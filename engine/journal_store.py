@@ -158,36 +158,74 @@ class _SqliteCursor:
         self._db.executemany(sql, [tuple(row) for row in rows])
 
 
+class JournalDamaged(JournalUnavailable):
+    """The journal's file is damaged (cut short, overwritten): SQLite cannot read it as a database. What was
+    committed before the damage can still be read with ``engine.journal_salvage.salvage``."""
+
+
+def _lenient_text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def _sqlite_problem(path: Path, error: sqlite3.Error) -> JournalUnavailable:
+    """SQLite's error as ours, naming the file (a damaged file says how to get its events back)."""
+    text = str(error)[:200]  # SQLite may quote a whole row
+    if isinstance(error, sqlite3.DatabaseError) and any(
+        sign in text for sign in ("malformed", "not a database", "corrupt")
+    ):
+        return JournalDamaged(
+            f"journal {path}: the file is damaged ({text}); nothing was written. Keep a copy of it; "
+            "`python orchestrator.py journal salvage` reads back every event committed before the damage"
+        )
+    return JournalUnavailable(f"journal {path}: {text}")
+
+
 class SqliteStore:
     """One file in WAL mode; ``BEGIN IMMEDIATE`` makes a writer wait (up to ``busy_timeout_s``) for
-    another."""
+    another. SQLite's errors come out as JournalUnavailable (JournalDamaged for a damaged file)."""
 
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
         self.path = path
         self.location = str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SQLITE_SCHEMA)
+        try:
+            self._db = sqlite3.connect(
+                path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            # Bytes that are not UTF-8 (a damaged row) read as U+FFFD: the row's hash then names it, and
+            # the rows around it stay readable (SQLite's own decoding fails the whole query).
+            self._db.text_factory = _lenient_text
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SQLITE_SCHEMA)
+        except sqlite3.Error as error:
+            raise _sqlite_problem(path, error) from None
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
-            return self._db.execute(sql, tuple(params)).fetchall()
+            try:
+                return self._db.execute(sql, tuple(params)).fetchall()
+            except sqlite3.Error as error:
+                raise _sqlite_problem(self.path, error) from None
 
     def write(self, work: Callable[[StoreCursor], T]) -> T:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                result = work(_SqliteCursor(self._db))
-            except BaseException:
+                return self._write(work)
+            except sqlite3.Error as error:
+                raise _sqlite_problem(self.path, error) from None
+
+    def _write(self, work: Callable[[StoreCursor], T]) -> T:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(_SqliteCursor(self._db))
+        except BaseException:
+            if self._db.in_transaction:  # a damaged file may already have ended it
                 self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return result
+            raise
+        self._db.execute("COMMIT")
+        return result
 
     def restart_sequence(self, cursor: StoreCursor) -> None:
         """AUTOINCREMENT already follows the highest ``seq`` inserted."""

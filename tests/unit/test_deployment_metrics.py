@@ -223,3 +223,36 @@ def test_queue_and_phases(tmp_path: Path) -> None:
     assert (
         value(families, "orchestrator_compliance_level_info", environment="production", level="strict") == 1
     )
+
+
+def test_audit_hooks_compliance_environment_status_and_drift(tmp_path: Path) -> None:
+    stream = Stream(tmp_path)
+    deployment = stream.deployment("1.0.0")
+    stream.append(deployment, EventKind.HOOK, type="confirm-rollout", outcome="held")
+    stream.append(deployment, EventKind.COMPLIANCE_CHECKED, passed=False, result={"score": 80.5})
+    stream.append(deployment, EventKind.DRIFT, crash_loop=True)
+    journal = stream.journal
+    journal.append_event("audit", EventKind.AUDIT, {"action": "role_refused", "environment": "production"})
+    journal.append_event(
+        "audit", EventKind.AUDIT, {"action": "alert_sent", "kind": "failed", "severity": "critical"}
+    )
+    stream.at(50)
+    checkpoint = journal.append_event("audit", EventKind.AUDIT, {"action": "checkpoint"})
+    journal.append_event("environment:staging", EventKind.ENVIRONMENT_STATUS, {"status": "degraded"})
+    journal.append_event(
+        "environment:qa", EventKind.ENVIRONMENT_STATUS, {"status": "ready", "environment": "qa"}
+    )
+    metrics = stream.metrics()
+    families = by_name(metrics.families(now=1_700_000_100.0))
+    hooks = value(families, "orchestrator_hook_gate_answers_total", type="confirm-rollout", outcome="held")
+    assert hooks == 1
+    assert value(families, "orchestrator_access_refusals_total", environment="production") == 1
+    assert value(families, "orchestrator_alerts_sent_total", kind="failed", severity="critical") == 1
+    assert value(families, "orchestrator_audit_entries_total", action="checkpoint") == 1
+    drift = value(families, "orchestrator_drift_findings_total", environment="production", crash_loop="true")
+    assert drift == 1
+    assert value(families, "orchestrator_compliance_score_percent", environment="production") == 80.5
+    assert value(families, "orchestrator_environment_healthy", environment="staging") == 0.0
+    assert value(families, "orchestrator_environment_healthy", environment="qa") == 1.0
+    assert value(families, "orchestrator_audit_checkpoint_age_seconds") == 50.0
+    assert value(families, "orchestrator_audit_unsigned_events") == metrics.seq - checkpoint == 2
