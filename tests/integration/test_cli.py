@@ -75,6 +75,10 @@ def ray_head(tmp_path: Path, home: dict[str, str]) -> Iterator[dict[str, str]]:
             f"--port={gcs}",
             f"--dashboard-port={dashboard}",
             "--dashboard-host=127.0.0.1",
+            # Its own agent ports: Ray's default one (52365) may be held by another Ray on this machine (the
+            # session's embedded one, another test run), and then `ray job submit` finds no agent.
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
             "--node-ip-address=127.0.0.1",
             "--num-cpus=2",
             f"--temp-dir={temp_dir}",
