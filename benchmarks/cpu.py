@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -30,20 +31,20 @@ def git_commit() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def start_local_ray(ray_defaults: bool, namespace: str | None = None, attempts: int = 5) -> None:
+def start_local_ray(ray_defaults: bool, namespace: str | None = None, attempts: int = 10) -> None:
     """A local Ray as the orchestrator's embedded one (its settings, unless ``ray_defaults``).
 
-    On a loaded machine the raylet gives up when Ray's dashboard agent takes more than 15 s to start (a fixed
-    timeout in Ray 2.60): while Ray starts, the agent runs before Ray's other new processes (priorities set
-    back to normal for every process once Ray is up; CPU time, which is what is measured, does not depend on
-    them), and a failed start is tried again after removing what it left running (this process's children)."""
+    On a loaded machine the raylet gives up when Ray's agents take more than 15 s to publish their ports (a
+    fixed timeout in Ray 2.60): the ports are chosen beforehand where Ray lets them be, and a failed start
+    is tried again after removing what it left running (this process's own children)."""
     import ray
 
     from client.ray_settings import RAY_SYSTEM_CONFIG
 
+    _fixed_agent_ports()
     for attempt in range(attempts):
         starting = threading.Event()
-        threading.Thread(target=_agent_first, args=(starting,), daemon=True).start()
+        threading.Thread(target=_publish_listen_port, args=(starting,), daemon=True).start()
         try:
             ray.init(
                 address="local",
@@ -55,7 +56,6 @@ def start_local_ray(ray_defaults: bool, namespace: str | None = None, attempts: 
                 namespace=namespace,
                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
                 _system_config=None if ray_defaults else dict(RAY_SYSTEM_CONFIG),
-                _metrics_export_port=_free_port(),  # fixed: the raylet need not wait for one
             )
             break
         except Exception:
@@ -66,27 +66,61 @@ def start_local_ray(ray_defaults: bool, namespace: str | None = None, attempts: 
             time.sleep(5)
         finally:
             starting.set()
-            _normal_priority()
     time.sleep(5)  # Ray's own start-up settles
+
+
+FIXED_PORTS: dict[str, int] = {}
+
+
+def _publish_listen_port(done: threading.Event) -> None:
+    """The raylet waits 15 s at most for the dashboard agent to publish its HTTP port, which a loaded machine
+    does not meet; the port is fixed beforehand (``_fixed_agent_ports``), so it is published for the agent
+    (which publishes the same port again once its server is up)."""
+    from ray._raylet import DASHBOARD_AGENT_LISTEN_PORT_NAME, persist_port  # type: ignore[attr-defined]
+
+    while not done.wait(0.1):
+        for process in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if "raylet" not in process.name():
+                    continue
+                flags = dict(a.split("=", 1) for a in process.cmdline() if a.startswith("--") and "=" in a)
+                port = FIXED_PORTS.get("dashboard_agent_listen_port")
+                if port and "--node_id" in flags and "--session_dir" in flags:
+                    persist_port(
+                        flags["--session_dir"], flags["--node_id"], DASHBOARD_AGENT_LISTEN_PORT_NAME, port
+                    )
+                    return
+
+
+def _fixed_agent_ports() -> None:
+    """The agents' ports chosen before Ray starts: the raylet then does not wait for the agents to publish
+    theirs, which is what times out on a loaded machine (it still waits for the agents to register)."""
+    from ray._private import parameter
+
+    original = parameter.RayParams.__init__
+    if getattr(original, "fixed_ports", False):
+        return
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        for name in (
+            "metrics_agent_port",
+            "metrics_export_port",
+            "dashboard_agent_listen_port",
+            "runtime_env_agent_port",
+        ):
+            if not getattr(self, name, None):
+                setattr(self, name, _free_port())
+            FIXED_PORTS[name] = getattr(self, name)
+
+    init.fixed_ports = True  # type: ignore[attr-defined]
+    parameter.RayParams.__init__ = init  # type: ignore[method-assign]
 
 
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _agent_first(done: threading.Event) -> None:
-    while not done.wait(0.05):
-        for process in psutil.Process().children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
-                process.nice(-10 if "dashboard/agent.py" in " ".join(process.cmdline()) else 10)
-
-
-def _normal_priority() -> None:
-    for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            process.nice(0)
 
 
 def _end_children() -> None:
