@@ -37,7 +37,7 @@ from engine.config import load_config, write_isolated_config  # noqa: E402
 from engine.journal import Journal  # noqa: E402
 from engine.reconciler import DeploymentReconciler  # noqa: E402
 from engine.state import EventKind  # noqa: E402
-from tests.unit.fakes import FakeClock, FakePlatform, FakeSmoke, drive, submit_admitted  # noqa: E402
+from harness.fakes import FakeClock, FakePlatform, FakeSmoke, drive, submit_admitted  # noqa: E402
 
 CANARY = {
     "type": "canary",

@@ -3,7 +3,7 @@
 For each platform (local, docker, vm, kubernetes on the kmock emulator, lambda on a moto server) the real
 engine (reconciler + journal) drives the real adapter through a first revision, then, each under the
 platform's live traffic, a good canary (3 analysis steps of --step-seconds), a blue-green (validate 1 s,
-switch, hold --step-seconds) and a rolling update. The environments are the integration tests' own.
+switch, hold --step-seconds) and a rolling update. The environments are the integration tests' own (harness/).
 
 Measured in the same run, for every completed step:
 - platform time: inside platform calls, from the journal (``platform_s`` of STEP_COMPLETED, summed by the
@@ -59,7 +59,7 @@ from engine.models import Phase, PlatformConfig, Target  # noqa: E402
 from engine.platform import PlatformAdapter  # noqa: E402
 from engine.reconciler import DeploymentReconciler, SmokeTester  # noqa: E402
 from engine.state import DeploymentState, Event, EventKind, Step, StepKind  # noqa: E402
-from tests.integration.environments import (  # noqa: E402
+from harness.environments import (  # noqa: E402
     HOSTS,
     RUN,
     Cluster,
@@ -82,8 +82,8 @@ from tests.integration.environments import (  # noqa: E402
     sample_process,
     ssh_daemons,
 )
-from tests.integration.k8s_emulator import KubeEmulator  # noqa: E402
-from tests.integration.scenarios import (  # noqa: E402
+from harness.k8s_emulator import KubeEmulator  # noqa: E402
+from harness.scenarios import (  # noqa: E402
     FIRST,
     ROLLING,
     Harness,
@@ -481,7 +481,7 @@ def tear_down_routed(config: PlatformConfig, target: Target, problems: list[str]
 
 
 # ------------------------------------------------------------------------------------------- environments
-# The integration tests' own environments (tests/integration/environments.py), with the benchmark's ports
+# The integration tests' own environments (harness/environments.py), with the benchmark's ports
 # and a clean-up that records what it had to remove rather than failing.
 Environment = Callable[[Path, list[str]], AbstractContextManager[ScenarioEnv]]
 

@@ -12,6 +12,7 @@ import pytest
 
 from engine.models import Artifact
 from examples.quickstart import sample_artifact as quickstart_artifact
+from harness.environments import dummy_aws_credentials
 from tests.integration.governance_kit import GovernanceKit, add_governance
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +37,10 @@ def orchestrator(orch_home: Path) -> Iterator[Any]:
     )
     add_governance(config, orch_home)  # a trusted signing key and a scanner (governance_kit.py)
     # Embedded on a new journal: the driver makes the first admin token in $ORCH_HOME/token and uses it.
-    orch = DeploymentOrchestrator(config_path=config, num_cpus=2)
+    # Ray's processes keep the environment they start with: dummy AWS credentials only, so that the actors
+    # reach the tests' moto servers and never a real account.
+    with dummy_aws_credentials(orch_home):
+        orch = DeploymentOrchestrator(config_path=config, num_cpus=2)
     assert (orch_home / "token").exists()
     yield orch
     orch.shutdown(stop_ray=False)  # first: a supervisor still running would restart what is removed

@@ -1,4 +1,4 @@
-"""The Kubernetes adapter over real HTTP against kmock's Kubernetes emulator (see k8s_emulator.py).
+"""The Kubernetes adapter over real HTTP against kmock's Kubernetes emulator (see harness/k8s_emulator.py).
 
 The emulator runs no controllers: a ``FakeController`` plays the Deployment controller, in the background for
 the contract (so that a replica-ratio split can become ready while ``set_traffic`` waits) and by explicit

@@ -2,7 +2,7 @@
 
 A ``FakeController`` plays the Deployment controller (in the background, so that a replica-ratio split becomes
 ready while ``set_traffic`` waits for it). Live traffic is simulated where Kubernetes would have it: every
-tick ``LiveTraffic`` (simulated_traffic.py) splits requests over the revisions by the weights the adapter
+tick ``LiveTraffic`` (harness/) splits requests over the revisions by the weights the adapter
 reads back from the cluster and counts them, per revision and status code, on a prometheus-client exporter
 that a real Prometheus scrapes every 0.5 s; the adapter's ``metrics()`` gets the counts back through
 Prometheus' query API. A revision fails the share of its requests that its pods' ``ERROR_RATE`` says (read

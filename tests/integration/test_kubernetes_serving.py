@@ -1,5 +1,5 @@
 """HTTPS, NetworkPolicies, resources and quotas of the Kubernetes adapter, over real HTTP against kmock's
-emulator (k8s_emulator.py); every object's content is read back from the emulator and asserted.
+emulator (harness/k8s_emulator.py); every object's content is read back from the emulator and asserted.
 
 - HTTPS: a listener (protocol HTTPS, a certificateRef to a kubernetes.io/tls Secret made from the
   environment's files) on the shared Gateway, the HTTPRoute attached to it only (``sectionName``); the other

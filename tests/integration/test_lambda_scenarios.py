@@ -1,7 +1,7 @@
 """The platform scenarios on AWS Lambda: the real engine over the real adapter, on a moto server.
 
 moto cannot invoke functions here (that needs Docker images), so live traffic is simulated where Lambda would
-have it: every tick ``LiveInvocations`` (simulated_traffic.py) reads the alias back, splits invocations over
+have it: every tick ``LiveInvocations`` (harness/) reads the alias back, splits invocations over
 its versions by the alias' routing weights and publishes them to CloudWatch in the scheme Lambda uses for
 invocations through a weighted alias (``FunctionName``, ``Resource=<function>:<alias>``, ``ExecutedVersion``);
 the adapter's ``metrics()`` reads them back from CloudWatch. A version fails the share of its invocations that

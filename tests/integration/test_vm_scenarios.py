@@ -60,11 +60,15 @@ class TestVmScenarios(PlatformScenarios):
 
 
 def tear_down(
-    config: PlatformConfig, roots: Path, haproxy_dir: Path, services: tuple[str, ...] = SERVICES
+    config: PlatformConfig,
+    roots: Path,
+    haproxy_dir: Path,
+    services: tuple[str, ...] = SERVICES,
+    environment: str = ENVIRONMENT,
 ) -> None:
     """Remove through the adapter, then insist that no replica process and no HAProxy of the test is left."""
     routers = recorded_processes(haproxy_dir)
-    targets = [Target(service=service, environment=ENVIRONMENT) for service in services]
+    targets = [Target(service=service, environment=environment) for service in services]
     try:
         remove_through_adapter(config, targets, check_gone=True)
     finally:
