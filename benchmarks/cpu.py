@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import subprocess
 import threading
@@ -42,6 +43,8 @@ def start_local_ray(ray_defaults: bool, namespace: str | None = None, attempts: 
     from client.ray_settings import RAY_SYSTEM_CONFIG
 
     _fixed_agent_ports()
+    # The raylet also gives the runtime-env agent 30 s to answer: on a loaded machine that is too short.
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
     for attempt in range(attempts):
         starting = threading.Event()
         threading.Thread(target=_publish_listen_port, args=(starting,), daemon=True).start()
