@@ -517,7 +517,7 @@ def prober_query_count(folder: Path) -> int:
 def stable_ports(orch: Any, service: str, revision: str) -> str:
     platform: Any = create_platform(orch.config.platform("local"))
     target = Target(service=service, environment=ENV)
-    ports = [r.address.rsplit(":", 1)[1] for r in platform.list_replicas(target, revision)]
+    ports = [r.address.rsplit(":", 1)[1] for r in platform.backend.list_replicas(target, revision)]
     platform.close()
     return ",".join(ports)
 
