@@ -430,7 +430,7 @@ def repetition(args: argparse.Namespace) -> dict[str, Any]:
         result |= measured_window(orch, folder, args, bare, probes)
     finally:
         orch.shutdown()  # first: its supervisor would otherwise restart what the clean-up removes
-        cleanup(orch, folder, args)
+        cleanup_repetition(orch, folder, args)
     return result
 
 
@@ -615,19 +615,30 @@ def peer_phase(
     return peer
 
 
-def cleanup(orch: Any, folder: Path, args: argparse.Namespace) -> None:
+def cleanup_repetition(orch: Any, folder: Path, args: argparse.Namespace) -> None:
+    """The peer's replicas, then every service's revisions and router."""
     peer_file = folder / "peer.json"
     if peer_file.exists():
         for pid in json.loads(peer_file.read_text())["replica_pids"]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
+    cleanup(orch, [*(f"svc-{i:02d}" for i in range(args.services)), PROBE_SERVICE])
+
+
+def cleanup(orch: Any, services: list[str]) -> None:
+    """Every revision and router of ``services`` (also used by benchmarks/self_heal.py and fleet.py)."""
     platform: Any = create_platform(orch.config.platform("local"))
-    for service in [*(f"svc-{i:02d}" for i in range(args.services)), PROBE_SERVICE]:
+    for service in services:
         target = Target(service=service, environment=ENV)
         for revision in platform.list_revisions(target):
             platform.remove_revision(target, revision.revision)
         platform.router.remove_frontend(target)
     platform.close()
+
+
+def cpu_by_pid(pids: set[int]) -> dict[int, float]:
+    """CPU seconds of each process with its reaped children; 0 once gone (benchmarks/self_heal.py)."""
+    return {pid: process_cpu(pid) for pid in pids}
 
 
 # ------------------------------------------------------------------------------------------ the run
