@@ -45,6 +45,7 @@ from engine.artifacts import ArtifactRegistry
 from engine.audit import AuditKeeper
 from engine.config import load_config
 from engine.control import control_event
+from engine.control_signals import ControlSignals
 from engine.governance import (
     ApprovalGate,
     ConfigVersions,
@@ -109,9 +110,10 @@ class QueenImpl:
         self.approval_gate = ApprovalGate(self.journal, self.approvals)
         self.artifacts = ArtifactRegistry(self.journal)
         self.config_versions = ConfigVersions(self.config, config_version)
+        self.controls = ControlSignals()  # what waiting runners hear of control requests through
         self.admission = Admission(
             self.journal,
-            _RayRunners(self.namespace, self.journal, self.journal_path, self.service_secret),
+            _RayRunners(self.namespace, self.journal, self.journal_path, self.service_secret, self.controls),
             limit=self.limit,
             max_queued=self.config.concurrency.max_queued,
             warm_runners=self.config.concurrency.warm_runners,
@@ -322,10 +324,15 @@ class QueenImpl:
             return self.journal.state(state.deployment_id).status()
         kind, data = control_event(action, reason, by)
         self.journal.append(state.deployment_id, kind, data, actor=by)
-        runner = find_actor(state.runner, self.namespace) if state.runner else None
-        if runner is not None:
-            runner.wake.remote()
+        self.controls.signal(state.deployment_id)  # its runner, waiting on control_signal, looks now
         return self.journal.state(state.deployment_id).status()
+
+    async def control_signal(self, deployment_id: str, wait_s: float, token: str | None = None) -> bool:
+        """A runner waits here between its checks (a system call): True as soon as a control request for its
+        deployment is journaled, False when ``wait_s`` (at most CONTROL_WAIT_S) passed."""
+        if token is None or not secrets.compare_digest(token, self.service_secret):
+            raise PermissionError("control_signal is for the orchestrator's runners")
+        return await self.controls.wait(deployment_id, wait_s)
 
     async def _redeploy_previous(
         self, state: DeploymentState, by: str, reason: str, token: str | None
@@ -405,7 +412,15 @@ class QueenImpl:
 class _RayRunners:
     """Runner actors for ``engine.admission``: the only place admission reaches Ray."""
 
-    def __init__(self, namespace: str, journal: Journal, journal_path: str, service_secret: str) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        journal: Journal,
+        journal_path: str,
+        service_secret: str,
+        controls: ControlSignals,
+    ) -> None:
+        self.controls = controls
         self.namespace = namespace
         self.journal = journal
         self.journal_path = journal_path
@@ -468,6 +483,8 @@ class _RayRunners:
             await handle.run.remote()
         except (RayActorError, ActorUnschedulableError) as error:
             raise RunnerLost(str(error)) from error
+        finally:
+            self.controls.release(deployment_id)  # a wait its runner left pending ends
 
 
 Queen: Any = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(QueenImpl)

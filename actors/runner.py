@@ -1,29 +1,36 @@
-"""Runner actors: each drives one deployment at a time to a terminal state, without blocking its event loop.
+"""Runner actors: each drives one deployment at a time to a terminal state, on its main thread.
 
 A runner is started ahead of need (a warm standby, so a process start is not on a deployment's critical path)
 and is then assigned one deployment, which it alone drives until that deployment is terminal; then it goes
 back to the queen's pool for the next one (a process start costs far more CPU than a whole deployment's
 orchestration). The assignment is written to the journal before the runner starts work and erased when the
 deployment is terminal, so a runner that Ray restarts after a crash finds its deployment again by its name.
+
+The run blocks the actor's main thread until the deployment is terminal (a synchronous actor): Ray's core
+worker wakes that thread every 10 ms to check for signals while it is idle, which costs an idle runner more
+CPU than its checks; a thread blocked in the run is not woken so. Between its checks the runner waits on one
+pending call to the queen that answers when a control request is journaled (engine/control_signals.py).
+Calls to the runner while it runs wait for the run to end: what it does is in the journal (its assignment
+names its pid).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
-import threading
+import time
 from typing import Any
 
 import ray
 
-from actors.common import find_actor, worker_name
+from actors.common import QUEEN_NAME, find_actor, worker_name
 from actors.delegates import DomainWorkers, WorkerJudge, WorkerPlanner
 from adapters import content_digests, create_metric_provider, create_platform
 from adapters.http_probe import HttpSmokeTester
 from adapters.webhooks import HttpWebhookSender
 from engine.admission import RUNNER_ASSIGNMENT
+from engine.control_signals import CONTROL_WAIT_S
 from engine.governance import feature_enabled, preflight
 from engine.hooks import WebhookGate
 from engine.journal import Journal
@@ -69,8 +76,8 @@ class DeploymentRunnerImpl:
         self.node_id = ray.get_runtime_context().get_node_id()
         self.deployment_id: str | None = None
         self.reconciler: DeploymentReconciler | None = None
-        self._wake = threading.Event()
-        self._task: asyncio.Future[str] | None = None
+        self._phase: str | None = None  # how the bound deployment's run ended (None: not run to its end)
+        self._control: Any = None  # the pending call to the queen that returns on a control request
         self.workers = DomainWorkers(ray.get_runtime_context().namespace)
         for record in self.journal.records(ASSIGNMENT):
             if record.get("runner") == self.name:  # restarted after a crash: same name, same deployment
@@ -87,7 +94,9 @@ class DeploymentRunnerImpl:
         self.journal.append(deployment_id, EventKind.NOTE, note, actor=self.name)
 
     def _record_assignment(self, deployment_id: str) -> None:
-        record = {"runner": self.name, "deployment_id": deployment_id, "node": self.node_id}
+        # The pid: how an operator (or a test) finds the process while it runs (it takes no calls then).
+        record: dict[str, Any] = {"runner": self.name, "deployment_id": deployment_id, "node": self.node_id}
+        record["pid"] = os.getpid()
         self.journal.put_record(ASSIGNMENT, self.name, record)
 
     def _bind(self, deployment_id: str) -> None:
@@ -123,60 +132,75 @@ class DeploymentRunnerImpl:
         )
         ray.get(ref, timeout=ROLLBACK_DECISION_TIMEOUT_S)
 
-    async def ready(self) -> str:
+    def ready(self) -> str:
         return self.name
 
-    async def assign(self, deployment_id: str) -> str:
+    def assign(self, deployment_id: str) -> str:
         """Bind this runner to a deployment until it is terminal; assigning the same one again is a no-op."""
         if self.deployment_id == deployment_id:
             return self.name
-        if self.deployment_id is not None and not self._idle():
+        if self.deployment_id is not None and self._phase is None:
             raise ValueError(f"{self.name} already runs {self.deployment_id}")
         self._record_assignment(deployment_id)
-        self._task = None
-        self._wake = threading.Event()
+        self._phase = None
         self._bind(deployment_id)
         return self.name
 
-    def _idle(self) -> bool:
-        """The bound deployment's run has ended (the runner may take another one)."""
-        return self._task is not None and self._task.done()
-
-    async def run(self) -> str:
-        """Run to the end; calling it again (after a restart or from a restarted queen) joins the same run."""
+    def run(self) -> str:
+        """Run to the end on this (the main) thread; calling it again (a restarted queen) returns the end."""
         if self.reconciler is None:
             raise ValueError(f"{self.name} has no deployment assigned")
-        if self._task is None:
-            self._task = asyncio.ensure_future(asyncio.to_thread(self._drive, self.reconciler, self._wake))
-        return await asyncio.shield(self._task)
+        if self._phase is None:
+            self._phase = self._drive(self.reconciler)
+        return self._phase
 
-    def _drive(self, reconciler: DeploymentReconciler, wake: threading.Event) -> str:
-        """The whole run in one thread: a check between waits wakes this thread only, not the event loop
-        (which stays free for ``wake`` and ``status``). A wake during a check is kept for the next wait."""
+    def _drive(self, reconciler: DeploymentReconciler) -> str:
+        """Checks and waits until the deployment is terminal. A control request during a check is kept by
+        the queen for the next wait."""
         try:
             while True:
-                wake.clear()
                 delay = _until_wait(reconciler)
                 if delay is None:
                     return reconciler.state().phase().value
                 if delay > 0:
-                    wake.wait(delay)
+                    self._wait(reconciler.deployment_id, delay)
         finally:
+            self._forget_control()
             reconciler.close()
             if not reconciler.state().active:
                 self.journal.delete_record(ASSIGNMENT, self.name)  # free for the next deployment
 
-    async def wake(self) -> None:
-        """A control request (pause, promote, abort, rollback) was journaled: look at it now."""
-        self._wake.set()
+    def _wait(self, deployment_id: str, delay: float) -> None:
+        """Blocks for ``delay`` seconds or until a control request is journaled, whichever is first."""
+        deadline = time.monotonic() + delay
+        if self._control is None:
+            queen = find_actor(QUEEN_NAME, self.namespace)
+            if queen is None:  # the queen restarts: the journal is read again after the wait
+                time.sleep(delay)
+                return
+            token = self.service_secret
+            self._control = queen.control_signal.remote(deployment_id, CONTROL_WAIT_S, token=token)
+        ready, _ = ray.wait([self._control], timeout=delay)
+        if not ready:
+            return
+        control, self._control = self._control, None
+        try:
+            ray.get(control, timeout=0)
+        except ray.exceptions.RayError:  # the queen restarted meanwhile: wait out the delay, ask the next one
+            time.sleep(max(0.0, deadline - time.monotonic()))
 
-    async def status(self) -> DeploymentStatus | None:
+    def _forget_control(self) -> None:
+        if self._control is not None:
+            ray.cancel(self._control)
+            self._control = None
+
+    def status(self) -> DeploymentStatus | None:
         return self.reconciler.state().status() if self.reconciler else None
 
-    async def pid(self) -> int:
+    def pid(self) -> int:
         return os.getpid()
 
-    async def node(self) -> str:
+    def node(self) -> str:
         return self.node_id
 
 

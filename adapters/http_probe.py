@@ -12,11 +12,13 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from adapters.tls_files import client_context
 from engine.models import Model
+
+if TYPE_CHECKING:  # imported where used: a runner (smoke tests only) does not pay for aiohttp
+    import aiohttp
 
 
 class ProbeResult(Model):
@@ -29,6 +31,8 @@ class ProbeResult(Model):
 
 async def probe(session: aiohttp.ClientSession, url: str, timeout_s: float) -> ProbeResult:
     """One GET; a timeout or a non-2xx answer is a failure."""
+    import aiohttp
+
     started = time.monotonic()
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
@@ -49,6 +53,8 @@ async def probe(session: aiohttp.ClientSession, url: str, timeout_s: float) -> P
 
 async def probe_all(urls: list[str], timeout_s: float, ca_file: str | None = None) -> list[ProbeResult]:
     """Every URL at once; bounded by ``timeout_s`` each; HTTPS verified against ``ca_file``."""
+    import aiohttp
+
     connector = aiohttp.TCPConnector(ssl=client_context(ca_file))
     async with aiohttp.ClientSession(connector=connector) as session:
         return list(await asyncio.gather(*(probe(session, url, timeout_s) for url in urls)))
@@ -89,6 +95,8 @@ class HttpChecker:
         self._session: aiohttp.ClientSession | None = None
 
     async def check(self, url: str, expect_status: int, contains: str | None, timeout_s: float) -> str | None:
+        import aiohttp
+
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
         try:

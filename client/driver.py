@@ -32,6 +32,7 @@ from actors.common import (
     worker_name,
 )
 from client.local import bootstrap_if_new, find_token
+from client.ray_settings import RAY_SYSTEM_CONFIG
 from engine.approvals import ApprovalRequest
 from engine.artifacts import ArtifactEntry, ArtifactRegistry
 from engine.compliance import ComplianceReport, report
@@ -155,6 +156,7 @@ class DeploymentOrchestrator:
                 "_node_ip_address": "127.0.0.1",  # embedded: everything stays on loopback
                 "num_cpus": num_cpus or os.cpu_count() or 2,
                 "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO)}},
+                "_system_config": dict(RAY_SYSTEM_CONFIG),  # fewer timer wake-ups in Ray's own processes
             }
         try:
             ray.init(address=address or "local", **options)

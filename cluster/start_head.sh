@@ -9,6 +9,9 @@ if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ] && [ -z "${RAY_A
   ray get-auth-token --generate >/dev/null
 fi
 port=${1:-8265}
+# Fewer timer wake-ups in Ray's own processes (client/ray_settings.py, the embedded cluster's settings);
+# metrics collection stays on.
+system_config=$(cd "$(dirname "$0")/.." && python3 -c 'from client.ray_settings import system_config_json as j; print(j())')
 ray start --head --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1 --dashboard-port "$port" \
-  --disable-usage-stats
+  --disable-usage-stats --system-config "$system_config"
 echo "submit with: RAY_AUTH_MODE=$RAY_AUTH_MODE ray job submit --address http://127.0.0.1:$port --working-dir . -- python orchestrator.py ..."

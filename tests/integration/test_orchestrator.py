@@ -14,6 +14,7 @@ import pytest
 import ray
 
 from adapters import create_platform
+from engine.admission import RUNNER_ASSIGNMENT
 from engine.models import Phase, RollbackTrigger, Target
 from engine.state import EventKind
 from examples.traffic import TrafficGenerator
@@ -247,6 +248,20 @@ def test_pause_resume_promote_and_abort(orchestrator: Any) -> None:
         orchestrator.resume(aborted_id)
 
 
+def test_a_control_request_reaches_a_runner_waiting_between_checks(orchestrator: Any) -> None:
+    """A runner waits between its checks with its main thread blocked (it takes no calls then): an abort must
+    still reach it at once, not at its next check two minutes later."""
+    first = first_revision(orchestrator, "waiting")
+    with live_traffic(first.status.address):
+        slow = canary(step_ms=120_000, steps=2, analysisInterval=120_000)
+        deployment_id = orchestrator.submit(sample_artifact("waiting", "2.0.0"), slow, ENV)
+        wait_for(orchestrator, deployment_id, lambda s: s.weights.get("2-0-0") == 20)
+        orchestrator.abort(deployment_id, reason="seen before the next check")
+        aborted = orchestrator.wait(deployment_id, 60)  # the next check would be 120 s away
+    assert aborted.status.phase is Phase.ABORTED, aborted.status
+    assert aborted.status.weights == {"1-0-0": 100}
+
+
 def _held_while_paused(orch: Any, deployment_id: str, paused: Any, hold_s: float) -> None:
     """Watch a canary paused early in a step until ``hold_s`` (longer than the step) has passed since the
     pause: a runner ignoring the pause would have completed the step and moved the weights by then."""
@@ -310,8 +325,11 @@ def test_runner_killed_mid_canary_resumes_and_ends_once(orchestrator: Any) -> No
             sample_artifact("runner-kill", "2.0.0", error_rate=0.5), canary(step_ms=4000), ENV
         )
         wait_for(orchestrator, deployment_id, lambda s: s.step_index >= 1)
-        runner = ray.get_actor(orchestrator.status(deployment_id).runner, namespace=orchestrator.namespace)
-        pid = ray.get(runner.pid.remote(), timeout=30)
+        # A running runner takes no calls (its main thread is in the run): its assignment names its pid.
+        runner = orchestrator.status(deployment_id).runner
+        assignment = orch_journal(orchestrator).record(RUNNER_ASSIGNMENT, str(runner))
+        assert assignment is not None, runner
+        pid = int(assignment["pid"])
         os.kill(pid, signal.SIGKILL)
         result = orchestrator.wait(deployment_id, 120)
     assert result.status.phase is Phase.ROLLED_BACK, result.status
