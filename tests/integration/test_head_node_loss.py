@@ -42,7 +42,7 @@ from tests.integration.test_several_nodes import (
     start_multinode,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 HEAD_DOWN_S = 10.0  # how long the head stays dead before it is started again
 RECONNECT_TIMEOUT_S = "600"
 

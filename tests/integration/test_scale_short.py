@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]  # a cluster start on a loaded machine
+# A cluster start on a loaded machine takes minutes.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 REPO = Path(__file__).resolve().parents[2]
 FIGURES = {
     "deployments_per_min",
