@@ -279,7 +279,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
             summary = event_summary(event.data, status.versions)
             print(f"  {stamp} {event.actor:<16} {event.kind.value:<18} {summary}")
-        _show_judgements(journal.events(state.deployment_id), args.judgements)
+        _show_judgements(journal.events(state.deployment_id), args.judgements, status.versions)
     return _finish(status, False)
 
 
@@ -330,7 +330,7 @@ def watch_view(status: DeploymentStatus, events: list[Any]) -> str:
     return "\n".join(lines)
 
 
-def _show_judgements(events: list[Any], count: int) -> None:
+def _show_judgements(events: list[Any], count: int, versions: dict[str, str]) -> None:
     """The last analysis judgements in full: figures, thresholds, statistics and reason."""
     judged = [e for e in events if e.kind.value == "measurement" and e.data.get("check") == "analysis"]
     if not judged or count <= 0:
@@ -341,10 +341,10 @@ def _show_judgements(events: list[Any], count: int) -> None:
         judgement = Judgement.model_validate(fields)
         stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
         first, *rest = describe_judgement(judgement)
-        print(f"  {stamp} {first}")
+        print(f"  {stamp} {readable(first, versions)}")
         for line in rest:
-            print(f"      {line}")
-        print(f"      reason: {judgement.reason}")
+            print(f"      {readable(line, versions)}")
+        print(f"      reason: {readable(judgement.reason, versions)}")
 
 
 def _cmd_history(args: argparse.Namespace) -> int:

@@ -153,7 +153,7 @@ def test_status_watch_redraws_until_the_deployment_ends(home: Home) -> None:
 
 def test_lint_prints_every_problem_with_its_path(home: Home, tmp_path: Path) -> None:
     data = yaml.safe_load(home.config.read_text())
-    data["roles"]["sre"] = []  # production's approvals need an sre: they could never complete
+    data["roles"]["security-team"] = []  # production's approvals need one: they could never complete
     data["roles"]["ghosts"] = []
     data["access"]["staging"]["deployer"].append("@ghosts")
     data["platforms"]["docker"]["settings"] = {"replicaPortRange": "many"}
@@ -170,7 +170,8 @@ def test_lint_prints_every_problem_with_its_path(home: Home, tmp_path: Path) -> 
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     expected = [
-        "environments.production.approvalWorkflow.approverGroups[1]: error: group 'sre' has no members",
+        "environments.production.approvalWorkflow.approverGroups[1]: error: "
+        "group 'security-team' has no members",
         "access.staging.deployer[2]: error: group 'ghosts' has no members",
         "alerting.channels.spare: warning: no route sends alerts to this channel",
         "alerting.channels.spare.url: error: not a notification URL Apprise can send to",
