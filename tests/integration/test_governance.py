@@ -33,22 +33,6 @@ APPROVERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def people(orchestrator: Any, orch_home: Path) -> dict[str, Any]:
-    """A driver per person, each holding that person's own token (issued by the session's admin); the token
-    is in ORCH_HOME/tokens/PERSON as well, for the command line."""
-    from orchestrator import DeploymentOrchestrator
-
-    drivers: dict[str, Any] = {}
-    folder = orch_home / "tokens"
-    folder.mkdir(exist_ok=True)
-    for person in ("alice", "bob", "carol", "erin", "grace", "ivan"):
-        token = orchestrator.issue_token(person)
-        (folder / person).write_text(token + "\n")
-        drivers[person] = DeploymentOrchestrator(config_path=orchestrator.config_path, token=token)
-    return drivers
-
-
 def register(orch: Any, name: str, **settings: Any) -> str:
     orch.register_environment(Environment.model_validate({"name": name, **settings}))
     return name

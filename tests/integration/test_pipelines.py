@@ -125,27 +125,29 @@ def release_template() -> dict[str, Any]:
     }
 
 
-def approve_when_asked(orch: Any, pipeline_id: str, timeout_s: float = 300) -> dict[str, float]:
+def approve_when_asked(
+    orch: Any, pipeline_id: str, people: dict[str, Any], timeout_s: float = 300
+) -> dict[str, float]:
     """Each environment's groups approve the pipeline's stage once it asks them; returns when each did."""
     approved: dict[str, float] = {}
     deadline = time.monotonic() + timeout_s
     while len(approved) < len(APPROVERS) and time.monotonic() < deadline:
-        for environment, people in APPROVERS.items():
+        for environment, deciders in APPROVERS.items():
             subject = f"{pipeline_id}.approve.{environment}"
             if environment in approved or not orch.approvals(environment=environment):
                 time.sleep(0.3)
                 continue
             if any(r.subject == subject for r in orch.approvals(environment=environment)):
                 approved[environment] = time.time()  # before: the last approval admits at once
-                for person, group in people:
-                    orch.approve(subject, person, group, f"{person} checked the release notes")
+                for person, group in deciders:
+                    people[person].approve(subject, None, group, f"{person} checked the release notes")
         assert orch.pipeline_status(pipeline_id).state is PipelinePhase.RUNNING
     assert len(approved) == len(APPROVERS), f"approvals not asked in time: {approved}"
     return approved
 
 
 def test_three_environments_with_approvals_and_two_services_in_parallel(
-    orchestrator: Any, governance_kit: Any
+    orchestrator: Any, governance_kit: Any, people: dict[str, Any]
 ) -> None:
     orchestrator.register_environment(PL_PRODUCTION)
     artifacts = [governance_kit.artifact(s, "1.0.0") for s in ("pipe-api", "pipe-web")]
@@ -153,7 +155,7 @@ def test_three_environments_with_approvals_and_two_services_in_parallel(
     pipeline_id = orchestrator.start_pipeline(
         release_template(), artifacts, RELEASE, pipeline_name="release", change_record=change
     )
-    approved = approve_when_asked(orchestrator, pipeline_id)
+    approved = approve_when_asked(orchestrator, pipeline_id, people)
     status = orchestrator.wait_pipeline(pipeline_id, 600)
 
     assert status.success, status.message
@@ -189,7 +191,7 @@ def test_three_environments_with_approvals_and_two_services_in_parallel(
 
 
 def test_a_pipeline_rejected_before_production_deploys_nothing_there(
-    orchestrator: Any, governance_kit: Any
+    orchestrator: Any, governance_kit: Any, people: dict[str, Any]
 ) -> None:
     orchestrator.register_environment(PL_PRODUCTION)
     artifact = governance_kit.artifact("pipe-rejected", "1.0.0")
@@ -199,8 +201,8 @@ def test_a_pipeline_rejected_before_production_deploys_nothing_there(
     while not [r for r in orchestrator.approvals(environment="pl-production") if r.subject == subject]:
         assert time.monotonic() < deadline, orchestrator.pipeline_status(pipeline_id)
         time.sleep(0.3)
-    orchestrator.approve(subject, "bob", "release-managers")
-    orchestrator.reject(subject, "carol", "prod-team", "the release notes are missing")
+    people["bob"].approve(subject, None, "release-managers")
+    people["carol"].reject(subject, None, "prod-team", "the release notes are missing")
     status = orchestrator.wait_pipeline(pipeline_id, 120)
 
     assert status.state is PipelinePhase.FAILED
