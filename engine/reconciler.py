@@ -489,8 +489,10 @@ class DeploymentReconciler:
     def _health(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> RollBack | None:
         """N consecutive checks with no healthy replica of the candidate mean unhealthy."""
         # A dead candidate replica is started again first, even beside live ones: a blue-green switch
-        # waits for every green server, and one replica lost to an outside kill is no verdict.
-        if self._revive_candidate(state) or self._healthy_now(state, snapshot):
+        # waits for every green server, and one replica lost to an outside kill is no verdict. Only
+        # looked for when the router sees a server down (or reports none): not on every healthy check.
+        some_down = snapshot is None or snapshot.servers_up < snapshot.servers_total
+        if (some_down and self._revive_candidate(state)) or self._healthy_now(state, snapshot):
             self._unhealthy_checks = 0
             return None
         self._unhealthy_checks += 1
@@ -507,16 +509,16 @@ class DeploymentReconciler:
         repairable, revision = self._repairable(), state.candidate_revision
         if repairable is None or revision is None:
             return False
+        observed = repairable.live_state(state.request.target, revision)
+        dead = [replica.index for replica in observed.replicas if not replica.alive]
+        if not dead:
+            return False
         restarts = sum(
             1
             for event in self.journal.events(state.deployment_id)
             if event.kind is EventKind.DRIFT and event.data.get("candidate_restart")
         )
         if restarts >= CANDIDATE_RESTARTS:
-            return False
-        observed = repairable.live_state(state.request.target, revision)
-        dead = [replica.index for replica in observed.replicas if not replica.alive]
-        if not dead:
             return False
         status = self.adapter.ensure_revision(
             self._spec(state, state.request.artifact, len(observed.replicas))

@@ -19,32 +19,13 @@ from engine.models import CanaryConfig, Phase, RollbackTrigger, Strategy, Strate
 from engine.state import EventKind
 from tests.integration.conftest import orch_journal, sample_artifact
 from tests.integration.test_orchestrator import first_revision, live_traffic, wait_for
+from tests.unit.test_models import SEED_BLUE_GREEN, SEED_CANARY
 
 pytestmark = pytest.mark.integration
 ENV = "development"
 
-# The seed's blocks, verbatim ("Canary Configuration", "Blue-Green Configuration"); tests override only the
-# durations (stepDuration, validationDuration) so that they take seconds, not minutes.
-SEED_CANARY: dict[str, Any] = {
-    "initialTrafficPercentage": 10,
-    "stepPercentage": 25,
-    "stepDuration": 300000,
-    "maxSteps": 4,
-    "successThreshold": {"errorRate": 1, "responseTime": 500, "availability": 99.5, "throughput": 100},
-    "failureThreshold": {"errorRate": 5, "responseTime": 2000, "availability": 95, "consecutiveFailures": 3},
-}
-SEED_BLUE_GREEN: dict[str, Any] = {
-    "switchTrafficPercentage": 100,
-    "validationDuration": 300000,
-    "autoSwitch": False,
-    "switchTriggers": [
-        {
-            "type": "health",
-            "condition": {"metric": "health_status", "operator": "eq", "value": "healthy"},
-            "action": "switch",
-        }
-    ],
-}
+# The seed's blocks, verbatim (tests/unit/test_models.py); tests override only the durations
+# (stepDuration, validationDuration) so that they take seconds, not minutes.
 
 
 def seed_canary(**overrides: Any) -> dict[str, Any]:
