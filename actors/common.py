@@ -46,6 +46,13 @@ def find_actor(name: str, namespace: str) -> Any | None:
         return None
 
 
+def named_actors(namespace: str) -> set[str]:
+    """The names of the live named actors of ``namespace``, in one call to the GCS (not the job's
+    namespace, which is another orchestrator's when one driver runs two)."""
+    found = ray.util.list_named_actors(all_namespaces=True)
+    return {str(a["name"]) for a in found if isinstance(a, dict) and a.get("namespace") == namespace}
+
+
 async def call(ref: Any, timeout_s: float) -> Any:
     """Await an ObjectRef with a deadline; raises TimeoutError naming the wait."""
     try:

@@ -70,12 +70,24 @@ class PlatformCheck(Model):
 
 
 class _Worker:
-    def __init__(self, config_path: str | None, journal_path: str, service_secret: str | None = None) -> None:
+    def __init__(
+        self,
+        config_path: str | None,
+        journal_path: str,
+        service_secret: str | None = None,
+        namespace: str | None = None,
+    ) -> None:
         self.config = load_config(config_path)
         self.journal = Journal(journal_path)
-        self.namespace = ray.get_runtime_context().namespace
+        # The namespace it was created in (the job's, in the runtime context, may be another orchestrator's).
+        self.namespace = namespace or ray.get_runtime_context().namespace
         self.service_secret = service_secret  # how this worker's own calls to the queen identify themselves
         self.access = AccessControl(self.config, self.journal, service_secret)
+        self.journal_path = journal_path
+        self._start()
+
+    def _start(self) -> None:
+        """What a worker sets up beyond the common part (its own state, threads, tasks)."""
 
     async def ping(self) -> str:
         return type(self).__name__
@@ -115,13 +127,12 @@ class EnvironmentCoordinatorImpl(_Worker):
     every live revision (engine/supervision.py) in a thread of its own: its rounds block on files and
     platform calls, never on this actor's event loop."""
 
-    def __init__(self, config_path: str | None, journal_path: str, service_secret: str | None = None) -> None:
-        super().__init__(config_path, journal_path, service_secret)
+    def _start(self) -> None:
         self.monitors: dict[str, list[Any]] = {}
         self._stop_supervision = threading.Event()
         if self.config.supervision.enabled:
             supervisor = SupervisorStateManager(
-                Journal(journal_path),  # its own connection: the thread never waits on the actor's
+                Journal(self.journal_path),  # its own connection: the thread never waits on the actor's
                 create_platform,
                 self.config.supervision,
                 actor=worker_name("DO-001"),
@@ -352,8 +363,7 @@ def _judged_by(judgement: Judgement, code: str) -> Judgement:
 class RollbackSystemImpl(_Worker):
     """DO-004: manual rollback, health watching of deployments, rollback history."""
 
-    def __init__(self, config_path: str | None, journal_path: str, service_secret: str | None = None) -> None:
-        super().__init__(config_path, journal_path, service_secret)
+    def _start(self) -> None:
         self.monitors: dict[str, Any] = {}
 
     async def trigger_rollback(
@@ -453,9 +463,8 @@ class PipelineOrchestratorImpl(_Worker):
     """DO-006: pipeline runs (a graph of build, test, deploy, validate, approve and compliance stages),
     journaled and continued after any restart; the logic is ``engine.pipeline``."""
 
-    def __init__(self, config_path: str | None, journal_path: str, service_secret: str | None = None) -> None:
-        super().__init__(config_path, journal_path, service_secret)
-        self.runs = PipelineRuns(self.config, self.journal, self.namespace, service_secret)
+    def _start(self) -> None:
+        self.runs = PipelineRuns(self.config, self.journal, self.namespace, self.service_secret)
         self.started = asyncio.Event()
         asyncio.get_running_loop().create_task(self._resume())
 

@@ -26,6 +26,7 @@ from actors.common import (
     cluster_answers,
     find_actor,
     kill_quietly,
+    named_actors,
     new_runner_name,
     worker_name,
 )
@@ -89,10 +90,13 @@ class QueenImpl:
         journal_path: str | None,
         max_concurrent: int | None,
         service_secret: str | None = None,
+        namespace: str | None = None,
     ) -> None:
         self.config = load_config(config_path)
         self.config_path = config_path
-        self.namespace = ray.get_runtime_context().namespace
+        # The namespace it was created in: the runtime context gives the job's, which is another
+        # orchestrator's when one driver runs two.
+        self.namespace = namespace or ray.get_runtime_context().namespace
         self.journal_path = str(journal_path or self.config.journal_location())  # a path, URL or reference
         self.journal = Journal(self.journal_path)
         self.owner = f"{ray.get_runtime_context().gcs_address} {self.namespace}"
@@ -166,7 +170,7 @@ class QueenImpl:
     def _ensure_workers(self) -> None:
         """Every domain worker alive: one call to the GCS lists the live named actors; only a missing worker
         is looked up or created."""
-        live = {name for name in ray.util.list_named_actors() if isinstance(name, str)}
+        live = named_actors(self.namespace)
         # Standby runners lost with their node are forgotten (and replaced by _refill).
         self.admission.pool.forget_dead(live)
         for code in DOMAIN_WORKERS:
@@ -179,7 +183,7 @@ class QueenImpl:
                 handle = (
                     WORKER_CLASSES[code]
                     .options(name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True)
-                    .remote(self.config_path, self.journal_path, self.service_secret)
+                    .remote(self.config_path, self.journal_path, self.service_secret, self.namespace)
                 )
             self.workers[code] = handle
 
@@ -442,7 +446,7 @@ class _RayRunners:
             lifetime="detached",
             get_if_exists=True,
             scheduling_strategy=strategy or spread_over_nodes(1)[0],
-        ).remote(self.journal_path, self.service_secret)
+        ).remote(self.journal_path, self.service_secret, self.namespace)
         self._learn_node(name, handle)
         return handle
 
@@ -471,16 +475,19 @@ class _RayRunners:
         return handle
 
     def live_names(self) -> list[str]:
-        names = ray.util.list_named_actors()  # this namespace's, in one call to the GCS
-        return [n for n in names if isinstance(n, str) and n.startswith(RUNNER_PREFIX)]
+        return sorted(n for n in named_actors(self.namespace) if n.startswith(RUNNER_PREFIX))
 
     def stop(self, handle: Any) -> None:
         kill_quietly(handle)
 
     async def drive(self, handle: Any, deployment_id: str) -> None:
         try:
-            await handle.assign.remote(deployment_id)
+            # A runner that never starts (its process, or its node, stuck) is lost, not waited for forever.
+            await call(handle.assign.remote(deployment_id), RUNNER_START_TIMEOUT_S)
             await handle.run.remote()
+        except TimeoutError as error:
+            kill_quietly(handle)
+            raise RunnerLost(f"it did not start within {RUNNER_START_TIMEOUT_S:.0f} s") from error
         except (RayActorError, ActorUnschedulableError) as error:
             raise RunnerLost(str(error)) from error
         finally:

@@ -62,7 +62,9 @@ def debug_logging(on: bool) -> None:
 class DeploymentRunnerImpl:
     """Re-reads the journal and the platform after every (re)start: nothing it needs lives only in memory."""
 
-    def __init__(self, journal_path: str, service_secret: str | None = None) -> None:
+    def __init__(
+        self, journal_path: str, service_secret: str | None = None, namespace: str | None = None
+    ) -> None:
         # A standby runner pays its imports now, not on a deployment's critical path (the local platform's;
         # other platforms' clients are imported when first used).
         import adapters.haproxy
@@ -71,14 +73,14 @@ class DeploymentRunnerImpl:
 
         self.journal = Journal(journal_path)
         self.name = ray.get_runtime_context().get_actor_name() or f"runner@{os.getpid()}"
-        self.namespace = ray.get_runtime_context().namespace
+        self.namespace = namespace or ray.get_runtime_context().namespace  # its own, not the job's
         self.service_secret = service_secret  # how it asks DO-004 to decide its rollbacks (a system call)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.deployment_id: str | None = None
         self.reconciler: DeploymentReconciler | None = None
         self._phase: str | None = None  # how the bound deployment's run ended (None: not run to its end)
         self._control: Any = None  # the pending call to the queen that returns on a control request
-        self.workers = DomainWorkers(ray.get_runtime_context().namespace)
+        self.workers = DomainWorkers(self.namespace)
         for record in self.journal.records(ASSIGNMENT):
             if record.get("runner") == self.name:  # restarted after a crash: same name, same deployment
                 self._resume(str(record["deployment_id"]), record.get("node"))

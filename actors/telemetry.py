@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 OBSERVE_INTERVAL_S = 1.0
 STUCK_CHECK_S = 10.0  # deadlines are minutes long: looking every 10 s is soon enough
 REFRESH_AT_REST_S = 60.0  # the DORA windows slide even when nothing happens
+# Ray's gauges get new figures at most this often: Ray exports them every 10 s anyway, and computing every
+# family costs about a millisecond (the exporter computes its own at each scrape, always current).
+RAY_PUSH_S = 5.0
 
 
 class Telemetry(Collector):
@@ -44,6 +47,8 @@ class Telemetry(Collector):
         self._lock = threading.Lock()
         self._ray: dict[str, Any] = {}
         self._ray_values: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        self._changed = False  # figures changed since Ray's gauges were last set
+        self._pushed = float("-inf")  # when (monotonic) they were
         self.registry = prometheus_client.CollectorRegistry()
         self.registry.register(self)
         prometheus_client.ProcessCollector(registry=self.registry)  # the queen's own CPU and memory
@@ -67,16 +72,25 @@ class Telemetry(Collector):
 
     # ------------------------------------------------------------------------------ refreshing
     def refresh(self, force: bool = False) -> None:
-        """Fold the events written since the last refresh, then give Ray's gauges the new figures (when there
-        were new events, or when ``force``d: the DORA windows slide with time)."""
+        """Fold the events written since the last refresh; give Ray's gauges the new figures when there were
+        new events (or when ``force``d: the DORA windows slide with time), at most every ``RAY_PUSH_S``. What
+        waits for the next push is ``pending``: the observer's next round pushes it."""
         with self._lock:
             before = self.metrics.seq
             self.metrics.fold(self.journal.events(after_seq=before))
-            if self.metrics.seq == before and not force:
+            self._changed = self._changed or force or self.metrics.seq != before
+            now = time.monotonic()
+            if not self._changed or now - self._pushed < RAY_PUSH_S:
                 return
+            self._changed, self._pushed = False, now
             families = [*self.metrics.families(time.time()), *self._dispatch_families()]
         for family in families:
             self._to_ray(family)
+
+    @property
+    def pending(self) -> bool:
+        """Figures not yet given to Ray's gauges."""
+        return self._changed
 
     def _dispatch_families(self) -> list[Family]:
         hooks: dict[Any, float] = {}
@@ -171,11 +185,12 @@ class Observer:
         seq = head[0] if head else 0
         now = time.monotonic()
         stuck = now - self._stuck_checked >= STUCK_CHECK_S
-        if seq == self._seen and not stuck and now - self._refreshed < REFRESH_AT_REST_S:
+        pending = self.telemetry.pending
+        if seq == self._seen and not stuck and not pending and now - self._refreshed < REFRESH_AT_REST_S:
             return 0
-        handled = self.dispatcher.round(stuck)
+        handled = self.dispatcher.round(stuck) if seq != self._seen or stuck else 0
         self._stuck_checked = now if stuck else self._stuck_checked
-        if seq != self._seen or now - self._refreshed >= REFRESH_AT_REST_S:
+        if seq != self._seen or pending or now - self._refreshed >= REFRESH_AT_REST_S:
             self.telemetry.refresh(force=True)  # the dispatcher's counts may have changed too
             self._refreshed = now
         self._seen = seq if handled < BATCH else self._seen

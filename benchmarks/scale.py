@@ -464,9 +464,10 @@ def runners_per_node(namespace: str) -> dict[str, int]:
     """How many of the namespace's runner actors are alive on each node now."""
     import ray
     from ray._private.state import actors
-    from ray.util import list_named_actors
 
-    names = {a["name"] for a in list_named_actors(all_namespaces=True) if a["namespace"] == namespace}
+    from actors.common import named_actors
+
+    names = named_actors(namespace)
     node_names = {
         n["NodeID"]: next((r[5:] for r in n["Resources"] if r.startswith("node-")), n["NodeID"][:8])
         for n in ray.nodes()
@@ -483,13 +484,13 @@ def remove_actors(orch: Any) -> None:
     """Every actor of the cell's namespace (the queen, domain workers and detached runners): the next cell
     starts on a cluster without them."""
     import ray
-    from ray.util import list_named_actors
+
+    from actors.common import named_actors
 
     orch.shutdown(stop_ray=False)
-    for actor in list_named_actors(all_namespaces=True):
-        if actor["namespace"] == orch.namespace:
-            with contextlib.suppress(ValueError, ray.exceptions.RayError):
-                ray.kill(ray.get_actor(actor["name"], namespace=orch.namespace), no_restart=True)
+    for name in named_actors(orch.namespace):
+        with contextlib.suppress(ValueError, ray.exceptions.RayError):
+            ray.kill(ray.get_actor(name, namespace=orch.namespace), no_restart=True)
 
 
 if __name__ == "__main__":

@@ -173,7 +173,9 @@ class DeploymentOrchestrator:
         if queen is None:
             queen = Queen.options(
                 name=QUEEN_NAME, namespace=self.namespace, lifetime="detached", get_if_exists=True
-            ).remote(self.config_path, self.journal_path, max_concurrent, secrets.token_urlsafe(32))
+            ).remote(
+                self.config_path, self.journal_path, max_concurrent, secrets.token_urlsafe(32), self.namespace
+            )
         try:
             running = ray.get(queen.ready.remote(), timeout=CALL_TIMEOUT_S * 2)
         except ray.exceptions.RayActorError as error:

@@ -203,7 +203,7 @@ class Checkpoint(Model):
     seq: int
     hash: str
     at: float
-    kind: str  # periodic | shutdown | manual | anchor
+    kind: str  # periodic | shutdown | manual | anchor | late (an interrupted one, signed after a restart)
     key_id: str
     signature: str = ""
 
@@ -229,7 +229,9 @@ class CheckpointStore:
         self.path = path
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
+        """The store's file lock: a checkpoint's journal entry and its signature are written under it, so a
+        reader holding it sees both or neither. Not re-entrant (flock on a new descriptor)."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -238,11 +240,20 @@ class CheckpointStore:
         finally:
             os.close(fd)
 
-    def append(self, checkpoint: Checkpoint) -> None:
-        with self._locked(), open(self.path, "a", encoding="utf-8") as out:
+    def append(self, checkpoint: Checkpoint, held: bool = False) -> None:
+        """Append under the lock (``held``: the caller holds it already)."""
+        with (
+            contextlib.nullcontext() if held else self.locked(),
+            open(self.path, "a", encoding="utf-8") as out,
+        ):
             out.write(checkpoint.model_dump_json() + "\n")
             out.flush()
             os.fsync(out.fileno())
+
+    def read_with(self, journal: Journal) -> tuple[list[ChainRow], list[Checkpoint]]:
+        """The journal's chain and the checkpoints as of one moment: no checkpoint half written."""
+        with self.locked():
+            return journal.chain(), self.all()
 
     def all(self) -> list[Checkpoint]:
         """Every checkpoint, oldest first; ValueError naming the line that is not one."""
@@ -282,6 +293,7 @@ class Checkpointer:
         self.clock = clock
         self.trail = AuditTrail(journal)
         self._key: Ed25519PrivateKey | None = None
+        self._interrupted_checked = False
         latest = max(store.all(), key=lambda c: c.seq, default=None)
         self.last_seq = latest.seq if latest else 0
         self.last_at = latest.at if latest else clock()
@@ -336,16 +348,38 @@ class Checkpointer:
         if head is None or head[0] <= self.last_seq:
             return None
         key = self.key()
-        seq = self.trail.record("checkpoint", actor, reason=kind, key_id=key_id(key.public_key()))
-        return self.sign(self.journal.chain(after_seq=seq - 1, limit=1)[0], kind)
+        with self.store.locked():  # readers see the entry and its signature together
+            if not self._interrupted_checked:
+                self._sign_interrupted(actor)
+                self._interrupted_checked = True
+            seq = self.trail.record("checkpoint", actor, reason=kind, key_id=key_id(key.public_key()))
+            return self.sign(self.journal.chain(after_seq=seq - 1, limit=1)[0], kind, held=True)
 
-    def sign(self, row: ChainRow, kind: str) -> Checkpoint:
+    def _sign_interrupted(self, actor: str) -> None:
+        """The journal's last checkpoint entry, when no signature covers it or anything after it: its
+        writer stopped between the two writes (a crash). It is signed now ("late"), and the late signature
+        is itself journaled, so the trail says so. Only that one: two or more unsigned entries are a
+        truncated store, which verification goes on calling broken. Call with the store's lock held."""
+        latest = max((c.seq for c in self.store.all()), default=0)
+        entries = [
+            row
+            for row in self.journal.chain(after_seq=latest)
+            if row.kind == EventKind.AUDIT.value and json.loads(row.data).get("action") == "checkpoint"
+        ]
+        if not entries:
+            return
+        row = entries[-1]
+        self.sign(row, "late", held=True)
+        why = "its signer stopped between the journal entry and the signature"
+        self.trail.record("checkpoint_signed_late", actor, reason=why, signed_seq=row.seq)
+
+    def sign(self, row: ChainRow, kind: str, held: bool = False) -> Checkpoint:
         key = self.key()
         now = self.clock()
         checkpoint = Checkpoint(
             seq=row.seq, hash=row.hash, at=now, kind=kind, key_id=key_id(key.public_key())
         ).signed(key)
-        self.store.append(checkpoint)
+        self.store.append(checkpoint, held)
         if kind != "anchor":
             self.last_seq, self.last_at = max(self.last_seq, row.seq), now
         return checkpoint
@@ -366,6 +400,7 @@ class Verification(Model):
     unsigned: int = 0
     anchor_seq: int | None = None
     checkpoints: int = 0
+    late: int = 0  # checkpoints signed after a restart (their signer stopped between the two writes)
 
     def summary(self) -> str:
         if not self.ok:
@@ -383,7 +418,9 @@ class Verification(Model):
             if self.unsigned
             else "; nothing follows it"
         )
-        return f"audit trail intact: {span}; signed up to seq {self.signed_seq} (checkpoint of {stamp}){tail}"
+        late = f"; {self.late} checkpoint(s) signed late, after an interrupted write" if self.late else ""
+        signed = f"signed up to seq {self.signed_seq} (checkpoint of {stamp})"
+        return f"audit trail intact: {span}; {signed}{tail}{late}"
 
 
 def _broken(problem: str, seq: int | None) -> Verification:
@@ -447,10 +484,21 @@ def _unsigned_checkpoint_entries(rows: list[ChainRow], signed: set[int]) -> Veri
     return None
 
 
+def verify_stored(journal: Journal, store: CheckpointStore, public: Ed25519PublicKey | None) -> Verification:
+    """``verify_trail`` on the journal and the store read together (a checkpoint being written is seen
+    whole or not at all)."""
+    rows, checkpoints = store.read_with(journal)
+    return verify_trail(journal, checkpoints, public, rows)
+
+
 def verify_trail(
-    journal: Journal, checkpoints: list[Checkpoint], public: Ed25519PublicKey | None
+    journal: Journal,
+    checkpoints: list[Checkpoint],
+    public: Ed25519PublicKey | None,
+    rows: list[ChainRow] | None = None,
 ) -> Verification:
-    """Check signatures, the chain (from the last pruning anchor, if any) and the checkpoints against it."""
+    """Check signatures, the chain (from the last pruning anchor, if any) and the checkpoints against it
+    (``rows``: the journal's chain as read with the checkpoints, else read now)."""
     if checkpoints and public is None:
         return _broken("signed checkpoints exist but no public key was found to check them", None)
     for checkpoint in checkpoints:
@@ -460,7 +508,7 @@ def verify_trail(
                 f"{key_id(public)}: the checkpoint store was altered or another public key is needed",
                 checkpoint.seq,
             )
-    rows = journal.chain()
+    rows = journal.chain() if rows is None else rows
     if not rows:
         if checkpoints:
             return _broken("the journal is empty but signed checkpoints exist: every entry was removed", 1)
@@ -487,6 +535,7 @@ def verify_trail(
         unsigned=sum(1 for r in rows if signed is None or r.seq > signed.seq),
         anchor_seq=anchor.seq if anchor else None,
         checkpoints=len(checkpoints),
+        late=sum(1 for c in later if c.kind == "late"),
     )
 
 
@@ -497,7 +546,7 @@ def verify_configured(
     the configured signing key (what ``audit verify`` and a compliance check of the trail use)."""
     key_file = public_key or public_key_path(config.audit_key_path())
     public = load_public_key(key_file) if public_key is not None or key_file.exists() else None
-    return verify_trail(journal, CheckpointStore(config.audit_checkpoints_path()).all(), public)
+    return verify_stored(journal, CheckpointStore(config.audit_checkpoints_path()), public)
 
 
 # --------------------------------------------------------------------------------------------
@@ -549,7 +598,7 @@ def prune_expired(
     dry_run: bool = False,
 ) -> PruneResult:
     """Remove the entries past retention, anchoring what remains with a signed checkpoint first."""
-    check = verify_trail(journal, checkpointer.store.all(), checkpointer.public_key())
+    check = verify_stored(journal, checkpointer.store, checkpointer.public_key())
     if not check.ok:
         raise ValueError(f"refusing to prune a trail that does not verify: {check.problem}")
     cut = prune_cut(journal, keep_days, checkpointer.clock())

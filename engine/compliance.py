@@ -32,7 +32,7 @@ from pydantic import Field
 
 from engine.approvals import ApprovalRequest, Approvals, ApprovalState
 from engine.artifacts import Check
-from engine.audit import CheckpointStore, Verification, public_key_path, verify_trail
+from engine.audit import CheckpointStore, Verification, public_key_path, verify_stored, verify_trail
 from engine.audit import load_public_key as load_audit_key
 from engine.config import EnterpriseConfig
 from engine.journal import GENESIS, Journal, UnknownDeploymentError
@@ -111,10 +111,12 @@ def audit_status(
     hash chain from its pruning anchor, and its signed checkpoints (engine/audit.py's ``verify_trail``) when
     their store and public key are given (``trail_paths``). An unreadable store or key is not intact."""
     try:
-        stored = CheckpointStore(Path(checkpoints)).all() if checkpoints else []
         key_file = Path(public_key) if public_key else None
         public = load_audit_key(key_file) if key_file is not None and key_file.exists() else None
-        verification = verify_trail(journal, stored, public)
+        if checkpoints:
+            verification = verify_stored(journal, CheckpointStore(Path(checkpoints)), public)
+        else:
+            verification = verify_trail(journal, [], public)
     except ValueError as error:
         verification = Verification(ok=False, problem=str(error))
     seq, digest = journal.head() or (0, GENESIS)

@@ -42,7 +42,7 @@ from adapters.docker_backend import LABEL_ENVIRONMENT, LABEL_SERVICE
 from adapters.http_probe import HttpSmokeTester
 from adapters.kubernetes_platform import KubernetesPlatform
 from adapters.lambda_platform import LambdaPlatform
-from adapters.localhost import is_same_process
+from adapters.localhost import is_same_process, port_is_free
 from engine.journal import Journal
 from engine.models import Artifact, PlatformConfig, Target
 from engine.platform import PlatformAdapter
@@ -88,20 +88,11 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_block(count: int, low: int = 20000, high: int = 30000) -> int:
     """A first port such that ``count`` consecutive ports are free now."""
     for _ in range(200):
         first = low + closed_port() % (high - low - count)
-        if all(port_is_free(port) for port in range(first, first + count)):
+        if all(port_is_free("127.0.0.1", port) for port in range(first, first + count)):
             return first
     raise AssertionError(f"no {count} consecutive free ports found")
 
@@ -372,7 +363,12 @@ def stop_daemons(hosts: SshHosts) -> None:
         if pid_file.exists():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
-    wait_for("the SSH daemons to stop", lambda: all(port_is_free(port) for port in hosts.ports), timeout=10)
+    # Nothing listens any more; connections the daemons closed may linger in TIME_WAIT for a minute.
+    wait_for(
+        "the SSH daemons to stop",
+        lambda: all(port_is_free("127.0.0.1", port, reuse_address=True) for port in hosts.ports),
+        timeout=10,
+    )
 
 
 @contextmanager

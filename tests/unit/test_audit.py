@@ -9,6 +9,7 @@ import json
 import sqlite3
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from engine.audit import (
     prune_expired,
     public_key_path,
     record_configuration,
+    verify_stored,
     verify_trail,
 )
 from engine.journal import GENESIS, Journal, _event_hash
@@ -319,3 +321,70 @@ def test_the_fingerprint_names_the_git_commit_in_a_checkout(tmp_path: Path) -> N
     assert fingerprint["git_commit"] == head.strip() and fingerprint["git_dirty"] is False
     config.write_text("namespace: b\n")
     assert config_fingerprint(config)["git_dirty"] is True
+
+
+def test_a_checkpoint_being_written_is_not_seen_half_written(
+    signer: Checkpointer, journal: Journal, tmp_path: Path
+) -> None:
+    """The journal entry is written, then the signature: a reader in between waits for the second."""
+    deploy(journal, "d1")
+    public = signer.key().public_key()
+    entry_written, reader_done = threading.Event(), threading.Event()
+    original = signer.sign
+
+    def slow_sign(*args: object, **kwargs: object) -> object:
+        entry_written.set()
+        reader_done.wait(0.5)  # the reader runs now; it must block on the store's lock
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    signer.sign = slow_sign  # type: ignore[method-assign,assignment]
+    writer = threading.Thread(target=signer.checkpoint, args=("manual",))
+    writer.start()
+    assert entry_written.wait(10)
+    unlocked = verify_trail(journal, signer.store.all(), public)  # what a reader without the lock sees now
+    assert not unlocked.ok and "that the checkpoint store lacks" in unlocked.summary()
+    result = verify_stored(journal, signer.store, public)
+    reader_done.set()
+    writer.join(10)
+    assert result.ok, result.summary()
+    assert result.signed_seq == journal.head()[0]  # type: ignore[index]
+
+
+def test_a_checkpoint_interrupted_between_its_two_writes_is_signed_late_and_says_so(
+    signer: Checkpointer, journal: Journal, tmp_path: Path
+) -> None:
+    deploy(journal, "d1")
+    signer.checkpoint("manual")
+    deploy(journal, "d2")
+    AuditTrail(journal).record("checkpoint", "orchestrator", reason="periodic")  # then the signer died
+    broken = verify(journal, signer)
+    assert not broken.ok and "that the checkpoint store lacks" in broken.summary()  # type: ignore[attr-defined]
+
+    restarted = Checkpointer(
+        journal, signer.key_path, signer.store, every=5, interval_s=60, clock=signer.clock
+    )
+    deploy(journal, "d3")
+    assert restarted.checkpoint("periodic") is not None
+    result = verify(journal, restarted)
+    assert result.ok, result.summary()  # type: ignore[attr-defined]
+    assert result.late == 1 and "1 checkpoint(s) signed late" in result.summary()  # type: ignore[attr-defined]
+    late = [e.data for e in journal.events() if e.data.get("action") == "checkpoint_signed_late"]
+    assert len(late) == 1 and "stopped between" in late[0]["reason"]
+
+
+def test_two_unsigned_checkpoint_entries_stay_broken_after_a_restart(
+    signer: Checkpointer, journal: Journal
+) -> None:
+    """A store whose last two signatures were removed is not a crash: only the last entry is signed late."""
+    deploy(journal, "d1")
+    signer.checkpoint("manual")
+    for name in ("d2", "d3"):
+        deploy(journal, name)
+        AuditTrail(journal).record("checkpoint", "orchestrator", reason="periodic")
+    restarted = Checkpointer(
+        journal, signer.key_path, signer.store, every=5, interval_s=60, clock=signer.clock
+    )
+    deploy(journal, "d4")
+    restarted.checkpoint("periodic")
+    result = verify(journal, restarted)
+    assert not result.ok and "that the checkpoint store lacks" in result.summary()  # type: ignore[attr-defined]
