@@ -339,7 +339,7 @@ class DeploymentOrchestrator:
 
     def report(self, report_id: str) -> ComplianceReport:
         """The compliance report of a deployment or a pipeline (``.markdown()``, ``.to_json()``)."""
-        return report(Journal(self.journal_path), report_id)
+        return report(Journal(self.journal_path), report_id, self.config)  # its trail's store and key
 
     # ------------------------------------------------------------------------------ domain workers
     def register_environment(self, environment: Environment | dict[str, Any]) -> Environment:

@@ -496,9 +496,11 @@ def verify_trail(
     checkpoints: list[Checkpoint],
     public: Ed25519PublicKey | None,
     rows: list[ChainRow] | None = None,
+    store_read: bool = True,
 ) -> Verification:
     """Check signatures, the chain (from the last pruning anchor, if any) and the checkpoints against it
-    (``rows``: the journal's chain as read with the checkpoints, else read now)."""
+    (``rows``: the journal's chain as read with the checkpoints, else read now). Without ``store_read``
+    (no store was given) the journal's checkpoint entries are not matched with signatures."""
     if checkpoints and public is None:
         return _broken("signed checkpoints exist but no public key was found to check them", None)
     for checkpoint in checkpoints:
@@ -520,7 +522,7 @@ def verify_trail(
     problem = (
         _chain_problem(rows, anchor)
         or _checkpoint_problem(rows, later)
-        or _unsigned_checkpoint_entries(rows, {c.seq for c in checkpoints})
+        or (_unsigned_checkpoint_entries(rows, {c.seq for c in checkpoints}) if store_read else None)
     )
     if problem is not None:
         return problem

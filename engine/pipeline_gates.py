@@ -24,7 +24,7 @@ from typing import Any
 
 from engine.approvals import ApprovalRequest, Approvals, ApprovalState
 from engine.artifacts import ContentDigests
-from engine.compliance import ComplianceFacts, ComplianceResult, audit_status, evaluate
+from engine.compliance import ComplianceFacts, ComplianceResult, audit_status, evaluate, trail_paths
 from engine.config import EnterpriseConfig
 from engine.governance import governed, policy_for, refusals, verify_artifact
 from engine.journal import Journal
@@ -181,6 +181,7 @@ class ComplianceStage:
         if governance.features.enabled("artifact_verification"):
             policed = governed(self.config, request, environment, version)
             checks = verify_artifact(policed, governance, self.content_digests(request.platform))
+        checkpoints, public_key = trail_paths(self.config)
         return ComplianceFacts(
             subject=subject,
             environment=environment.name,
@@ -192,7 +193,7 @@ class ComplianceStage:
             config_version=version,
             tls_required=environment.security.tls_required,
             platform=request.platform.type,
-            audit=audit_status(self.journal),
+            audit=audit_status(self.journal, checkpoints=checkpoints, public_key=public_key),
         )
 
     async def stop(self, stage: StageSpec, context: StageContext, reason: str) -> None:
