@@ -849,7 +849,11 @@ class DeploymentReconciler:
         try:
             if repairable is not None:
                 done = restore_serving(
-                    repairable, state.request.target, self._artifacts(state), state.weights
+                    repairable,
+                    state.request.target,
+                    self._artifacts(state),
+                    state.weights,
+                    lambda artifact, replicas: self._spec(state, artifact, replicas),
                 )
             step = state.current_step()
             fresh = step is not None and step.kind in WINDOW_STEPS and state.step_started_at is not None

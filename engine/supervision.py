@@ -530,11 +530,15 @@ class SupervisorStateManager:
 
 
 def restore_serving(
-    adapter: RepairablePlatform, target: Target, artifacts: dict[str, Artifact], weights: dict[str, int]
+    adapter: RepairablePlatform,
+    target: Target,
+    artifacts: dict[str, Artifact],
+    weights: dict[str, int],
+    spec_for: Callable[[Artifact, int], RevisionSpec] | None = None,
 ) -> str:
-    """Replicas of these revisions that died are started again (as many as there were), then the router
-    with ``weights`` when they are complete; returns what was done. The reconciler's way back from a
-    platform fault."""
+    """Replicas of these revisions that died are started again (as many as there were, served as
+    ``spec_for`` says: the environment's limits and TLS), then the router with ``weights`` when they are
+    complete; returns what was done. The reconciler's way back from a platform fault."""
     done: list[str] = []
     hung = False
     for revision, artifact in artifacts.items():
@@ -542,7 +546,12 @@ def restore_serving(
         router = observed.router
         hung = hung or (router is not None and router.running and router.answering is False)
         if observed.dead:
-            spec = RevisionSpec(target=target, artifact=artifact, replicas=len(observed.replicas))
+            replicas = len(observed.replicas)
+            spec = (
+                spec_for(artifact, replicas)
+                if spec_for is not None
+                else RevisionSpec(target=target, artifact=artifact, replicas=replicas)
+            )
             status = adapter.ensure_revision(spec)
             done.append(f"{revision} started again ({status.running_replicas}/{status.desired_replicas})")
     if sum(weights.values()) == 100:

@@ -71,6 +71,7 @@ class FakePlatform:
     revisions: dict[str, FakeRevision] = field(default_factory=dict)
     weights: dict[str, int] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    specs: list[RevisionSpec] = field(default_factory=list)  # every ensure_revision's, in order
     metrics_asked: list[str | None] = field(default_factory=list)
     platform: str = "fake"
     supervision: SupervisionMode = SupervisionMode.REPAIR
@@ -116,6 +117,7 @@ class FakePlatform:
     def ensure_revision(self, spec: RevisionSpec) -> RevisionStatus:
         self._check_reachable()
         self.calls.append(f"ensure {spec.revision} x{spec.replicas}")
+        self.specs.append(spec)
         current = self.revisions.setdefault(spec.revision, FakeRevision(replicas=spec.replicas))
         current.replicas = spec.replicas
         current.ready = spec.revision not in self.never_ready

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.models import Phase
-from engine.platform import PlatformError
+from engine.models import Phase, ReplicaResources
+from engine.platform import PlatformError, RevisionSpec
 from engine.reconciler import CANDIDATE_RESTARTS, DeploymentReconciler
 from engine.state import EventKind, StepKind
+from engine.supervision import restore_serving
 from tests.unit.test_reconciler import CANARY, World
 
 
@@ -247,3 +248,24 @@ def test_an_error_while_rolling_back_fails_saying_what_is_left(tmp_path: Path) -
     message = world.journal.state(deployment_id).message
     assert message.startswith("rolling back failed: ValueError: the disk is full; still running on fake:")
     assert "traffic (in force): 1-0-0 100%" in message
+
+
+def test_replicas_restored_after_a_platform_fault_are_served_as_the_environment_wants(tmp_path: Path) -> None:
+    """The environment's limits (and TLS) reach the replicas started again, not only the first ones."""
+    world, deployment_id, _ = canary_analysing(tmp_path)
+    state = world.journal.state(deployment_id)
+    world.platform.kill("1-0-0")
+    world.platform.kill("2-0-0")
+    limits = ReplicaResources(cpu=0.25, memory=64 * 2**20)
+    artifacts = {a.revision: a for a in (state.request.artifact,)}
+
+    def spec_for(artifact: object, replicas: int) -> RevisionSpec:
+        return RevisionSpec(
+            target=state.request.target, artifact=artifact, replicas=replicas, resources=limits
+        )
+
+    before = len(world.platform.specs)
+    done = restore_serving(world.platform, state.request.target, artifacts, state.weights, spec_for)
+    restored = world.platform.specs[before:]
+    assert [s.revision for s in restored] == ["2-0-0"] and "2-0-0 started again" in done
+    assert all(s.resources == limits for s in restored)
