@@ -20,9 +20,10 @@ from ray.util import metrics as ray_metrics
 
 from adapters.notifications import AppriseNotifier
 from adapters.webhooks import HttpWebhookSender
+from engine.alerting import AlertKind
 from engine.config import EnterpriseConfig
 from engine.deployment_metrics import DeploymentMetrics, Family
-from engine.dispatch import BATCH, Dispatcher
+from engine.dispatch import ALERT_OUTCOMES, BATCH, Dispatcher
 from engine.journal import Journal
 from engine.models import DeploymentRequest
 from engine.state import DeploymentState
@@ -94,7 +95,12 @@ class Telemetry(Collector):
 
     def _dispatch_families(self) -> list[Family]:
         hooks: dict[Any, float] = {}
-        alerts: dict[Any, float] = {}
+        # Every kind and outcome from 0: a restarted queen's dashboard shows "none since", not "no data".
+        alerts: dict[Any, float] = {
+            (("kind", kind.value), ("outcome", outcome)): 0.0
+            for kind in AlertKind
+            for outcome in ALERT_OUTCOMES
+        }
         for (what, kind, outcome), count in self.dispatch_counts.items():
             if what == "hook":
                 hooks[(("type", kind), ("outcome", outcome))] = float(count)

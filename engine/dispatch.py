@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 CURSOR_RECORD = "dispatch"
 SENT_RECORD = "alert"
 BATCH = 500
+ALERT_OUTCOMES = ("sent", "failed", "deduplicated", "unrouted", "rate_limited")  # what came of an alert
 ACTOR = "alerting"
 
 
