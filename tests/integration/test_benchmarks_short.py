@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration  # in the CI run: about 100 s for both (an idle 2-core machine)
 
 REPO = Path(__file__).resolve().parents[2]
 # Bounds, not budgets: about two minutes each on an idle machine, but Ray's own start took several minutes
