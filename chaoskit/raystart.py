@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import sys
 import threading
@@ -24,7 +23,8 @@ from typing import Any
 
 import psutil
 
-NODE_ID = re.compile(r"Setting node ID node_id=(\w+)")
+from harness.ray_cluster import persist_listen_port
+
 AGENT_PORTS = ("metrics_agent_port", "runtime_env_agent_port", "metrics_export_port")
 RAY_TEMP = Path("/tmp/ray")
 
@@ -68,16 +68,8 @@ def _write_listen_port(port: int, stop: threading.Event) -> None:
     started = {p.name for p in RAY_TEMP.glob(f"session_*_{os.getpid()}")}
     while not stop.wait(0.05):
         for session in RAY_TEMP.glob(f"session_*_{os.getpid()}"):
-            if session.name in started:
-                continue
-            with contextlib.suppress(OSError, StopIteration):
-                log = (session / "logs" / "raylet.out").read_text(errors="replace")
-                node_id = next(m.group(1) for m in NODE_ID.finditer(log))
-                target = session / f"dashboard_agent_listen_port_{node_id}"
-                if not target.exists():
-                    partial = target.with_name(target.name + ".tmp")
-                    partial.write_text(str(port))
-                    partial.rename(target)
+            if session.name not in started:
+                persist_listen_port(session, port)
 
 
 AGENT_TIMEOUT_MS = 180_000

@@ -183,8 +183,14 @@ def _while_starting(node: RayNode, starting: subprocess.Popen[str], port: int) -
 
 
 def _persist_listen_port(node: RayNode, port: int) -> None:
+    with contextlib.suppress(OSError):
+        persist_listen_port((node.temp_dir / "session_latest").resolve(strict=True), port)
+
+
+def persist_listen_port(session: Path, port: int) -> None:
+    """Write ``dashboard_agent_listen_port_<node id>`` into a Ray session once its raylet has logged its node
+    id (the raylet then need not wait for the agent to publish the port); nothing yet when it has not."""
     with contextlib.suppress(OSError, StopIteration):
-        session = (node.temp_dir / "session_latest").resolve(strict=True)
         log = (session / "logs" / "raylet.out").read_text(errors="replace")
         node_id = next(m.group(1) for m in NODE_ID.finditer(log))
         target = session / f"dashboard_agent_listen_port_{node_id}"
