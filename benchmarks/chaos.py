@@ -69,7 +69,26 @@ def totals(outcomes: list[Outcome]) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace, cases: list[Case]) -> list[Outcome]:
+def write(args: argparse.Namespace, started: float, outcomes: list[Outcome], planned: int) -> dict[str, Any]:
+    """The result so far, written after every case: a run cut short keeps what it has (``complete`` says)."""
+    result: dict[str, Any] = {
+        "commit": subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.strip(),
+        "arguments": vars(args),
+        "started_at": started,
+        "planned_cases": planned,
+        "complete": len(outcomes) == planned,
+        "failed_request_bounds_s": FAILED_BOUND_S,
+        "totals": totals(outcomes),
+        "cases": [o.as_json() for o in outcomes],
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def run(args: argparse.Namespace, cases: list[Case], started: float) -> list[Outcome]:
     from orchestrator import DeploymentOrchestrator
 
     folder = Path(tempfile.mkdtemp(prefix="orch-chaos-"))
@@ -88,6 +107,7 @@ def run(args: argparse.Namespace, cases: list[Case]) -> list[Outcome]:
             seen = f"{outcome.phase} in {outcome.seconds:.0f}s"
             print(f"[{number + 1}/{len(cases)}] {case.name}: {seen}, {verdict}")
             sys.stdout.flush()
+            write(args, started, outcomes, len(cases))
     finally:
         orch.shutdown()
     return outcomes
@@ -111,21 +131,10 @@ def main() -> int:
     started = time.time()
     if any(c.platform == "docker" for c in cases):
         with docker_engine_started():  # the engine and the sample image (cluster/start_docker.sh)
-            outcomes = run(args, cases)
+            outcomes = run(args, cases, started)
     else:
-        outcomes = run(args, cases)
-    result: dict[str, Any] = {
-        "commit": subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
-        ).stdout.strip(),
-        "arguments": vars(args),
-        "started_at": started,
-        "failed_request_bounds_s": FAILED_BOUND_S,
-        "totals": totals(outcomes),
-        "cases": [o.as_json() for o in outcomes],
-    }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2, default=str))
+        outcomes = run(args, cases, started)
+    result = write(args, started, outcomes, len(cases))
     print(json.dumps(result["totals"], indent=2))
     print(f"written to {OUT}")
     return 1 if result["totals"]["violating"] else 0

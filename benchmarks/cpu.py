@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
+import random
 import subprocess
 import threading
 import time
@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from adapters.localhost import port_is_free
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +62,9 @@ def start_local_ray(ray_defaults: bool, namespace: str | None = None, attempts: 
                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
                 _system_config=None if ray_defaults else dict(RAY_SYSTEM_CONFIG),
             )
-            break
+            time.sleep(5)  # Ray's own start-up settles
+            _check_alive()
+            return
         except Exception:
             if attempt == attempts - 1:
                 raise
@@ -69,7 +73,19 @@ def start_local_ray(ray_defaults: bool, namespace: str | None = None, attempts: 
             time.sleep(5)
         finally:
             starting.set()
-    time.sleep(5)  # Ray's own start-up settles
+
+
+def _check_alive(timeout_s: float = 300.0) -> None:
+    """The raylet fate-shares with its agents, which can die after ``ray.init`` has returned (an agent that
+    fails to bind its port): a task must run, within ``timeout_s``, for the start to count."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def alive() -> int:
+        return os.getpid()
+
+    if not isinstance(ray.get(alive.remote(), timeout=timeout_s), int):
+        raise RuntimeError("Ray started but its probe task returned no process id")
 
 
 FIXED_PORTS: dict[str, int] = {}
@@ -120,10 +136,17 @@ def _fixed_agent_ports() -> None:
     parameter.RayParams.__init__ = init  # type: ignore[method-assign]
 
 
+# Below the kernel's ephemeral range (32768-60999 here) and apart from the ports the benchmarks give HAProxy
+# frontends (16000-16999) and replicas (50000-53999): a port checked free here is not handed to an outgoing
+# connection before the agent binds it, which a port from ``bind(0)`` can be (seen: "Address already in use").
+AGENT_PORTS = range(20000, 30000)
+
+
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    for port in random.sample(AGENT_PORTS, 200):
+        if port_is_free("0.0.0.0", port) and port not in FIXED_PORTS.values():
+            return port
+    raise RuntimeError(f"no free port for Ray's agents in {AGENT_PORTS.start}-{AGENT_PORTS.stop - 1}")
 
 
 def _end_children() -> None:
