@@ -734,6 +734,7 @@ def main() -> int:
     out_path = REPO / "benchmarks" / "results" / f"{name}.json"
     reps: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
+    measured = git_commit()  # at the start: the code measured, whatever is committed during the run
     for index in range(args.repetitions):
         command = [sys.executable, __file__, "--one", *sys.argv[1:]]
         out = subprocess.run(command, capture_output=True, text=True, timeout=3600)
@@ -742,7 +743,7 @@ def main() -> int:
             return 1
         reps.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"repetition {index}: " + json.dumps({k: reps[-1].get(k) for k in HEADLINE}), flush=True)
-        result = {"commit": git_commit(), "args": vars(args), "time": time.time(), **aggregate(reps, args)}
+        result = {"commit": measured, "args": vars(args), "time": time.time(), **aggregate(reps, args)}
         result["repetitions_done"] = len(reps)  # written after each one: a cut-short run keeps what it has
         out_path.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in (*HEADLINE, "goals_missed", "failures")}, indent=2))

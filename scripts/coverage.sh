@@ -6,9 +6,9 @@
 # here (Ray's workers, `ray start` nodes, CLI subprocesses) record coverage at start-up, through the .pth
 # hook coverage.py installs in site-packages; pyproject.toml's [tool.coverage.run] (parallel, patch =
 # subprocess and _exit, sigterm) gives each process its own data file and saves it when a worker ends
-# without running atexit. A process killed with SIGKILL (the chaos tests kill actors on purpose) keeps
-# nothing of that process. Known gap (README "Coverage"): code run by actor methods on Ray's own task
-# threads is not recorded yet; the workers' data files come back empty.
+# without running atexit. Ray ends its workers with a C-level exit that saves nothing, and the chaos tests
+# SIGKILL actors on purpose: the actors' processes save every 2 s instead (actors/coverage_save.py, README
+# "Coverage"), so such a process loses at most its last 2 s.
 # Writes the report to the terminal and a summary (per package and file, with the commit and the arguments)
 # to benchmarks/results/coverage.json; exits non-zero when the tests fail or engine/ is under 95% of lines.
 set -uo pipefail
