@@ -83,8 +83,9 @@ def write(args: argparse.Namespace, started: float, outcomes: list[Outcome], pla
         "totals": totals(outcomes),
         "cases": [o.as_json() for o in outcomes],
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2, default=str))
+    out = Path(args.output) if args.output else OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
     return result
 
 
@@ -124,6 +125,7 @@ def main() -> int:
     parser.add_argument("--no-docker", action="store_true", help="skip the Docker cases")
     parser.add_argument("--repeat", type=int, default=1, help="run the whole selection this many times")
     parser.add_argument("--step-ms", type=int, default=3000, help="stepDuration (and the other step lengths)")
+    parser.add_argument("--output", default=None, help="default: benchmarks/results/chaos.json")
     args = parser.parse_args()
     cases = args.repeat * matrix(
         tuple(args.strategies), tuple(args.faults), tuple(args.timings), args.bad, not args.no_docker
@@ -136,7 +138,7 @@ def main() -> int:
         outcomes = run(args, cases, started)
     result = write(args, started, outcomes, len(cases))
     print(json.dumps(result["totals"], indent=2))
-    print(f"written to {OUT}")
+    print(f"written to {args.output or OUT}")
     return 1 if result["totals"]["violating"] else 0
 
 

@@ -73,6 +73,10 @@ UNHEALTHY_CHECKS = 3
 # platform's own controller would (a Kubernetes ReplicaSet): a replica killed from outside is no verdict on
 # the candidate; one that keeps dying is.
 CANDIDATE_RESTARTS = 2
+# ...and what the router counted while it was dead is left out: the analysis waits (at most this long) for
+# the restarted replica to be ready and up in the router, then starts a fresh window.
+REVIVE_SETTLE_S = 10.0
+REVIVE_POLL_S = 0.25
 PLATFORM_FAULT_BACKOFF_S = 5.0  # the longest wait between two attempts to restore a faulty platform
 WINDOW_STEPS = (StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE)
 # Rollbacks decided by judging the candidate (the automatedRollback feature may leave them to a person).
@@ -149,6 +153,7 @@ class DeploymentReconciler:
         self._smoked_at: float | None = None
         self._waiting_noted = False
         self._restore_error: str | None = None
+        self._revived_at: float | None = None  # a candidate replica was started again, not yet settled
         self.planner = planner or LocalPlanner()
         self.judge = judge or LocalJudge()
         self.window = WindowReader(lambda: self.adapter, metrics or platform_counters, self.clock.now)
@@ -255,6 +260,8 @@ class DeploymentReconciler:
             )
             return 0.0
         if isinstance(outcome, RollBack):
+            if outcome.trigger in _JUDGED and self._revive_candidate(state):
+                return 0.0  # a replica killed from outside, not the candidate: a fresh window once it is up
             if outcome.trigger in _JUDGED and not feature_enabled(state, "automated_rollback"):
                 self._append(
                     EventKind.NOTE,
@@ -385,14 +392,11 @@ class DeploymentReconciler:
 
     def _start_step(self, state: DeploymentState, step: Step) -> None:
         baseline: dict[str, object] = {}
-        self.window.start_step()
-        self._fired = set()
+        self._fresh_checks()
         if step.kind in (StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE) and state.candidate_revision:
             baseline = self.window.baseline(state)
         # Timing of the step starts with its journaled start, as elapsed_s does.
         self._step_platform_start = self._platform_seconds()
-        self._unhealthy_checks = 0
-        self._smoked_at = None
         self._polls = 0
         log.debug("%s: step %d/%d %s", self.deployment_id, state.step_index + 1, len(state.plan), step.label)
         self._append(EventKind.STEP_STARTED, index=state.step_index, step=step.label, baseline=baseline)
@@ -530,7 +534,51 @@ class DeploymentReconciler:
             done=f"started again ({status.running_replicas}/{status.desired_replicas}), "
             f"restart {restarts + 1} of {CANDIDATE_RESTARTS}",
         )
+        self._revived_at = self.clock.now()
         return True
+
+    def _fresh_checks(self) -> None:
+        """This process's part of a new window: its smoke test, fired triggers and health count."""
+        self.window.start_step()
+        self._fired = set()
+        self._unhealthy_checks = 0
+        self._smoked_at = None
+
+    def _settle_revived(
+        self, state: DeploymentState, snapshot: MetricSnapshot | None, revived_at: float
+    ) -> StepOutcome:
+        """A candidate replica killed from outside and started again is no verdict on the candidate, nor
+        are the requests the router sent it while it was dead: the analysis waits until the candidate is
+        ready and all its servers are up in the router (at most REVIVE_SETTLE_S), then resumes on a fresh
+        window, as after a platform fault. One that dies again is met by the health checks. Journaled, so a
+        runner restarted meanwhile settles it too."""
+        waited = self.clock.now() - revived_at
+        if waited < REVIVE_SETTLE_S and self._candidate_starting(state, snapshot):
+            return Wait(min(self.tick_s, REVIVE_POLL_S))
+        self._revived_at = None
+        self._fresh_checks()
+        self._restart_window(
+            state, state.consecutive_failures, reason="a candidate replica was started again"
+        )
+        return Wait(0.0)
+
+    def _candidate_starting(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> bool:
+        """Its replicas run but are not all ready and up in the router yet. One that died again is not
+        waited for: the checks meet it (and the restarts are bounded)."""
+        revision = state.candidate_revision or ""
+        repairable = self._repairable()
+        if repairable is not None and any(
+            not replica.alive for replica in repairable.live_state(state.request.target, revision).replicas
+        ):
+            return False
+        status = self.adapter.revision_status(state.request.target, revision)
+        if status is None or not status.ready or status.ready_replicas < status.desired_replicas:
+            return True
+        return (
+            snapshot is not None
+            and snapshot.servers_total > 0
+            and snapshot.servers_up < snapshot.servers_total
+        )
 
     def _step_analyze(self, state: DeploymentState, step: Step) -> StepOutcome:
         _, failure, _, interval = self._thresholds(state)
@@ -540,6 +588,9 @@ class DeploymentReconciler:
         unhealthy = self._health(state, snapshot)
         if unhealthy is not None:
             return unhealthy
+        revived_at = self._revived_at or _unsettled_restart(state)
+        if revived_at is not None:
+            return self._settle_revived(state, snapshot, revived_at)
         # Failure thresholds at every check, in this process (cheap); the whole window at its end, through
         # the strategy's judge (its domain worker), with the comparison against the stable revision.
         self.window.observe_health(state, snapshot)
@@ -573,10 +624,14 @@ class DeploymentReconciler:
     def _journal_judgement(self, judgement: Judgement, **extra: object) -> None:
         self._append(EventKind.MEASUREMENT, check="analysis", **judgement.model_dump(mode="json"), **extra)
 
-    def _restart_window(self, state: DeploymentState, failures: int) -> None:
+    def _restart_window(self, state: DeploymentState, failures: int, reason: str | None = None) -> None:
         self._step_platform_start = self._platform_seconds()  # elapsed_s counts from the restart too
+        extra = {"reason": reason} if reason else {}
         self._append(
-            EventKind.WINDOW_RESTARTED, consecutive_failures=failures, baseline=self.window.baseline(state)
+            EventKind.WINDOW_RESTARTED,
+            consecutive_failures=failures,
+            baseline=self.window.baseline(state),
+            **extra,
         )
 
     def _too_little_data(self, state: DeploymentState, judgement: Judgement, interval: float) -> StepOutcome:
@@ -606,6 +661,9 @@ class DeploymentReconciler:
         unhealthy = self._health(state, snapshot)
         if unhealthy is not None:
             return unhealthy
+        revived_at = self._revived_at or _unsettled_restart(state)
+        if revived_at is not None:
+            return self._settle_revived(state, snapshot, revived_at)
         if step.smoke and self._smoked_at is None and self.smoke is not None:
             failed = self._smoke_test(state)
             if failed is not None:
@@ -982,3 +1040,9 @@ def _rollback_outcome(state: DeploymentState) -> Phase:
     if state.stable_revision is None:
         return Phase.FAILED
     return Phase.ROLLED_BACK
+
+
+def _unsettled_restart(state: DeploymentState) -> float | None:
+    """When a candidate replica was started again inside the current window (journaled), else None."""
+    at = state.candidate_restarted_at
+    return at if at is not None and at > (state.step_started_at or 0.0) else None

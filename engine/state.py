@@ -89,6 +89,7 @@ class DeploymentState(Model):
     consecutive_failures: int = 0
     platform_fault: str | None = None  # analysis paused: the platform (not the candidate) is at fault
     platform_fault_since: float | None = None
+    candidate_restarted_at: float | None = None  # a dead candidate replica was last started again then
     window_extensions: int = 0
     outcome: Phase | None = None
     message: str = ""
@@ -347,6 +348,11 @@ def _nothing(s: DeploymentState, e: Event) -> None:
     return None
 
 
+def _drift(s: DeploymentState, e: Event) -> None:
+    if e.data.get("candidate_restart"):
+        s.candidate_restarted_at = e.at
+
+
 _APPLY = {
     EventKind.SUBMITTED: _nothing,
     EventKind.ADMITTED: _admitted,
@@ -372,7 +378,7 @@ _APPLY = {
     EventKind.COMPLIANCE_CHECKED: _nothing,
     EventKind.HOOK: _hook,
     EventKind.AUDIT: _nothing,
-    EventKind.DRIFT: _nothing,
+    EventKind.DRIFT: _drift,
     EventKind.PLATFORM_FAULT: _platform_fault,
     EventKind.PLATFORM_RESTORED: _platform_restored,
     EventKind.ENVIRONMENT_STATUS: _nothing,

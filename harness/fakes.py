@@ -33,6 +33,8 @@ from engine.platform import (
 )
 from engine.state import EventKind
 
+ROUTER_NOTICES_S = 2.0  # a dead server is marked down after this long (HAProxy: fall 2, inter 1s)
+
 
 class FakeClock:
     def __init__(self, start: float = 1_000_000.0) -> None:
@@ -53,6 +55,7 @@ class FakeRevision:
     errors: int = 0
     dead: set[int] = field(default_factory=set)  # indexes whose process is gone
     unhealthy: set[int] = field(default_factory=set)  # alive, but failing the router's health checks
+    killed_at: float | None = None  # when a test killed replicas, until they are started again
 
     @property
     def alive(self) -> int:
@@ -105,6 +108,27 @@ class FakePlatform:
             served = int(self.rps * elapsed * weight / 100)
             revision.requests += served
             revision.errors += int(served * self.error_rates.get(name, 0.0))
+            unnoticed_s = self._unnoticed_overlap(revision, self._last - elapsed, self._last)
+            revision.errors += int(self.rps * unnoticed_s * weight / 100 * self._dead_share(revision))
+
+    def _servers_up(self, revision: FakeRevision) -> int:
+        """The router's view: a killed replica is still up until its health checks notice."""
+        now = self.clock.now()
+        unnoticed = len(revision.dead) if self._unnoticed_overlap(revision, now, now + 1e-9) else 0
+        return revision.alive + unnoticed - len(revision.unhealthy - revision.dead)
+
+    @staticmethod
+    def _dead_share(revision: FakeRevision) -> float:
+        return len(revision.dead) / revision.replicas if revision.replicas else 0.0
+
+    @staticmethod
+    def _unnoticed_overlap(revision: FakeRevision, start: float, end: float) -> float:
+        """How much of [start, end] fell between a kill and the router noticing it (HAProxy: ``fall 2``,
+        ``inter 1s``): requests sent to a killed replica then fail, counted against its revision."""
+        if revision.killed_at is None:
+            return 0.0
+        noticed = revision.killed_at + ROUTER_NOTICES_S
+        return max(0.0, min(end, noticed) - max(start, revision.killed_at))
 
     def capacity(self, target: Target, replicas: int) -> list[CapacityPool]:
         self.calls.append(f"capacity x{replicas}")
@@ -123,6 +147,7 @@ class FakePlatform:
         current.ready = spec.revision not in self.never_ready
         # Dead replicas are started again (they die at once when their restarts fail).
         current.dead = set(range(spec.replicas)) if spec.revision in self.restart_fails else set()
+        current.killed_at = None
         self._start_router()  # like the real one: a dead router is started first
         status = self.revision_status(spec.target, spec.revision)
         assert status is not None
@@ -178,7 +203,7 @@ class FakePlatform:
                 at=self.clock.now(),
                 requests=r.requests if self.router_up else 0,
                 errors=r.errors if self.router_up else 0,
-                servers_up=r.alive - len(r.unhealthy - r.dead) if self.router_up else 0,
+                servers_up=self._servers_up(r) if self.router_up else 0,
                 servers_total=r.replicas,
             )
             for name, r in self.revisions.items()
@@ -239,7 +264,9 @@ class FakePlatform:
 
     def kill(self, revision: str, *indexes: int) -> None:
         current = self.revisions[revision]
+        self._advance()  # what was served before the kill was served by live replicas
         current.dead |= set(indexes or range(current.replicas))
+        current.killed_at = self.clock.now()
 
     def default_metric_provider(self) -> MetricProviderConfig:
         return MetricProviderConfig(type=MetricProviderType.PLATFORM)

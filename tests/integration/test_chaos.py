@@ -37,6 +37,9 @@ LOCAL_SLICE = [
     # A good candidate losing a replica: started again, then promoted (engine/reconciler.py
     # CANDIDATE_RESTARTS); blue-green's switch waits for every green server, so it is the harder case.
     Case("blue_green", "candidate_replica", "mid_step"),
+    # A canary losing its only candidate replica mid-analysis: the requests the router sent the dead
+    # replica are no verdict (the full matrix rolled this one back on them before the fresh window).
+    Case("canary", "candidate_replica", "mid_step"),
     Case("canary", "ray", "boundary"),
 ]
 DOCKER_SLICE = [
@@ -46,7 +49,7 @@ DOCKER_SLICE = [
 
 
 def test_the_local_slice_covers_every_fault() -> None:
-    assert sorted(c.fault for c in LOCAL_SLICE) == sorted(FAULTS)
+    assert {c.fault for c in LOCAL_SLICE} == set(FAULTS)
 
 
 @pytest.fixture(scope="session", autouse=True)
