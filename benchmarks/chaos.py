@@ -39,6 +39,9 @@ from engine.config import write_isolated_config  # noqa: E402
 from harness.environments import docker_engine_started  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "chaos.json"
+COMMIT = subprocess.run(
+    ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+).stdout.strip()
 
 
 def free_port() -> int:
@@ -72,9 +75,7 @@ def totals(outcomes: list[Outcome]) -> dict[str, Any]:
 def write(args: argparse.Namespace, started: float, outcomes: list[Outcome], planned: int) -> dict[str, Any]:
     """The result so far, written after every case: a run cut short keeps what it has (``complete`` says)."""
     result: dict[str, Any] = {
-        "commit": subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "commit": COMMIT,  # the code measured: the commit the run started on
         "arguments": vars(args),
         "started_at": started,
         "planned_cases": planned,
