@@ -544,6 +544,23 @@ class DeploymentReconciler:
         self._unhealthy_checks = 0
         self._smoked_at = None
 
+    def _health_or_settle(
+        self, state: DeploymentState, snapshot: MetricSnapshot | None
+    ) -> StepOutcome | None:
+        """The health checks, except while a candidate replica started again settles: until it is up in the
+        router its server is down there, which is no failed health check."""
+        settling = self._settling(state, snapshot)
+        if settling is not None:
+            return settling
+        unhealthy = self._health(state, snapshot)
+        if unhealthy is not None:
+            return unhealthy
+        return self._settling(state, snapshot)  # the health check may have just started one again
+
+    def _settling(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> StepOutcome | None:
+        revived_at = self._revived_at or _unsettled_restart(state)
+        return None if revived_at is None else self._settle_revived(state, snapshot, revived_at)
+
     def _settle_revived(
         self, state: DeploymentState, snapshot: MetricSnapshot | None, revived_at: float
     ) -> StepOutcome:
@@ -585,12 +602,9 @@ class DeploymentReconciler:
         snapshot = self._candidate_metrics(state)
         if self._platform_at_fault(state, snapshot):
             return Wait(0.0)
-        unhealthy = self._health(state, snapshot)
-        if unhealthy is not None:
-            return unhealthy
-        revived_at = self._revived_at or _unsettled_restart(state)
-        if revived_at is not None:
-            return self._settle_revived(state, snapshot, revived_at)
+        checked = self._health_or_settle(state, snapshot)
+        if checked is not None:
+            return checked
         # Failure thresholds at every check, in this process (cheap); the whole window at its end, through
         # the strategy's judge (its domain worker), with the comparison against the stable revision.
         self.window.observe_health(state, snapshot)
@@ -658,12 +672,9 @@ class DeploymentReconciler:
         snapshot = self._candidate_metrics(state)
         if self._platform_at_fault(state, snapshot):
             return Wait(0.0)
-        unhealthy = self._health(state, snapshot)
-        if unhealthy is not None:
-            return unhealthy
-        revived_at = self._revived_at or _unsettled_restart(state)
-        if revived_at is not None:
-            return self._settle_revived(state, snapshot, revived_at)
+        checked = self._health_or_settle(state, snapshot)
+        if checked is not None:
+            return checked
         if step.smoke and self._smoked_at is None and self.smoke is not None:
             failed = self._smoke_test(state)
             if failed is not None:

@@ -34,6 +34,7 @@ from engine.platform import (
 from engine.state import EventKind
 
 ROUTER_NOTICES_S = 2.0  # a dead server is marked down after this long (HAProxy: fall 2, inter 1s)
+ROUTER_RISES_S = 1.0  # a server marked down is up again at its next good check (rise 1, inter 1s)
 
 
 class FakeClock:
@@ -56,6 +57,7 @@ class FakeRevision:
     dead: set[int] = field(default_factory=set)  # indexes whose process is gone
     unhealthy: set[int] = field(default_factory=set)  # alive, but failing the router's health checks
     killed_at: float | None = None  # when a test killed replicas, until they are started again
+    rising_until: float | None = None  # replicas started again after the router saw them die: down till then
 
     @property
     def alive(self) -> int:
@@ -115,6 +117,8 @@ class FakePlatform:
         """The router's view: a killed replica is still up until its health checks notice."""
         now = self.clock.now()
         unnoticed = len(revision.dead) if self._unnoticed_overlap(revision, now, now + 1e-9) else 0
+        if revision.rising_until is not None and now < revision.rising_until:
+            return 0  # the router has not checked the restarted servers yet
         return revision.alive + unnoticed - len(revision.unhealthy - revision.dead)
 
     @staticmethod
@@ -146,6 +150,8 @@ class FakePlatform:
         current.replicas = spec.replicas
         current.ready = spec.revision not in self.never_ready
         # Dead replicas are started again (they die at once when their restarts fail).
+        noticed = current.killed_at is not None and self.clock.now() - current.killed_at >= ROUTER_NOTICES_S
+        current.rising_until = self.clock.now() + ROUTER_RISES_S if noticed else None
         current.dead = set(range(spec.replicas)) if spec.revision in self.restart_fails else set()
         current.killed_at = None
         self._start_router()  # like the real one: a dead router is started first
