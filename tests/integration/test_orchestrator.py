@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -16,6 +17,7 @@ import ray
 from adapters import create_platform
 from engine.admission import RUNNER_ASSIGNMENT
 from engine.models import Phase, RollbackTrigger, Target
+from engine.reconciler import CANDIDATE_RESTARTS
 from engine.state import EventKind
 from examples.traffic import TrafficGenerator
 from tests.integration.conftest import canary, orch_journal, sample_artifact
@@ -279,21 +281,39 @@ def _held_while_paused(orch: Any, deployment_id: str, paused: Any, hold_s: float
     assert EventKind.WEIGHTS_SET not in since and EventKind.STEP_COMPLETED not in since, since
 
 
+def _kill_while_running(orch: Any, service: str, revision: str, deployment_id: str) -> int:
+    """SIGKILL the revision's replicas each time they are started again, until the deployment ends (60 s
+    at most); the number of kills."""
+    kills, deadline = 0, time.monotonic() + 60
+    while time.monotonic() < deadline and not orch.status(deployment_id).phase.terminal:
+        platform = create_platform(orch.config.platform("local"))
+        replicas = platform.backend.list_replicas(Target(service=service, environment=ENV), revision)  # type: ignore[attr-defined]
+        platform.close()
+        for replica in replicas:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(replica.ident), signal.SIGKILL)
+                kills += 1
+        time.sleep(0.2)
+    return kills
+
+
 def test_health_failure_of_the_canary_rolls_back(orchestrator: Any) -> None:
+    """A candidate whose replicas keep dying is rolled back (a replica killed once from outside is started
+    again and judged on a fresh window: engine/reconciler.py CANDIDATE_RESTARTS)."""
     first = first_revision(orchestrator, "health")
     with live_traffic(first.status.address):
         deployment_id = orchestrator.submit(sample_artifact("health", "2.0.0"), canary(step_ms=60_000), ENV)
         status = wait_for(orchestrator, deployment_id, lambda s: s.weights.get("2-0-0") == 20)
-        platform = create_platform(orchestrator.config.platform("local"))
-        replicas = platform.backend.list_replicas(Target(service="health", environment=ENV), "2-0-0")  # type: ignore[attr-defined]
-        platform.close()
-        for replica in replicas:
-            os.kill(int(replica.ident), signal.SIGKILL)
+        kills = _kill_while_running(orchestrator, "health", "2-0-0", deployment_id)
         result = orchestrator.wait(deployment_id, 60)
     assert status.candidate_revision == "2-0-0"
     assert result.status.phase is Phase.ROLLED_BACK
     assert result.status.rollback_trigger in (RollbackTrigger.HEALTH, RollbackTrigger.METRICS)
     assert result.status.weights == {"1-0-0": 100}
+    restarts = [
+        e for e in orch_journal(orchestrator).events(deployment_id) if e.data.get("candidate_restart")
+    ]
+    assert len(restarts) == CANDIDATE_RESTARTS and kills > CANDIDATE_RESTARTS
 
 
 def _exactly_one_run(orch: Any, deployment_id: str) -> None:
