@@ -98,7 +98,7 @@ def _first_seq(db: sqlite3.Connection) -> int:
         rows = db.execute("SELECT MIN(seq) FROM events").fetchall()
     except sqlite3.DatabaseError:
         return 1
-    return int(rows[0][0]) if rows and rows[0][0] is not None else 1
+    return max(1, int(rows[0][0])) if rows and rows[0][0] is not None else 1  # seqs start at 1
 
 
 def _verify(result: Salvage, rows: list[ChainRow], first: int) -> None:
@@ -106,7 +106,7 @@ def _verify(result: Salvage, rows: list[ChainRow], first: int) -> None:
     expected_seq, prev = first, rows[0].prev_hash if rows else GENESIS
     for position, row in enumerate(rows):
         if row.seq != expected_seq or row.prev_hash != prev or row.recomputed_hash() != row.hash:
-            result.damaged_at = min(expected_seq, row.seq)
+            result.damaged_at = expected_seq  # a damaged row's own seq may be garbage (seen: 0)
             result.later = rows[position:]
             return
         result.kept.append(row)

@@ -145,6 +145,7 @@ def _assert_prefix_intact_through_chain(journal: Journal, damaged_seq: int) -> N
 @example(TEMPLATE.stat().st_size - 4096)
 @example(TEMPLATE.stat().st_size - 100)
 @example(4096)
+@example(45061)  # CI found it: a damaged row read back with seq 0 gave damaged_at 0
 def test_a_file_cut_short_is_a_clear_error_and_salvage_gives_back_what_survived(cut: int) -> None:
     with _pristine() as (path, _original):
         content = path.read_bytes()
