@@ -153,7 +153,6 @@ class DeploymentReconciler:
         self._smoked_at: float | None = None
         self._waiting_noted = False
         self._restore_error: str | None = None
-        self._revived_at: float | None = None  # a candidate replica was started again, not yet settled
         self.planner = planner or LocalPlanner()
         self.judge = judge or LocalJudge()
         self.window = WindowReader(lambda: self.adapter, metrics or platform_counters, self.clock.now)
@@ -534,7 +533,6 @@ class DeploymentReconciler:
             done=f"started again ({status.running_replicas}/{status.desired_replicas}), "
             f"restart {restarts + 1} of {CANDIDATE_RESTARTS}",
         )
-        self._revived_at = self.clock.now()
         return True
 
     def _fresh_checks(self) -> None:
@@ -558,7 +556,7 @@ class DeploymentReconciler:
         return self._settling(state, snapshot)  # the health check may have just started one again
 
     def _settling(self, state: DeploymentState, snapshot: MetricSnapshot | None) -> StepOutcome | None:
-        revived_at = self._revived_at or _unsettled_restart(state)
+        revived_at = _unsettled_restart(self.state())  # the journal's, current: it may have just happened
         return None if revived_at is None else self._settle_revived(state, snapshot, revived_at)
 
     def _settle_revived(
@@ -572,7 +570,6 @@ class DeploymentReconciler:
         waited = self.clock.now() - revived_at
         if waited < REVIVE_SETTLE_S and self._candidate_starting(state, snapshot):
             return Wait(min(self.tick_s, REVIVE_POLL_S))
-        self._revived_at = None
         self._fresh_checks()
         self._restart_window(
             state, state.consecutive_failures, reason="a candidate replica was started again"
