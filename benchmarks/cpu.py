@@ -42,7 +42,7 @@ def start_local_ray(ray_defaults: bool, namespace: str | None = None, attempts: 
     is tried again after removing what it left running (this process's own children)."""
     import ray
 
-    from client.ray_settings import RAY_SYSTEM_CONFIG
+    from client.ray_settings import RAY_SYSTEM_CONFIG, code_on_workers_path
 
     _fixed_agent_ports()
     # The raylet also gives the runtime-env agent 30 s to answer: on a loaded machine that is too short.
@@ -51,17 +51,17 @@ def start_local_ray(ray_defaults: bool, namespace: str | None = None, attempts: 
         starting = threading.Event()
         threading.Thread(target=_publish_listen_port, args=(starting,), daemon=True).start()
         try:
-            ray.init(
-                address="local",
-                _node_ip_address="127.0.0.1",
-                num_cpus=2,
-                include_dashboard=False,
-                logging_level=logging.ERROR,
-                log_to_driver=False,
-                namespace=namespace,
-                runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
-                _system_config=None if ray_defaults else dict(RAY_SYSTEM_CONFIG),
-            )
+            with code_on_workers_path(REPO):  # as the driver starts it (client/driver.py)
+                ray.init(
+                    address="local",
+                    _node_ip_address="127.0.0.1",
+                    num_cpus=2,
+                    include_dashboard=False,
+                    logging_level=logging.ERROR,
+                    log_to_driver=False,
+                    namespace=namespace,
+                    _system_config=None if ray_defaults else dict(RAY_SYSTEM_CONFIG),
+                )
             time.sleep(5)  # Ray's own start-up settles
             _check_alive()
             return

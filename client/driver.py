@@ -32,7 +32,7 @@ from actors.common import (
     worker_name,
 )
 from client.local import bootstrap_if_new, find_token
-from client.ray_settings import RAY_SYSTEM_CONFIG
+from client.ray_settings import RAY_SYSTEM_CONFIG, code_on_workers_path
 from engine.approvals import ApprovalRequest
 from engine.artifacts import ArtifactEntry, ArtifactRegistry
 from engine.compliance import ComplianceReport, report
@@ -155,11 +155,11 @@ class DeploymentOrchestrator:
                 "include_dashboard": False,
                 "_node_ip_address": "127.0.0.1",  # embedded: everything stays on loopback
                 "num_cpus": num_cpus or os.cpu_count() or 2,
-                "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO)}},
                 "_system_config": dict(RAY_SYSTEM_CONFIG),  # fewer timer wake-ups in Ray's own processes
             }
         try:
-            ray.init(address=address or "local", **options)
+            with code_on_workers_path(REPO) if address is None else contextlib.nullcontext():
+                ray.init(address=address or "local", **options)
         except (ConnectionError, ray.exceptions.AuthenticationError) as error:
             if address is None:
                 raise

@@ -15,7 +15,11 @@ unaffected.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
 
 RAY_SYSTEM_CONFIG: dict[str, bool | int] = {
     "event_stats": False,  # per-handler timing of every event loop: debug statistics only
@@ -31,3 +35,23 @@ RAY_SYSTEM_CONFIG: dict[str, bool | int] = {
 def system_config_json() -> str:
     """The settings as ``ray start --system-config`` takes them (compact JSON, stable key order)."""
     return json.dumps(RAY_SYSTEM_CONFIG, separators=(",", ":"), sort_keys=True)
+
+
+@contextlib.contextmanager
+def code_on_workers_path(repo: Path) -> Iterator[None]:
+    """Within: a Ray started by this process (``ray.init`` without an address) finds this repository's code.
+
+    The raylet inherits this process's environment and its workers inherit the raylet's, so ``PYTHONPATH`` set
+    while it starts reaches every actor; it is restored afterwards (the caller's own subprocesses are left as
+    they were). A job ``runtime_env`` with the same variable would do it too, but every actor's worker would
+    then wait for the runtime-env agent, and the workers Ray starts in advance (which have no runtime env)
+    would go unused: 9 actors were ready in 3.5-4.0 s this way against 8.5-8.8 s (2 cores, 2026-11-30)."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), before) if p)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
