@@ -203,6 +203,29 @@ class RoutedPlatform:
         self.backend.stop_replica(spec.target, spec.revision, index)
         return self.ensure_revision(spec)
 
+    def repair_replicas(self, spec: RevisionSpec) -> RevisionStatus | None:
+        """The supervisor observed, then repairs: a removal (another process: no lock shared) may have taken
+        the router's record away in between, or while the replicas start (a container takes seconds). Then
+        nothing is brought back: what this started is stopped again."""
+        with self._lock(spec.target):
+            if not self._routed(spec.target):
+                return None
+            self.backend.ensure_replicas(spec)
+            if not self._routed(spec.target):
+                self.backend.remove_revision(spec.target, spec.revision)
+                return None
+            return self.ensure_revision(spec)
+
+    def repair_router(
+        self, target: Target, weights: dict[str, int], restart: bool = False
+    ) -> TrafficState | None:
+        with self._lock(target):
+            return self.restore_router(target, weights, restart) if self._routed(target) else None
+
+    def _routed(self, target: Target) -> bool:
+        """The target's router is recorded (running or not): only a removal takes the record away."""
+        return self.router.liveness(target) is not None
+
     def default_metric_provider(self) -> MetricProviderConfig:
         return self.router.default_metric_provider()
 

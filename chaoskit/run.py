@@ -113,5 +113,8 @@ def run_case(bench: Bench, case: Case, step_ms: int, tag: str = "") -> Outcome:
     finally:
         outcome.seconds = round(time.monotonic() - started, 2)
         driver.close()
-        remove_case(platform, target, bench.supervised(case))
+        try:
+            remove_case(platform, target, bench.supervised(case))
+        except Exception as error:  # something came back after its removal: this case's violation, and the
+            outcome.violations.append(f"removal: {type(error).__name__}: {error}")  # next cases still run
     return outcome

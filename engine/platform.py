@@ -316,3 +316,13 @@ class RepairablePlatform(PlatformAdapter, Protocol):
 
     def restart_replica(self, spec: RevisionSpec, index: int) -> RevisionStatus:
         """Replace one replica that runs but is unhealthy: stop it, start it again, register it."""
+
+    def repair_replicas(self, spec: RevisionSpec) -> RevisionStatus | None:
+        """``ensure_revision`` for the supervisor: None, and nothing left started, when the target's router
+        record is gone (a removal takes it away, also one that runs while the replicas start)."""
+
+    def repair_router(
+        self, target: Target, weights: dict[str, int], restart: bool = False
+    ) -> TrafficState | None:
+        """``restore_router`` for the supervisor: None, and nothing started, when the router's record is
+        gone."""

@@ -56,6 +56,8 @@ from engine.platform import (
 from engine.state import DeploymentState, EventKind
 
 log = logging.getLogger(__name__)
+# A removal (the router's record taken away) that ran between the observation and the repair: not undone.
+REMOVED_MEANWHILE = "nothing: the target was removed meanwhile (its router's record is gone)"
 
 PositiveMs = Annotated[DurationMs, Field(gt=0)]
 
@@ -375,7 +377,9 @@ class TargetSupervisor:
         budget.record(now)
         try:
             if repair.kind is RepairKind.REPLACE_REPLICAS:
-                status = adapter.ensure_revision(live.spec())
+                status = adapter.repair_replicas(live.spec())
+                if status is None:
+                    return REMOVED_MEANWHILE
                 return f"started again: {status.running_replicas}/{status.desired_replicas} running"
             if repair.kind is RepairKind.RESTART_REPLICA:
                 assert repair.index is not None
@@ -384,7 +388,9 @@ class TargetSupervisor:
                     f"stopped and started again: {status.running_replicas}/{status.desired_replicas} running"
                 )
             restart = repair.kind is RepairKind.RESTART_ROUTER
-            applied = adapter.restore_router(live.target, live.weights, restart=restart)
+            applied = adapter.repair_router(live.target, live.weights, restart=restart)
+            if applied is None:
+                return REMOVED_MEANWHILE
             how = "restarted" if restart else "started again"
             return f"router {how} with the journaled weights {applied.weights}"
         except (PlatformError, ValueError, OSError) as error:

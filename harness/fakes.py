@@ -81,6 +81,8 @@ class FakePlatform:
     platform: str = "fake"
     supervision: SupervisionMode = SupervisionMode.REPAIR
     router_up: bool = True  # False: our router's process is gone (no traffic, no counters)
+    # True: the target was removed after the supervisor observed it (its router's record gone by the repair)
+    removed: bool = False
     router_answers: bool = True  # False: it runs, but its runtime API does not answer
     unreachable: str | None = None  # every call raises a TransientPlatformError with this cause
     restart_fails: set[str] = field(default_factory=set)  # revisions whose replicas die again at once
@@ -250,6 +252,14 @@ class FakePlatform:
         self._start_router()
         self.weights = dict(weights)
         return self.traffic(target)
+
+    def repair_replicas(self, spec: RevisionSpec) -> RevisionStatus | None:
+        return None if self.removed else self.ensure_revision(spec)
+
+    def repair_router(
+        self, target: Target, weights: dict[str, int], restart: bool = False
+    ) -> TrafficState | None:
+        return None if self.removed else self.restore_router(target, weights, restart)
 
     def restart_replica(self, spec: RevisionSpec, index: int) -> RevisionStatus:
         self.calls.append(f"restart {spec.revision}#{index}")

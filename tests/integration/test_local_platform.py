@@ -417,3 +417,39 @@ def test_targets_are_handled_in_parallel(tmp_path: Path) -> None:
     finally:
         for target in targets:
             tear_down(platform, target, state_dir)
+
+
+def test_a_repair_does_not_bring_back_a_target_removed_while_it_ran(
+    local_env: tuple[RoutedPlatform, Target, Path],
+) -> None:
+    """The supervisor's repairs (engine/supervision.py): the router's record is what makes a target ours to
+    repair. Removed by another process while the replicas started (no lock is shared between processes), the
+    repair stops what it started and brings no router back."""
+    platform, target, state_dir = local_env
+    spec = RevisionSpec(target=target, artifact=sample_artifact("1.0.0"), replicas=1)
+    platform.ensure_revision(spec)
+    for pid in alive(recorded_processes(state_dir, target)):
+        os.kill(pid, signal.SIGKILL)  # the router and the replica found dead by the supervisor
+    remover = make_platform(state_dir, port_settings())  # another process's adapter: its own locks
+    starting = platform.backend.ensure_replicas
+
+    def removed_while_starting(wanted: RevisionSpec) -> None:
+        starting(wanted)
+        remover.remove_revision(target, "1-0-0")
+        remover.router.remove_frontend(target)
+
+    platform.backend.ensure_replicas = removed_while_starting  # type: ignore[method-assign]
+    assert platform.repair_replicas(spec) is None
+    assert platform.repair_router(target, {"1-0-0": 100}) is None
+    assert alive(recorded_processes(state_dir)) == [] and platform.router.liveness(target) is None
+    assert platform.list_revisions(target) == []
+    # Without a removal the same repairs bring it back.
+    platform.backend.ensure_replicas = starting  # type: ignore[method-assign]
+    platform.ensure_revision(spec)
+    for pid in alive(recorded_processes(state_dir, target)):
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not platform.router.liveness(target).running, 5, "the router to be seen dead")  # type: ignore[union-attr]
+    repaired = platform.repair_replicas(spec)
+    assert repaired is not None and repaired.running_replicas == 1
+    assert platform.repair_router(target, {"1-0-0": 100}) is not None
+    assert platform.router.liveness(target).running  # type: ignore[union-attr]

@@ -12,7 +12,7 @@ from engine.config import ConfigError, EnterpriseConfig
 from engine.models import Phase
 from engine.platform import SupervisionMode
 from engine.state import EventKind
-from engine.supervision import CrashLoop, SupervisionSettings, SupervisorStateManager
+from engine.supervision import REMOVED_MEANWHILE, CrashLoop, SupervisionSettings, SupervisorStateManager
 from tests.unit.test_reconciler import CANARY, World
 
 FAST = SupervisionSettings(
@@ -86,6 +86,22 @@ def test_dead_replicas_are_replaced_before_the_router_comes_back(tmp_path: Path)
     assert "replica 0" in replicas["found"] and "replica 2" in replicas["found"]
     assert replicas["done"] == "started again: 3/3 running"
     assert router["subject"] == "router"
+
+
+def test_a_removal_between_the_observation_and_the_repair_is_not_undone(tmp_path: Path) -> None:
+    """The target's router and replicas were found dead, and removed (their records taken away, by another
+    process) before the repair ran: nothing is started again (the full chaos matrix met this on Docker,
+    where the repair's containers take seconds to start)."""
+    sup = Supervised(tmp_path)
+    sup.platform.calls.clear()
+    sup.platform.kill("1-0-0", 0, 1, 2)
+    sup.platform.kill_router()
+    sup.platform.removed = True
+    sup.rounds(1)
+    assert sup.ensures() == [] and not sup.platform.router_up
+    assert sup.platform.revisions["1-0-0"].alive == 0
+    replicas, router = sup.drifts()
+    assert replicas["done"] == router["done"] == REMOVED_MEANWHILE
 
 
 def test_a_missing_replica_is_started_again(tmp_path: Path) -> None:
