@@ -77,6 +77,10 @@ CANDIDATE_RESTARTS = 2
 # the restarted replica to be ready and up in the router, then starts a fresh window.
 REVIVE_SETTLE_S = 10.0
 REVIVE_POLL_S = 0.25
+# A container killed a moment ago refuses connections before Docker reports it exited: a failed smoke test
+# (blue-green's green has no traffic yet, so waiting costs no request) looks this long for a dead candidate
+# replica before its verdict stands. The full chaos matrix met it: the smoke test ran within that moment.
+SMOKE_CONFIRM_S = 1.0
 PLATFORM_FAULT_BACKOFF_S = 5.0  # the longest wait between two attempts to restore a faulty platform
 WINDOW_STEPS = (StepKind.ANALYZE, StepKind.HOLD, StepKind.VALIDATE)
 # Rollbacks decided by judging the candidate (the automatedRollback feature may leave them to a person).
@@ -788,8 +792,22 @@ class DeploymentReconciler:
         )
         limit = config.failure_threshold.error_rate
         if limit is not None and rate > limit:
+            self._await_dead_candidate(state, SMOKE_CONFIRM_S)  # then the judged rollback revives it
             return RollBack(RollbackTrigger.METRICS, f"smoke test: {failed} of {ok + failed} requests failed")
         return None
+
+    def _await_dead_candidate(self, state: DeploymentState, within_s: float) -> None:
+        """Until the platform reports a candidate replica dead, or ``within_s`` passes (then the verdict is
+        the candidate's own); only where we run the replicas."""
+        repairable, revision = self._repairable(), state.candidate_revision
+        if repairable is None or revision is None:
+            return
+        deadline = time.monotonic() + within_s
+        while True:
+            replicas = repairable.live_state(state.request.target, revision).replicas
+            if any(not replica.alive for replica in replicas) or time.monotonic() >= deadline:
+                return
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def _step_await_promotion(self, state: DeploymentState, step: Step) -> StepOutcome:
         if state.promote_requested:

@@ -83,6 +83,9 @@ class FakePlatform:
     router_up: bool = True  # False: our router's process is gone (no traffic, no counters)
     # True: the target was removed after the supervisor observed it (its router's record gone by the repair)
     removed: bool = False
+    # live_state reports killed replicas running for this many more reads (Docker reports a killed container
+    # exited a moment after it stops answering)
+    stale_live_reads: int = 0
     router_answers: bool = True  # False: it runs, but its runtime API does not answer
     unreachable: str | None = None  # every call raises a TransientPlatformError with this cause
     restart_fails: set[str] = field(default_factory=set)  # revisions whose replicas die again at once
@@ -231,13 +234,14 @@ class FakePlatform:
                 revision=revision, desired_replicas=desired, ready_replicas=current.alive if current else 0
             )
         indexes = range(current.replicas) if current else range(0)
+        stale, self.stale_live_reads = self.stale_live_reads > 0, max(0, self.stale_live_reads - 1)
         answering = (self.router_up and self.router_answers) if deep else None
         router = RouterLiveness(running=self.router_up, answering=answering)
         replicas = [
             ReplicaLiveness(
                 index=i,
                 address=f"127.0.0.1:{9000 + i}",
-                alive=current is not None and i not in current.dead,
+                alive=current is not None and (stale or i not in current.dead),
                 healthy=(current is not None and i not in current.unhealthy) if answering else None,
             )
             for i in indexes

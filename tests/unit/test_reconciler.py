@@ -194,6 +194,39 @@ def test_failed_smoke_test_rolls_blue_green_back_before_any_switch(journal_at: s
     assert not any("2-0-0', " in c for c in world.platform.calls if c.startswith("traffic"))
 
 
+class ReplicaKilledBeforeTheSmoke(FakeSmoke):
+    """The first smoke test meets a green replica killed a moment before, which its platform still reports
+    running (Docker, for a moment after the kill): 3 of 10 requests fail. Later ones pass."""
+
+    def __init__(self, platform: FakePlatform) -> None:
+        super().__init__()
+        self.platform = platform
+
+    def smoke(self, endpoints: list[str], path: str, count: int) -> tuple[int, int]:
+        self.calls += 1
+        if self.calls > 1:
+            return count, 0
+        self.platform.kill("2-0-0", 1)
+        self.platform.stale_live_reads = 2
+        return count - 3, 3
+
+
+def test_a_smoke_test_that_met_a_replica_killed_a_moment_before_is_no_verdict(journal_at: str) -> None:
+    """The full chaos matrix (Docker, blue-green, a green replica killed just after its deploy step): the
+    smoke test failed on the dead replica before Docker reported it exited, and the good candidate was rolled
+    back. The failed smoke test now waits (at most SMOKE_CONFIRM_S) for the platform to report a dead replica;
+    the replica is started again and the smoke test runs again on a fresh window."""
+    world = World(journal_at)
+    world.deploy_stable()
+    world.smoke = ReplicaKilledBeforeTheSmoke(world.platform)
+    strategy = {"type": "blue_green", "replicas": 2, "blueGreen": {"validationDuration": 1000}}
+    deployment_id = world.submit("2.0.0", strategy)
+    assert world.run(deployment_id) is Phase.SUCCEEDED
+    assert world.platform.weights == {"2-0-0": 100} and world.smoke.calls == 2
+    drift = [e.data for e in world.journal.events(deployment_id) if e.kind is EventKind.DRIFT]
+    assert [d.get("candidate_restart") for d in drift] == [True]
+
+
 def test_manual_rollback_pause_resume_and_abort(journal_at: str) -> None:
     world = World(journal_at)
     world.deploy_stable()
