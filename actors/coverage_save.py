@@ -4,19 +4,22 @@ coverage.py starts in every Python process there (its start-up hook, ``COVERAGE_
 at exit. A Ray worker does not exit through Python: Ray ends it with a C-level exit that runs no atexit
 handler and no patched ``os._exit``, so everything an actor's process collected was lost (the data files
 came back empty). Saving every ``SAVE_INTERVAL_S`` seconds from a daemon thread keeps all but the last
-interval. Nothing happens in a process where coverage.py is not running.
+interval. Nothing happens in a process where coverage.py is not running. A process that does exit through
+Python (a driver) stops the thread first: saving while the interpreter finalises crashed a driver (SIGSEGV).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import sys
 import threading
-import time
 from typing import Any
 
 SAVE_INTERVAL_S = 2.0
 _started = threading.Event()
+_stop = threading.Event()
+STOP_JOIN_S = 10.0
 
 
 def running_coverage() -> Any | None:
@@ -36,13 +39,18 @@ def save_periodically(interval_s: float = SAVE_INTERVAL_S) -> bool:
         _started.set()
         saver = threading.Thread(target=_save_loop, args=(coverage, interval_s), daemon=True)
         saver.start()
+        atexit.register(_stop_saving, saver)  # runs before Ray's and coverage.py's own exit handlers
     return True
+
+
+def _stop_saving(saver: threading.Thread) -> None:
+    _stop.set()
+    saver.join(STOP_JOIN_S)
 
 
 def _save_loop(coverage: Any, interval_s: float) -> None:
     """Until that measurement stops (then coverage.py saves it itself)."""
-    while True:
-        time.sleep(interval_s)
+    while not _stop.wait(interval_s):
         current = running_coverage()
         if current is None or current is not coverage:
             _started.clear()
