@@ -42,6 +42,7 @@ from engine.models import (
 )
 from engine.plans import LocalPlanner, Planner
 from engine.platform import (
+    LiveState,
     MetricSnapshot,
     PlatformAdapter,
     PlatformError,
@@ -513,12 +514,10 @@ class DeploymentReconciler:
     def _revive_candidate(self, state: DeploymentState) -> bool:
         """Start the candidate's dead replicas again (journaled as drift), up to CANDIDATE_RESTARTS times per
         deployment, on platforms whose replicas we run; True when it did."""
-        repairable, revision = self._repairable(), state.candidate_revision
-        if repairable is None or revision is None:
-            return False
-        observed = repairable.live_state(state.request.target, revision)
-        dead = [replica.index for replica in observed.replicas if not replica.alive]
-        if not dead:
+        revision = state.candidate_revision
+        observed = self._candidate_live(state)
+        dead = [replica.index for replica in observed.replicas if not replica.alive] if observed else []
+        if observed is None or not dead or revision is None:
             return False
         restarts = sum(
             1
@@ -538,6 +537,13 @@ class DeploymentReconciler:
             f"restart {restarts + 1} of {CANDIDATE_RESTARTS}",
         )
         return True
+
+    def _candidate_live(self, state: DeploymentState) -> LiveState | None:
+        """The candidate's replicas as the platform sees them; None where we do not run them."""
+        repairable, revision = self._repairable(), state.candidate_revision
+        if repairable is None or revision is None:
+            return None
+        return repairable.live_state(state.request.target, revision)
 
     def _fresh_checks(self) -> None:
         """This process's part of a new window: its smoke test, fired triggers and health count."""
@@ -799,13 +805,12 @@ class DeploymentReconciler:
     def _await_dead_candidate(self, state: DeploymentState, within_s: float) -> None:
         """Until the platform reports a candidate replica dead, or ``within_s`` passes (then the verdict is
         the candidate's own); only where we run the replicas."""
-        repairable, revision = self._repairable(), state.candidate_revision
-        if repairable is None or revision is None:
-            return
         deadline = time.monotonic() + within_s
         while True:
-            replicas = repairable.live_state(state.request.target, revision).replicas
-            if any(not replica.alive for replica in replicas) or time.monotonic() >= deadline:
+            observed = self._candidate_live(state)
+            if observed is None or any(not r.alive for r in observed.replicas):
+                return
+            if time.monotonic() >= deadline:
                 return
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
