@@ -60,6 +60,8 @@ LABEL_DEPLOYMENT_ID = f"{LABEL_PREFIX}/deployment-id"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # Failures of the engine that say "this will not work however often you try".
 _PERMANENT_MARKERS = ("oci runtime", "executable file not found", "no such file or directory", "invalid")
+# The engine's 409 when a second removal of a container meets the first (DELETE /containers/{id}).
+REMOVAL_IN_PROGRESS = "is already in progress"
 _ERRNO = re.compile(r"\[Errno -?\d+\][^'\")]*")
 
 T = TypeVar("T")
@@ -149,6 +151,17 @@ def container_state(container: Any) -> str:
     if isinstance(state, dict):
         return str(state.get("Status", ""))
     return str(state or "")
+
+
+def _remove_or_join(client: Any, container_id: str) -> bool:
+    """Remove a container; False when the engine says a removal of it is already in progress."""
+    try:
+        client.api.remove_container(container_id, force=True)
+    except APIError as exc:
+        if exc.status_code == 409 and REMOVAL_IN_PROGRESS in str(exc.explanation or exc):
+            return False
+        raise
+    return True
 
 
 def _is_transient(exc: APIError) -> bool:
@@ -373,12 +386,33 @@ class DockerBackend:
     def _remove_container(self, container_id: str) -> None:
         self._stop_container(container_id)
         try:
-            self._call(
-                f"remove container {container_id[:12]}",
-                lambda client: client.api.remove_container(container_id, force=True),
+            removed = self._call(
+                f"remove container {container_id[:12]}", lambda client: _remove_or_join(client, container_id)
             )
         except NotFound:
             return
+        if not removed:
+            self._await_removed(container_id)
+
+    def _await_removed(self, container_id: str) -> None:
+        """Another caller's removal of the container is under way (the engine refuses a second one with 409):
+        the container is gone when that removal ends, and a removal that never ends is an error."""
+        deadline = time.monotonic() + self.settings.timeout
+        delay = 0.05
+        while time.monotonic() < deadline:
+            try:
+                self._call(
+                    f"inspect container {container_id[:12]}",
+                    lambda client: client.api.inspect_container(container_id),
+                )
+            except NotFound:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        raise self._error(
+            f"remove container {container_id[:12]}: another removal of it did not end within "
+            f"{self.settings.timeout:g} s"
+        )
 
     # ----------------------------------------------------------------------------------------
     # Creating replicas

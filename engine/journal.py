@@ -246,6 +246,18 @@ class Journal:
         rows = self._store.read(query, (Phase.QUEUED.value,))
         return {str(r[0]) for r in rows}
 
+    def target_owner(self, target_key: str) -> str | None:
+        """The deployment that owns one target now: its admitted deployment that has not ended, or else the
+        newest that succeeded (the one that made its live revision); None when neither exists."""
+        query = (
+            "SELECT deployment_id FROM deployments WHERE target_key = ?"
+            " AND ((active = 1 AND phase != ?) OR phase = ?)"
+            " ORDER BY (active = 1 AND phase != ?) DESC, submitted_seq DESC LIMIT 1"
+        )
+        queued, succeeded = Phase.QUEUED.value, Phase.SUCCEEDED.value
+        rows = self._store.read(query, (target_key, queued, succeeded, queued))
+        return str(rows[0][0]) if rows else None
+
     def put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
         """Small durable registries (registered environments, health monitors), keyed by (kind, key)."""
         body = json.dumps(data, sort_keys=True, default=str)

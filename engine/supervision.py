@@ -511,8 +511,8 @@ class SupervisorStateManager:
             return
         repairs = supervisor.decide(observed, deep, now)
         acting = [r for r in repairs if r.kind not in (RepairKind.REPORT, RepairKind.CRASH_LOOP)]
-        if acting and live.target.key in self.journal.busy_targets():
-            return  # a deployment started meanwhile: its runner owns the target now
+        if acting and self.journal.target_owner(live.target.key) != live.deployment_id:
+            return  # a deployment started or ended meanwhile: its runner or its revision owns the target now
         self._record(supervisor, repairs, adapter, now)
 
     def _record(

@@ -223,6 +223,34 @@ class TestDockerBackend:
         backend.remove_revision(target, "2-0-0")
         assert backend.list_replicas(target) == []
 
+    def test_removals_of_one_revision_side_by_side_all_succeed(
+        self, backend: DockerBackend, target: Target, tmp_path: Path
+    ) -> None:
+        """The engine refuses a second removal of a container with 409 "already in progress": that removal
+        waits for the first one to end instead of failing (the chaos matrix met this when its clean-up met
+        DO-001's removal of the same replicas)."""
+        ensure(backend, target, sample_artifact(target.service, "1.0.0"), 2)
+        removers = [DockerBackend(tmp_path / f"remover-{n}", {}) for n in range(4)]
+        start = threading.Barrier(len(removers))
+        errors: list[BaseException] = []
+
+        def remove(remover: DockerBackend) -> None:
+            start.wait(timeout=30)
+            try:
+                remover.remove_revision(target, "1-0-0")
+            except BaseException as error:  # every failure of a remover is the finding
+                errors.append(error)
+
+        threads = [threading.Thread(target=remove, args=(remover,)) for remover in removers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        for remover in removers:
+            remover.close()
+        assert errors == [] and not any(thread.is_alive() for thread in threads)
+        assert backend.list_replicas(target, "1-0-0") == []
+
     def test_missing_image_is_refused_before_any_container(
         self, backend: DockerBackend, target: Target
     ) -> None:

@@ -124,6 +124,34 @@ def test_a_target_with_a_running_deployment_belongs_to_its_runner(tmp_path: Path
     assert sup.ensures() == ["restore router [('1-0-0', 100)]"]
 
 
+def test_a_deployment_that_ended_between_the_read_and_the_repair_is_not_undone(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The supervisor read 1-0-0 as live; 2.0.0 was admitted and promoted (its runner removing 1-0-0) while
+    the supervisor looked at the platform: 1-0-0's missing replicas are not started again (the full chaos
+    matrix met this with a rolling deployment that ended a moment before the repair)."""
+    sup = Supervised(tmp_path)
+    sup.rounds(1)
+    observe = sup.platform.live_state
+    promoted: list[Phase] = []
+
+    def promote_first(*args: Any) -> Any:
+        if not promoted:
+            promoted.append(Phase.QUEUED)  # the runner's own reads of the platform pass through
+            promoted[0] = sup.world.run(sup.world.submit("2.0.0", CANARY))
+            sup.platform.calls.clear()  # what the runner did is not the supervisor's
+        return observe(*args)
+
+    monkeypatch.setattr(sup.platform, "live_state", promote_first)
+    sup.world.clock.sleep(1.0)
+    sup.manager.update()
+    assert promoted == [Phase.SUCCEEDED]
+    assert sup.ensures() == [] and sup.drifts() == []
+    assert "1-0-0" not in sup.platform.revisions or sup.platform.revisions["1-0-0"].alive == 0
+    sup.rounds(2)  # the next rounds read the journal again and supervise 2-0-0
+    assert sup.ensures() == [] and sup.platform.revisions["2-0-0"].alive == 3
+
+
 def test_a_queued_deployment_does_not_stop_supervision(tmp_path: Path) -> None:
     sup = Supervised(tmp_path)
     request = sup.world.journal.state(sup.live).request
