@@ -57,6 +57,7 @@ class FakeRevision:
     dead: set[int] = field(default_factory=set)  # indexes whose process is gone
     unhealthy: set[int] = field(default_factory=set)  # alive, but failing the router's health checks
     killed_at: float | None = None  # when a test killed replicas, until they are started again
+    ready_at: float = 0.0  # replicas answer their health checks from this clock time on
     rising_until: float | None = None  # replicas started again after the router saw them die: down till then
 
     @property
@@ -72,12 +73,14 @@ class FakePlatform:
     rps: int = 100
     error_rates: dict[str, float] = field(default_factory=dict)
     never_ready: set[str] = field(default_factory=set)
+    ready_after_s: float = 0.0  # how long a revision's replicas take to start once ensured
     fail_validate: str | None = None
     revisions: dict[str, FakeRevision] = field(default_factory=dict)
     weights: dict[str, int] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     specs: list[RevisionSpec] = field(default_factory=list)  # every ensure_revision's, in order
     metrics_asked: list[str | None] = field(default_factory=list)
+    status_asked: list[float] = field(default_factory=list)  # clock times of revision_status calls
     platform: str = "fake"
     supervision: SupervisionMode = SupervisionMode.REPAIR
     router_up: bool = True  # False: our router's process is gone (no traffic, no counters)
@@ -151,7 +154,11 @@ class FakePlatform:
         self._check_reachable()
         self.calls.append(f"ensure {spec.revision} x{spec.replicas}")
         self.specs.append(spec)
-        current = self.revisions.setdefault(spec.revision, FakeRevision(replicas=spec.replicas))
+        if spec.revision not in self.revisions:
+            self.revisions[spec.revision] = FakeRevision(
+                spec.replicas, ready_at=self.clock.now() + self.ready_after_s
+            )
+        current = self.revisions[spec.revision]
         current.replicas = spec.replicas
         current.ready = spec.revision not in self.never_ready
         # Dead replicas are started again (they die at once when their restarts fail).
@@ -169,7 +176,8 @@ class FakePlatform:
         if current is None:
             return None
         self._check_reachable()
-        ready = current.alive if current.ready else 0
+        ready = current.alive if current.ready and self.clock.now() >= current.ready_at else 0
+        self.status_asked.append(self.clock.now())
         return RevisionStatus(
             revision=revision,
             desired_replicas=current.replicas,

@@ -3,6 +3,7 @@ of each backend (``journal_at``: a SQLite file, a database on a real PostgreSQL)
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -101,6 +102,23 @@ def test_good_canary_is_promoted_through_every_weight(journal_at: str) -> None:
     windows = 3
     assert asked.count(None) == 2 * windows and set(asked) == {"2-0-0", None}
     assert asked.count("2-0-0") > 3 * windows
+
+
+@pytest.mark.parametrize("start_s", [0.1, 0.25, 0.65, 2.0, 30.0])
+def test_a_starting_revision_is_seen_ready_soon_after_it_is(journal_at: str, start_s: float) -> None:
+    """The deploy step polls readiness every 25 ms at first and then every quarter of the time it has waited
+    (at most every tick, 0.5 s): it sees the replicas ready at most a quarter (or 25 ms) after they are,
+    without asking a slow platform every 25 ms."""
+    world = World(journal_at, ready_after_s=start_s)
+    world.deploy_stable()
+    deployment_id = world.submit("2.0.0", {"type": "rolling", "replicas": 3})
+    world.platform.status_asked.clear()
+    assert world.run(deployment_id) is Phase.SUCCEEDED
+    deploy = next(e for e in world.journal.events(deployment_id) if e.kind is EventKind.STEP_COMPLETED)
+    assert start_s <= deploy.data["elapsed_s"] <= start_s + max(0.03, min(0.5, start_s * 0.25) + 0.005)
+    asked_while_starting = [t for t in world.platform.status_asked if t < deploy.at]
+    # 25 ms apart for the first 0.1 s, then growing by a quarter each time until a tick apart
+    assert len(asked_while_starting) <= 12 + 2 * math.log(max(start_s, 0.1) / 0.1, 1.25) + start_s / 0.5
 
 
 def test_bad_canary_is_rolled_back_on_metrics(journal_at: str) -> None:
