@@ -233,15 +233,19 @@ def routed_scenario_env(
 
 
 def remove_through_adapter(config: PlatformConfig, targets: list[Target], check_gone: bool = False) -> None:
-    """Every revision and the router of each target, removed through a new adapter."""
+    """Every revision and the router of each target, removed through a new adapter. The router first: a
+    running orchestrator's supervisor still holds the revisions live and starts again replicas removed
+    behind its back while the router's record exists; with the record gone it repairs nothing
+    (adapters/routed.py)."""
     platform: Any = create_platform(config)
     try:
         for target in targets:
-            for revision in platform.list_revisions(target):
+            revisions = platform.list_revisions(target)
+            platform.router.remove_frontend(target)
+            for revision in revisions:
                 platform.remove_revision(target, revision.revision)
             if check_gone:
                 assert platform.list_revisions(target) == []
-            platform.router.remove_frontend(target)
     finally:
         platform.close()
 
