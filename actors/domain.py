@@ -13,7 +13,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError
 
-from actors.common import QUEEN_NAME, call, find_actor, kill_quietly, worker_name
+from actors.common import QUEEN_NAME, call, find_actor, freeze_startup_heap, kill_quietly, worker_name
 from actors.health import HealthMonitor, HealthReport
 from actors.pipelines import PipelineRuns
 from actors.placement import PlatformNodeGone, alive_nodes, on_platform_node, spread_over_nodes
@@ -85,6 +85,7 @@ class _Worker:
         self.access = AccessControl(self.config, self.journal, service_secret)
         self.journal_path = journal_path
         self._start()
+        freeze_startup_heap()
 
     def _start(self) -> None:
         """What a worker sets up beyond the common part (its own state, threads, tasks)."""

@@ -52,15 +52,21 @@ class QueenDeployer:
         self.namespace = namespace
         self.journal = journal
         self.service_secret = service_secret  # DO-006 acts for the person who started the run
+        # The queen's handle, looked up once: a lookup is a blocking call to Ray's GCS, on the event loop
+        # that drives every stage. Dropped when a call finds the queen gone (a new queen is another actor).
+        self._queen: Any = None
 
     async def _call(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
-        queen = find_actor(QUEEN_NAME, self.namespace)
-        if queen is None:
+        self._queen = self._queen or find_actor(QUEEN_NAME, self.namespace)
+        if self._queen is None:
             raise DeployerUnavailable("the queen is not running")
         # Every queen call checks DO-006's secret; an approval carried over relays the person who gave it.
         try:
-            return await call(getattr(queen, method).remote(*args, token=self.service_secret), timeout_s)
+            return await call(
+                getattr(self._queen, method).remote(*args, token=self.service_secret), timeout_s
+            )
         except (RayActorError, ActorUnavailableError, GetTimeoutError, TimeoutError) as error:
+            self._queen = None
             raise DeployerUnavailable(f"{method}: {type(error).__name__}: {error}") from error
         except RayTaskError as error:  # the queen refused: its own exception, not Ray's wrapper
             cause = error.cause if isinstance(error.cause, Exception) else error

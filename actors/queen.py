@@ -25,6 +25,7 @@ from actors.common import (
     call,
     cluster_answers,
     find_actor,
+    freeze_startup_heap,
     kill_quietly,
     named_actors,
     new_runner_name,
@@ -126,6 +127,7 @@ class QueenImpl:
         )
         self.started = asyncio.Event()
         asyncio.get_running_loop().create_task(self._start())
+        freeze_startup_heap()
 
     def _take_lease(self) -> None:
         holder = self.journal.acquire_lease(QUEEN_LEASE, self.owner, LEASE_TTL_S, alive=cluster_answers)

@@ -24,7 +24,7 @@ from typing import Any
 
 import ray
 
-from actors.common import QUEEN_NAME, find_actor, worker_name
+from actors.common import QUEEN_NAME, find_actor, freeze_startup_heap, worker_name
 from actors.delegates import DomainWorkers, WorkerJudge, WorkerPlanner
 from adapters import content_digests, create_metric_provider, create_platform
 from adapters.http_probe import HttpSmokeTester
@@ -80,10 +80,12 @@ class DeploymentRunnerImpl:
         self.reconciler: DeploymentReconciler | None = None
         self._phase: str | None = None  # how the bound deployment's run ended (None: not run to its end)
         self._control: Any = None  # the pending call to the queen that returns on a control request
+        self._queen: Any = None  # its handle, looked up once (a GCS round trip on a deployment's first wait)
         self.workers = DomainWorkers(self.namespace)
         for record in self.journal.records(ASSIGNMENT):
             if record.get("runner") == self.name:  # restarted after a crash: same name, same deployment
                 self._resume(str(record["deployment_id"]), record.get("node"))
+        freeze_startup_heap()
 
     def _resume(self, deployment_id: str, node: str | None) -> None:
         if not self.journal.state(deployment_id).active:  # it ended just before the crash: the runner is free
@@ -176,12 +178,12 @@ class DeploymentRunnerImpl:
         """Blocks for ``delay`` seconds or until a control request is journaled, whichever is first."""
         deadline = time.monotonic() + delay
         if self._control is None:
-            queen = find_actor(QUEEN_NAME, self.namespace)
-            if queen is None:  # the queen restarts: the journal is read again after the wait
+            self._queen = self._queen or find_actor(QUEEN_NAME, self.namespace)
+            if self._queen is None:  # the queen restarts: the journal is read again after the wait
                 time.sleep(delay)
                 return
             token = self.service_secret
-            self._control = queen.control_signal.remote(deployment_id, CONTROL_WAIT_S, token=token)
+            self._control = self._queen.control_signal.remote(deployment_id, CONTROL_WAIT_S, token=token)
         ready, _ = ray.wait([self._control], timeout=delay)
         if not ready:
             return
@@ -189,6 +191,7 @@ class DeploymentRunnerImpl:
         try:
             ray.get(control, timeout=0)
         except ray.exceptions.RayError:  # the queen restarted meanwhile: wait out the delay, ask the next one
+            self._queen = None  # a queen created anew is another actor: looked up again
             time.sleep(max(0.0, deadline - time.monotonic()))
 
     def _forget_control(self) -> None:

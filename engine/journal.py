@@ -203,6 +203,20 @@ class Journal:
             return [self._parse(r[0], r[1]) for r in reversed(rows)]
         return [DeploymentState.model_validate_json(r[1]) for r in reversed(rows)]
 
+    def newest_that_made_live(self, target_key: str, revision: str) -> DeploymentState | None:
+        """The newest deployment of the target that succeeded with ``revision`` as its candidate: parsed from
+        the newest back, one at a time (usually the first is the one; a target's history only grows)."""
+        rows = self._store.read(
+            "SELECT deployment_id, snapshot FROM deployments WHERE target_key = ? AND phase = ?"
+            " ORDER BY submitted_seq DESC",
+            (target_key, Phase.SUCCEEDED.value),
+        )
+        for deployment_id, snapshot in rows:
+            state = self._parse(str(deployment_id), str(snapshot))
+            if state.request.artifact.revision == revision:
+                return state
+        return None
+
     def events(self, deployment_id: str | None = None, after_seq: int = 0) -> list[Event]:
         query = "SELECT seq, deployment_id, at, kind, actor, data, hash FROM events WHERE seq > ?"
         params: tuple[Any, ...] = (after_seq,)

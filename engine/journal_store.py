@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS deployments (
     snapshot TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deployments_active ON deployments (active, submitted_seq);
+CREATE INDEX IF NOT EXISTS deployments_by_target ON deployments (target_key, submitted_seq);
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL,
     key TEXT NOT NULL,

@@ -181,6 +181,10 @@ class PlatformAdapter(Protocol):
     def revision_status(self, target: Target, revision: str) -> RevisionStatus | None:
         """Actual state of one revision (readiness is checked for real), or None if it does not exist."""
 
+    # Optional: ``await_ready(target, revision, within_s) -> RevisionStatus | None``, the status once the
+    # revision is ready or after at most ``within_s`` (RoutedPlatform: its replicas' ports are tried every few
+    # ms). A deploy step uses it when the adapter has it, and polls ``revision_status`` otherwise.
+
     def list_revisions(self, target: Target) -> list[RevisionStatus]:
         """Every revision of the target that exists on the platform."""
 

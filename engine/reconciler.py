@@ -377,13 +377,8 @@ class DeploymentReconciler:
 
     def _artifact_of(self, target_key: str, revision: str | None) -> dict[str, object] | None:
         """The artifact of the newest deployment of this target that made ``revision`` live."""
-        if revision is None:
-            return None
-        for past in reversed(self.journal.deployments(target_key=target_key)):
-            artifact = past.request.artifact
-            if artifact.revision == revision and past.outcome is Phase.SUCCEEDED:
-                return artifact.model_dump(mode="json")
-        return None
+        past = self.journal.newest_that_made_live(target_key, revision) if revision is not None else None
+        return past.request.artifact.model_dump(mode="json") if past is not None else None
 
     def _stable_artifact(self) -> Artifact | None:
         return self.journal.planned_stable_artifact(self.deployment_id)
@@ -451,6 +446,12 @@ class DeploymentReconciler:
                 RollbackTrigger.DEADLINE,
                 f"{revision} not ready within the progress deadline of {deadline_s:g}s ({ready} ready)",
             )
+        # A platform that can wait for readiness cheaply (its replicas' ports) waits up to a tick here.
+        waiting = getattr(self.adapter, "await_ready", None)
+        if waiting is not None and status is not None and status.desired_replicas == wanted:
+            status = waiting(target, revision or "", min(self.tick_s, deadline_s - self._elapsed(state)))
+            if status is not None and status.ready and status.desired_replicas == wanted:
+                return Done()
         # Readiness is the platform's work: poll soon (a process is up in tens of ms), then less often, so
         # that it is seen ready at most a quarter of the time already waited late, and a slow platform is
         # asked at most once a tick. Backing off by half each time had it seen up to half that late: a
