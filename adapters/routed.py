@@ -52,10 +52,9 @@ def is_ready(replica: Replica, timeout_s: float = READINESS_TIMEOUT_S) -> bool:
 
 
 _PROBES = ThreadPoolExecutor(max_workers=_MAX_PROBE_THREADS, thread_name_prefix="readiness")
-# While a revision starts, its replicas' ports are tried every LISTEN_POLL_S (a refused connection costs tens
-# of microseconds); a replica that listens but is not healthy yet has its health asked every RECHECK_S.
+# While a revision starts, its replicas' ports are tried every LISTEN_POLL_S: a refused connection costs tens
+# of microseconds, a health check (or a deployment's check) far more.
 LISTEN_POLL_S = 0.005
-RECHECK_S = 0.025
 
 
 def _accepts(replica: Replica, timeout_s: float) -> bool:
@@ -66,15 +65,16 @@ def _accepts(replica: Replica, timeout_s: float) -> bool:
     return True
 
 
-def until_listening(replicas: list[Replica], deadline: float) -> None:
-    """Returns once every replica's port accepts a connection, or at ``deadline`` (monotonic); after
-    RECHECK_S when they all accept already (listening, not healthy yet)."""
+def until_listening(replicas: list[Replica], deadline: float) -> bool:
+    """False at once when every replica's port accepts connections already; otherwise True, once they all
+    do or at ``deadline`` (monotonic)."""
     pending = [r for r in replicas if not _accepts(r, deadline - time.monotonic())]
     if not pending:
-        time.sleep(max(0.0, min(RECHECK_S, deadline - time.monotonic())))
+        return False
     while pending and (left := deadline - time.monotonic()) > 0:
         time.sleep(min(LISTEN_POLL_S, left))
         pending = [r for r in pending if not _accepts(r, deadline - time.monotonic())]
+    return True
 
 
 def ready_flags(replicas: list[Replica]) -> list[bool]:
@@ -140,10 +140,11 @@ class RoutedPlatform:
         return status
 
     def await_ready(self, target: Target, revision: str, within_s: float) -> RevisionStatus | None:
-        """The revision's status once every replica answers its health check, or after ``within_s``, or
-        at once when a replica is not running (waiting would not bring it back). Between health checks it
-        waits for the ports to listen: a replica is seen ready a few milliseconds after it is, for far less
-        than a health check or a deployment's check each time."""
+        """The revision's status once its replicas listen and answer their health checks, or after
+        ``within_s``. It waits only for ports that do not listen yet (tried every few ms: a replica is seen
+        ready milliseconds after it listens, for far less than a health check each time). It returns at once
+        when a replica is not running (waiting would not bring it back) or when every port listens and a
+        health check still fails (the caller decides when to ask again: a slow platform is not asked more)."""
         deadline = time.monotonic() + max(0.0, within_s)
         while True:
             replicas = self.backend.list_replicas(target, revision)
@@ -152,7 +153,8 @@ class RoutedPlatform:
             status = self._status(revision, replicas, ready_flags(replicas))
             if status.ready or status.running_replicas < len(replicas) or time.monotonic() >= deadline:
                 return status
-            until_listening(replicas, deadline)
+            if not until_listening(replicas, deadline):
+                return status
 
     def revision_status(self, target: Target, revision: str) -> RevisionStatus | None:
         replicas = self.backend.list_replicas(target, revision)
