@@ -19,6 +19,7 @@ from adapters import create_platform
 from adapters.docker_backend import LABEL_ENVIRONMENT, LABEL_INDEX, LABEL_REVISION, LABEL_SERVICE
 from engine.models import Artifact, PlatformConfig, Target
 from examples.quickstart import sample_artifact
+from harness.environments import remove_through_adapter
 
 CASE_MARKER = "CHAOS_CASE"  # in every local replica's environment: the case's service, found in /proc
 DOCKER_IMAGE = "local/sample-service:1"  # built by cluster/start_docker.sh
@@ -172,13 +173,7 @@ def _kill_everything(platform: PlatformConfig, target: Target) -> None:
 
 
 def _remove_state(platform: PlatformConfig, target: Target) -> None:
-    adapter: Any = create_platform(platform)
-    try:
-        for revision in adapter.list_revisions(target):
-            adapter.remove_revision(target, revision.revision)
-        adapter.router.remove_frontend(target)
-    finally:
-        adapter.close()
+    remove_through_adapter(platform, [target])
     if platform.type == "docker":
         for container in docker_containers(target):
             container.remove(force=True)

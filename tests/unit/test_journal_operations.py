@@ -89,6 +89,27 @@ def test_leases_are_taken_renewed_refused_and_released(tmp_path: Path) -> None:
     assert journal.lease("queen") is None
 
 
+def test_the_deployment_that_made_a_revision_live_is_the_newest_succeeded_with_it(tmp_path: Path) -> None:
+    journal = _journal(tmp_path)
+
+    def deployed(deployment_id: str, version: str, outcome: Phase) -> None:
+        request = build_request(load_config(), {"name": "web", "version": version}, "canary", "development")
+        journal.submit(deployment_id, request, actor="alice")
+        journal.append(deployment_id, EventKind.FINISHED, {"outcome": outcome.value})
+
+    deployed("web-1", "1.0.0", Phase.SUCCEEDED)
+    deployed("web-2", "2.0.0", Phase.FAILED)
+    deployed("web-3", "1.0.0", Phase.SUCCEEDED)  # the same revision again, later
+    deployed("web-4", "3.0.0", Phase.SUCCEEDED)
+    revision = journal.state("web-1").request.artifact.revision
+    target = journal.state("web-1").request.target.key
+    found = journal.newest_that_made_live(target, revision)
+    assert found is not None and found.deployment_id == "web-3"
+    failed = journal.state("web-2").request.artifact.revision
+    assert journal.newest_that_made_live(target, failed) is None  # it never went live
+    assert journal.newest_that_made_live("other.development", revision) is None
+
+
 def test_deployments_are_found_by_unique_prefix(tmp_path: Path) -> None:
     journal = _journal(tmp_path)
     _finished(journal, "web-1a")
