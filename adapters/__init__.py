@@ -6,7 +6,9 @@ traffic router); Kubernetes and Lambda route traffic themselves.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from engine.analysis import analysis_settings
 from engine.artifacts import ContentDigests, path_digests
@@ -17,6 +19,7 @@ from engine.models import (
     MetricProviderType,
     PlatformCapabilities,
     PlatformConfig,
+    Target,
 )
 from engine.paths import orchestrator_home
 from engine.platform import PlatformAdapter
@@ -84,6 +87,24 @@ def content_digests(config: PlatformConfig) -> ContentDigests:
         return None
 
     return digests
+
+
+def remove_targets(config: PlatformConfig, targets: Iterable[Target]) -> None:
+    """Every revision and the router of each target, removed through a new adapter (a clean-up after a
+    benchmark or a test). The router first: an orchestrator still running supervises the live revision and
+    starts again replicas removed behind its back while the router's record exists; with the record gone it
+    repairs nothing (adapters/routed.py)."""
+    platform: Any = create_platform(config)
+    try:
+        for target in targets:
+            revisions = platform.list_revisions(target)
+            router = getattr(platform, "router", None)
+            if router is not None:
+                router.remove_frontend(target)
+            for revision in revisions:
+                platform.remove_revision(target, revision.revision)
+    finally:
+        platform.close()
 
 
 _CAPABILITIES: dict[str, PlatformCapabilities] = {}

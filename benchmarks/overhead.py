@@ -55,7 +55,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from adapters import create_platform  # noqa: E402
+from adapters import create_platform, remove_targets  # noqa: E402
 from benchmarks.cpu import git_commit, process_cpu, start_local_ray  # noqa: E402
 from engine.config import write_isolated_config  # noqa: E402
 from engine.journal import Journal  # noqa: E402
@@ -627,13 +627,7 @@ def cleanup_repetition(orch: Any, folder: Path, args: argparse.Namespace) -> Non
 
 def cleanup(orch: Any, services: list[str]) -> None:
     """Every revision and router of ``services`` (also used by benchmarks/self_heal.py and fleet.py)."""
-    platform: Any = create_platform(orch.config.platform("local"))
-    for service in services:
-        target = Target(service=service, environment=ENV)
-        for revision in platform.list_revisions(target):
-            platform.remove_revision(target, revision.revision)
-        platform.router.remove_frontend(target)
-    platform.close()
+    remove_targets(orch.config.platform("local"), [Target(service=s, environment=ENV) for s in services])
 
 
 def cpu_by_pid(pids: set[int]) -> dict[int, float]:

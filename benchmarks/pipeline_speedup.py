@@ -53,7 +53,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from adapters import create_platform  # noqa: E402
+from adapters import remove_targets  # noqa: E402
 from engine.config import write_isolated_config  # noqa: E402
 from engine.journal import Journal  # noqa: E402
 from engine.models import Artifact, Target  # noqa: E402
@@ -384,14 +384,8 @@ def summarise(repetitions: list[dict[str, Any]], failed_requests: int) -> dict[s
 
 
 def cleanup(orch: Any, services: list[str], envs: list[str]) -> None:
-    platform: Any = create_platform(orch.config.platform("local"))
-    for env in envs:
-        for service in services:
-            target = Target(service=service, environment=env)
-            for revision in platform.list_revisions(target):
-                platform.remove_revision(target, revision.revision)
-            platform.router.remove_frontend(target)
-    platform.close()
+    targets = [Target(service=service, environment=env) for env in envs for service in services]
+    remove_targets(orch.config.platform("local"), targets)
 
 
 def commit() -> str:

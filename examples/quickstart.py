@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from adapters import create_platform
+from adapters import remove_targets
 from engine.models import Artifact, DeploymentResult, Target
 from examples.traffic import TrafficGenerator
 from orchestrator import DeploymentOrchestrator, progress_printer
@@ -69,14 +69,7 @@ def _summary(results: list[tuple[str, DeploymentResult]], traffic: TrafficGenera
 
 
 def _cleanup(orch: DeploymentOrchestrator) -> None:
-    platform = create_platform(orch.config.platform("local"))
-    target = Target(service=SERVICE, environment=ENVIRONMENT)
-    for revision in platform.list_revisions(target):
-        platform.remove_revision(target, revision.revision)
-    router = getattr(platform, "router", None)
-    if router is not None:
-        router.remove_frontend(target)
-    platform.close()
+    remove_targets(orch.config.platform("local"), [Target(service=SERVICE, environment=ENVIRONMENT)])
 
 
 def run_quickstart(config_path: str | None = None, keep: bool = False, step_seconds: float = 5.0) -> int:

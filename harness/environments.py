@@ -37,7 +37,7 @@ import prometheus_client
 from kubernetes import client
 from moto.server import ThreadedMotoServer
 
-from adapters import create_platform
+from adapters import create_platform, remove_targets
 from adapters.docker_backend import LABEL_ENVIRONMENT, LABEL_SERVICE
 from adapters.http_probe import HttpSmokeTester
 from adapters.kubernetes_platform import KubernetesPlatform
@@ -233,21 +233,15 @@ def routed_scenario_env(
 
 
 def remove_through_adapter(config: PlatformConfig, targets: list[Target], check_gone: bool = False) -> None:
-    """Every revision and the router of each target, removed through a new adapter. The router first: a
-    running orchestrator's supervisor still holds the revisions live and starts again replicas removed
-    behind its back while the router's record exists; with the record gone it repairs nothing
-    (adapters/routed.py)."""
-    platform: Any = create_platform(config)
-    try:
-        for target in targets:
-            revisions = platform.list_revisions(target)
-            platform.router.remove_frontend(target)
-            for revision in revisions:
-                platform.remove_revision(target, revision.revision)
-            if check_gone:
-                assert platform.list_revisions(target) == []
-    finally:
-        platform.close()
+    """Every revision and the router of each target, removed through a new adapter, router first
+    (adapters.remove_targets); with ``check_gone``, checked gone through another."""
+    remove_targets(config, targets)
+    if check_gone:
+        platform: Any = create_platform(config)
+        try:
+            assert all(platform.list_revisions(target) == [] for target in targets)
+        finally:
+            platform.close()
 
 
 # --------------------------------------------------------------------------------------------
