@@ -354,8 +354,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 repetitions.append(repetition(orch, journal, args, index))
             failed = sum(TrafficGenerator.failed(g.snapshot()) for g in traffic)
     finally:
+        orch.shutdown()  # first: its supervisor would otherwise start again what the clean-up removes
         cleanup(orch, services, envs)
-        orch.shutdown()
     return summarise(repetitions, failed)
 
 
