@@ -91,9 +91,9 @@ def content_digests(config: PlatformConfig) -> ContentDigests:
 
 def remove_targets(config: PlatformConfig, targets: Iterable[Target]) -> None:
     """Every revision and the router of each target, removed through a new adapter (a clean-up after a
-    benchmark or a test). The router first: an orchestrator still running supervises the live revision and
-    starts again replicas removed behind its back while the router's record exists; with the record gone it
-    repairs nothing (adapters/routed.py)."""
+    benchmark or a test), the router first. An orchestrator still running supervises the live revision and
+    starts again replicas removed behind its back while the router's record exists; even with the router gone
+    first, a supervision round already under way can, so a caller with an orchestrator shuts it down first."""
     platform: Any = create_platform(config)
     try:
         for target in targets:

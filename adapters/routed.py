@@ -65,16 +65,13 @@ def _accepts(replica: Replica, timeout_s: float) -> bool:
     return True
 
 
-def until_listening(replicas: list[Replica], deadline: float) -> bool:
-    """False at once when every replica's port accepts connections already; otherwise True, once they all
-    do or at ``deadline`` (monotonic)."""
+def until_listening(replicas: list[Replica], deadline: float) -> None:
+    """Returns once every replica's port accepts connections (at once if they all do), or at ``deadline``
+    (monotonic)."""
     pending = [r for r in replicas if not _accepts(r, deadline - time.monotonic())]
-    if not pending:
-        return False
     while pending and (left := deadline - time.monotonic()) > 0:
         time.sleep(min(LISTEN_POLL_S, left))
         pending = [r for r in pending if not _accepts(r, deadline - time.monotonic())]
-    return True
 
 
 def ready_flags(replicas: list[Replica]) -> list[bool]:
@@ -146,15 +143,12 @@ class RoutedPlatform:
         when a replica is not running (waiting would not bring it back) or when every port listens and a
         health check still fails (the caller decides when to ask again: a slow platform is not asked more)."""
         deadline = time.monotonic() + max(0.0, within_s)
-        while True:
-            replicas = self.backend.list_replicas(target, revision)
-            if not replicas:
-                return None
-            status = self._status(revision, replicas, ready_flags(replicas))
-            if status.ready or status.running_replicas < len(replicas) or time.monotonic() >= deadline:
-                return status
-            if not until_listening(replicas, deadline):
-                return status
+        replicas = self.backend.list_replicas(target, revision)
+        if not replicas:
+            return None
+        if all(r.alive for r in replicas):
+            until_listening(replicas, deadline)
+        return self._status(revision, replicas, ready_flags(replicas))
 
     def revision_status(self, target: Target, revision: str) -> RevisionStatus | None:
         replicas = self.backend.list_replicas(target, revision)

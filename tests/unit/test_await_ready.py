@@ -65,10 +65,8 @@ class Backend:
 
     def __init__(self, replicas: list[Replica]) -> None:
         self.replicas = replicas
-        self.listed = 0
 
     def list_replicas(self, target: Target, revision: str | None = None) -> list[Replica]:
-        self.listed += 1
         return [r for r in self.replicas if revision is None or r.revision == revision]
 
 
