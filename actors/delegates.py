@@ -11,6 +11,7 @@ their own: they are planned and judged in the runner.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -43,6 +44,13 @@ class DomainWorkers:
         self._handles: dict[str, Any] = {}
         self._skip_until: dict[str, float] = {}
         self.last_failure: dict[str, str] = {}
+
+    def look_up(self, *codes: str) -> None:
+        """Keep the handles of those of ``codes`` that run now (the others are looked up when asked)."""
+        for code in codes:
+            if code not in self._handles:
+                with contextlib.suppress(ValueError):
+                    self._handles[code] = ray.get_actor(worker_name(code), namespace=self.namespace)
 
     def ask(self, code: str, method: str, *args: Any) -> tuple[Any, str | None]:
         """(answer, None), or (None, why) when the worker did not answer."""

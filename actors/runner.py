@@ -25,7 +25,7 @@ from typing import Any
 import ray
 
 from actors.common import QUEEN_NAME, find_actor, freeze_startup_heap, worker_name
-from actors.delegates import DomainWorkers, WorkerJudge, WorkerPlanner
+from actors.delegates import WORKER_OF, DomainWorkers, WorkerJudge, WorkerPlanner
 from adapters import content_digests, create_metric_provider, create_platform
 from adapters.http_probe import HttpSmokeTester
 from adapters.webhooks import HttpWebhookSender
@@ -80,8 +80,12 @@ class DeploymentRunnerImpl:
         self.reconciler: DeploymentReconciler | None = None
         self._phase: str | None = None  # how the bound deployment's run ended (None: not run to its end)
         self._control: Any = None  # the pending call to the queen that returns on a control request
-        self._queen: Any = None  # its handle, looked up once (a GCS round trip on a deployment's first wait)
         self.workers = DomainWorkers(self.namespace)
+        # The queen's and the domain workers' handles now too: Ray makes a handle by loading the actor's class
+        # (importing its module and all it imports: hundreds of milliseconds of CPU for the queen's), which
+        # would otherwise fall on a deployment's first wait. Those not running yet are looked up when needed.
+        self._queen: Any = find_actor(QUEEN_NAME, self.namespace)
+        self.workers.look_up(*WORKER_OF.values())
         for record in self.journal.records(ASSIGNMENT):
             if record.get("runner") == self.name:  # restarted after a crash: same name, same deployment
                 self._resume(str(record["deployment_id"]), record.get("node"))

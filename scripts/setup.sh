@@ -29,7 +29,9 @@ fi
 
 # pip 23.2 fails on old metadata while resolving boto3; uv resolves and installs the lock file in seconds.
 "$PYTHON" -m pip install -q -U pip uv
-"$PYTHON" -m uv pip install --system -q -r requirements.lock
+# Bytecode compiled now, once: otherwise the first processes to import a package (several runners at once)
+# each compile it from source.
+"$PYTHON" -m uv pip install --system -q --compile-bytecode -r requirements.lock
 "$PYTHON" -m uv pip install --system -q --no-deps -e .
 # pyenv puts new console scripts (ray, deploy-orchestrator) on PATH only after a rehash.
 if command -v pyenv >/dev/null; then pyenv rehash; fi

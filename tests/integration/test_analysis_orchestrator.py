@@ -208,6 +208,18 @@ def test_the_domain_workers_plan_and_judge(orchestrator: Any) -> None:
     assert WorkerPlanner(workers).plan(canary, True)[0].kind.value == "deploy"
 
 
+def test_domain_workers_looked_up_ahead_keep_the_running_ones(orchestrator: Any) -> None:
+    """What a standby runner does at start, so that no handle is made on a deployment's critical path."""
+    workers = DomainWorkers(orchestrator.namespace, timeout_s=60)
+    workers.look_up("DO-002", "DO-003")
+    assert set(workers._handles) == {"DO-002", "DO-003"}
+    judged = WorkerJudge(workers).judge(_window(), StrategyType.CANARY)
+    assert judged.judged_by == "DO-003"
+    elsewhere = DomainWorkers(f"{orchestrator.namespace}-none")
+    elsewhere.look_up("DO-003")  # none runs there: no error, and it is looked up again when asked
+    assert elsewhere._handles == {}
+
+
 @ray.remote(num_cpus=0)
 class _Hanging:
     async def judge(self, window: Any) -> None:

@@ -382,3 +382,15 @@ def test_a_stuck_deployment_is_reported_once_per_window(tmp_path: Path, receiver
     dispatcher.round()
     (stuck,) = receiver.at("/alerts")
     assert stuck.json()["title"] == "[CRITICAL] Deployment stuck: web 2.0.1 in staging"
+
+
+def test_loading_the_queens_module_does_not_import_apprise() -> None:
+    """Every process that makes a handle to the queen (runners, DO-006) imports actors.queen; Apprise, which
+    costs more than 100 ms of CPU to import, waits until a notification is sent."""
+    import subprocess
+    import sys
+
+    code = "import sys, actors.queen; print('apprise' in sys.modules)"
+    argv = [sys.executable, "-c", code]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "False"
