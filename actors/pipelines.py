@@ -52,9 +52,11 @@ class QueenDeployer:
         self.namespace = namespace
         self.journal = journal
         self.service_secret = service_secret  # DO-006 acts for the person who started the run
-        # The queen's handle, looked up once: a lookup is a blocking call to Ray's GCS, on the event loop
-        # that drives every stage. Dropped when a call finds the queen gone (a new queen is another actor).
-        self._queen: Any = None
+        # The queen's handle, looked up once and now, when DO-006 starts: a lookup is a blocking call to Ray's
+        # GCS that loads the queen's class (its imports: hundreds of milliseconds of CPU), which would
+        # otherwise fall on the event loop that drives every stage, in the first pipeline's first stage.
+        # Dropped when a call finds the queen gone (a new queen is another actor); then looked up again.
+        self._queen: Any = find_actor(QUEEN_NAME, namespace)
 
     async def _call(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
         self._queen = self._queen or find_actor(QUEEN_NAME, self.namespace)
