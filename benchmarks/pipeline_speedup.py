@@ -20,7 +20,9 @@ Reported, per repetition and as median with spread:
   deployments' total duration over the limit of 10 running deployments;
 - where the time goes in each run: stage durations by kind, the gap between a stage's last dependency ending
   and the stage starting (DO-006's own latency), each deployment's wait for admission, its steps, and the
-  machine's CPU use and load during the run (the machine is shared: a busy one slows parallel stages more).
+  machine's CPU use and load during the run (the machine is shared: a busy one slows parallel stages more);
+- how fast the machine is, before and after: the CPU milliseconds to start ``python3 -c pass`` (40 on a quiet
+  day of these machines, 70 on a slow one; replica starts are the bulk of each level's CPU).
 
 Goal: median speedup at least 4.4x (the top of the seed's 2.8-4.4x) and within 10% of the median ideal.
 
@@ -39,6 +41,7 @@ import json
 import os
 import platform as host_platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -388,6 +391,17 @@ def cleanup(orch: Any, services: list[str], envs: list[str]) -> None:
     remove_targets(orch.config.platform("local"), targets)
 
 
+def python_start_cpu_ms(runs: int = 20) -> float:
+    """CPU milliseconds to start and end ``python3 -c pass``: how fast this machine is at the moment (the
+    shared machines vary by half or more within a day; a process start is what the pipeline does most)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for _ in range(runs):
+        subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=30)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return round(used / runs * 1000, 1)
+
+
 def commit() -> str:
     def git(*argv: str) -> str:
         done = subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True, text=True, timeout=10)
@@ -420,19 +434,23 @@ def main() -> int:
     if args.warm_runners < 0:
         args.warm_runners = min(args.services, CONCURRENCY_LIMIT)
     started = time.time()
+    machine: dict[str, Any] = {"cpus": os.cpu_count(), "python": host_platform.python_version()}
+    machine["python_start_cpu_ms_before"] = python_start_cpu_ms()
     result = {
         "commit": commit(),
         "arguments": vars(args),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "machine": {"cpus": os.cpu_count(), "python": host_platform.python_version()},
+        "machine": machine,
         **run(args),
     }
+    machine["python_start_cpu_ms_after"] = python_start_cpu_ms()
     result["duration_s"] = round(time.time() - started, 1)
     out = REPO / "benchmarks" / "results" / "pipeline_speedup.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
     shown = {
-        k: result[k] for k in ("speedup", "ideal_speedup", "of_ideal", "spread", "met", "failed_requests")
+        k: result[k]
+        for k in ("speedup", "ideal_speedup", "of_ideal", "spread", "met", "failed_requests", "machine")
     }
     print(json.dumps(shown, indent=2))
     print(f"written to {out}")
