@@ -55,6 +55,25 @@ def find_actor(name: str, namespace: str) -> Any | None:
         return None
 
 
+class NamedActor:
+    """A named actor's handle, looked up when made and kept: Ray makes a handle by loading the actor's class
+    (importing its module and all it imports: hundreds of milliseconds of CPU for the queen's), which would
+    otherwise fall on the first call that needs it. ``forget`` after a call finds the actor gone (one created
+    anew is another actor); ``get`` then looks it up again (None while it is not running)."""
+
+    def __init__(self, name: str, namespace: str) -> None:
+        self.name = name
+        self.namespace = namespace
+        self._handle = find_actor(name, namespace)
+
+    def get(self) -> Any | None:
+        self._handle = self._handle or find_actor(self.name, self.namespace)
+        return self._handle
+
+    def forget(self) -> None:
+        self._handle = None
+
+
 def named_actors(namespace: str) -> set[str]:
     """The names of the live named actors of ``namespace``, in one call to the GCS (not the job's
     namespace, which is another orchestrator's when one driver runs two)."""

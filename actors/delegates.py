@@ -11,7 +11,6 @@ their own: they are planned and judged in the runner.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-from actors.common import worker_name
+from actors.common import find_actor, worker_name
 from engine.judge import Judgement, TriggerResult, WindowInput, evaluate_triggers, judge_window
 from engine.models import Strategy, StrategyType, SwitchTrigger
 from engine.plans import build_plan
@@ -48,9 +47,9 @@ class DomainWorkers:
     def look_up(self, *codes: str) -> None:
         """Keep the handles of those of ``codes`` that run now (the others are looked up when asked)."""
         for code in codes:
-            if code not in self._handles:
-                with contextlib.suppress(ValueError):
-                    self._handles[code] = ray.get_actor(worker_name(code), namespace=self.namespace)
+            handle = self._handles.get(code) or find_actor(worker_name(code), self.namespace)
+            if handle is not None:
+                self._handles[code] = handle
 
     def ask(self, code: str, method: str, *args: Any) -> tuple[Any, str | None]:
         """(answer, None), or (None, why) when the worker did not answer."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
-from actors.common import QUEEN_NAME, call, find_actor
+from actors.common import QUEEN_NAME, NamedActor, call
 from adapters import content_digests
 from adapters.commands import SubprocessRunner
 from adapters.git_version import config_version
@@ -52,23 +52,18 @@ class QueenDeployer:
         self.namespace = namespace
         self.journal = journal
         self.service_secret = service_secret  # DO-006 acts for the person who started the run
-        # The queen's handle, looked up once and now, when DO-006 starts: a lookup is a blocking call to Ray's
-        # GCS that loads the queen's class (its imports: hundreds of milliseconds of CPU), which would
-        # otherwise fall on the event loop that drives every stage, in the first pipeline's first stage.
-        # Dropped when a call finds the queen gone (a new queen is another actor); then looked up again.
-        self._queen: Any = find_actor(QUEEN_NAME, namespace)
+        # Made when DO-006 starts: a lookup blocks the loop that drives every stage (NamedActor).
+        self._queen = NamedActor(QUEEN_NAME, namespace)
 
     async def _call(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
-        self._queen = self._queen or find_actor(QUEEN_NAME, self.namespace)
-        if self._queen is None:
+        queen = self._queen.get()
+        if queen is None:
             raise DeployerUnavailable("the queen is not running")
         # Every queen call checks DO-006's secret; an approval carried over relays the person who gave it.
         try:
-            return await call(
-                getattr(self._queen, method).remote(*args, token=self.service_secret), timeout_s
-            )
+            return await call(getattr(queen, method).remote(*args, token=self.service_secret), timeout_s)
         except (RayActorError, ActorUnavailableError, GetTimeoutError, TimeoutError) as error:
-            self._queen = None
+            self._queen.forget()
             raise DeployerUnavailable(f"{method}: {type(error).__name__}: {error}") from error
         except RayTaskError as error:  # the queen refused: its own exception, not Ray's wrapper
             cause = error.cause if isinstance(error.cause, Exception) else error

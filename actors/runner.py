@@ -24,7 +24,7 @@ from typing import Any
 
 import ray
 
-from actors.common import QUEEN_NAME, find_actor, freeze_startup_heap, worker_name
+from actors.common import QUEEN_NAME, NamedActor, find_actor, freeze_startup_heap, worker_name
 from actors.delegates import WORKER_OF, DomainWorkers, WorkerJudge, WorkerPlanner
 from adapters import content_digests, create_metric_provider, create_platform
 from adapters.http_probe import HttpSmokeTester
@@ -81,10 +81,8 @@ class DeploymentRunnerImpl:
         self._phase: str | None = None  # how the bound deployment's run ended (None: not run to its end)
         self._control: Any = None  # the pending call to the queen that returns on a control request
         self.workers = DomainWorkers(self.namespace)
-        # The queen's and the domain workers' handles now too: Ray makes a handle by loading the actor's class
-        # (importing its module and all it imports: hundreds of milliseconds of CPU for the queen's), which
-        # would otherwise fall on a deployment's first wait. Those not running yet are looked up when needed.
-        self._queen: Any = find_actor(QUEEN_NAME, self.namespace)
+        # Handles made now, while the runner stands by, not on a deployment's first wait (NamedActor).
+        self._queen = NamedActor(QUEEN_NAME, self.namespace)
         self.workers.look_up(*WORKER_OF.values())
         for record in self.journal.records(ASSIGNMENT):
             if record.get("runner") == self.name:  # restarted after a crash: same name, same deployment
@@ -182,12 +180,12 @@ class DeploymentRunnerImpl:
         """Blocks for ``delay`` seconds or until a control request is journaled, whichever is first."""
         deadline = time.monotonic() + delay
         if self._control is None:
-            self._queen = self._queen or find_actor(QUEEN_NAME, self.namespace)
-            if self._queen is None:  # the queen restarts: the journal is read again after the wait
+            queen = self._queen.get()
+            if queen is None:  # the queen restarts: the journal is read again after the wait
                 time.sleep(delay)
                 return
             token = self.service_secret
-            self._control = self._queen.control_signal.remote(deployment_id, CONTROL_WAIT_S, token=token)
+            self._control = queen.control_signal.remote(deployment_id, CONTROL_WAIT_S, token=token)
         ready, _ = ray.wait([self._control], timeout=delay)
         if not ready:
             return
@@ -195,7 +193,7 @@ class DeploymentRunnerImpl:
         try:
             ray.get(control, timeout=0)
         except ray.exceptions.RayError:  # the queen restarted meanwhile: wait out the delay, ask the next one
-            self._queen = None  # a queen created anew is another actor: looked up again
+            self._queen.forget()
             time.sleep(max(0.0, deadline - time.monotonic()))
 
     def _forget_control(self) -> None:
