@@ -50,6 +50,7 @@ from adapters.localhost import (
     port_is_free,
     process_start_time,
     reserve_port,
+    wait_gone,
     write_json_atomic,
 )
 from adapters.tls_files import TlsFileError, load_server_pair, write_private
@@ -562,11 +563,8 @@ class HAProxyRouter:
         for sig, wait_s in ((signal.SIGTERM, self.stop_grace_s), (signal.SIGKILL, 1.0)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                if not is_same_process(pid, start_time):
-                    return
-                time.sleep(0.05)
+            if not wait_gone([(pid, start_time)], wait_s):
+                return
 
     def _allocate_port(self) -> int:
         """A free port of the frontend range that no other target has recorded or was just given."""

@@ -34,6 +34,7 @@ from adapters.localhost import (
     process_start_time,
     reserve_port,
     tail_file,
+    wait_gone,
     write_json_atomic,
 )
 from engine.models import Artifact, ReplicaResources, Target
@@ -110,16 +111,10 @@ def stop_processes(processes: list[tuple[int, int]], grace_s: float = STOP_GRACE
     alive = [(pid, start) for pid, start in processes if is_same_process(pid, start)]
     for pid, _ in alive:
         _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)
-        alive = [(pid, start) for pid, start in alive if is_same_process(pid, start)]
+    alive = wait_gone(alive, grace_s)
     for pid, _ in alive:
         _signal_group(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 1.0
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.02)
-        alive = [(pid, start) for pid, start in alive if is_same_process(pid, start)]
+    wait_gone(alive, 1.0)
 
 
 # --------------------------------------------------------------------------------------------

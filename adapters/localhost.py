@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import random
+import select
 import socket
 import tempfile
 import threading
@@ -46,6 +47,43 @@ def process_start_time(pid: int) -> int | None:
 def is_same_process(pid: int, start_time: int) -> bool:
     """True when ``pid`` still is the process that started at ``start_time`` (not a reused pid)."""
     return start_time > 0 and process_start_time(pid) == start_time
+
+
+def wait_gone(processes: list[tuple[int, int]], timeout_s: float) -> list[tuple[int, int]]:
+    """Wait until every (pid, start time) has exited, at most ``timeout_s``; returns the ones still running.
+
+    The kernel wakes the wait when a process exits (a pidfd per process: a stopped replica is seen gone at
+    once, not at the next tick of a poll); a process no pidfd can be opened for is checked every 20 ms."""
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    watched: dict[int, tuple[int, int]] = {}
+    polled: list[tuple[int, int]] = []
+    poller = select.poll()
+    try:
+        for process in processes:
+            try:
+                fd = os.pidfd_open(process[0])
+            except OSError:  # gone already (checked below), or no pidfd on this kernel
+                fd = -1
+            # Checked after opening: the pidfd then refers to this very process, not to a reused pid.
+            if not is_same_process(*process):
+                if fd >= 0:
+                    os.close(fd)
+            elif fd >= 0:
+                watched[fd] = process
+                poller.register(fd, select.POLLIN)
+            else:
+                polled.append(process)
+        while (watched or polled) and (remaining := deadline - time.monotonic()) > 0:
+            wait_s = min(remaining, 0.02) if polled else remaining
+            for fd, _ in poller.poll(wait_s * 1000):
+                poller.unregister(fd)
+                os.close(fd)
+                del watched[fd]
+            polled = [process for process in polled if is_same_process(*process)]
+        return [*watched.values(), *polled]
+    finally:
+        for fd in watched:
+            os.close(fd)
 
 
 def write_json_atomic(path: Path, data: str) -> None:
