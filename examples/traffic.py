@@ -9,11 +9,14 @@ import time
 from collections import Counter
 from urllib.parse import urlsplit
 
+MAX_FAILURES_KEPT = 20
+
 
 class TrafficGenerator:
     """Sends GET requests to ``url`` at about ``rps`` per second until stopped or ``max_seconds`` pass.
 
-    Counts answers by (version, status); connection failures count as status 0. An ``https://`` URL is
+    Counts answers by (version, status); connection failures count as status 0, and ``failures`` keeps what
+    each was (the exception's class and message, and how long the request had taken). An ``https://`` URL is
     verified against ``ca_file`` (the system's CAs when None): a certificate it does not trust is a failure.
     """
 
@@ -35,6 +38,7 @@ class TrafficGenerator:
         self.threads = threads
         self.max_seconds = max_seconds
         self.counts: Counter[tuple[str, int]] = Counter()
+        self.failures: list[str] = []  # the first MAX_FAILURES_KEPT status-0 causes
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
@@ -69,12 +73,17 @@ class TrafficGenerator:
             if self.https
             else http.client.HTTPConnection(self.host, self.port, timeout=5)
         )
+        started = time.monotonic()
         try:
             connection.request("GET", self.path)
             response = connection.getresponse()
             response.read()
             return response.getheader("X-Version", "?"), response.status
-        except (OSError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException) as error:
+            took = time.monotonic() - started
+            with self._lock:
+                if len(self.failures) < MAX_FAILURES_KEPT:
+                    self.failures.append(f"{type(error).__name__}: {error} (after {took:.3f}s)")
             return "?", 0
         finally:
             connection.close()

@@ -91,7 +91,7 @@ class SupervisionAtRest:
                 wait_for("traffic after the replacement", more)
             finally:
                 counts = traffic.stop()
-        assert TrafficGenerator.failed(counts) == 0, counts
+        assert TrafficGenerator.failed(counts) == 0, (counts, traffic.failures)
         [drift] = drifts(service.harness)
         assert drift["subject"] == "replicas" and "replica 0" in drift["found"]
         assert drift["done"] == "started again: 2/2 running"

@@ -140,7 +140,7 @@ def test_one_of_two_replicas_killed_at_rest_is_replaced_without_a_failed_request
             "traffic after the replacement", lambda: TrafficGenerator.total(traffic.snapshot()) >= after + 20
         )
     counts = traffic.snapshot()
-    assert TrafficGenerator.failed(counts) == 0, counts
+    assert TrafficGenerator.failed(counts) == 0, (counts, traffic.failures)
     [drift] = drifts(orch_journal(orchestrator), first.deployment_id)
     assert (
         drift["subject"] == "replicas" and "replica 0" in drift["found"] and "replica 1" not in drift["found"]
