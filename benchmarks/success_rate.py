@@ -268,9 +268,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(2.0)  # the client keeps going a little after the last deployment ended
         counts = {service: generator.stop() for service, generator in traffic.items()}
         live = live_weights(orch, services)
-        result = evaluate(
-            args, journal, plans, counts, live, orch.config.concurrency.max_concurrent_deployments
-        )
+        failures = {service: generator.failures for service, generator in traffic.items()}
+        limit = orch.config.concurrency.max_concurrent_deployments
+        result = evaluate(args, journal, plans, counts, live, limit, failures)
         result["duration_s"] = ended - started
     finally:
         for generator in traffic.values():
@@ -332,7 +332,14 @@ def row(plan: Planned, journal: Journal, timeline: Timeline, bound: float) -> di
     }
 
 
-def availability(plans: list[Planned], counts: dict[str, Counter[tuple[str, int]]]) -> dict[str, Any]:
+def availability(
+    plans: list[Planned],
+    counts: dict[str, Counter[tuple[str, int]]],
+    failures: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """The outside client's view: failed requests against us, and what the first ones of each service were
+    (``failures``: TrafficGenerator.failures by service)."""
+    failures = failures or {}
     bad_versions = {p.version for p in plans if p.kind != "good"}
     merged: Counter[tuple[str, int]] = Counter()
     for service_counts in counts.values():
@@ -350,6 +357,9 @@ def availability(plans: list[Planned], counts: dict[str, Counter[tuple[str, int]
         "judged_requests": judged,
         "failed_against_us": failed,
         "failures_by_version_status": against_us,
+        "failures_by_service": {
+            service: failures[service] for service in sorted(failures) if failures[service]
+        },
         "availability": 1 - failed / judged if judged else 0.0,
     }
 
@@ -370,12 +380,13 @@ def evaluate(
     counts: dict[str, Counter[tuple[str, int]]],
     live: dict[str, dict[str, int]],
     limit: int,
+    failures: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     ids = [p.deployment_id for p in plans]
     timeline = Timeline.read(journal, ids)
     bound = bound_s(args)
     rows = [row(p, journal, timeline, bound) for p in plans]
-    seen = availability(plans, counts)
+    seen = availability(plans, counts, failures)
     expected = expected_live(plans)
     wrong_live = {s: w for s, w in live.items() if w != {expected[s]: 100}}
     lost = timeline.unrecorded(ids)

@@ -15,8 +15,9 @@ MAX_FAILURES_KEPT = 20
 class TrafficGenerator:
     """Sends GET requests to ``url`` at about ``rps`` per second until stopped or ``max_seconds`` pass.
 
-    Counts answers by (version, status); connection failures count as status 0, and ``failures`` keeps what
-    each was (the exception's class and message, and how long the request had taken). An ``https://`` URL is
+    Counts answers by (version, status); connection failures count as status 0. ``failures`` keeps the first
+    ones of those and of the router's own 5xx answers (no ``X-Version``): when, what (the exception's class
+    and message, or the status) and how long the request took. An ``https://`` URL is
     verified against ``ca_file`` (the system's CAs when None): a certificate it does not trust is a failure.
     """
 
@@ -38,7 +39,7 @@ class TrafficGenerator:
         self.threads = threads
         self.max_seconds = max_seconds
         self.counts: Counter[tuple[str, int]] = Counter()
-        self.failures: list[str] = []  # the first MAX_FAILURES_KEPT status-0 causes
+        self.failures: list[str] = []  # the first MAX_FAILURES_KEPT
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
@@ -78,15 +79,22 @@ class TrafficGenerator:
             connection.request("GET", self.path)
             response = connection.getresponse()
             response.read()
-            return response.getheader("X-Version", "?"), response.status
+            version = response.getheader("X-Version", "?")
+            if response.status >= 500 and version == "?":  # answered by the router, not by a revision
+                self._failure(f"HTTP {response.status} without X-Version", started)
+            return version, response.status
         except (OSError, http.client.HTTPException) as error:
-            took = time.monotonic() - started
-            with self._lock:
-                if len(self.failures) < MAX_FAILURES_KEPT:
-                    self.failures.append(f"{type(error).__name__}: {error} (after {took:.3f}s)")
+            self._failure(f"{type(error).__name__}: {error}", started)
             return "?", 0
         finally:
             connection.close()
+
+    def _failure(self, what: str, started: float) -> None:
+        took = time.monotonic() - started
+        at = time.strftime("%H:%M:%S", time.localtime()) + f"{time.time() % 1:.3f}"[1:]
+        with self._lock:
+            if len(self.failures) < MAX_FAILURES_KEPT:
+                self.failures.append(f"{at} {what} (after {took:.3f}s)")
 
     def _record(self, version: str, status: int) -> None:
         with self._lock:

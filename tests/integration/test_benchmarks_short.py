@@ -79,7 +79,7 @@ def test_success_rate_short_form(tmp_path: Path) -> None:
     )
     assert all(result["checks"].values()), result["checks"]
     assert result["correct_share"] >= 0.99 and result["zombies"] == 0 and result["lost"] == 0
-    assert result["availability"] >= 0.999
+    assert result["availability"] >= 0.999, result["traffic"]  # with what the client saw, and when
     rows = result["deployments"]
     assert len(rows) == 10
     bad = {r["kind"] for r in rows if r["kind"] != "good"}

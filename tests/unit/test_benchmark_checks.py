@@ -137,7 +137,9 @@ def test_failures_count_against_us_unless_a_bad_revision_answered_them() -> None
             }
         )
     }
-    seen = success_rate.availability(plans, counts)
+    first = ["12:00:00.100 HTTP 503 without X-Version (after 2.004s)"]
+    seen = success_rate.availability(plans, counts, {"s": first, "t": []})
+    assert seen["failures_by_service"] == {"s": first}  # what the client saw, for services that saw any
     assert seen["bad_revisions_own_errors"] == 300
     assert (
         seen["failed_against_us"] == 10
