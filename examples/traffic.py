@@ -7,6 +7,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from urllib.parse import urlsplit
 
 MAX_FAILURES_KEPT = 20
@@ -91,7 +92,7 @@ class TrafficGenerator:
 
     def _failure(self, what: str, started: float) -> None:
         took = time.monotonic() - started
-        at = time.strftime("%H:%M:%S", time.localtime()) + f"{time.time() % 1:.3f}"[1:]
+        at = datetime.now().strftime("%H:%M:%S.%f")[:-3]  # local time, to the millisecond
         with self._lock:
             if len(self.failures) < MAX_FAILURES_KEPT:
                 self.failures.append(f"{at} {what} (after {took:.3f}s)")

@@ -29,14 +29,12 @@ def children() -> Iterator[list[subprocess.Popen[str]]]:
         child.wait(timeout=10)
 
 
-def start(
-    children: list[subprocess.Popen[str]], code: str = "import time; time.sleep(60)"
-) -> tuple[int, int]:
+def start(children: list[subprocess.Popen[str]], code: str = SLEEPS) -> tuple[int, int]:
     child = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     children.append(child)
-    if "ready" in code:
+    if code == IGNORES_TERM:  # its handler is in place before it is signalled
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
     start_time = process_start_time(child.pid)
     assert start_time is not None
