@@ -775,7 +775,10 @@ class HAProxyRouter:
             "    timeout server 30s",
             "    timeout http-request 10s",
             "    timeout queue 5s",
-            "    timeout check 1s",
+            # A check that takes 2 s fails: two in a row take a server out, so a replica silent for about 5 s
+            # is out of service, one slowed down for a few seconds (a stalled machine) is not. With 1 s, a
+            # 4.5 s stall of the only server turned into 503s for every request until its next check.
+            "    timeout check 2s",
             "    retries 2",
             "    option redispatch 1",
             "    retry-on conn-failure empty-response",

@@ -37,6 +37,9 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_SERVICE = ROOT / "examples" / "sample_service.py"
 _BLOCKS = itertools.count()
+# As long as two failed checks took with a 1 s check timeout (3 to 4 s), well short of what they take with
+# the router's 2 s (5 to 6 s).
+FROZEN_S = 4.0
 
 
 def port_settings() -> dict[str, object]:
@@ -157,6 +160,29 @@ def deploy_pair(
     return "1-0-0", "2-0-0"
 
 
+@contextlib.contextmanager
+def live_load(address: str, timeout_s: float = 5.0) -> Iterator[tuple[list[Answer], list[str]]]:
+    """Requests one after another to ``address`` until the block ends: (answers, failures) so far."""
+    answers: list[Answer] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                answers.append(request(address, timeout_s=timeout_s))
+            except OSError as exc:
+                failures.append(repr(exc))
+
+    sender = threading.Thread(target=load, daemon=True)
+    sender.start()
+    try:
+        yield answers, failures
+    finally:
+        stop.set()
+        sender.join(timeout=timeout_s + 5)
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -184,39 +210,75 @@ def test_shifting_weights_fails_no_request(local_env: tuple[RoutedPlatform, Targ
     platform, target, _ = local_env
     stable, canary = deploy_pair(platform, target, {}, {})
     address = platform.set_traffic(target, {stable: 100}).address
-    answers: list[Answer] = []
-    failures: list[str] = []
-    stop = threading.Event()
+    with live_load(address) as (answers, failures):
 
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                answers.append(request(address))
-            except OSError as exc:
-                failures.append(repr(exc))
+        def answered(more: int) -> None:
+            """Requests keep flowing: ``more`` answers (or failures) after this point."""
+            seen = len(answers) + len(failures)
+            wait_until(lambda: len(answers) + len(failures) >= seen + more, 30, f"{more} more requests")
 
-    sender = threading.Thread(target=load, daemon=True)
-    sender.start()
-
-    def answered(more: int) -> None:
-        """Requests keep flowing: ``more`` answers (or failures) after this point."""
-        seen = len(answers) + len(failures)
-        wait_until(lambda: len(answers) + len(failures) >= seen + more, 30, f"{more} more requests")
-
-    try:
         for canary_weight in (10, 50, 90, 100, 30, 100):
             platform.set_traffic(target, {stable: 100 - canary_weight, canary: canary_weight})
             answered(10)
         platform.remove_revision(target, stable)  # blue-green's last step: the old revision goes
         answered(20)
-    finally:
-        stop.set()
-        sender.join(timeout=10)
     assert failures == []
     assert [a for a in answers if a.status != 200] == []
     assert len(answers) > 50
     assert {a.version for a in answers} == {"1.0.0", "2.0.0"}
     assert answers[-1].version == "2.0.0"
+
+
+def test_a_replica_frozen_for_seconds_stays_in_service_and_a_hung_one_is_taken_out(
+    local_env: tuple[RoutedPlatform, Target, Path],
+) -> None:
+    """A replica that does not answer for a few seconds (a stalled machine, a long pause) is slow, not gone:
+    while it is the only server, HAProxy taking it out answers every request 503. One that stays silent is
+    still taken out by its health checks."""
+    platform, target, _ = local_env
+    env = ContractEnv(adapter=platform, target=target, make_artifact=sample_artifact, ready_timeout_s=20.0)
+    deploy(env, "1.0.0")
+    address = platform.set_traffic(target, {"1-0-0": 100}).address
+    pid = int(platform.backend.list_replicas(target, "1-0-0")[0].ident)
+
+    def servers_up() -> int:
+        return platform.metrics(target)["1-0-0"].servers_up
+
+    def checked_ok() -> bool:
+        """HAProxy's own page: a check of the replica passed. Until then its server is in its initial state,
+        where a single failed check takes it out."""
+        connection = http.client.HTTPConnection(urlsplit(address).hostname, urlsplit(address).port, timeout=5)
+        try:
+            connection.request("GET", "/_router/stats;csv")
+            rows = connection.getresponse().read().decode().splitlines()
+        finally:
+            connection.close()
+        header = rows[0].lstrip("# ").split(",")
+        checks = [dict(zip(header, row.split(","), strict=False)).get("check_status") for row in rows[1:]]
+        return "L7OK" in checks
+
+    wait_until(checked_ok, 10, "a passed health check of the replica")
+    with live_load(address, timeout_s=15.0) as (answers, failures):
+        seen_up = []
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            frozen_until = time.monotonic() + FROZEN_S
+            while time.monotonic() < frozen_until:
+                seen_up.append(servers_up())
+                time.sleep(0.1)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_until(lambda: len(answers) >= 10, 10, "answers after the replica went on")
+    assert failures == [], failures
+    assert [a.status for a in answers if a.status != 200] == [], "HAProxy answered for a frozen replica"
+    assert seen_up and min(seen_up) == 1, f"the replica was taken out while frozen: {seen_up}"
+
+    os.kill(pid, signal.SIGSTOP)  # silent for good: the checks take it out
+    try:
+        wait_until(lambda: servers_up() == 0, 15, "HAProxy's checks to take the hung replica out")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: servers_up() == 1, 10, "the replica back in service once it answers")
 
 
 def test_errors_of_a_bad_revision_show_in_its_metrics_only(
