@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from adapters.haproxy import HAProxyRouter
+from adapters.haproxy import HAProxyRouter, parse_show_stat
 from adapters.local_process import LocalProcessBackend
 from adapters.localhost import is_same_process
 from adapters.routed import RoutedPlatform
@@ -247,15 +248,9 @@ def test_a_replica_frozen_for_seconds_stays_in_service_and_a_hung_one_is_taken_o
     def checked_ok() -> bool:
         """HAProxy's own page: a check of the replica passed. Until then its server is in its initial state,
         where a single failed check takes it out."""
-        connection = http.client.HTTPConnection(urlsplit(address).hostname, urlsplit(address).port, timeout=5)
-        try:
-            connection.request("GET", "/_router/stats;csv")
-            rows = connection.getresponse().read().decode().splitlines()
-        finally:
-            connection.close()
-        header = rows[0].lstrip("# ").split(",")
-        checks = [dict(zip(header, row.split(","), strict=False)).get("check_status") for row in rows[1:]]
-        return "L7OK" in checks
+        with urllib.request.urlopen(f"{address}/_router/stats;csv", timeout=5) as page:
+            rows = parse_show_stat(page.read().decode())
+        return any(row.get("check_status") == "L7OK" for row in rows)
 
     wait_until(checked_ok, 10, "a passed health check of the replica")
     with live_load(address, timeout_s=15.0) as (answers, failures):
