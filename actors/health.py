@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
+from ray.exceptions import RayError
 
 from adapters.http_probe import ProbeResult, probe_all
 from engine.models import Model
 
 log = logging.getLogger(__name__)
+CALL_TIMEOUT_S = 30.0  # the watcher (DO-001) or the runner answering one call, restarts included
 
 
 class EndpointHealth(Model):
@@ -64,7 +67,7 @@ class HealthMonitorImpl:
         self.name = name
         self.ca_file = ca_file  # HTTPS endpoints are verified against it
         self.watcher = watcher  # an actor handle with ``on_health_change(monitor, healthy, reason)``
-        self._healthy: bool | None = None
+        self._told: bool | None = None  # the health the watcher last took
         self.interval_s = interval_s
         self.timeout_s = min(timeout_s, interval_s)
         self.threshold = unhealthy_threshold
@@ -74,7 +77,8 @@ class HealthMonitorImpl:
         self.notify_token = notify_token
         self.endpoints = {url: EndpointHealth(url=url) for url in urls}
         self.checked_at: float | None = None
-        self._notified = False
+        self._notified = False  # ``notify`` took the unhealthy call
+        self._calling: dict[str, asyncio.Task[None]] = {}  # "notify"/"watcher": a call not answered yet
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
@@ -83,31 +87,58 @@ class HealthMonitorImpl:
             for result in results:
                 self.endpoints[result.url] = apply_probe(self.endpoints[result.url], result, self.threshold)
             self.checked_at = time.time()
-            await self._maybe_notify()
+            self._maybe_notify()
             self._tell_watcher()
             await asyncio.sleep(self.interval_s)
 
-    async def _maybe_notify(self) -> None:
+    def _maybe_notify(self) -> None:
         sick = [e for e in self.endpoints.values() if not e.healthy]
-        if not sick or self.notify is None or self._notified:
+        if not sick or self.notify is None or self._notified or "notify" in self._calling:
             return
         reason = "; ".join(f"{e.url}: {e.consecutive_failures} failed checks ({e.last_error})" for e in sick)
-        self._notified = True
-        self.notify.on_unhealthy.remote(self.notify_key, reason, token=self.notify_token)
+
+        def taken() -> None:
+            self._notified = True
+
+        call = self.notify.on_unhealthy.remote(self.notify_key, reason, token=self.notify_token)
+        self._call("notify", call, taken)
 
     def _tell_watcher(self) -> None:
         """Every flip between healthy and unhealthy, not every probe: the watcher journals status changes."""
         healthy = all(e.healthy for e in self.endpoints.values())
-        if self.watcher is None or healthy == self._healthy:
+        if self.watcher is None or healthy == self._told or "watcher" in self._calling:
             return
-        self._healthy = healthy
         sick = [
             f"{e.url}: {e.consecutive_failures} failed checks ({e.last_error})"
             for e in self.endpoints.values()
             if not e.healthy
         ]
         reason = "; ".join(sick) if sick else f"{len(self.endpoints)} endpoint(s) answer their health checks"
-        self.watcher.on_health_change.remote(self.name, healthy, reason, token=self.notify_token)
+
+        def taken() -> None:
+            self._told = healthy
+
+        call = self.watcher.on_health_change.remote(self.name, healthy, reason, token=self.notify_token)
+        self._call("watcher", call, taken)
+
+    def _call(self, to: str, ref: Any, taken: Callable[[], None]) -> None:
+        """Await another actor's answer beside the probes, one call per addressee at a time (so in order);
+        ``taken`` runs once it answered. A call that failed or did not answer within CALL_TIMEOUT_S is
+        logged and made again after the next probe."""
+
+        async def answered() -> None:
+            try:
+                await asyncio.wait_for(ref, CALL_TIMEOUT_S)
+            except (RayError, TimeoutError) as error:
+                log.warning(
+                    "health monitor %s: %s did not take a call (%r); made again", self.name, to, error
+                )
+                return
+            finally:
+                del self._calling[to]
+            taken()
+
+        self._calling[to] = asyncio.get_running_loop().create_task(answered())
 
     async def report(self) -> HealthReport:
         return HealthReport(

@@ -1,5 +1,7 @@
 """A driver process with its own embedded Ray, for the chaos matrix's whole-Ray fault (faults.py).
 
+Every line of its protocol starts with faults.PROTOCOL_MARK (Ray prints to the same stdout).
+
 python -m chaoskit.driver CONFIG start SERVICE '{"bad": false, "replicas": 2}'
     prints {"session": ...} once Ray runs, {"address": ...} once 1.0.0 is live, then reads one line from
     stdin (the candidate's strategy as JSON), submits 2.0.0 and prints {"deployment_id": ...}; then stays
@@ -17,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from chaoskit.cases import ENV, FIRST_STRATEGY
-from chaoskit.faults import embedded
+from chaoskit.faults import PROTOCOL_MARK, embedded
 from chaoskit.machine import case_artifact
 from client.driver import DeploymentOrchestrator
 
 
 def say(data: dict[str, object]) -> None:
-    print(json.dumps(data), flush=True)
+    print(PROTOCOL_MARK + json.dumps(data), flush=True)
 
 
 def session() -> str:

@@ -42,6 +42,9 @@ from engine.state import EventKind
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER_START_S = 240.0  # a driver process starting Ray and deploying a first revision on a loaded machine
+# The driver's protocol lines start with this: its stdout also carries what Ray forwards from its workers
+# and prints itself (a "(raylet) ..." line is not the driver's answer).
+PROTOCOL_MARK = "chaoskit-driver: "
 
 
 class Driver(Protocol):
@@ -121,7 +124,8 @@ class ProcessDriver:
         self.processes.append(process)
         lines: queue.Queue[str] = queue.Queue()
         self.lines[process.pid] = lines
-        threading.Thread(target=_read_lines, args=(process, lines), daemon=True).start()
+        other = self.home / f"driver-{len(self.processes) - 1}.stdout"
+        threading.Thread(target=_read_lines, args=(process, lines, other), daemon=True).start()
         return process
 
     def _line(self, process: subprocess.Popen[str], what: str) -> dict[str, Any]:
@@ -185,11 +189,17 @@ class ProcessDriver:
             _kill_session(session)
 
 
-def _read_lines(process: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
-    """Every line the driver prints, then "" once it has closed its output."""
+def _read_lines(process: subprocess.Popen[str], lines: queue.Queue[str], other: Path) -> None:
+    """Every protocol line the driver prints (its mark taken off), then "" once it has closed its output;
+    any other line of its stdout is kept in ``other``."""
     assert process.stdout is not None
-    for line in process.stdout:
-        lines.put(line)
+    with other.open("w") as kept:
+        for line in process.stdout:
+            if line.startswith(PROTOCOL_MARK):
+                lines.put(line.removeprefix(PROTOCOL_MARK))
+            else:
+                kept.write(line)
+                kept.flush()
     lines.put("")
 
 

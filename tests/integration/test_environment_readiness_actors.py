@@ -5,7 +5,9 @@ platform that declares it cannot serve it refused by the queen before anything i
 
 from __future__ import annotations
 
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,17 @@ ROLLING = {"type": "rolling", "replicas": 2}
 def register(orch: Any, name: str, **settings: Any) -> str:
     orch.register_environment(Environment.model_validate({"name": name, **settings}))
     return name
+
+
+def wait_for_status(orch: Any, environment: str, wanted: EnvironmentStatus, within_s: float = 30) -> Any:
+    """The environment's recorded status once it is ``wanted``, or the last one seen after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    status = orch.environment_status(environment)
+    while (status is None or status.status is not wanted) and time.monotonic() < deadline:
+        time.sleep(0.25)
+        status = orch.environment_status(environment)
+    assert status is not None, f"no status recorded for {environment} within {within_s} s"
+    return status
 
 
 def test_an_https_environment_is_deployed_and_monitored_over_https(
@@ -63,8 +76,10 @@ def test_an_https_environment_is_deployed_and_monitored_over_https(
         health = orchestrator.get_environment_health(environment)
     assert health.healthy, health
     assert [e.url for r in health.monitors for e in r.endpoints] == [f"{address}/health"]
-    status = orchestrator.environment_status(environment)
-    assert status is not None and status.status is EnvironmentStatus.READY
+    # A monitor tells DO-001 of the flip beside its probes: the status is journaled a moment later.
+    assert (
+        wait_for_status(orchestrator, environment, EnvironmentStatus.READY).status is EnvironmentStatus.READY
+    )
 
     # The service goes away: the monitors see it, DO-001 journals the environment as not ready.
     platform = create_platform(orchestrator.config.platform("local"))
@@ -72,13 +87,8 @@ def test_an_https_environment_is_deployed_and_monitored_over_https(
         platform.remove_revision(result.status.target, "1-0-0")
     finally:
         platform.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = orchestrator.environment_status(environment)
-        if status is not None and status.status is EnvironmentStatus.NOT_READY:
-            break
-        time.sleep(0.5)
-    assert status is not None and status.status is EnvironmentStatus.NOT_READY, status
+    status = wait_for_status(orchestrator, environment, EnvironmentStatus.NOT_READY)
+    assert status.status is EnvironmentStatus.NOT_READY, status
     assert "failed checks" in status.reason
     events = orch_journal(orchestrator).events(f"environment:{environment}")
     assert [e.data["status"] for e in events] == ["ready", "not_ready"]
@@ -119,3 +129,62 @@ def test_tls_on_a_platform_that_cannot_serve_it_is_refused_by_the_queen(
         in str(refused.value)
     )
     assert orch_journal(orchestrator).deployments(target_key="tls-nowhere.tls-nowhere") == []
+
+
+class RefusingWatcherImpl:
+    """A watcher (DO-001's seam) that fails its first ``refusals`` calls, then keeps what it is told."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.taken: list[tuple[str, bool]] = []
+
+    def on_health_change(self, monitor: str, healthy: bool, reason: str, token: str | None = None) -> None:
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise RuntimeError("DO-001 restarting")
+        self.taken.append((monitor, healthy))
+
+    def changes(self) -> list[tuple[str, bool]]:
+        return self.taken
+
+
+RefusingWatcher: Any = ray.remote(num_cpus=0)(RefusingWatcherImpl)
+
+
+def test_a_health_change_the_watcher_did_not_take_is_told_again(orchestrator: Any) -> None:
+    """The call that tells DO-001 of a flip fails (its actor restarting): the monitor makes it again
+    instead of keeping a status no one journaled."""
+    from actors.health import HealthMonitor
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/health"
+    watcher = RefusingWatcher.remote(2)
+    monitor = HealthMonitor.remote("refused:0", [url], 0.2, 0.2, 2, watcher=watcher)
+    try:
+        assert changes_become(watcher, [("refused:0", True)])
+        server.shutdown()
+        server.server_close()
+        assert changes_become(watcher, [("refused:0", True), ("refused:0", False)])
+    finally:
+        for actor in (monitor, watcher):
+            ray.kill(actor)
+
+
+class Healthy(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def changes_become(watcher: Any, wanted: list[tuple[str, bool]], within_s: float = 30) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if ray.get(watcher.changes.remote(), timeout=30) == wanted:
+            return True
+        time.sleep(0.2)
+    raise AssertionError(f"the watcher took {ray.get(watcher.changes.remote(), timeout=30)}, not {wanted}")
