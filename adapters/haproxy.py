@@ -3,8 +3,9 @@
 One real HAProxy process per target, daemonized (``-D``) so that it outlives the process that started it, and
 found again by a new instance from a JSON state file (port, pid, /proc start time, which revision each server
 slot serves). The backend has a fixed number of server slots; replicas are put into slots, and weights and
-states are changed through the runtime API on a unix socket: instant, no reload. The configuration file is
-rewritten after every change so that a restarted HAProxy comes back with the same slots and weights.
+states are changed through the runtime API on a unix socket: instant, no reload. The state file is rewritten
+after every change, and HAProxy's configuration file is rendered from it whenever HAProxy is started or
+reloaded, so that a restarted HAProxy comes back with the same slots and weights.
 
 Weights: a revision with ``w`` percent over ``n`` servers gets per-server weights proportional to ``w / n``,
 scaled so that the largest is 256 (HAProxy's maximum) for the best precision; never 0 when ``w > 0``.
@@ -372,8 +373,7 @@ class HAProxyRouter:
             if state is None or not is_same_process(state.pid, state.start_time):
                 raise TransientPlatformError("haproxy", self._endpoint(target), "HAProxy stopped meanwhile")
             in_force = self._assign_slots(target, state, servers, weights)
-            self._write(target, state)
-            self._write_config(target, state)
+            self._write(target, state)  # the configuration file is rendered from it at the next start
             return self._traffic(state, in_force)
 
     def traffic(self, target: Target) -> TrafficState:

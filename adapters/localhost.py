@@ -86,14 +86,18 @@ def wait_gone(processes: list[tuple[int, int]], timeout_s: float) -> list[tuple[
             os.close(fd)
 
 
-def write_json_atomic(path: Path, data: str) -> None:
+def write_json_atomic(path: Path, data: str, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` at once: a reader sees the old text or the new, never a part.
+    ``durable`` also waits for the disk (fsync), so that the new text survives a crash of the machine; a file
+    that is only meaningful while this machine runs (a lease, a reservation) need not."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -245,7 +249,8 @@ def reserve_port(
             if port in taken or (port in reserved and port != preferred) or not is_free(port):
                 continue
             reserved[port] = now
-            write_json_atomic(registry, json.dumps(reserved))
+            # Reservations last PORT_RESERVATION_S and no replica outlives the machine: no fsync.
+            write_json_atomic(registry, json.dumps(reserved), durable=False)
             return port
     # A full range stays full: retrying would not help.
     raise PlatformError(owner, str(registry), f"no free port left in the range {low}-{high}")
