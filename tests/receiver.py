@@ -78,6 +78,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(b"{}")
 
         do_PUT = do_POST
+        do_GET = do_POST  # a probe's GET: recorded and answered the same way (no body to read)
 
         def log_message(self, format: str, *args: Any) -> None:
             return None

@@ -5,9 +5,7 @@ platform that declares it cannot serve it refused by the queen before anything i
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,9 @@ from adapters.localhost import memory_available
 from engine.models import Environment, PlatformConfig
 from engine.readiness import EnvironmentStatus
 from engine.state import EventKind
+from harness.environments import wait_for
 from tests.integration.conftest import orch_journal, sample_artifact
+from tests.receiver import http_receiver
 from tests.tls_certs import https_get, make_certificates, plain_http_is_not_served
 
 pytestmark = pytest.mark.integration
@@ -156,35 +156,15 @@ def test_a_health_change_the_watcher_did_not_take_is_told_again(orchestrator: An
     instead of keeping a status no one journaled."""
     from actors.health import HealthMonitor
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/health"
     watcher = RefusingWatcher.remote(2)
-    monitor = HealthMonitor.remote("refused:0", [url], 0.2, 0.2, 2, watcher=watcher)
-    try:
-        assert changes_become(watcher, [("refused:0", True)])
-        server.shutdown()
-        server.server_close()
-        assert changes_become(watcher, [("refused:0", True), ("refused:0", False)])
-    finally:
-        for actor in (monitor, watcher):
-            ray.kill(actor)
-
-
-class Healthy(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
-def changes_become(watcher: Any, wanted: list[tuple[str, bool]], within_s: float = 30) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if ray.get(watcher.changes.remote(), timeout=30) == wanted:
-            return True
-        time.sleep(0.2)
-    raise AssertionError(f"the watcher took {ray.get(watcher.changes.remote(), timeout=30)}, not {wanted}")
+    with http_receiver() as service:
+        monitor = HealthMonitor.remote("refused:0", [f"{service.url}/health"], 0.2, 0.2, 2, watcher=watcher)
+        try:
+            told = lambda: ray.get(watcher.changes.remote(), timeout=30)  # noqa: E731
+            wait_for("the watcher to take 'healthy'", lambda: told() == [("refused:0", True)], 30)
+            service.answer("/health", 503)
+            unhealthy = [("refused:0", True), ("refused:0", False)]
+            wait_for("the watcher to take 'unhealthy'", lambda: told() == unhealthy, 30)
+        finally:
+            for actor in (monitor, watcher):
+                ray.kill(actor)
