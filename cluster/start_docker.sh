@@ -5,7 +5,9 @@
 #
 # Idempotent: installs docker.io and busybox-static with apt if missing (apt-get update only when needed),
 # starts dockerd in the background (logs in /tmp/dockerd.log) unless `docker info` already works, waits up
-# to 60 s for it, then builds what is missing:
+# to 60 s for it, then builds what is missing (below). Before it starts an engine, a dockerd that runs
+# without answering gets 30 s and is then stopped, and pid files left by killed daemons are removed.
+# Images:
 #   local/busybox:1          a base image made from /bin/busybox (no registry is reachable here)
 #   local/sample-service:1   a small HTTP service (cluster/docker/sample-service), rebuilt when its files change
 # The engine runs without iptables and without a bridge: containers use the host network.
@@ -43,19 +45,86 @@ install_packages() {
     [[ -x /bin/busybox ]] || die "/bin/busybox missing after installing busybox-static"
 }
 
+# A stopped or stuck engine accepts connections and never answers: every question is bounded.
+engine_answers() {
+    timeout 10 docker info >/dev/null 2>&1
+}
+
+# Whether pid $1 is a live (not a zombie) process named $2.
+alive_named() {
+    [[ "$(cat "/proc/$1/comm" 2>/dev/null)" == "$2" ]] || return 1
+    ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
+# The pids of live processes named $1.
+pids_named() {
+    local entry
+    for entry in /proc/[0-9]*; do
+        alive_named "${entry#/proc/}" "$1" && echo "${entry#/proc/}"
+    done
+    return 0
+}
+
+# Wait up to $1 seconds for every dockerd to be gone; false if one is left.
+dockerd_gone_within() {
+    local deadline=$((SECONDS + $1))
+    while [[ -n "$(pids_named dockerd)" ]]; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.5
+    done
+}
+
+# Remove pid file $1 unless it names a live process called $2. A daemon killed without its own clean-up
+# leaves its pid file behind; once that number is another process's, the daemon refuses to start
+# ("pid file found, ensure docker is not running").
+drop_stale_pid_file() {
+    local pid
+    [[ -f "$1" ]] || return 0
+    pid="$(tr -dc '0-9' <"$1")"
+    [[ -n "$pid" ]] && alive_named "$pid" "$2" && return 0
+    echo "removing the stale pid file $1 (pid ${pid:-none} is not a running $2)"
+    rm -f "$1"
+}
+
+# A dockerd that runs but does not answer (still starting, or stuck) gets 30 s, then is stopped.
+stop_silent_engine() {
+    local deadline=$((SECONDS + 30))
+    until engine_answers; do
+        [[ -n "$(pids_named dockerd)" ]] || return 0
+        if ((SECONDS >= deadline)); then
+            echo "dockerd (pid $(pids_named dockerd | tr '\n' ' ')) did not answer within 30 s: stopping it"
+            pids_named dockerd | xargs -r kill -TERM 2>/dev/null || true
+            dockerd_gone_within 20 && return 0
+            pids_named dockerd | xargs -r kill -KILL 2>/dev/null || true
+            dockerd_gone_within 10 || die "dockerd $(pids_named dockerd | tr '\n' ' ')survived SIGKILL"
+            return 0
+        fi
+        sleep 0.5
+    done
+}
+
 start_engine() {
-    if docker info >/dev/null 2>&1; then
+    if engine_answers; then
         echo "docker engine already running"
         return 0
     fi
     [[ "$(id -u)" == 0 ]] || die "the docker engine is not running and starting it needs root"
+    stop_silent_engine
+    if engine_answers; then
+        echo "docker engine ready"
+        return 0
+    fi
+    drop_stale_pid_file /var/run/docker.pid dockerd
+    drop_stale_pid_file /var/run/docker/containerd/containerd.pid containerd
     echo "starting dockerd (log: $dockerd_log)"
     # 9>&-: the engine must not inherit (and hold forever) the lock of this script.
     setsid -f dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver=vfs \
         </dev/null >>"$dockerd_log" 2>&1 9>&-
     local deadline=$((SECONDS + 60))
-    until docker info >/dev/null 2>&1; do
+    until engine_answers; do
         ((SECONDS < deadline)) || die "dockerd did not answer within 60 s; last log lines:
+$(tail -n 20 "$dockerd_log" 2>/dev/null)"
+        [[ -n "$(pids_named dockerd)" ]] || die "dockerd exited; last log lines:
 $(tail -n 20 "$dockerd_log" 2>/dev/null)"
         sleep 0.5
     done
