@@ -419,15 +419,16 @@ class RollbackSystemImpl(_Worker):
         return ray.get_runtime_context().get_actor_name() or ""
 
     async def on_unhealthy(self, deployment_id: str, reason: str, token: str | None = None) -> None:
+        """The rollback first, then the monitor goes: when the queen does not take the rollback (restarting),
+        this call fails and the monitor, still probing, makes it again after its next probe."""
         self.access.require_system(token, action="on_unhealthy")
-        monitor = self.monitors.pop(deployment_id, None)
-        if monitor is not None:
-            kill_quietly(monitor)
-        state = self.journal.state(deployment_id)
-        if state.active:
+        if self.journal.state(deployment_id).active:
             await self._queen_control(
                 deployment_id, "rollback_health", "health-monitor", reason, self.service_secret
             )
+        monitor = self.monitors.pop(deployment_id, None)
+        if monitor is not None:
+            kill_quietly(monitor)
 
     async def rollbacks(self, limit: int = 100, token: str | None = None) -> list[dict[str, Any]]:
         self.access.require(token, AccessRole.VIEWER, action="rollbacks")
