@@ -30,12 +30,10 @@ not be cleaned up, or when a platform's mean orchestrator time per step exceeds 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import platform as host_platform
-import signal
 import sys
 import tempfile
 import threading
@@ -53,7 +51,6 @@ from pydantic import BaseModel
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from adapters.localhost import is_same_process, process_start_time  # noqa: E402
 from engine.journal import Journal  # noqa: E402
 from engine.models import Phase, PlatformConfig, Target  # noqa: E402
 from engine.platform import PlatformAdapter  # noqa: E402
@@ -65,6 +62,7 @@ from harness.environments import (  # noqa: E402
     Cluster,
     docker_engine_started,
     docker_scenario_config,
+    dockerd_processes,
     kill_pids,
     kill_surviving,
     kube_cluster,
@@ -81,6 +79,7 @@ from harness.environments import (  # noqa: E402
     sample_container,
     sample_process,
     ssh_daemons,
+    stop_docker,
 )
 from harness.k8s_emulator import KubeEmulator  # noqa: E402
 from harness.scenarios import (  # noqa: E402
@@ -496,30 +495,6 @@ def local_environment(folder: Path, problems: list[str]) -> Iterator[ScenarioEnv
         replicas = recorded_processes(replicas_dir, "replicas")
         tear_down_routed(config, Target(service=SERVICE, environment="staging"), problems)
         note_killed(problems, "replica processes", kill_surviving(replicas))
-
-
-def dockerd_processes() -> set[tuple[int, int]]:
-    """(pid, start time) of every running dockerd."""
-    found: set[tuple[int, int]] = set()
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "dockerd":
-                start = process_start_time(int(entry.name))
-                if start is not None:
-                    found.add((int(entry.name), start))
-    return found
-
-
-def stop_docker(engines: set[tuple[int, int]]) -> None:
-    for pid, start in engines:
-        if is_same_process(pid, start):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while any(is_same_process(*engine) for engine in engines) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    running = [pid for pid, start in engines if is_same_process(pid, start)]
-    if running:
-        raise RuntimeError(f"dockerd {running} did not stop within 30 s")
 
 
 @contextmanager

@@ -42,7 +42,7 @@ from adapters.docker_backend import LABEL_ENVIRONMENT, LABEL_SERVICE
 from adapters.http_probe import HttpSmokeTester
 from adapters.kubernetes_platform import KubernetesPlatform
 from adapters.lambda_platform import LambdaPlatform
-from adapters.localhost import is_same_process, port_is_free
+from adapters.localhost import is_same_process, port_is_free, process_start_time
 from engine.journal import Journal
 from engine.models import Artifact, PlatformConfig, Target
 from engine.platform import PlatformAdapter
@@ -284,6 +284,31 @@ def docker_engine_started() -> Iterator[Any]:
         yield engine
     finally:
         engine.close()
+
+
+def dockerd_processes() -> set[tuple[int, int]]:
+    """(pid, start time) of every running dockerd."""
+    found: set[tuple[int, int]] = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "dockerd":
+                start = process_start_time(int(entry.name))
+                if start is not None:
+                    found.add((int(entry.name), start))
+    return found
+
+
+def stop_docker(engines: set[tuple[int, int]]) -> None:
+    """Stop these dockerds (SIGTERM: each removes its own pid file); wait up to 30 s until they are gone."""
+    for pid, start in engines:
+        if is_same_process(pid, start):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while any(is_same_process(*engine) for engine in engines) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    running = [pid for pid, start in engines if is_same_process(pid, start)]
+    if running:
+        raise RuntimeError(f"dockerd {running} did not stop within 30 s")
 
 
 def labelled_containers(service: str, environment: str) -> list[Any]:

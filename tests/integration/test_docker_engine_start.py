@@ -7,41 +7,15 @@ process, a new dockerd refuses to start ("pid file found"). CI met exactly that.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.environments import docker_engine_started
+from tests.integration.environments import docker_engine_started, dockerd_processes, stop_docker
 
 pytestmark = pytest.mark.integration
 PID_FILE = Path("/var/run/docker.pid")
-
-
-def _dockerd_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            named = (entry / "comm").read_text().strip() == "dockerd"
-            zombie = "\nState:\tZ" in (entry / "status").read_text()
-        except OSError:
-            continue
-        if named and not zombie:
-            pids.append(int(entry.name))
-    return pids
-
-
-def _stop_engine(deadline_s: float = 40.0) -> None:
-    """Stop every dockerd gracefully (SIGTERM: it removes its own pid file) and wait until it is gone."""
-    for pid in _dockerd_pids():
-        subprocess.run(["kill", "-TERM", str(pid)], check=False)
-    deadline = time.monotonic() + deadline_s
-    while _dockerd_pids():
-        assert time.monotonic() < deadline, f"dockerd {_dockerd_pids()} did not stop within {deadline_s} s"
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -60,7 +34,7 @@ def test_a_stale_pid_file_naming_another_process_does_not_stop_the_engine_from_s
 ) -> None:
     with docker_engine_started():
         pass
-    _stop_engine()
+    stop_docker(dockerd_processes())  # gracefully: each removes its own pid file
     PID_FILE.write_text(f"{stranger.pid}")
     with docker_engine_started() as engine:
         assert engine.ping() is True

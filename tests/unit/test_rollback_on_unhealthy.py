@@ -41,6 +41,7 @@ class FlakyQueen:
 def killed(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     gone: list[Any] = []
     monkeypatch.setattr(domain, "kill_quietly", gone.append)
+    monkeypatch.setattr(domain, "freeze_startup_heap", lambda: None)  # an actor's, not the test process's
     return gone
 
 
