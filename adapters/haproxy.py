@@ -239,19 +239,27 @@ def _svname(csv_line: str) -> str:
     return fields[1] if len(fields) > 1 else ""
 
 
-def parse_servers_state(text: str) -> dict[str, dict[str, str]]:
-    """``show servers state <backend>`` as server name -> field -> value."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    header = next((line[1:].split() for line in lines if line.startswith("#")), [])
-    servers: dict[str, dict[str, str]] = {}
+def parse_servers_state(text: str, servers: set[str] | None = None) -> dict[str, dict[str, str]]:
+    """``show servers state <backend>`` as server name -> field -> value; only ``servers`` when given (a
+    backend has ``routerSlots`` lines, most of them unused slots: one scan finds the wanted ones)."""
+    header_at = text.find("\n#") + 1 if not text.startswith("#") else 0
+    header = text[header_at:].split("\n", 1)[0][1:].split() if "#" in text else []
+    if "srv_name" not in header:
+        return {}
+    name_at = header.index("srv_name")
+    if servers is None:
+        lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    elif servers:
+        names = "|".join(re.escape(name) for name in sorted(servers))
+        lines = re.findall(rf"^(?:\S+[ \t]+){{{name_at}}}(?:{names})(?:[ \t].*)?$", text, re.MULTILINE)
+    else:
+        lines = []
+    found: dict[str, dict[str, str]] = {}
     for line in lines:
-        if line.startswith("#") or not header:
-            continue
         values = line.split()
         if len(values) >= len(header) - 6:  # trailing optional columns may be missing
-            row = dict(zip(header, values, strict=False))
-            servers[row.get("srv_name", "")] = row
-    return servers
+            found[values[name_at]] = dict(zip(header, values, strict=False))
+    return found
 
 
 def _checked_up(status: str) -> bool:
@@ -664,12 +672,11 @@ class HAProxyRouter:
         return actual
 
     def _slot_weights_in_force(self, state: RouterState) -> dict[int, tuple[str, str, int]]:
-        """Slot number -> (address, port, weight in force: 0 when in maintenance)."""
-        servers = parse_servers_state(run_cli(state.socket, f"show servers state {BACKEND}"))
+        """Slot number -> (address, port, weight in force: 0 when in maintenance), of the slots in use."""
+        wanted = {f"s{number}" for number in state.slots}
+        servers = parse_servers_state(run_cli(state.socket, f"show servers state {BACKEND}"), wanted)
         result: dict[int, tuple[str, str, int]] = {}
         for name, row in servers.items():
-            if not name.startswith("s") or not name[1:].isdigit():
-                continue
             in_maint = int(row.get("srv_admin_state", "0")) & _OUT_OF_ROTATION
             weight = 0 if in_maint else int(row.get("srv_uweight", "0"))
             result[int(name[1:])] = (row.get("srv_addr", ""), row.get("srv_port", ""), weight)

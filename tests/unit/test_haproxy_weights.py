@@ -108,6 +108,23 @@ def test_parse_runtime_api_answers() -> None:
     assert servers["s2"]["srv_admin_state"] == "5"
 
 
+def test_servers_state_is_read_for_the_slots_in_use_only() -> None:
+    """A backend lists every slot (128 by default): only the wanted ones are parsed, by exact name."""
+    header = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight\n"
+    rows = "".join(f"3 be {n} s{n} 127.0.0.{n} 2 0 {n * 10}\n" for n in range(1, 129))
+    wanted = parse_servers_state(header + rows, {"s1", "s12", "s128"})
+    assert sorted(wanted) == ["s1", "s12", "s128"]  # not s10..s19 for s1, nor s120..s127 for s12
+    assert wanted["s12"]["srv_addr"] == "127.0.0.12" and wanted["s128"]["srv_uweight"] == "1280"
+    assert parse_servers_state(header + rows, set()) == {}
+    assert len(parse_servers_state(header + rows)) == 128
+    # A last line without its trailing optional columns, and no line for a wanted name.
+    short = "# be_id be_name srv_id srv_name\n3 be 1 s1\n"
+    assert parse_servers_state(short, {"s1", "s2"}) == {
+        "s1": {"be_id": "3", "be_name": "be", "srv_id": "1", "srv_name": "s1"}
+    }
+    assert parse_servers_state("1\n", {"s1"}) == {}  # no header: nothing is guessed
+
+
 def test_a_reserved_port_is_not_handed_out_again(tmp_path: Any) -> None:
     """Runners are separate processes: what one was given is in the file, not in memory."""
     registry = tmp_path / "ports.reserved"
