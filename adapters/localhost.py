@@ -4,7 +4,6 @@ atomic files, locks shared by threads and processes, ports. Not an adapter: a to
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import json
 import os
@@ -20,6 +19,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
+from engine.locks import flock_within, open_lock_file, unlock
 from engine.platform import PlatformError, TransientPlatformError
 
 LOCK_TIMEOUT_S = 10.0
@@ -159,42 +159,19 @@ def file_lock(path: Path, owner: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iter
     if not thread_lock.acquire(timeout=timeout_s):
         raise TransientPlatformError(owner, str(path), f"lock busy for more than {timeout_s:.0f}s")
     try:
-        fd = _open_lock_file(path)
+        fd = open_lock_file(path)
         try:
-            _flock(fd, path, owner, timeout_s)
+            if not flock_within(fd, timeout_s):
+                cause = f"locked by another process for over {timeout_s:.0f}s"
+                raise TransientPlatformError(owner, str(path), cause)
             try:
                 yield
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                unlock(fd)
         finally:
             os.close(fd)
     finally:
         thread_lock.release()
-
-
-def _open_lock_file(path: Path) -> int:
-    """A descriptor of the lock file, created when missing (with its folder). A bare descriptor: a runner
-    takes a lock at every check, and Python's file objects cost more than the lock itself."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-    try:
-        return os.open(path, flags, 0o644)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, flags, 0o644)
-
-
-def _flock(fd: int, path: Path, owner: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise TransientPlatformError(
-                    owner, str(path), f"locked by another process for over {timeout_s:.0f}s"
-                ) from None
-            time.sleep(0.02)
 
 
 def port_is_free(host: str, port: int, reuse_address: bool = False) -> bool:

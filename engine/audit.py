@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -45,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import Field
 
 from engine.journal import GENESIS, ChainRow, Journal
+from engine.locks import flock_within
 from engine.models import DurationMs, Environment, Model
 from engine.state import EventKind
 
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 AUDIT_SUBJECT = "audit"
 CONFIG_RECORD = "audit-configuration"
 DAY_S = 86_400.0
+CHECKPOINT_LOCK_TIMEOUT_S = 30.0  # a checkpoint is written in milliseconds: longer means a stuck process
 
 
 class AuditSettings(Model):
@@ -233,9 +234,12 @@ class CheckpointStore:
         """The store's file lock: a checkpoint's journal entry and its signature are written under it, so a
         reader holding it sees both or neither. Not re-entrant (flock on a new descriptor)."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not flock_within(fd, CHECKPOINT_LOCK_TIMEOUT_S):
+                waited = f"{CHECKPOINT_LOCK_TIMEOUT_S:g}s"
+                raise TimeoutError(f"{lock} is locked by another process for over {waited}")
             yield
         finally:
             os.close(fd)
