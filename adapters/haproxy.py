@@ -66,7 +66,10 @@ from engine.platform import (
 )
 
 MAX_WEIGHT = 256
-DEFAULT_SLOTS = 128
+# Server slots per router (setting routerSlots): how many replicas of all revisions of one service in one
+# environment it can send to. HAProxy health-checks a free slot every second too (also in maintenance): 127
+# free slots cost an idle router 0.8% of a core, 31 cost it 0.2%.
+DEFAULT_SLOTS = 32
 DEFAULT_FRONTEND_PORTS = (18000, 18999)
 BACKEND = "be"
 CLI_TIMEOUT_S = 2.0

@@ -396,6 +396,22 @@ def test_validate_names_a_missing_command(tmp_path: Path) -> None:
     assert platform.list_revisions(target) == []
 
 
+def test_more_servers_than_router_slots_are_refused_naming_the_setting(tmp_path: Path) -> None:
+    """``routerSlots`` bounds the replicas behind one router (32 by default: a free slot is health-checked
+    every second too); one more fails the call, naming the setting, and what did start can be removed."""
+    state_dir = tmp_path / "state"
+    platform = make_platform(state_dir, {**port_settings(), "routerSlots": 2})
+    target = Target(service="shop", environment="slots")
+    try:
+        with pytest.raises(PlatformError, match=r"3 servers do not fit in 2 slots \(setting routerSlots\)"):
+            spec = RevisionSpec(target=target, artifact=sample_artifact("1.0.0"), replicas=3)
+            platform.ensure_revision(spec)
+        platform.remove_revision(target, "1-0-0")
+        assert [r.revision for r in platform.list_revisions(target)] == []
+    finally:
+        tear_down(platform, target, state_dir)
+
+
 def test_logs_hold_the_replica_output(local_env: tuple[RoutedPlatform, Target, Path]) -> None:
     platform, target, _ = local_env
     env = ContractEnv(adapter=platform, target=target, make_artifact=sample_artifact, ready_timeout_s=20.0)
