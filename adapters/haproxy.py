@@ -68,7 +68,7 @@ from engine.platform import (
 MAX_WEIGHT = 256
 # Server slots per router (setting routerSlots): how many replicas of all revisions of one service in one
 # environment it can send to. HAProxy health-checks a free slot every second too (also in maintenance): 127
-# free slots cost an idle router 0.8% of a core, 31 cost it 0.2%.
+# free slots cost an idle router 0.8% of a core, 31 cost it 0.25%.
 DEFAULT_SLOTS = 32
 DEFAULT_FRONTEND_PORTS = (18000, 18999)
 BACKEND = "be"
@@ -245,8 +245,7 @@ def _svname(csv_line: str) -> str:
 def parse_servers_state(text: str, servers: set[str] | None = None) -> dict[str, dict[str, str]]:
     """``show servers state <backend>`` as server name -> field -> value; only ``servers`` when given (a
     backend has ``routerSlots`` lines, most of them unused slots: one scan finds the wanted ones)."""
-    header_at = text.find("\n#") + 1 if not text.startswith("#") else 0
-    header = text[header_at:].split("\n", 1)[0][1:].split() if "#" in text else []
+    header = next((line[1:].split() for line in text.splitlines() if line.startswith("#")), [])
     if "srv_name" not in header:
         return {}
     name_at = header.index("srv_name")

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import Field
 
 from engine.journal import GENESIS, ChainRow, Journal
-from engine.locks import flock_within
+from engine.locks import flock_within, open_lock_file
 from engine.models import DurationMs, Environment, Model
 from engine.state import EventKind
 
@@ -235,7 +235,7 @@ class CheckpointStore:
         reader holding it sees both or neither. Not re-entrant (flock on a new descriptor)."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_lock_file(lock, 0o600)
         try:
             if not flock_within(fd, CHECKPOINT_LOCK_TIMEOUT_S):
                 waited = f"{CHECKPOINT_LOCK_TIMEOUT_S:g}s"

@@ -37,12 +37,12 @@ def unlock(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def open_lock_file(path: Path) -> int:
-    """A descriptor of the lock file, created when missing (with its folder). A bare descriptor: a runner
-    takes a lock at every check, and Python's file objects cost more than the lock itself."""
+def open_lock_file(path: Path, mode: int = 0o644) -> int:
+    """A descriptor of the lock file, created (with ``mode``) when missing, and its folder too. A bare
+    descriptor: a runner takes a lock at every check, and Python's file objects cost more than the lock."""
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
     try:
-        return os.open(path, flags, 0o644)
+        return os.open(path, flags, mode)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, flags, 0o644)
+        return os.open(path, flags, mode)

@@ -22,14 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.ports import free_port
+
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample_service.py"
 START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager
