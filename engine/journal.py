@@ -140,10 +140,13 @@ class Journal:
         seq = _insert(db, deployment_id, now, kind, actor, data)
         event = Event(seq=seq, deployment_id=deployment_id, kind=kind, at=now, actor=actor, data=data)
         new = fold(state, event, in_place=True)  # parsed just now, held by nobody else
+        snapshot = new.model_dump_json()
         db.execute(
             "UPDATE deployments SET phase = ?, active = ?, snapshot = ? WHERE deployment_id = ?",
-            (new.phase().value, int(new.active), new.model_dump_json(), deployment_id),
+            (new.phase().value, int(new.active), snapshot, deployment_id),
         )
+        # The next read of this row finds it parsed (a rolled-back write leaves another row: parsed again).
+        self._remember(deployment_id, snapshot, new)
         return new
 
     def append_event(
@@ -169,11 +172,14 @@ class Journal:
         if cached is not None and cached[0] == snapshot:
             return cached[1]
         state = DeploymentState.model_validate_json(snapshot)
+        self._remember(deployment_id, snapshot, state)
+        return state
+
+    def _remember(self, deployment_id: str, snapshot: str, state: DeploymentState) -> None:
         with self._lock:
             if len(self._parsed) >= PARSED_STATES:
                 self._parsed.clear()
             self._parsed[deployment_id] = (snapshot, state)
-        return state
 
     def find(self, prefix: str) -> DeploymentState:
         """A deployment by id or unique id prefix (as the CLI accepts)."""

@@ -165,3 +165,19 @@ def test_a_journal_location_is_shown_without_its_password(monkeypatch: pytest.Mo
     monkeypatch.setenv("ORCH_TEST_JOURNAL_URL", "mysql://db.example/journal")
     with pytest.raises(ValueError, match="does not hold a postgresql:// URL"):
         resolve_url("env:ORCH_TEST_JOURNAL_URL")
+
+
+def test_a_state_just_appended_is_read_without_parsing_until_another_writer_changes_the_row(
+    tmp_path: Path,
+) -> None:
+    """A runner reads its deployment's state after every append: the state it wrote is read back as is,
+    and a row changed by another connection (another process) is parsed again, never served stale."""
+    mine, other = _journal(tmp_path), _journal(tmp_path)
+    mine.submit("web-1", REQUEST, actor="alice")
+    written = mine.append("web-1", EventKind.ADMITTED, {"runner": "runner-1"})
+    assert mine.state("web-1") is written
+    assert mine.state("web-1") == other.state("web-1")  # the same as a parse of the row
+    changed = other.append("web-1", EventKind.FINISHED, {"outcome": Phase.SUCCEEDED.value})
+    read = mine.state("web-1")
+    assert read is not written and read.last_seq == changed.last_seq == written.last_seq + 1
+    assert read.phase() is Phase.SUCCEEDED and written.runner == read.runner == "runner-1"
