@@ -277,12 +277,13 @@ class RoutedPlatform:
         self, target: Target, weights: dict[str, int], replicas: list[Replica], ready_only: bool = False
     ) -> TrafficState:
         """Give the router every alive replica; with ``ready_only``, only the ready ones of a revision
-        when it has any (HAProxy's own health checks keep gating the others)."""
+        when it has any (HAProxy's own health checks keep gating the others). A revision with one alive
+        replica gets it either way: its health is not asked."""
         self._ensure_frontend(target, _common_health_path(replicas))
         servers: dict[str, list[str]] = {}
         for revision, group in _group(r for r in replicas if r.alive).items():
             addresses = [r.address for r in group]
-            if ready_only:
+            if ready_only and len(group) > 1:
                 ready = [r.address for r, ok in zip(group, ready_flags(group), strict=True) if ok]
                 addresses = ready or addresses
             servers[revision] = addresses

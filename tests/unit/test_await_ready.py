@@ -126,3 +126,34 @@ def test_a_replica_that_is_not_running_is_not_waited_for(services: list[Service]
 
 def test_a_revision_that_does_not_exist_is_none() -> None:
     assert platform([]).await_ready(TARGET, "2-0-0", 1) is None
+
+
+class Router:
+    """The router seam: records the servers it is given."""
+
+    serves_tls = False
+
+    def __init__(self) -> None:
+        self.servers: dict[str, list[str]] = {}
+
+    def ensure_frontend(self, target: Target, health_path: str | None = None, serving: Any = None) -> str:
+        return "http://127.0.0.1:1"
+
+    def set_backends(self, target: Target, servers: dict[str, list[str]], weights: dict[str, int]) -> Any:
+        self.servers = servers
+        return SimpleNamespace(weights=weights)
+
+
+def test_a_weight_change_gives_the_router_only_the_ready_replicas_of_a_revision_that_has_several(
+    services: list[Service],
+) -> None:
+    services += [Service(0.0), Service(0.0, status=503), Service(0.0, status=503)]
+    time.sleep(0.05)
+    stable = [replica(s.port, i) for i, s in enumerate(services[:2])]
+    canary = Replica(revision="3-0-0", index=0, host="127.0.0.1", port=services[2].port, health_path="/")
+    router = Router()
+    routed = RoutedPlatform(Backend([*stable, canary]), router)  # type: ignore[arg-type]
+    routed.set_traffic(TARGET, {"2-0-0": 90, "3-0-0": 10})
+    assert router.servers == {"2-0-0": [stable[0].address], "3-0-0": [canary.address]}
+    # The lone canary replica is the router's either way (its own health checks gate it): not asked.
+    assert [s.checks for s in services] == [1, 1, 0]

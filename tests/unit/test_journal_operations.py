@@ -181,3 +181,14 @@ def test_a_state_just_appended_is_read_without_parsing_until_another_writer_chan
     read = mine.state("web-1")
     assert read is not written and read.last_seq == changed.last_seq == written.last_seq + 1
     assert read.phase() is Phase.SUCCEEDED and written.runner == read.runner == "runner-1"
+
+
+def test_an_append_folds_onto_the_row_as_it_is_when_another_writer_changed_it(tmp_path: Path) -> None:
+    """The state parsed before the write lock is used only when the row is still the one it came from."""
+    mine, other = _journal(tmp_path), _journal(tmp_path)
+    mine.submit("web-1", REQUEST, actor="alice")
+    mine.append("web-1", EventKind.ADMITTED, {"runner": "runner-1"})  # known to mine, parsed
+    other.append("web-1", EventKind.PAUSED, {"reason": "look first"})  # the row changes behind its back
+    new = mine.append("web-1", EventKind.NOTE, {"text": "still here"})
+    assert new.paused and new.runner == "runner-1" and new.last_seq == 4
+    assert new == other.state("web-1")  # what any reader parses from the row
