@@ -129,32 +129,17 @@ class Journal:
         self, deployment_id: str, kind: EventKind, data: dict[str, Any] | None = None, actor: str = "system"
     ) -> DeploymentState:
         """Append one event and fold it into the snapshot, atomically. Returns the new state."""
-        copy = self._private_copy(deployment_id)
-        return self._store.write(lambda db: self._append_in(db, deployment_id, kind, data or {}, actor, copy))
-
-    def _private_copy(self, deployment_id: str) -> tuple[str, DeploymentState] | None:
-        """The row last read or written, parsed again into a state nobody else holds, before the write lock
-        is taken: every writer queues on that lock, so the parse is not done while holding it when the row
-        is still the same."""
-        with self._lock:
-            cached = self._parsed.get(deployment_id)
-        return None if cached is None else (cached[0], DeploymentState.model_validate_json(cached[0]))
+        return self._store.write(lambda db: self._append_in(db, deployment_id, kind, data or {}, actor))
 
     def _append_in(
-        self,
-        db: StoreCursor,
-        deployment_id: str,
-        kind: EventKind,
-        data: dict[str, Any],
-        actor: str,
-        copy: tuple[str, DeploymentState] | None = None,
+        self, db: StoreCursor, deployment_id: str, kind: EventKind, data: dict[str, Any], actor: str
     ) -> DeploymentState:
-        row = _snapshot_row(db, deployment_id)
-        state = copy[1] if copy is not None and copy[0] == row else DeploymentState.model_validate_json(row)
+        # The row as it is inside this transaction; not parsed again when it is the one last read or written.
+        state = self._parse(deployment_id, _snapshot_row(db, deployment_id))
         now = max(self._now(), state.updated_at)
         seq = _insert(db, deployment_id, now, kind, actor, data)
         event = Event(seq=seq, deployment_id=deployment_id, kind=kind, at=now, actor=actor, data=data)
-        new = fold(state, event, in_place=True)  # parsed for this write, held by nobody else
+        new = fold(state, event)  # a new state: the one folded may be shared with readers and stays as is
         snapshot = new.model_dump_json()
         db.execute(
             "UPDATE deployments SET phase = ?, active = ?, snapshot = ? WHERE deployment_id = ?",

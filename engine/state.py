@@ -194,12 +194,15 @@ class Event(Model):
     hash: str = ""
 
 
-def fold(state: DeploymentState, event: Event, in_place: bool = False) -> DeploymentState:
-    """Apply one event to the facts; events after a terminal one change nothing. ``in_place`` changes
-    ``state`` itself (for a state nobody else holds) rather than a deep copy of it."""
+def fold(state: DeploymentState, event: Event) -> DeploymentState:
+    """Apply one event to the facts; events after a terminal one change nothing. Returns a new state and
+    leaves ``state`` as it was (it may be shared: the journal hands out the state it last read or wrote).
+    The new state shares the values it does not change with ``state``: every fold below assigns the fields
+    it changes, with new values, and never changes a list, dict or model of the state in place, so a
+    shallow copy is enough."""
     if state.outcome is not None and event.kind not in AFTER_TERMINAL:
         return state
-    new = state if in_place else state.model_copy(deep=True)
+    new = state.model_copy()
     new.updated_at = event.at
     new.last_seq = max(new.last_seq, event.seq)
     _APPLY[event.kind](new, event)

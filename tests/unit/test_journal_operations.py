@@ -184,7 +184,7 @@ def test_a_state_just_appended_is_read_without_parsing_until_another_writer_chan
 
 
 def test_an_append_folds_onto_the_row_as_it_is_when_another_writer_changed_it(tmp_path: Path) -> None:
-    """The state parsed before the write lock is used only when the row is still the one it came from."""
+    """The state last read or written is folded onto only when the row is still the one it came from."""
     mine, other = _journal(tmp_path), _journal(tmp_path)
     mine.submit("web-1", REQUEST, actor="alice")
     mine.append("web-1", EventKind.ADMITTED, {"runner": "runner-1"})  # known to mine, parsed
@@ -192,3 +192,70 @@ def test_an_append_folds_onto_the_row_as_it_is_when_another_writer_changed_it(tm
     new = mine.append("web-1", EventKind.NOTE, {"text": "still here"})
     assert new.paused and new.runner == "runner-1" and new.last_seq == 4
     assert new == other.state("web-1")  # what any reader parses from the row
+
+
+# One event of every kind, in an order a deployment could see them, with the data that changes the most.
+EVERY_KIND: list[tuple[EventKind, dict[str, object]]] = [
+    (EventKind.ADMITTED, {"runner": "runner-1"}),
+    (EventKind.APPROVAL_REQUESTED, {"state": "pending", "message": "waiting for prod-team"}),
+    (EventKind.APPROVED, {"state": "approved"}),
+    (EventKind.REJECTED, {"state": "rejected", "message": "no"}),
+    (EventKind.APPROVAL_EXPIRED, {"state": "expired"}),
+    (EventKind.ARTIFACT_VERIFIED, {"checks": [], "ran": True}),
+    (EventKind.COMPLIANCE_CHECKED, {"passed": True}),
+    (
+        EventKind.PLANNED,
+        {
+            "plan": [
+                {"kind": "deploy", "replicas": 1},
+                {"kind": "set_weight", "weight": 50},
+                {"kind": "analyze", "duration_ms": 1000},
+                {"kind": "set_weight", "weight": 100},
+                {"kind": "remove_stable"},
+            ],
+            "stable_revision": "0-9-0",
+            "stable_artifact": {"version": "0.9.0"},
+            "candidate_revision": "1-0-0",
+            "weights": {"0-9-0": 100},
+            "address": "http://127.0.0.1:1",
+        },
+    ),
+    (EventKind.STEP_STARTED, {"index": 0, "baseline": {"0-9-0": {"requests": 3}}}),
+    (EventKind.STEP_COMPLETED, {"index": 0}),
+    (EventKind.WEIGHTS_SET, {"weights": {"0-9-0": 50, "1-0-0": 50}, "address": "http://127.0.0.1:2"}),
+    (EventKind.WINDOW_RESTARTED, {"consecutive_failures": 1, "baseline": {"1-0-0": {"requests": 1}}}),
+    (EventKind.WINDOW_EXTENDED, {"extensions": 1}),
+    (EventKind.MEASUREMENT, {"candidate": {"requests": 5}}),
+    (EventKind.PAUSED, {"reason": "look"}),
+    (EventKind.RESUMED, {}),
+    (EventKind.HOOK, {"outcome": "held", "type": "pre-promotion", "hook": "qa", "answer": "later"}),
+    (EventKind.DRIFT, {"candidate_restart": True}),
+    (EventKind.PLATFORM_FAULT, {"reason": "router down"}),
+    (EventKind.PLATFORM_RESTORED, {"restored": "back", "fresh_window": True, "baseline": {"x": 1}}),
+    (EventKind.NOTE, {"message": "still here"}),
+    (EventKind.AUDIT, {"action": "looked"}),
+    (EventKind.ENVIRONMENT_STATUS, {"healthy": True}),
+    (EventKind.PROMOTE_REQUESTED, {"full": True}),
+    (EventKind.ROLLBACK_REQUESTED, {"trigger": "manual", "reason": "wrong build", "by": "alice"}),
+    (EventKind.ROLLBACK_STARTED, {"trigger": "manual", "reason": "wrong build", "by": "alice"}),
+    (EventKind.FINISHED, {"outcome": Phase.ROLLED_BACK.value, "message": "undone", "weights": {"a": 100}}),
+]
+
+
+def test_the_state_folded_on_is_left_as_it_was_by_an_event_of_every_kind(tmp_path: Path) -> None:
+    """An append folds onto the state readers were handed (the one last read or written) and must leave it
+    as it was: each of them still equals its row, and the new state equals a fold onto a fresh parse."""
+    assert {kind for kind, _ in EVERY_KIND} | {EventKind.SUBMITTED} == set(EventKind)
+    journal, reader = _journal(tmp_path), _journal(tmp_path)
+    journal.submit("web-1", REQUEST, actor="alice")
+    handed_out = [journal.state("web-1")]
+    rows = [handed_out[0].model_dump_json()]
+    for kind, data in EVERY_KIND:
+        new = journal.append("web-1", kind, dict(data))
+        assert new == reader.state("web-1"), kind  # the row it wrote, parsed by another connection
+        for state, row in zip(handed_out, rows, strict=True):
+            assert state.model_dump_json() == row, f"{kind.value} changed a state handed out before it"
+        handed_out.append(journal.state("web-1"))
+        rows.append(handed_out[-1].model_dump_json())
+    assert handed_out[-1].phase() is Phase.ROLLED_BACK and handed_out[-1].weights == {"a": 100}
+    assert handed_out[-1].versions == {"1-0-0": "1.0.0", "0-9-0": "0.9.0"}
