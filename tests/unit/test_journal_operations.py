@@ -244,7 +244,8 @@ EVERY_KIND: list[tuple[EventKind, dict[str, object]]] = [
 
 def test_the_state_folded_on_is_left_as_it_was_by_an_event_of_every_kind(tmp_path: Path) -> None:
     """An append folds onto the state readers were handed (the one last read or written) and must leave it
-    as it was: each of them still equals its row, and the new state equals a fold onto a fresh parse."""
+    as it was: each of them still equals its row, and the new state equals its row as another connection
+    parses it."""
     assert {kind for kind, _ in EVERY_KIND} | {EventKind.SUBMITTED} == set(EventKind)
     journal, reader = _journal(tmp_path), _journal(tmp_path)
     journal.submit("web-1", REQUEST, actor="alice")
